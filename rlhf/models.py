@@ -1,0 +1,191 @@
+"""Loading and saving models: policies, reward models, LoRA, presets.
+
+Everything is a plain Hugging Face model: a causal LM for policies, and
+`AutoModelForSequenceClassification` with one label for reward models, whose
+score is read at the last non-padding token (decoder-only backbones) or from
+the pooled [CLS] token (encoders). Weights load from safetensors only;
+`trust_remote_code` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf.errors import UserError
+
+# Named models usable wherever a model is asked for: name -> "module:function"
+# returning a local folder (built or unpacked into the cache on first use).
+PRESETS: dict[str, str] = {
+    "lab": "rlhf.lab.pretrain:base_model_path",
+    "lab-small": "rlhf.lab.pretrain:base_model_path_small",
+    "smollm2-135m-instruct": "rlhf.presets:smollm2_path",
+    "minilm-l6": "rlhf.presets:minilm_path",
+}
+
+REWARD_OFFSET_KEY = "rlhf_reward_offset"
+
+
+def cache_dir() -> Path:
+    """Where built-in models live: $RLHF_CACHE, else ~/.cache/rlhf."""
+    return Path(os.environ.get("RLHF_CACHE") or Path.home() / ".cache" / "rlhf")
+
+
+def resolve(name: str) -> str:
+    """A preset name, a local folder, or a hub name (only where a hub is reachable)."""
+    if name in PRESETS:
+        module, func = PRESETS[name].split(":")
+        return str(getattr(importlib.import_module(module), func)())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise UserError(f"{name}: not a model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1:
+        raise UserError(f"{name}: no such model folder")
+    return name  # hub name; transformers reports if it cannot be reached
+
+
+@dataclass
+class LoraOptions:
+    r: int = 0  # 0 = LoRA off
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[name]
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Reusing EOS as padding is safe: padded positions are masked everywhere.
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        else:
+            tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.padding_side = padding_side
+    return tok
+
+
+def _wrap_errors(fn, name):
+    try:
+        return fn()
+    except OSError as e:
+        raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+
+
+def load_causal_lm(name: str, *, dtype: str = "float32", lora: LoraOptions | None = None,
+                   trust_remote_code: bool = False, dropout_off: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(name)
+    model = _wrap_errors(lambda: AutoModelForCausalLM.from_pretrained(
+        path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=_safetensors(path)), name)
+    if dropout_off:
+        disable_dropout(model)
+    return apply_lora(model, lora, task="CAUSAL_LM")
+
+
+def load_reward_model(name: str, *, dtype: str = "float32", lora: LoraOptions | None = None,
+                      trust_remote_code: bool = False, pad_token_id: int | None = None):
+    """A reward model from a reward-model folder, or a fresh scalar head on any backbone."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve(name)
+    model = _wrap_errors(lambda: AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=_dtype(dtype), trust_remote_code=trust_remote_code,
+        use_safetensors=_safetensors(path)), name)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    model.config.problem_type = "regression"
+    return apply_lora(model, lora, task="SEQ_CLS")
+
+
+def _safetensors(path: str) -> bool | None:
+    """Local folders must hold safetensors (no unpickling); hub names let transformers decide."""
+    p = Path(path)
+    if p.is_dir():
+        if any(p.glob("*.safetensors")):
+            return True
+        if any(p.glob("*.bin")) or any(p.glob("*.pt")):
+            raise UserError(f"{path}: only pickle weights (*.bin) found; convert them to safetensors first")
+    return None
+
+
+def apply_lora(model, lora: LoraOptions | None, *, task: str):
+    if lora is None or lora.r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task,
+                        target_modules=targets[0] if targets == ["all-linear"] else targets)
+    return get_peft_model(model, config)
+
+
+def disable_dropout(model) -> None:
+    """PPO and DPO want deterministic log-probabilities: every dropout to p=0."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for key in ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        cfg = getattr(model, "config", None)
+        if cfg is not None and isinstance(getattr(cfg, key, None), float):
+            setattr(cfg, key, 0.0)
+
+
+def unwrap(model):
+    """The plain transformers model under accelerate / peft wrappers (LoRA merged)."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "merge_and_unload"):
+        import copy
+
+        inner = copy.deepcopy(inner).merge_and_unload()
+    return inner
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, extra: dict | None = None) -> Path:
+    """Save a complete Hugging Face model folder atomically (LoRA merged in)."""
+    from rlhf.files import atomic_dir, write_json
+
+    plain = unwrap(model)
+    if extra:
+        for k, v in extra.items():
+            setattr(plain.config, k, v)
+    with atomic_dir(out_dir) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra:
+            write_json(Path(tmp) / "rlhf.json", extra)
+    return Path(out_dir)
+
+
+def reward_offset(model) -> float:
+    """Subtracted from raw scores so reference responses average 0 (stored in the config)."""
+    cfg = getattr(unwrap_config(model), REWARD_OFFSET_KEY, None)
+    return float(cfg or 0.0)
+
+
+def unwrap_config(model):
+    inner = getattr(model, "module", model)
+    return getattr(inner, "config", None)
+
+
+def read_rlhf_meta(path: str | os.PathLike) -> dict:
+    p = Path(path) / "rlhf.json"
+    return json.loads(p.read_text()) if p.exists() else {}
