@@ -1,0 +1,341 @@
+"""Generation for the online stages: prompts -> `Rollout` (tokens, masks, log-probabilities).
+
+`generate` samples responses in batches with a KV cache. Prompts are rendered
+and tokenised by `rlhf.chat` (the same ids SFT and the reward model see) and
+left-padded, so every row's next token sits in the last column. Left padding
+shifts where each row starts, so position ids are computed from the attention
+mask (`cumsum - 1`), at sampling time and in the training forward alike:
+without them a padded row would see different rotary positions in the two
+passes and the PPO ratio would not start at 1.
+
+A response ends at its first EOS (any of the tokenizer's and the generation
+config's EOS ids). The EOS token is part of the response (the policy chose it,
+and the reward model reads its score there); everything after it is padding
+with `response_mask == 0`. `finished` says whether EOS was emitted before
+`max_new_tokens` ran out.
+
+What "the sampler's log-probabilities" are. `logprobs[b, t]` is
+`log softmax(logits / T)` at the sampled token: the full distribution at the
+sampling temperature T, before top-p truncation. This is the convention of the
+PPO-for-LMs literature (Ziegler et al. 2019; Huang et al. 2024): top-p only
+changes which tokens get drawn, and the policy being optimised is the
+temperature-T softmax, which `sequence_logprobs(..., temperature=T)`
+recomputes exactly. With top_p < 1 the samples come from the renormalised
+nucleus, so PPO's importance ratio is off by the nucleus mass; keep top_p = 1
+for PPO unless you accept that bias. Greedy decoding (temperature 0) reports
+log-probabilities at temperature 1.
+
+The sampler is a plain loop over `model(...)` calls rather than
+`model.generate`: it needs explicit position ids for left padding, the
+un-truncated log-probabilities, a seeded generator and an early exit when
+every row has finished; it is also faster per step on CPU for small models
+(see `benchmark_generate`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Sequence
+
+# `generate` and friends import torch lazily so `import rlhf.rollout` stays light.
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses, row-aligned with `prompts`.
+
+    Shapes: B rows, Lq query columns (left-padded), Lr response columns
+    (right-padded after EOS). Tensors live on the CPU.
+    """
+
+    prompts: list  # the prompts as given (strings or message lists)
+    prompt_texts: list[str]  # rendered by the chat template
+    query_ids: "torch.Tensor"  # (B, Lq) left-padded with pad_token_id
+    query_mask: "torch.Tensor"  # (B, Lq) 1 on prompt tokens
+    response_ids: "torch.Tensor"  # (B, Lr) pad after the first EOS
+    response_mask: "torch.Tensor"  # (B, Lr) 1 up to and including the first EOS
+    logprobs: "torch.Tensor"  # (B, Lr) sampler's log-probs at temperature T, 0 where masked
+    texts: list[str]  # decoded responses, EOS and padding removed
+    finished: "torch.Tensor"  # (B,) bool: emitted EOS
+    query_lengths: "torch.Tensor"  # (B,) prompt tokens
+    response_lengths: "torch.Tensor"  # (B,) response tokens incl. EOS
+    temperature: float = 1.0
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def input_ids(self):
+        """(B, Lq + Lr) query and response, the training forward's input."""
+        import torch
+
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self):
+        """(B, Lq + Lr) 1 on prompt and response tokens (EOS included)."""
+        import torch
+
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    def select(self, index) -> "Rollout":
+        """The rows in `index` (a list or tensor of row numbers), same column layout."""
+        import torch
+
+        idx = torch.as_tensor(index, dtype=torch.long)
+        rows = idx.tolist()
+        return Rollout(
+            prompts=[self.prompts[i] for i in rows], prompt_texts=[self.prompt_texts[i] for i in rows],
+            query_ids=self.query_ids[idx], query_mask=self.query_mask[idx], response_ids=self.response_ids[idx],
+            response_mask=self.response_mask[idx], logprobs=self.logprobs[idx], texts=[self.texts[i] for i in rows],
+            finished=self.finished[idx], query_lengths=self.query_lengths[idx],
+            response_lengths=self.response_lengths[idx], temperature=self.temperature,
+            extras={k: v[idx] if hasattr(v, "shape") else [v[i] for i in rows] for k, v in self.extras.items()})
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the generation config's."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(int(i) for i in extra)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token; generation could never stop")
+    return sorted(ids)
+
+
+def position_ids_from_mask(attention_mask):
+    """(B, T) positions counting only attended tokens; left padding gets 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _top_p_filter(probs, top_p: float):
+    """Zero every token outside the smallest set whose probability reaches top_p (keeps >= 1)."""
+    import torch
+
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each token
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+def _encode_prompts(tokenizer, prompts, max_prompt_len: int) -> tuple[list[list[int]], list[str]]:
+    from rlhf.chat import encode, render_prompt
+
+    ids, texts = [], []
+    for p in prompts:
+        ids.append(encode(tokenizer, p, None, max_prompt_len).input_ids)
+        texts.append(render_prompt(tokenizer, p))
+    return ids, texts
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None):
+    import torch
+
+    width = width or max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperature: float, top_p: float,
+                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, generator=None):
+    """KV-cached sampling for one left-padded batch.
+
+    Returns (response_ids (B, L), response_mask (B, L), logprobs (B, L), finished (B,)),
+    L <= max_new_tokens (the loop stops once every row has emitted EOS).
+    """
+    import torch
+
+    greedy = not do_sample or temperature == 0
+    scale = 1.0 if greedy else float(temperature)
+    B = query_ids.size(0)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long)
+    attn = query_mask.long()
+    pos = position_ids_from_mask(attn)
+    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    done = torch.zeros(B, dtype=torch.bool)
+    tokens, logps, alive = [], [], []
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        logp = torch.log_softmax(logits / scale, dim=-1)
+        if greedy:
+            tok = logits.argmax(-1)
+        else:
+            probs = logp.exp()
+            if top_p < 1.0:
+                probs = _top_p_filter(probs, top_p)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+        live = ~done
+        tok = torch.where(live, tok, torch.full_like(tok, pad_id))
+        tokens.append(tok)
+        logps.append(torch.where(live, lp, torch.zeros_like(lp)))
+        alive.append(live)
+        done = done | torch.isin(tok, eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        # Finished rows keep stepping (batch shapes stay fixed) on pad tokens nobody reads.
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+                    past_key_values=out.past_key_values, use_cache=True)
+        next_pos = next_pos + 1
+    if not tokens:
+        empty = torch.zeros((B, 0), dtype=torch.long)
+        return empty, empty.clone(), torch.zeros((B, 0)), done
+    return (torch.stack(tokens, 1), torch.stack(alive, 1).long(), torch.stack(logps, 1), done)
+
+
+def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, do_sample: bool = True, batch_size: int = 16, seed: int = 0,
+             num_samples: int = 1, max_prompt_len: int = 1024) -> Rollout:
+    """Sample `num_samples` responses per prompt (rows prompt-major: p0 s0, p0 s1, ..., p1 s0, ...).
+
+    Greedy when `temperature == 0` or `do_sample=False`. Prompts longer than
+    `max_prompt_len` tokens keep their last tokens (the `rlhf.chat` policy).
+    Batches are formed from prompts of similar length (less padding) and the
+    rows are returned in the order given. Deterministic for a given seed.
+    """
+    import torch
+
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    prompts = [p for p in prompts for _ in range(num_samples)]
+    if not prompts:
+        raise ValueError("no prompts to generate from")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = eos_token_ids(model, tokenizer)
+    q_rows, prompt_texts = _encode_prompts(tokenizer, prompts, max_prompt_len)
+    generator = torch.Generator().manual_seed(int(seed))
+    order = sorted(range(len(prompts)), key=lambda i: (len(q_rows[i]), i))
+    results: dict[int, tuple] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                q_ids, q_mask = _left_pad([q_rows[i] for i in idx], pad_id)
+                r_ids, r_mask, lps, fin = sample_batch(
+                    model, q_ids, q_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    do_sample=do_sample, eos_ids=eos_ids, pad_id=pad_id, generator=generator)
+                for j, i in enumerate(idx):
+                    n = int(r_mask[j].sum())
+                    results[i] = (r_ids[j, :n].tolist(), lps[j, :n], bool(fin[j]))
+    finally:
+        model.train(was_training)
+    return _assemble(tokenizer, prompts, prompt_texts, q_rows, results, pad_id, eos_ids,
+                     temperature if do_sample else 0.0)
+
+
+def _assemble(tokenizer, prompts, prompt_texts, q_rows, results, pad_id, eos_ids, temperature) -> Rollout:
+    import torch
+
+    B = len(prompts)
+    q_ids, q_mask = _left_pad(q_rows, pad_id)
+    width = max(1, max(len(results[i][0]) for i in range(B)))
+    r_ids = torch.full((B, width), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((B, width), dtype=torch.long)
+    logprobs = torch.zeros((B, width), dtype=torch.float32)
+    texts, finished = [], []
+    eos = set(eos_ids)
+    for i in range(B):
+        toks, lps, fin = results[i]
+        n = len(toks)
+        if n:
+            r_ids[i, :n] = torch.tensor(toks, dtype=torch.long)
+            r_mask[i, :n] = 1
+            logprobs[i, :n] = lps
+        body = toks[:-1] if fin and toks and toks[-1] in eos else toks
+        texts.append(tokenizer.decode(body, skip_special_tokens=True))
+        finished.append(fin)
+    return Rollout(
+        prompts=list(prompts), prompt_texts=prompt_texts, query_ids=q_ids, query_mask=q_mask, response_ids=r_ids,
+        response_mask=r_mask, logprobs=logprobs, texts=texts, finished=torch.tensor(finished, dtype=torch.bool),
+        query_lengths=q_mask.sum(1), response_lengths=r_mask.sum(1), temperature=float(temperature))
+
+
+def response_logits(model, input_ids, attention_mask, n_query: int, *, output_hidden_states: bool = False):
+    """One forward over query + response; the logits that predict each response token.
+
+    Returns logits (B, Lr, V) and, when asked, the last hidden states at the same
+    positions (B, Lr, H): the position before each response token, which is
+    where a value head reads V(s_t).
+    """
+    pos = position_ids_from_mask(attention_mask)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
+                output_hidden_states=output_hidden_states)
+    logits = out.logits[:, n_query - 1:-1, :]
+    if not output_hidden_states:
+        return logits, None
+    return logits, out.hidden_states[-1][:, n_query - 1:-1, :]
+
+
+def sequence_logprobs(model, input_ids, attention_mask, response_mask, temperature: float = 1.0):
+    """The training-side recompute of the sampler's log-probabilities: (B, Lr), 0 where masked.
+
+    `input_ids`/`attention_mask` are (B, Lq + Lr) with the query left-padded (as
+    `Rollout.input_ids`), `response_mask` (B, Lr). Matches `Rollout.logprobs`
+    at the same temperature (temperature 0 means 1, as in the sampler).
+    """
+    from rlhf.losses import token_logprobs
+
+    n_query = input_ids.size(1) - response_mask.size(1)
+    logits, _ = response_logits(model, input_ids, attention_mask, n_query)
+    labels = input_ids[:, n_query:]
+    lp = token_logprobs(logits.float(), labels, temperature if temperature > 0 else 1.0)
+    return lp * response_mask.to(lp.dtype)
+
+
+def benchmark_generate(model, tokenizer, prompts, *, max_new_tokens: int = 32, batch_size: int = 16,
+                       repeats: int = 1) -> dict:
+    """Tokens/s of this sampler against `model.generate` on the same prompts (interleaved A/B)."""
+    import time
+
+    import torch
+
+    pad_id = tokenizer.pad_token_id
+    q_rows, _ = _encode_prompts(tokenizer, prompts, 1024)
+    eos_ids = eos_token_ids(model, tokenizer)
+    stats = {"ours_s": 0.0, "hf_s": 0.0, "ours_tokens": 0, "hf_tokens": 0}
+    model.eval()
+    with torch.no_grad():
+        for _ in range(repeats):
+            for start in range(0, len(q_rows), batch_size):
+                q_ids, q_mask = _left_pad(q_rows[start:start + batch_size], pad_id)
+                t0 = time.perf_counter()
+                _, m, _, _ = sample_batch(model, q_ids, q_mask, max_new_tokens=max_new_tokens, temperature=1.0,
+                                          top_p=1.0, do_sample=True, eos_ids=eos_ids, pad_id=pad_id,
+                                          generator=torch.Generator().manual_seed(0))
+                stats["ours_s"] += time.perf_counter() - t0
+                stats["ours_tokens"] += int(m.sum())
+                t0 = time.perf_counter()
+                out = model.generate(input_ids=q_ids, attention_mask=q_mask, max_new_tokens=max_new_tokens,
+                                     do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad_id,
+                                     eos_token_id=eos_ids, output_logits=True, return_dict_in_generate=True)
+                stats["hf_s"] += time.perf_counter() - t0
+                new = out.sequences[:, q_ids.size(1):]
+                stats["hf_tokens"] += int((new != pad_id).sum())
+    stats["ours_tok_per_s"] = stats["ours_tokens"] / max(stats["ours_s"], 1e-9)
+    stats["hf_tok_per_s"] = stats["hf_tokens"] / max(stats["hf_s"], 1e-9)
+    return stats
