@@ -49,17 +49,23 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, keep: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `path` whole.
 
     Used for checkpoints and model folders: a reader (or `--resume`) only ever
-    sees a complete folder.
+    sees a complete folder. Entries of the old folder named in `keep` (a run's
+    metrics and checkpoints beside its model files) are carried over as hard
+    links, so the old folder stays whole until the swap.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        for name in keep:
+            src, dst = path / name, tmp / name
+            if src.exists() and not dst.exists():
+                _link_tree(src, dst)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old"
@@ -72,6 +78,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:  # no hard links on this filesystem
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link)
+    else:
+        link(src, dst)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

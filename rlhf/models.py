@@ -158,15 +158,19 @@ def unwrap(model):
     return inner
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, *, extra: dict | None = None) -> Path:
-    """Save a complete Hugging Face model folder atomically (LoRA merged in)."""
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, extra: dict | None = None,
+               keep: tuple[str, ...] = ()) -> Path:
+    """Save a complete Hugging Face model folder atomically (LoRA merged in).
+
+    `keep`: entries of an existing `out_dir` to carry over (a run's metrics.jsonl, checkpoints).
+    """
     from rlhf.files import atomic_dir, write_json
 
     plain = unwrap(model)
     if extra:
         for k, v in extra.items():
             setattr(plain.config, k, v)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, keep=keep) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
