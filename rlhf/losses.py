@@ -39,9 +39,11 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     """log p(labels | logits / temperature), (B, T, V) x (B, T) -> (B, T) float32.
 
     Labels are already aligned with the logits (the caller shifts). Positions
-    labelled -100 give 0. Rows go one at a time so at most one (T, V) float32
-    copy exists besides the logits; the temperature is the sampler's, so
-    these equal the log-probs the sampler drew from.
+    labelled -100 give 0. Rows go one at a time and no log_softmax is built,
+    so under no_grad (rollouts, reference) at most one (T, V) float32
+    temporary exists besides the logits; with a temperature or bf16 logits,
+    autograd keeps each row's scaled copy for the backward. Use the
+    sampler's temperature so these equal the log-probs it drew from.
     """
     valid = labels != IGNORE
     safe = labels.masked_fill(~valid, 0)

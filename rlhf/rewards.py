@@ -15,10 +15,12 @@ import torch
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of `x` over positions where `mask` is 1; 0 where nothing is selected."""
     mask = mask.to(x.dtype)
+    # `where`, not just `x * mask`: padding may hold inf or NaN (e.g. -inf log-probs), and inf * 0 is NaN
+    x = torch.where(mask != 0, x * mask, 0.0)
     if dim is None:
-        num, count = (x * mask).sum(), mask.sum()
+        num, count = x.sum(), mask.sum()
     else:
-        num, count = (x * mask).sum(dim), mask.sum(dim)
+        num, count = x.sum(dim), mask.sum(dim)
     # clamp, not `where`: a 0/0 branch would still send NaN gradients back through `where`
     return num / count.clamp(min=1e-8)
 
