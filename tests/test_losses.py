@@ -47,6 +47,25 @@ def test_token_logprobs_matches_log_softmax_values_and_gradients():
     (g2,) = torch.autograd.grad(ref.sum(), logits)
     close(g1, g2)
     assert g1[1, :2].abs().max() == 0  # ignored labels send no gradient
+    with torch.no_grad():  # the no-grad path computes the same numbers
+        close(token_logprobs(logits, labels, temperature=0.7), ref)
+
+
+def test_token_logprobs_keeps_no_vocab_sized_copy_for_backward():
+    # what autograd saves, apart from views of the logits themselves, must be far below B*T*V
+    logits = torch.randn(4, 8, 1000, requires_grad=True)
+    labels = torch.randint(0, 1000, (4, 8))
+    own = logits.untyped_storage().data_ptr()
+    extra = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() != own:
+            extra.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        token_logprobs(logits, labels).sum().backward()
+    assert sum(extra) < 4 * 8 * 1000 // 10, extra
 
 
 def test_token_logprobs_bf16_is_computed_in_float32():
@@ -62,6 +81,8 @@ def test_entropy_by_hand_and_stable():
     h3 = -(1 / 6 * math.log(1 / 6) + 1 / 3 * math.log(1 / 3) + 1 / 2 * math.log(1 / 2))
     close(entropy_from_logits(torch.zeros(1, 1, 4)), [[math.log(4)]])
     close(entropy_from_logits(torch.log(torch.tensor([[[1.0, 2.0, 3.0]]]))), [[h3]])
+    # temperature 2 on log[1, 4, 9] is log[1, 2, 3]
+    close(entropy_from_logits(torch.log(torch.tensor([[[1.0, 4.0, 9.0]]])), temperature=2.0), [[h3]])
     peaked = torch.tensor([[[1000.0, 0.0, -1000.0]]])  # one-hot: entropy 0, no NaN
     close(entropy_from_logits(peaked), [[0.0]])
 
