@@ -1,0 +1,534 @@
+"""The one training loop of the offline stages (SFT, reward model, DPO, KTO, ORPO).
+
+A stage builds the model, the micro-batches and a `step_fn(model, batch) ->
+(loss, metrics)`, then calls `train`. The loop owns everything else: the
+accelerate set-up (one CPU, a GPU, or many processes through `accelerate
+launch` / `torchrun`), AdamW with warmup and decay, gradient accumulation and
+clipping, the metrics log, evaluation with early stopping and the best
+weights, checkpoints and `--resume`, and stopping on a non-finite loss.
+
+Data order. `train_batches` is a sequence of ready micro-batches. Epoch `e`
+visits them in `randperm(len, seed + e)`; optimizer step `i` of the epoch
+takes the next `grad_accum x processes` of that order, micro-batch `k` of
+process `r` being slot `k * processes + r`. The data position is thus just
+(seed, step), which makes a resumed run see exactly the batches the killed
+one would have, and makes one process with `grad_accum=2` see the same
+batches per step as two processes with `grad_accum=1` (the same global
+batch, hence the same update). A last group smaller than one step is left
+out of that epoch (the next epoch's order differs).
+
+Checkpoints: `<out>/checkpoints/step-NNNNNNN/`, written by
+`accelerator.save_state` (weights as safetensors, optimizer, scheduler, RNG
+states of every process) into a temporary folder renamed into place once
+complete, plus `trainer_state.json` (step, seed, best evaluation, time) and a
+hard link to the best weights so far. Only the newest `keep_checkpoints` stay.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from rlhf.config import opt
+from rlhf.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+BEST_WEIGHTS = "best.safetensors"
+STATE_FILE = "trainer_state.json"
+# Files of a run that live beside the model files in the output folder and
+# survive the final (atomic, whole-folder) model save.
+RUN_FILES = ("metrics.jsonl", "config.yaml", CHECKPOINTS, "tensorboard")
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient: the run stops, the last good checkpoint stays."""
+
+
+@dataclass
+class TrainOptions:
+    """Options of the training loop, shared by every offline stage's config (flat flags)."""
+
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay (never applied to biases and norm weights)")
+    schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate decay after the warmup")
+    warmup_ratio: float = opt(0.03, "fraction of the steps over which the learning rate rises from 0")
+    warmup_steps: int = opt(0, "warmup steps; overrides warmup_ratio when > 0")
+    epochs: int = opt(1, "passes over the training data")
+    max_steps: int = opt(0, "optimizer steps to run; 0 = as many as the epochs give")
+    batch_size: int = opt(8, "examples per micro-batch on each process")
+    grad_accum: int = opt(1, "micro-batches per optimizer step on each process")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this; 0 = no clipping")
+    seed: int = opt(0, "random seed: new weights, dropout, data order and split")
+    eval_every: int = opt(0, "evaluate every N steps; 0 = at the start and the end only")
+    patience: int = opt(0, "stop after N evaluations without improvement; 0 = never stop early")
+    keep_best: bool = opt(True, "end with the weights of the best evaluation rather than the last step")
+    save_every: int = opt(50, "write a checkpoint every N steps; 0 = none")
+    keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
+    log_every: int = opt(1, "write a metrics row every N steps")
+    resume: bool = opt(False, "continue from the last checkpoint in the output folder")
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
+    quiet: bool = opt(False, "no progress bar and no progress lines")
+
+    def __post_init__(self):
+        checks = [
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps >= 0, "max_steps must be >= 0"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
+            (self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0"),
+            (self.patience >= 0, "patience must be >= 0"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+def train_options(cfg) -> TrainOptions:
+    """The TrainOptions part of a stage config (a config that inherits its fields)."""
+    from dataclasses import fields
+
+    return TrainOptions(**{f.name: getattr(cfg, f.name) for f in fields(TrainOptions)})
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records besides the accelerate state (saved as JSON)."""
+
+    step: int = 0
+    seed: int = 0
+    n_batches: int = 0  # micro-batches in the training data
+    micro_per_step: int = 1  # grad_accum x processes
+    elapsed: float = 0.0  # seconds of training before this process started
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    last_eval_step: int | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epoch: float
+    loss: float | None  # mean training loss of the last logged step
+    eval: dict = field(default_factory=dict)  # last evaluation, keys "eval_*"
+    best: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    out_dir: str = ""
+    model: Any = None  # the trained model, unwrapped (best weights when keep_best)
+
+
+def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions, *, out_dir: str | os.PathLike,
+          eval_fn: Callable | None = None, save_fn: Callable | None = None, best_metric: str = "loss",
+          higher_is_better: bool = False, count_key: str = "tokens") -> TrainResult:
+    """Train `model` on `train_batches` with `step_fn(model, batch) -> (loss, metrics)`.
+
+    - `metrics`: scalars averaged over micro-batches and processes, except
+      `count_key` (e.g. "tokens", "pairs"), which is summed and reported as
+      `<count_key>_per_s`.
+    - `eval_fn(model) -> dict` runs (under no_grad, in eval mode, on every
+      process) at the start, every `eval_every` steps and at the end; its keys
+      are logged as `eval_<key>`; `best_metric` (one of its keys) drives early
+      stopping and the best weights.
+    - `save_fn(model)` writes the final model (main process, unwrapped model);
+      by default `rlhf.models.save_model(model, None, out_dir)`.
+    """
+    import torch
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(opts)
+    out = Path(out_dir)
+    ckpt_root = out / CHECKPOINTS
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    micro_per_step = opts.grad_accum * world
+    steps_per_epoch = len(train_batches) // micro_per_step
+    if steps_per_epoch == 0:
+        raise UserError(f"only {len(train_batches)} micro-batches of training data, but one step takes "
+                        f"{micro_per_step} (grad_accum {opts.grad_accum} x {world} processes); "
+                        "use more data or a smaller batch_size / grad_accum")
+    total_steps = opts.max_steps or opts.epochs * steps_per_epoch
+    _set_threads(opts, accelerator)
+
+    if opts.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if getattr(getattr(model, "config", None), "use_cache", None):
+            model.config.use_cache = False
+    optimizer = make_optimizer(model, opts)
+    scheduler = make_scheduler(optimizer, opts, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = TrainerState(seed=opts.seed, n_batches=len(train_batches), micro_per_step=micro_per_step)
+    checkpoint = latest_checkpoint(ckpt_root) if opts.resume else None
+    if checkpoint is not None:
+        state = _restore(accelerator, checkpoint, state, out)
+    else:
+        if opts.resume and main:
+            _note(f"nothing to resume in {out}; starting a new run")
+        _start_fresh(out, main)
+        set_seed(opts.seed)
+    accelerator.wait_for_everyone()
+
+    from rlhf.metrics import MetricsLogger
+
+    logger = MetricsLogger(out, purge_step=state.step + 1 if checkpoint else None) if main else None
+    show = main and not opts.quiet
+    bar = _progress_bar(total_steps, state.step, enabled=show and sys.stderr.isatty())
+    print_every = max(opts.log_every, math.ceil(total_steps / 10))
+    t_start = time.monotonic()
+    step = state.step
+    last_loss: float | None = None
+    last_eval: dict = {}
+    stopped_early = False
+
+    def elapsed() -> float:
+        return round(state.elapsed + time.monotonic() - t_start, 3)
+
+    def evaluate() -> dict:
+        nonlocal stopped_early
+        metrics = _evaluate(model, eval_fn, accelerator)
+        state.last_eval_step = step
+        if best_metric in metrics:
+            value = metrics[best_metric]
+            better = state.best is None or (value > state.best if higher_is_better else value < state.best)
+            if better:
+                state.best, state.best_step, state.bad_evals = value, step, 0
+                _save_best(accelerator, model, ckpt_root)
+            else:
+                state.bad_evals += 1
+                stopped_early = opts.patience > 0 and state.bad_evals >= opts.patience
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+    if eval_fn is not None and checkpoint is None:
+        last_eval = evaluate()
+        if logger:
+            logger.log({"step": 0, "epoch": 0.0, **last_eval, "time": elapsed()})
+        if show and bar is None:
+            _note(f"step 0/{total_steps} " + _fmt(last_eval))
+
+    window: dict[str, float] = {}
+    window_steps, window_t = 0, time.monotonic()
+    orders: dict[int, list[int]] = {}
+    model.train()
+    try:
+        while step < total_steps and not stopped_early:
+            epoch, index = divmod(step, steps_per_epoch)
+            if epoch not in orders:
+                orders = {epoch: epoch_order(len(train_batches), state.seed, epoch)}
+            first = index * micro_per_step
+            slots = [orders[epoch][first + k * world + rank] for k in range(opts.grad_accum)]
+            stats = _accumulate(accelerator, model, step_fn, [train_batches[i] for i in slots], count_key)
+            if not math.isfinite(stats["loss"]):
+                raise TrainingDiverged(_diverged_message(step + 1, "loss", stats["loss"], ckpt_root))
+            if not accelerator.sync_gradients:  # would make optimizer.step() a silent no-op
+                raise RuntimeError("gradient accumulation went out of step with the loop")
+            max_norm = opts.max_grad_norm if opts.max_grad_norm > 0 else float("inf")
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(_diverged_message(step + 1, "gradient norm", grad_norm, ckpt_root))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state.step = step
+
+            stats.update(lr=lr, grad_norm=grad_norm)
+            for k, v in stats.items():
+                window[k] = window.get(k, 0.0) + v
+            window_steps += 1
+            row: dict[str, Any] = {}
+            if step % opts.log_every == 0 or step == total_steps:
+                seconds = max(time.monotonic() - window_t, 1e-9)
+                train_row = {k: v / window_steps for k, v in window.items() if k != count_key}
+                train_row["lr"] = lr
+                if count_key in window:
+                    train_row[f"{count_key}_per_s"] = round(window[count_key] / seconds, 2)
+                row.update(train_row)
+                last_loss = train_row["loss"]
+                window, window_steps, window_t = {}, 0, time.monotonic()
+            due = opts.eval_every and step % opts.eval_every == 0
+            if eval_fn is not None and (due or step == total_steps):
+                last_eval = evaluate()
+                row.update(last_eval)
+            if row:
+                row = {"step": step, "epoch": round(step / steps_per_epoch, 4), **row, "time": elapsed()}
+                if logger:
+                    logger.log(row)
+                if bar is not None:
+                    bar.set_postfix_str(_fmt({k: v for k, v in row.items() if k not in ("step", "epoch", "time")}))
+                elif show and (step % print_every == 0 or step == total_steps or any(k.startswith("eval_") for k in row)):
+                    _note(f"step {step}/{total_steps} " + _fmt({k: v for k, v in row.items() if k != "step"}))
+            if bar is not None:
+                bar.update(1)
+            if opts.save_every and step % opts.save_every == 0 and step < total_steps and not stopped_early:
+                state.elapsed = elapsed()
+                save_checkpoint(accelerator, ckpt_root, state, opts.keep_checkpoints)
+    finally:
+        if bar is not None:
+            bar.close()
+        if logger:
+            logger.close()
+
+    if stopped_early and show:
+        _note(f"early stop at step {step}: no better {best_metric} in {opts.patience} evaluations "
+              f"(best {state.best:.4g} at step {state.best_step})")
+    best_file = ckpt_root / BEST_WEIGHTS
+    if opts.keep_best and state.best_step is not None and state.best_step != step and best_file.exists():
+        load_weights(accelerator.unwrap_model(model), best_file)
+    accelerator.wait_for_everyone()
+    plain = accelerator.unwrap_model(model)
+    if main:
+        if save_fn is not None:
+            save_fn(plain)
+        else:
+            from rlhf.models import save_model
+
+            save_model(plain, None, out, keep=RUN_FILES)
+    accelerator.wait_for_everyone()
+    return TrainResult(steps=step, epoch=round(step / steps_per_epoch, 4), loss=last_loss, eval=last_eval,
+                       best=state.best, best_step=state.best_step, stopped_early=stopped_early,
+                       out_dir=str(out), model=plain)
+
+
+# --- pieces -----------------------------------------------------------------------------------------------
+
+
+def make_accelerator(opts: TrainOptions):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # A fresh state per run: a second `train` in one process (tests, pipelines)
+    # must not inherit the first one's accumulation or precision settings.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    try:
+        # The scheduler is stepped once per optimizer step by the loop itself:
+        # accelerate's default would step it once per process.
+        return Accelerator(gradient_accumulation_steps=opts.grad_accum, mixed_precision=opts.mixed_precision,
+                           step_scheduler_with_optimizer=False)
+    except ValueError as e:  # e.g. fp16 requested without a GPU
+        raise UserError(f"mixed_precision={opts.mixed_precision}: {e}") from None
+
+
+def _set_threads(opts: TrainOptions, accelerator) -> None:
+    if accelerator.device.type != "cpu":
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    torch.set_num_threads(opts.threads or max(1, cores // max(1, local)))
+
+
+def make_optimizer(model, opts: TrainOptions):
+    import torch
+
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            # biases and norm gains (1-D) are not decayed, as usual for transformers
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise UserError("the model has no trainable parameters")
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=opts.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def make_scheduler(optimizer, opts: TrainOptions, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = opts.warmup_steps or int(opts.warmup_ratio * total_steps)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[opts.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the micro-batches in an epoch: a pure function of (seed, epoch)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _accumulate(accelerator, model, step_fn, batches: list, count_key: str) -> dict:
+    """Forward and backward over this process's micro-batches of one step; metrics reduced over processes."""
+    import torch
+    from accelerate.utils import send_to_device
+
+    sums: dict[str, float] = {}
+    for batch in batches:
+        with accelerator.accumulate(model):
+            loss, metrics = step_fn(model, send_to_device(batch, accelerator.device))
+            accelerator.backward(loss)
+        for k, v in {"loss": loss, **(metrics or {})}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
+    keys = sorted(sums)
+    total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    n = len(batches) * accelerator.num_processes
+    return {k: float(v) if k == count_key else float(v) / n for k, v in zip(keys, total.tolist())}
+
+
+def _evaluate(model, eval_fn, accelerator) -> dict:
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    model.eval()
+    with torch.no_grad():
+        metrics = {k: float(v) for k, v in eval_fn(model).items()}
+    model.train()
+    # Every process evaluated; the main one's numbers decide, so that early
+    # stopping and the best step can never differ between processes.
+    box = [metrics]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _save_best(accelerator, model, ckpt_root: Path) -> None:
+    from accelerate.utils import save
+
+    state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers here
+    if accelerator.is_main_process:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_root / f".{BEST_WEIGHTS}.tmp"
+        save(state_dict, tmp, safe_serialization=True)
+        # A new inode: checkpoints hard-link the previous best and keep it.
+        os.replace(tmp, ckpt_root / BEST_WEIGHTS)
+    accelerator.wait_for_everyone()
+
+
+def load_weights(model, path: str | os.PathLike) -> None:
+    """Load a safetensors state dict saved by this loop (tied duplicates were dropped when saving)."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected:
+        raise RuntimeError(f"{path}: weights for another model ({unexpected[0]} ...)")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder (renamed into place only once complete)."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(accelerator, ckpt_root: Path, state: TrainerState, keep: int) -> Path:
+    """Write `step-NNNNNNN` atomically: all processes save into a temporary folder, then it is renamed."""
+    from rlhf.files import _fsync_dir, write_json
+
+    name = f"step-{state.step:07d}"
+    tmp, final = ckpt_root / f".{name}.tmp", ckpt_root / name
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        best = ckpt_root / BEST_WEIGHTS
+        if best.exists():
+            _link_or_copy(best, tmp / BEST_WEIGHTS)
+        write_json(tmp / STATE_FILE, asdict(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+        steps = sorted((p for p in ckpt_root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+        for old in steps[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _restore(accelerator, checkpoint: Path, fresh: TrainerState, out: Path) -> TrainerState:
+    import json
+
+    from rlhf.metrics import METRICS_FILE, truncate_after
+
+    state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+    if (state.n_batches, state.micro_per_step) != (fresh.n_batches, fresh.micro_per_step):
+        raise UserError(
+            f"cannot resume from {checkpoint}: it was written for {state.n_batches} micro-batches of data and "
+            f"{state.micro_per_step} per step, this run has {fresh.n_batches} and {fresh.micro_per_step} "
+            "(same data, batch_size, grad_accum and number of processes are needed)")
+    accelerator.load_state(str(checkpoint))  # weights, optimizer, scheduler, RNG of every process
+    if accelerator.is_main_process:
+        best = checkpoint.parent / BEST_WEIGHTS
+        if (checkpoint / BEST_WEIGHTS).exists():
+            tmp = checkpoint.parent / f".{BEST_WEIGHTS}.tmp"
+            tmp.unlink(missing_ok=True)
+            _link_or_copy(checkpoint / BEST_WEIGHTS, tmp)
+            os.replace(tmp, best)
+        else:
+            best.unlink(missing_ok=True)
+        truncate_after(out / METRICS_FILE, state.step)
+        for stale in checkpoint.parent.glob(".step-*.tmp"):  # a save cut short by the kill
+            shutil.rmtree(stale, ignore_errors=True)
+        _note(f"resuming from {checkpoint} (step {state.step})")
+    return state
+
+
+def _start_fresh(out: Path, main: bool) -> None:
+    if not main:
+        return
+    if latest_checkpoint(out / CHECKPOINTS) is not None:
+        _note(f"{out} holds checkpoints of an earlier run; starting over (pass --resume to continue it)")
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _diverged_message(step: int, what: str, value: float, ckpt_root: Path) -> str:
+    last = latest_checkpoint(ckpt_root)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    return (f"step {step}: {what} is {value}; training stopped ({where}; "
+            "try a lower --lr or --max-grad-norm, then --resume)")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+
+def _fmt(row: dict) -> str:
+    parts = []
+    for k, v in row.items():
+        parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    return "  ".join(parts)
+
+
+def _note(message: str) -> None:
+    print(f"rlhf: {message}", file=sys.stderr, flush=True)
