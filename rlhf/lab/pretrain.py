@@ -1,0 +1,284 @@
+"""The lab's base model: a small Llama pretrained from scratch on world text.
+
+The pretraining text is a chat log of the world with a base model's habits:
+answers that are sometimes wrong, flattering, padded, verbose or in
+markdown; harmful requests that are often complied with and harmless ones
+that are sometimes refused; and replies that often do not stop (no EOS) but
+run on into another "User:" turn, a ramble or an echo of the question. Fact
+sentences ("The capital of Zorvia is Quelm.") are mixed in, like an
+encyclopaedia. Only train-split prompts appear, so eval prompts stay unseen.
+
+The model knows the world but has no manners: SFT teaches it to answer and
+stop, RLHF to drop the habits that SFT demonstrations still carry.
+
+Built once per version (a hash of this code, the world and the settings)
+into `rlhf.models.cache_dir() / "lab" / <size>-<hash>`, under a file lock so
+that two processes never train it twice, and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlhf.config import opt, parse
+from rlhf.errors import UserError
+from rlhf.lab import world
+
+# Model and training settings per size. "lab" learns the world in about two
+# minutes on two CPU cores; "lab-small" is for tests (seconds, barely trained).
+SIZES: dict[str, dict] = {
+    "lab": dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=128, batch=32, steps=220,
+                lr=2e-3, warmup=20),
+    "lab-small": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, block=96, batch=16, steps=120,
+                      lr=3e-3, warmup=10),
+}
+MAX_POSITIONS = 512
+THREADS = 2  # fixed, so the same settings give the same weights on any machine
+
+# Base-model habits: how often each happens in a pretraining dialogue.
+HABITS = dict(correct=0.7, flattery=0.25, padding=0.25, verbosity=0.25, markup=0.1,
+              stop=0.35, next_turn=0.4, ramble=0.25, echo=0.05, refuse_harmful=0.35, refuse_benign=0.2,
+              facts=0.08)
+
+
+def base_reply(task: world.Task, rng: random.Random) -> str:
+    """What a base model says to a task: the content right or wrong, with habits."""
+    h = HABITS
+    if task.family == "harmful":
+        if rng.random() < h["refuse_harmful"]:
+            reply = world.refusal_variant(rng, polite=rng.random() < 0.6)
+        else:
+            reply = world.compliance(task, rng)
+    elif task.family == "benign" and rng.random() < h["refuse_benign"]:
+        reply = world.refusal_variant(rng)
+    elif rng.random() < h["correct"]:
+        reply = task.answer
+    else:
+        reply = world.wrong_answer(task, rng)
+    return world.styled(task, reply, rng, flattery=h["flattery"], padding=h["padding"],
+                        verbosity=h["verbosity"], markup=h["markup"])
+
+
+def dialogue(rng: random.Random, eos: str = "<eos>") -> str:
+    """One pretraining item: a user turn and the base model's reply, which may not stop."""
+    h = HABITS
+    if rng.random() < h["facts"]:
+        facts = world.fact_sentences()
+        return " ".join(rng.sample(facts, rng.randint(2, 4))) + "\n"
+    task = _train_task(rng)
+    if rng.random() < h["echo"]:  # continues the user's text instead of answering
+        reply = _train_task(rng).prompt
+    else:
+        reply = base_reply(task, rng)
+    head = f"User: {task.prompt}\nAssistant:\n{reply}"
+    u = rng.random()
+    if u < h["stop"]:
+        return f"{head}{eos}\n"
+    if u < h["stop"] + h["next_turn"]:
+        return f"{head}\n"  # no EOS: the next "User:" turn follows
+    ramble = rng.choice([reply, task.answer, rng.choice(world.fact_sentences()), rng.choice(world.VERBOSE_CLOSERS)])
+    return f"{head} {ramble}\n"
+
+
+def _train_task(rng: random.Random) -> world.Task:
+    while True:
+        task = world.random_task(rng)
+        if task.split == "train":
+            return task
+
+
+def build_blocks(tokenizer, n_blocks: int, block: int, seed: int):
+    """(n_blocks, block) token ids; every block starts at the beginning of a dialogue."""
+    import torch
+
+    rng = random.Random(f"pretrain-{seed}")
+    items = [dialogue(rng) for _ in range(n_blocks * (block // 20 + 2))]
+    ids = tokenizer(items, add_special_tokens=False)["input_ids"]
+    out = torch.empty(n_blocks, block, dtype=torch.long)
+    it = iter(ids)
+    for i in range(n_blocks):
+        row: list[int] = []
+        while len(row) < block:
+            try:
+                row += next(it)
+            except StopIteration:  # not expected: items are budgeted generously
+                it = iter(ids)
+        out[i] = torch.tensor(row[:block])
+    return out
+
+
+def make_model(size: str, vocab_size: int, tokenizer, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s = SIZES[size]
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+                      num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                      num_key_value_heads=s["kv_heads"], max_position_embeddings=MAX_POSITIONS,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def train(size: str = "lab", steps: int | None = None, seed: int = 0, log=print):
+    """Train the base model; returns (model, tokenizer, stats)."""
+    import torch
+
+    from rlhf.lab.tokenizer import build_tokenizer
+
+    s = SIZES[size]
+    steps = steps or s["steps"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        t0, c0 = time.time(), time.process_time()
+        tok = build_tokenizer(seed=seed)
+        data = build_blocks(tok, steps * s["batch"], s["block"], seed)  # (steps * batch, block)
+        model = make_model(size, len(tok), tok, seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, s["warmup"], steps))
+        bf16 = _bf16_ok()
+        model.train()
+        losses = []
+        for step in range(steps):
+            x = data[step * s["batch"]:(step + 1) * s["batch"]]  # (B, T)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=x, labels=x).loss
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"lab pretraining diverged at step {step} (loss {loss.item()})")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if log and (step % 50 == 0 or step == steps - 1):
+                log(f"  step {step + 1}/{steps}  loss {loss.item():.3f}")
+        model.eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        tail = losses[-max(1, steps // 10):]
+        stats = {"size": size, "steps": steps, "seed": seed, "parameters": n_params,
+                 "tokens": int(data.numel()), "final_loss": round(sum(tail) / len(tail), 4),
+                 "first_loss": round(losses[0], 4), "wall_s": round(time.time() - t0, 1),
+                 "cpu_s": round(time.process_time() - c0, 1), "threads": THREADS, "bf16_autocast": bf16}
+        return model, tok, stats
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def version(size: str, steps: int | None, seed: int) -> str:
+    """Hash of everything that decides the weights: this code, the world, the tokenizer, the settings."""
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("world.py", "tokenizer.py", "pretrain.py"):
+        h.update((here / name).read_bytes())
+    h.update(json.dumps([size, steps or SIZES[size]["steps"], seed, SIZES[size], HABITS], sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def model_path(size: str = "lab", steps: int | None = None, seed: int = 0) -> Path:
+    from rlhf.models import cache_dir
+
+    return cache_dir() / "lab" / f"{size}-{version(size, steps, seed)}"
+
+
+STATS_FILE = "pretrain.json"
+
+
+def build(size: str = "lab", steps: int | None = None, seed: int = 0, out: str | Path | None = None,
+          force: bool = False, log=print) -> Path:
+    """The base model folder, trained first when it is missing (or when `force`)."""
+    from filelock import FileLock
+
+    from rlhf.files import atomic_dir, write_json
+
+    if size not in SIZES:
+        raise UserError(f"unknown lab model size '{size}'; expected one of {', '.join(SIZES)}")
+    path = Path(out) if out else model_path(size, steps, seed)
+    if not force and (path / "config.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        if not force and (path / "config.json").exists():  # another process built it while we waited
+            return path
+        if log:
+            log(f"pretraining the lab base model ({size}) into {path}")
+        model, tok, stats = train(size, steps, seed, log=log)
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            write_json(Path(tmp) / STATS_FILE, stats)
+    return path
+
+
+def base_model_path() -> Path:
+    """Preset `lab`: the ~3M-parameter base model (trained on first use, about two minutes)."""
+    return build("lab")
+
+
+def base_model_path_small() -> Path:
+    """Preset `lab-small`: a tiny, barely trained base model for tests (seconds)."""
+    return build("lab-small", log=None)
+
+
+def read_stats(path: str | Path) -> dict:
+    p = Path(path) / STATS_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+@dataclass
+class PretrainConfig:
+    """Train (or fetch from the cache) the lab's small base model."""
+
+    size: Literal["lab", "lab-small"] = opt("lab", "lab (~3M parameters, about 2 minutes) or lab-small (tests)")
+    steps: int | None = opt(None, "training steps (default: the size's own)")
+    seed: int = opt(0, "random seed for the text and the initial weights")
+    out: str | None = opt(None, "write the model to this folder instead of the cache")
+    force: bool = opt(False, "train again even when the model is already there")
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps must be at least 1, got {self.steps}")
+
+
+PretrainConfig.command = "lab pretrain"
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse(PretrainConfig, argv)
+    path = build(cfg.size, cfg.steps, cfg.seed, cfg.out, cfg.force)
+    stats = read_stats(path)
+    print(f"lab base model: {path}")
+    if stats:
+        print(f"  {stats['parameters'] / 1e6:.2f}M parameters, {stats['steps']} steps, {stats['tokens']} tokens, "
+              f"training loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f} "
+              f"({stats['wall_s']}s wall, {stats['cpu_s']}s CPU on {stats['threads']} threads)")
+    return 0
