@@ -1,0 +1,347 @@
+"""The labeling web app (Flask): login, the task page, my labels, the admin page, a JSON API.
+
+Security model, for annotators on a shared network and responses from models:
+- every page and API call needs a login (sessions in a signed, HttpOnly,
+  SameSite=Strict cookie; the secret lives in the database, never in logs);
+  a changed password or a disabled account ends existing sessions;
+- every state change is a POST carrying the session's CSRF token (form field
+  `csrf_token` or header `X-CSRF-Token`); GET never changes anything, so the
+  next item is leased by the POST that submits the previous one;
+- responses are rendered escaped or as CommonMark with raw HTML off, and the
+  Content-Security-Policy forbids inline script, so even a rendering mistake
+  could not run a response's `<script>`;
+- annotators see only their own labels; stats and export are admin-only.
+
+JSON API (same session cookie; send `X-CSRF-Token` on POST):
+    GET  /api/session          -> {user, admin, project, mode, csrf_token}
+    GET  /api/task             -> the task leased to you, or {"task": null}
+    POST /api/next             -> lease (or renew) your next task
+    POST /api/labels           {item_id, choice, order?, strength?, seconds?, next?} -> {label, task?}
+    GET  /api/labels           -> your labels;  GET /api/labels/<id> -> one of yours
+    GET  /api/stats            -> agreement and progress (admin)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from functools import wraps
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import (Flask, Response, flash, g, jsonify, redirect, render_template, request, session,
+                   url_for)
+
+from rlhf.labeling import agreement, display
+from rlhf.labeling.store import Project, Refused, Store
+
+HERE = Path(__file__).parent
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+       "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _pw_tag(user: dict) -> str:
+    """Changes when the password does, so old sessions stop working."""
+    return hashlib.sha256(user["password_hash"].encode()).hexdigest()[:16]
+
+
+def create_app(store: Store, project: str | None = None, *, secure_cookies: bool = False) -> Flask:
+    proj: Project = store.project(project)
+    secret = store.secret_key()
+    app = Flask("rlhf.labeling", template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.config.update(
+        SECRET_KEY=secret,
+        SESSION_COOKIE_NAME="rlhf_label",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=secure_cookies,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["store"] = store
+    app.jinja_env.globals["LETTERS"] = display.LETTERS
+
+    def is_api() -> bool:
+        return request.path.startswith("/api/")
+
+    def fail(status: int, message: str):
+        if is_api():
+            return jsonify({"error": message}), status
+        return render_template("error.html", status=status, message=message, project=proj), status
+
+    @app.errorhandler(Refused)
+    def _refused(e: Refused):
+        return fail(e.status, e.message)
+
+    for code, text in ((400, "bad request"), (403, "forbidden"), (404, "not found"), (405, "method not allowed"),
+                       (413, "request too large")):
+        app.register_error_handler(code, lambda e, code=code, text=text: fail(code, text))
+
+    @app.before_request
+    def _load_user():
+        g.user = None
+        uid = session.get("uid")
+        if uid is not None:
+            user = store.user(uid)
+            if user and user["active"] and hmac.compare_digest(session.get("pw", ""), _pw_tag(user)):
+                g.user = user
+            else:
+                session.clear()
+        if "csrf" not in session:
+            session["csrf"] = secrets.token_urlsafe(32)
+        if request.method not in SAFE_METHODS:
+            _check_csrf()
+
+    def _check_csrf():
+        sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
+        if not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
+            raise Refused(403, "CSRF token missing or wrong; reload the page")
+        origin = request.headers.get("Origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+            raise Refused(403, "cross-origin request refused")
+
+    @app.after_request
+    def _headers(resp: Response):
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if not request.path.startswith("/static/"):
+            resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.context_processor
+    def _globals():
+        return {"user": g.get("user"), "csrf_token": session.get("csrf", ""), "project": proj}
+
+    def login_required(admin: bool = False):
+        def wrap(fn):
+            @wraps(fn)
+            def inner(*a, **kw):
+                if g.user is None:
+                    if is_api():
+                        return jsonify({"error": "login required"}), 401
+                    return redirect(url_for("login", next=request.path))
+                if admin and not g.user["is_admin"]:
+                    return fail(403, "admins only")
+                return fn(*a, **kw)
+            return inner
+        return wrap
+
+    # -- pages ---------------------------------------------------------------
+    @app.get("/login")
+    def login():
+        return render_template("login.html", next=_safe_next(request.args.get("next")))
+
+    @app.post("/login")
+    def login_post():
+        user = store.check_login(request.form.get("name", ""), request.form.get("password", ""))
+        if user is None:
+            flash("Wrong name or password.")
+            return render_template("login.html", next=_safe_next(request.form.get("next"))), 401
+        session.clear()  # a fresh session (and CSRF token) at login: no fixation
+        session.permanent = True
+        session.update(uid=user["id"], pw=_pw_tag(user), csrf=secrets.token_urlsafe(32))
+        store.lease_next(proj, user["id"])
+        return redirect(_safe_next(request.form.get("next")) or url_for("task"))
+
+    @app.post("/logout")
+    def logout():
+        session.clear()
+        return redirect(url_for("login"))
+
+    @app.get("/")
+    @login_required()
+    def index():
+        return redirect(url_for("task"))
+
+    @app.get("/task")
+    @login_required()
+    def task():
+        item_id = store.current_task(proj, g.user["id"])
+        if item_id is None:
+            return render_template("next.html", progress=store.progress(proj, g.user["id"]))
+        return _task_page(item_id, revisit=False)
+
+    @app.get("/task/<int:item_id>")
+    @login_required()
+    def task_item(item_id: int):
+        return _task_page(item_id, revisit=True)
+
+    def _task_page(item_id: int, revisit: bool):
+        item = store.item(item_id)
+        mine = store.label_for(item_id, g.user["id"])
+        if item is None or (mine is None and store.current_task(proj, g.user["id"]) != item_id):
+            return fail(403, "this item is not assigned to you")
+        shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
+        responses = [{"letter": display.LETTERS[n], "html": display.to_html(item.responses[i], proj.render)}
+                     for n, i in enumerate(shown)]
+        prompt = [{"role": m["role"], "html": display.to_html(m["content"], proj.render)}
+                  for m in display.prompt_messages(item.prompt)]
+        previous = display.answer_in_display_terms(mine, proj.mode, shown)
+        return render_template("task.html", item=item, responses=responses, prompt=prompt, previous=previous,
+                               revisit=revisit and mine is not None, progress=store.progress(proj, g.user["id"]),
+                               guidelines=display.to_html(proj.guidelines, "markdown") if proj.guidelines else "")
+
+    @app.post("/next")
+    @login_required()
+    def next_task():
+        if store.lease_next(proj, g.user["id"]) is None:
+            return redirect(url_for("done"))
+        return redirect(url_for("task"))
+
+    @app.post("/label")
+    @login_required()
+    def label_post():
+        item_id = _int(request.form.get("item_id"), "item_id")
+        try:
+            _submit(item_id, request.form.get("choice"), request.form.get("order"), request.form.get("strength"),
+                    request.form.get("seconds"))
+        except Refused as e:
+            if e.status != 409:
+                raise
+            flash("Your time on that item ran out and others labelled it meanwhile; here is the next one.")
+        if request.form.get("return") == "labels":
+            flash("Label updated.")
+            return redirect(url_for("my_labels"))
+        if store.lease_next(proj, g.user["id"]) is None:
+            return redirect(url_for("done"))
+        return redirect(url_for("task"))
+
+    @app.get("/done")
+    @login_required()
+    def done():
+        return render_template("done.html", progress=store.progress(proj, g.user["id"]))
+
+    @app.get("/labels")
+    @login_required()
+    def my_labels():
+        return render_template("labels.html", labels=store.labels_of(proj, g.user["id"]),
+                               progress=store.progress(proj, g.user["id"]))
+
+    @app.get("/admin")
+    @login_required(admin=True)
+    def admin():
+        summary = agreement.summarize(store.project_labels(proj), proj.mode)
+        return render_template("admin.html", summary=summary, progress=store.progress(proj),
+                               users=store.users())
+
+    @app.get("/admin/export.jsonl")
+    @login_required(admin=True)
+    def admin_export():
+        import json
+
+        from rlhf.labeling.export import export_project
+
+        rows = export_project(store, proj.name, include_ties=request.args.get("ties") == "1")
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return Response(body, mimetype="application/x-ndjson",
+                        headers={"Content-Disposition": f'attachment; filename="{proj.name}-preferences.jsonl"'})
+
+    # -- JSON API --------------------------------------------------------------
+    @app.get("/api/session")
+    @login_required()
+    def api_session():
+        return jsonify({"user": g.user["name"], "admin": bool(g.user["is_admin"]), "project": proj.name,
+                        "mode": proj.mode, "csrf_token": session["csrf"]})
+
+    @app.get("/api/task")
+    @login_required()
+    def api_task():
+        return jsonify({"task": _task_json(store.current_task(proj, g.user["id"]))})
+
+    @app.post("/api/next")
+    @login_required()
+    def api_next():
+        return jsonify({"task": _task_json(store.lease_next(proj, g.user["id"]))})
+
+    @app.post("/api/labels")
+    @login_required()
+    def api_label():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise Refused(400, "send a JSON object")
+        item_id = _int(body.get("item_id"), "item_id")
+        order = body.get("order")
+        if isinstance(order, list):
+            order = ",".join(map(str, order))
+        strength = body.get("strength")
+        label = _submit(item_id, body.get("choice"), order, None if strength is None else str(strength),
+                        body.get("seconds"))
+        out = {"label": _label_json(label)}
+        if body.get("next"):
+            out["task"] = _task_json(store.lease_next(proj, g.user["id"]))
+        return jsonify(out)
+
+    @app.get("/api/labels")
+    @login_required()
+    def api_labels():
+        return jsonify({"labels": [_label_json(x) for x in store.labels_of(proj, g.user["id"])]})
+
+    @app.get("/api/labels/<int:label_id>")
+    @login_required()
+    def api_label_get(label_id: int):
+        label = store.label(label_id)
+        if label is None:
+            return fail(404, "no such label")
+        if label["user_id"] != g.user["id"] and not g.user["is_admin"]:
+            return fail(403, "that label belongs to another annotator")
+        return jsonify({"label": _label_json(label)})
+
+    @app.get("/api/stats")
+    @login_required(admin=True)
+    def api_stats():
+        return jsonify({"progress": store.progress(proj),
+                        "agreement": agreement.summarize(store.project_labels(proj), proj.mode)})
+
+    # -- helpers ---------------------------------------------------------------
+    def _submit(item_id: int, choice, order, strength, seconds) -> dict:
+        item = store.item(item_id)
+        if item is None:
+            raise Refused(404, "no such item")
+        shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
+        answer = display.answer_from_form(proj.mode, shown, str(choice or ""), order, strength)
+        secs = None
+        if seconds not in (None, ""):
+            try:
+                secs = max(0.0, min(float(seconds), 86400.0))
+            except (TypeError, ValueError):
+                raise Refused(400, "seconds must be a number") from None
+        return store.submit(proj, g.user, item_id, answer, shown=shown, seconds=secs)
+
+    def _task_json(item_id):
+        if item_id is None:
+            return None
+        item = store.item(item_id)
+        shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
+        # Raw text here (JSON is not HTML); model names and item order stay on the server.
+        return {"item_id": item.id, "mode": proj.mode, "prompt": item.prompt,
+                "responses": [{"letter": display.LETTERS[n], "text": item.responses[i]} for n, i in enumerate(shown)]}
+
+    def _label_json(label: dict) -> dict:
+        shown = label["shown"]
+        return {"id": label["id"], "item_id": label["item_id"], "changed": label.get("changed"),
+                **display.answer_in_display_terms(label, proj.mode, shown), "updated_at": label["updated_at"]}
+
+    return app
+
+
+def _int(value, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise Refused(400, f"{name} must be an integer") from None
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only same-site paths after login: no open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return None

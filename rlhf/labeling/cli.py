@@ -1,0 +1,279 @@
+"""`rlhf label create|serve|user|stats|export`: the labeling app's commands.
+
+    rlhf label create project.db --data responses.jsonl --mode pairwise --overlap 3 --guidelines guide.md
+    rlhf label user add alice --admin --db project.db
+    rlhf label serve project.db --port 8080
+    rlhf label stats project.db
+    rlhf label export project.db -o prefs.jsonl
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from rlhf.config import opt, parse
+from rlhf.errors import UserError
+
+
+@dataclass
+class CreateConfig:
+    """Create a labeling project from ready responses or by sampling a model."""
+
+    command = "label create"
+    db: str = opt("project.db", "database file, or a SQLAlchemy URL (postgresql://...)", positional=True)
+    name: str = opt("default", "project name")
+    data: Optional[str] = opt(None, "JSONL of {prompt, responses: [...]} or {prompt, chosen, rejected}")
+    prompts: Optional[str] = opt(None, "prompts (JSONL {prompt} or one per line) to sample responses for")
+    model: Optional[str] = opt(None, "model that samples the responses for --prompts (folder or preset)")
+    k: int = opt(0, "responses sampled per prompt (default: 2 pairwise, 4 ranking)")
+    mode: Literal["pairwise", "ranking"] = opt("pairwise", "compare two responses, or rank K")
+    overlap: int = opt(3, "annotators per item")
+    guidelines: Optional[str] = opt(None, "markdown file shown with every task")
+    gold: Optional[str] = opt(None, "JSONL of gold items with known answers, spread through the items")
+    lease_minutes: float = opt(30.0, "an item leased to an annotator goes back to the pool after this long")
+    strength: bool = opt(True, "ask how strong a pairwise preference is (exported as margin)")
+    render: Literal["markdown", "text"] = opt("markdown", "show responses as markdown (raw HTML off) or plain text")
+    append: bool = opt(False, "add the items to an existing project of that name")
+    max_new_tokens: int = opt(128, "sampling: longest response in tokens")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "sampling nucleus")
+    seed: int = opt(0, "sampling seed")
+    batch_size: int = opt(8, "sampling batch size")
+
+    def __post_init__(self):
+        if bool(self.data) == bool(self.prompts):
+            raise UserError("give exactly one of --data (ready responses) or --prompts with --model")
+        if self.prompts and not self.model:
+            raise UserError("--prompts needs --model to sample responses")
+        if self.overlap < 1:
+            raise UserError(f"overlap must be at least 1, got {self.overlap}")
+        if self.lease_minutes <= 0:
+            raise UserError(f"lease_minutes must be positive, got {self.lease_minutes}")
+        if self.k == 0:
+            self.k = 2 if self.mode == "pairwise" else 4
+        if self.k < 2:
+            raise UserError(f"k must be at least 2, got {self.k}")
+
+
+@dataclass
+class ServeConfig:
+    """Start the labeling web app."""
+
+    command = "label serve"
+    db: str = opt("project.db", "database file or URL", positional=True)
+    project: Optional[str] = opt(None, "project to serve (default: the only one)")
+    host: str = opt("127.0.0.1", "address to bind; 0.0.0.0 exposes the app to the network")
+    port: int = opt(8080, "port (0 picks a free one and prints it)")
+    threads: int = opt(8, "worker threads")
+    secure_cookies: bool = opt(False, "mark the session cookie Secure (when served behind HTTPS)")
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"port must be 0..65535, got {self.port}")
+        if self.threads < 1:
+            raise UserError("threads must be at least 1")
+
+
+@dataclass
+class UserConfig:
+    """Add or change an annotator account: add | passwd | admin | disable | enable | list."""
+
+    command = "label user"
+    action: Literal["add", "passwd", "admin", "disable", "enable", "list"] = opt(
+        help="add | passwd | admin | disable | enable | list", positional=True)
+    name: Optional[str] = opt(None, "user name", positional=True)
+    db: str = opt("project.db", "database file or URL")
+    admin: bool = opt(False, "with add: an admin (sees stats and export); with admin: grant (or --no-admin: revoke)")
+    password_env: Optional[str] = opt(None, "read the password from this environment variable instead of a prompt")
+
+
+@dataclass
+class StatsConfig:
+    """Inter-annotator agreement and progress."""
+
+    command = "label stats"
+    db: str = opt("project.db", "database file or URL", positional=True)
+    project: Optional[str] = opt(None, "project (default: the only one)")
+    json: bool = opt(False, "print JSON instead of a table")
+
+
+@dataclass
+class ExportConfig:
+    """Export labels as preference JSONL (TRL format)."""
+
+    command = "label export"
+    db: str = opt("project.db", "database file or URL", positional=True)
+    output: str = opt("preferences.jsonl", "output JSONL file")
+    project: Optional[str] = opt(None, "project (default: the only one)")
+    ties: bool = opt(False, "write ties as rows with tie=true and margin 0")
+    gold: bool = opt(True, "include annotators' labels on gold items")
+    aggregate: Literal["none", "majority"] = opt("none", "one row per annotator label, or the majority per comparison")
+
+
+def _argv_with_short_output(argv: list[str]) -> list[str]:
+    return ["--output" if a == "-o" else a for a in argv]
+
+
+def create_main(argv: list[str]) -> int:
+    from rlhf.labeling.sources import interleave, read_items, read_prompts, sample_items
+    from rlhf.labeling.store import Store
+
+    cfg = parse(CreateConfig, argv)
+    guidelines = ""
+    if cfg.guidelines:
+        try:
+            guidelines = open(cfg.guidelines, encoding="utf-8").read()
+        except (FileNotFoundError, UnicodeDecodeError) as e:
+            raise UserError(f"{cfg.guidelines}: cannot read guidelines ({type(e).__name__})") from None
+    if cfg.data:
+        items = read_items(cfg.data, cfg.mode)
+    else:
+        prompts = read_prompts(cfg.prompts)
+        items = sample_items(prompts, cfg.model, k=cfg.k, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                             batch_size=cfg.batch_size, source=os.path.splitext(os.path.basename(cfg.prompts))[0])
+    gold = read_items(cfg.gold, cfg.mode, gold=True) if cfg.gold else []
+    store = Store(cfg.db, create=True)
+    project = store.create_project(cfg.name, mode=cfg.mode, overlap=cfg.overlap,
+                                   lease_seconds=int(cfg.lease_minutes * 60), strength=cfg.strength,
+                                   render=cfg.render, guidelines=guidelines, items=interleave(items, gold),
+                                   append=cfg.append)
+    p = store.progress(project)
+    print(f"rlhf: project '{project.name}' in {cfg.db}: {p['items']} items, {p['gold_items']} gold, "
+          f"{project.mode}, {project.overlap} annotators each")
+    if not store.users():
+        print(f"rlhf: next, add an admin: rlhf label user add NAME --admin --db {cfg.db}")
+    return 0
+
+
+def make_server(cfg: ServeConfig):
+    """A waitress server for the app, bound but not yet serving."""
+    from waitress.server import create_server
+
+    from rlhf.labeling.app import create_app
+    from rlhf.labeling.store import Store
+
+    store = Store(cfg.db)
+    app = create_app(store, cfg.project, secure_cookies=cfg.secure_cookies)
+    # clear_untrusted_proxy_headers: X-Forwarded-* from clients are ignored.
+    return create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="rlhf-label",
+                         clear_untrusted_proxy_headers=True, connection_limit=200)
+
+
+def serve_main(argv: list[str]) -> int:
+    cfg = parse(ServeConfig, argv)
+    server = make_server(cfg)
+    print(f"rlhf: labeling app at http://{cfg.host}:{server.effective_port}/ (Ctrl-C stops)", flush=True)
+    if not _has_users(cfg.db):
+        print(f"rlhf: no accounts yet: rlhf label user add NAME --admin --db {cfg.db}", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+def _has_users(db: str) -> bool:
+    from rlhf.labeling.store import Store
+
+    return bool(Store(db).users())
+
+
+def _password(cfg: UserConfig) -> str:
+    if cfg.password_env:
+        value = os.environ.get(cfg.password_env)
+        if not value:
+            raise UserError(f"--password-env {cfg.password_env}: that environment variable is empty")
+        return value
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {cfg.name}: ")
+        if getpass.getpass("again: ") != first:
+            raise UserError("the two passwords differ")
+        return first
+    line = sys.stdin.readline().rstrip("\n")
+    if not line:
+        raise UserError("no password given (type it at the prompt, pipe it on stdin, or use --password-env)")
+    return line
+
+
+def user_main(argv: list[str]) -> int:
+    from rlhf.labeling.store import Store
+
+    cfg = parse(UserConfig, argv)
+    store = Store(cfg.db)
+    if cfg.action == "list":
+        for u in store.users():
+            flags = [f for f, on in (("admin", u["is_admin"]), ("disabled", not u["active"])) if on]
+            print(u["name"] + (f" ({', '.join(flags)})" if flags else ""))
+        return 0
+    if not cfg.name:
+        raise UserError(f"rlhf label user {cfg.action}: give a user name")
+    if cfg.action == "add":
+        store.add_user(cfg.name, _password(cfg), admin=cfg.admin)
+        print(f"rlhf: added {'admin' if cfg.admin else 'annotator'} {cfg.name}")
+    elif cfg.action == "passwd":
+        store.update_user(cfg.name, password=_password(cfg))
+        print(f"rlhf: password of {cfg.name} changed (their sessions are logged out)")
+    elif cfg.action == "admin":
+        store.update_user(cfg.name, admin=cfg.admin)
+        print(f"rlhf: {cfg.name} is {'now' if cfg.admin else 'no longer'} an admin")
+    else:
+        store.update_user(cfg.name, active=cfg.action == "enable")
+        print(f"rlhf: {cfg.name} {cfg.action}d")
+    return 0
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def stats_main(argv: list[str]) -> int:
+    from rlhf.labeling.agreement import summarize
+    from rlhf.labeling.store import Store
+
+    cfg = parse(StatsConfig, argv)
+    store = Store(cfg.db)
+    project = store.project(cfg.project)
+    progress = store.progress(project)
+    summary = summarize(store.project_labels(project), project.mode)
+    if cfg.json:
+        print(json.dumps({"project": project.name, "progress": progress, "agreement": summary}, indent=2))
+        return 0
+    print(f"project {project.name}: {project.mode}, {project.overlap} annotators per item")
+    print(f"progress: {progress['complete']}/{progress['items']} items complete, "
+          f"{progress['votes']}/{progress['target_votes']} labels, {progress['gold_items']} gold items, "
+          f"{progress['active_leases']} active leases")
+    print(f"agreement: {summary['pairable_units']} units with 2+ labels, percent agreement "
+          f"{_fmt(summary['percent_agreement'])}, Krippendorff's alpha {_fmt(summary['krippendorff_alpha'])}")
+    if summary["pairs"]:
+        print(f"\n{'annotator':<16}{'annotator':<16}{'shared':>8}{'agree':>8}{'kappa':>8}")
+        for p in summary["pairs"]:
+            print(f"{p['a']:<16}{p['b']:<16}{p['n']:>8}{_fmt(p['agreement']):>8}{_fmt(p['kappa']):>8}")
+    if summary["annotators"]:
+        print(f"\n{'annotator':<16}{'labels':>8}{'skips':>8}{'majority':>10}{'gold':>8}")
+        for a in summary["annotators"]:
+            maj = _fmt(a["majority"]["rate"]) if a["majority"] else "-"
+            gold = _fmt(a["gold"]["rate"]) if a["gold"] else "-"
+            print(f"{a['name']:<16}{a['labels']:>8}{a['skips']:>8}{maj:>10}{gold:>8}")
+    return 0
+
+
+def export_main(argv: list[str]) -> int:
+    from rlhf.files import write_jsonl
+    from rlhf.labeling.export import export_project
+    from rlhf.labeling.store import Store
+
+    cfg = parse(ExportConfig, _argv_with_short_output(argv))
+    store = Store(cfg.db)
+    rows = export_project(store, cfg.project, include_ties=cfg.ties, include_gold=cfg.gold,
+                          aggregate=cfg.aggregate)
+    write_jsonl(cfg.output, rows)
+    print(f"rlhf: wrote {len(rows)} preference pairs to {cfg.output}")
+    return 0

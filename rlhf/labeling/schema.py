@@ -1,0 +1,115 @@
+"""The labeling database: tables in SQLAlchemy Core, portable to SQLite and PostgreSQL.
+
+Times are UNIX seconds (floats) so every backend stores them the same way.
+Answers are stored in the item's own terms, never in the order an annotator
+saw: response `idx` 0, 1, ... as created. A pairwise choice is `a` (response 0
+better), `b` (response 1 better), `tie`, `both_bad` or `skip`; a ranking is a
+JSON list of response indices, best first, with choice `rank`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint)
+
+SCHEMA_VERSION = "1"
+
+metadata = MetaData()
+
+# Key/value settings of the whole database: schema version, the session secret.
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(256), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+projects = Table(
+    "projects", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("mode", String(16), nullable=False),  # pairwise | ranking
+    Column("overlap", Integer, nullable=False),  # annotators per (non-gold) item
+    Column("lease_seconds", Integer, nullable=False),
+    Column("strength", Boolean, nullable=False),  # ask how strong a pairwise preference is
+    Column("render", String(16), nullable=False),  # markdown | text
+    Column("guidelines", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+items = Table(
+    "items", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("uid", String(128), nullable=False),  # stable id from the source file (or made up)
+    Column("group_id", String(128), nullable=False),  # items sharing a prompt share a group
+    Column("position", Integer, nullable=False),  # order in which items are handed out
+    Column("prompt", Text, nullable=False),  # JSON: a string or a list of messages
+    Column("is_gold", Boolean, nullable=False, default=False),
+    Column("gold", Text, nullable=True),  # JSON answer in item terms: "a"/"b" or a ranking
+    # Non-skip labels so far: kept in the same transaction as the labels, it
+    # lets the next-task query pass over finished items without counting.
+    Column("done_count", Integer, nullable=False, default=0),
+    UniqueConstraint("project_id", "uid"),
+    Index("ix_items_project_position", "project_id", "position"),
+)
+
+responses = Table(
+    "responses", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("model", String(256), nullable=True),  # never shown to annotators
+    UniqueConstraint("item_id", "idx"),
+)
+
+# A lease: who is working on what. `leased` until the label arrives (then
+# `done`, or `skipped`); a lease past `expires_at` no longer holds a slot.
+assignments = Table(
+    "assignments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("leased_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    UniqueConstraint("item_id", "user_id"),
+    Index("ix_assignments_user_state", "user_id", "state"),
+)
+
+labels = Table(
+    "labels", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("choice", String(16), nullable=False),  # a | b | tie | both_bad | skip | rank
+    Column("ranking", Text, nullable=True),  # JSON list of response idx, best first
+    Column("strength", Integer, nullable=True),  # 1 slightly, 2 clearly, 3 much better
+    Column("shown", Text, nullable=False),  # JSON list of response idx in the order shown
+    Column("seconds", Float, nullable=True),  # time from page load to answer, as the browser measured
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("item_id", "user_id"),
+)
+
+# Every change to labels, accounts and projects, with the values before and after.
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=True),  # user name, or "cli"
+    Column("action", String(32), nullable=False),
+    Column("item_id", Integer, nullable=True),
+    Column("label_id", Integer, nullable=True),
+    Column("detail", Text, nullable=False),  # JSON
+)

@@ -1,0 +1,172 @@
+"""Where a project's items come from: a file of ready responses, or a model sampling them.
+
+Rows of a responses file (JSONL), each with an optional `id` and `group`:
+
+    {"prompt": "...", "responses": ["...", "...", {"text": "...", "model": "sft"}]}
+    {"prompt": "...", "chosen": "...", "rejected": "..."}
+
+`prompt` is a string or a list of `{role, content}` messages; `chosen` and
+`rejected` may be strings or TRL conversational lists. A gold row carries its
+known answer: `"gold": true` on a chosen/rejected row (chosen is better), or
+`"gold": [2, 0, 1]` (response indices, best first) on a responses row.
+
+In pairwise mode a row with K > 2 responses becomes C(K, 2) items, one per
+pair, all in the row's group; in ranking mode it is one item.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from rlhf.errors import UserError, bad_row
+from rlhf.labeling.store import ItemSpec
+
+
+def _read_jsonl(path: str):
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise bad_row(path, n, f"not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise bad_row(path, n, "expected a JSON object")
+            yield n, row
+
+
+def _prompt(path, n, row):
+    p = row.get("prompt")
+    if isinstance(p, str) and p.strip():
+        return p
+    if isinstance(p, list) and p and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in p):
+        return [{"role": str(m.get("role", "user")), "content": m["content"]} for m in p]
+    raise bad_row(path, n, '"prompt" must be a non-empty string or a list of {role, content} messages')
+
+
+def _text(path, n, field: str, value) -> str:
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content")  # TRL conversational: the assistant's turn
+    if isinstance(value, dict):
+        value = value.get("text", value.get("content"))
+    if not isinstance(value, str) or not value.strip():
+        raise bad_row(path, n, f'"{field}" is empty or not text')
+    return value
+
+
+def _responses(path, n, row) -> tuple[list[str], list]:
+    if "responses" in row:
+        rs = row["responses"]
+        if not isinstance(rs, list) or len(rs) < 2:
+            raise bad_row(path, n, '"responses" must be a list of at least 2 responses')
+        texts = [_text(path, n, f"responses[{i}]", r) for i, r in enumerate(rs)]
+        models = [r.get("model") if isinstance(r, dict) else None for r in rs]
+        return texts, models
+    if "chosen" in row and "rejected" in row:
+        return [_text(path, n, "chosen", row["chosen"]), _text(path, n, "rejected", row["rejected"])], [None, None]
+    raise bad_row(path, n, 'needs "responses" (a list) or "chosen" and "rejected"')
+
+
+def _gold_ranking(path, n, row, k: int, force: bool):
+    g = row.get("gold")
+    if g is None or g is False:
+        if force:
+            if "chosen" in row:
+                return [0, 1]
+            raise bad_row(path, n, 'a gold item needs "gold": a list of response indices, best first')
+        return None
+    if g is True:
+        if "chosen" not in row:
+            raise bad_row(path, n, '"gold": true goes with chosen/rejected rows; give a ranking list for responses')
+        return [0, 1]
+    if isinstance(g, list) and sorted(g) == list(range(k)) and all(isinstance(x, int) for x in g):
+        return g
+    raise bad_row(path, n, f'"gold" must be true or a list of the indices 0..{k - 1}, best first')
+
+
+def read_items(path: str, mode: str, *, gold: bool = False) -> list[ItemSpec]:
+    """Item specs from a responses file; `gold=True` makes every row a gold item."""
+    specs: list[ItemSpec] = []
+    seen: set[str] = set()
+    for n, row in _read_jsonl(path):
+        prompt = _prompt(path, n, row)
+        texts, models = _responses(path, n, row)
+        uid = str(row.get("id", f"{Path(path).stem}:{n}"))
+        if uid in seen:
+            raise bad_row(path, n, f'"id" {uid!r} appears twice')
+        seen.add(uid)
+        group = str(row.get("group", uid))
+        ranking = _gold_ranking(path, n, row, len(texts), gold)
+        if mode == "ranking":
+            specs.append(ItemSpec(uid, group, prompt, texts, models, ranking))
+            continue
+        pairs = list(itertools.combinations(range(len(texts)), 2))
+        for i, j in pairs:
+            g = None if ranking is None else ("a" if ranking.index(i) < ranking.index(j) else "b")
+            pid = uid if len(pairs) == 1 else f"{uid}:{i}-{j}"
+            specs.append(ItemSpec(pid, group, prompt, [texts[i], texts[j]], [models[i], models[j]], g))
+    if not specs:
+        raise UserError(f"{path}: no items")
+    return specs
+
+
+def read_prompts(path: str) -> list:
+    """Prompts from JSONL (`{"prompt": ...}`) or a text file (one prompt a line)."""
+    if path.endswith((".jsonl", ".json")):
+        return [_prompt(path, n, row) for n, row in _read_jsonl(path)]
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    if not prompts:
+        raise UserError(f"{path}: no prompts")
+    return prompts
+
+
+def sample_items(prompts: list, model_name: str, *, k: int, mode: str, max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int, batch_size: int, source: str = "prompts") -> list[ItemSpec]:
+    """Sample k responses per prompt from a model (policy or base) and make items of them."""
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.rollout import generate
+
+    tokenizer = load_tokenizer(model_name, padding_side="left")
+    model = load_causal_lm(model_name)
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                   seed=seed, batch_size=batch_size, num_samples=k)
+    name = Path(model_name).name or model_name
+    specs: list[ItemSpec] = []
+    for p, prompt in enumerate(prompts):
+        texts = out.texts[p * k:(p + 1) * k]  # rows are prompt-major
+        uid = f"{source}:{p + 1}"
+        if mode == "ranking":
+            specs.append(ItemSpec(uid, uid, prompt, texts, [f"{name}#{s}" for s in range(k)]))
+            continue
+        pairs = list(itertools.combinations(range(k), 2))
+        for i, j in pairs:
+            specs.append(ItemSpec(uid if len(pairs) == 1 else f"{uid}:{i}-{j}", uid, prompt, [texts[i], texts[j]],
+                                  [f"{name}#{i}", f"{name}#{j}"]))
+    return specs
+
+
+def interleave(regular: list[ItemSpec], gold: list[ItemSpec]) -> list[ItemSpec]:
+    """Spread gold items evenly through the regular ones (so every annotator meets them early and often)."""
+    if not gold:
+        return list(regular)
+    out: list[ItemSpec] = []
+    step = (len(regular) + 1) / (len(gold) + 1)
+    g = 0
+    for n, spec in enumerate(regular):
+        while g < len(gold) and n >= round(step * (g + 1)) - 1:
+            out.append(gold[g])
+            g += 1
+        out.append(spec)
+    out.extend(gold[g:])
+    return out

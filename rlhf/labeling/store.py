@@ -1,0 +1,556 @@
+"""The labeling store: projects, items, accounts, leases and labels in one SQL database.
+
+Named by a SQLAlchemy URL, so a team can point it at PostgreSQL; a bare path
+means SQLite, opened in WAL mode with a busy timeout. Every write is one
+transaction that takes the write lock up front (`BEGIN IMMEDIATE` on SQLite,
+`SELECT ... FOR UPDATE` on the project row elsewhere), so two annotators
+submitting at once are serialised rather than failing half-way, and a vote is
+either stored with its audit row or not at all.
+
+Overlap: each non-gold item is labelled by `overlap` annotators. An item is
+handed out under a lease; a lease holds one of the item's slots until it
+expires, so when many people work at once the target is met without being
+overshot. A label that arrives after its lease expired is kept only if a slot
+is still free. Gold items (known answers) go to every annotator once.
+
+No torch here: the web app and the reward-model loader import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from sqlalchemy import and_, create_engine, delete, event, exists, func, insert, inspect, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from rlhf.errors import UserError
+from rlhf.labeling import schema as S
+
+MODES = ("pairwise", "ranking")
+PAIR_CHOICES = ("a", "b", "tie", "both_bad", "skip")
+
+
+class Refused(Exception):
+    """A request the store will not carry out; `status` is the HTTP status the app answers with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class ItemSpec:
+    """One item to create: a prompt and its responses, in item order."""
+
+    uid: str
+    group_id: str
+    prompt: object  # str or list of messages
+    responses: list[str]
+    models: list[Optional[str]] = field(default_factory=list)
+    gold: object = None  # "a"/"b" (pairwise) or a list of response indices best first (ranking)
+
+
+@dataclass
+class Project:
+    id: int
+    name: str
+    mode: str
+    overlap: int
+    lease_seconds: int
+    strength: bool
+    render: str
+    guidelines: str
+
+
+@dataclass
+class Item:
+    id: int
+    uid: str
+    group_id: str
+    position: int
+    prompt: object
+    responses: list[str]
+    models: list[Optional[str]]
+    is_gold: bool
+    gold: object
+    done_count: int
+
+
+@dataclass
+class Answer:
+    """A label in item terms (see `schema`)."""
+
+    choice: str
+    ranking: Optional[list[int]] = None
+    strength: Optional[int] = None
+
+
+def database_url(db: str) -> str:
+    """`project.db` -> `sqlite:////abs/project.db`; URLs pass through."""
+    if "://" in db:
+        return db
+    return "sqlite:///" + str(Path(db).expanduser().resolve())
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Take transaction control from the driver so we can say BEGIN IMMEDIATE ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Writers take the lock at BEGIN: no deadlock-prone upgrade from a read lock.
+        immediate = conn.get_execution_options().get("write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def open_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _dumps(x) -> str:
+    return json.dumps(x, ensure_ascii=False)
+
+
+class Store:
+    """All reads and writes of a labeling database."""
+
+    def __init__(self, db: str, *, create: bool = False):
+        self.url = database_url(db)
+        if self.url.startswith("sqlite:///") and not create:
+            path = self.url[len("sqlite:///"):]
+            if not os.path.exists(path):
+                raise UserError(f"{db}: no such labeling database (make one with `rlhf label create`)")
+        self.engine = open_engine(self.url)
+        if create:
+            S.metadata.create_all(self.engine)
+            with self.write() as c:
+                if c.execute(select(S.meta.c.value).where(S.meta.c.key == "schema")).scalar() is None:
+                    c.execute(insert(S.meta), [{"key": "schema", "value": S.SCHEMA_VERSION},
+                                               {"key": "secret_key", "value": secrets.token_hex(32)}])
+        elif not inspect(self.engine).has_table("meta"):
+            raise UserError(f"{db}: not a labeling database (no 'meta' table)")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ------------------------------------------------------
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as c:
+            with c.begin():
+                yield c
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(write=True) as c:
+            with c.begin():
+                yield c
+
+    def _lock_project(self, c: Connection, project_id: int) -> None:
+        # A row lock on PostgreSQL; on SQLite BEGIN IMMEDIATE already holds the database lock.
+        c.execute(select(S.projects.c.id).where(S.projects.c.id == project_id).with_for_update()).first()
+
+    def _audit(self, c: Connection, actor: Optional[str], action: str, detail: dict, *, item_id=None,
+               label_id=None, now=None) -> None:
+        c.execute(insert(S.audit).values(at=now or time.time(), actor=actor, action=action, item_id=item_id,
+                                         label_id=label_id, detail=_dumps(detail)))
+
+    def secret_key(self) -> str:
+        with self.read() as c:
+            return c.execute(select(S.meta.c.value).where(S.meta.c.key == "secret_key")).scalar_one()
+
+    # -- accounts ----------------------------------------------------------
+    def add_user(self, name: str, password: str, *, admin: bool = False, actor: str = "cli") -> int:
+        from werkzeug.security import generate_password_hash
+
+        check_user_name(name)
+        check_password(password)
+        with self.write() as c:
+            if c.execute(select(S.users.c.id).where(S.users.c.name == name)).first():
+                raise UserError(f"user '{name}' already exists (use `rlhf label user passwd {name}`)")
+            uid = c.execute(insert(S.users).values(
+                name=name, password_hash=generate_password_hash(password), is_admin=admin, active=True,
+                created_at=time.time())).inserted_primary_key[0]
+            self._audit(c, actor, "user.add", {"name": name, "admin": admin})
+        return int(uid)
+
+    def update_user(self, name: str, *, password: str | None = None, admin: bool | None = None,
+                    active: bool | None = None, actor: str = "cli") -> None:
+        from werkzeug.security import generate_password_hash
+
+        values: dict = {}
+        if password is not None:
+            check_password(password)
+            values["password_hash"] = generate_password_hash(password)
+        if admin is not None:
+            values["is_admin"] = admin
+        if active is not None:
+            values["active"] = active
+        with self.write() as c:
+            n = c.execute(update(S.users).where(S.users.c.name == name).values(**values)).rowcount
+            if not n:
+                raise UserError(f"no user named '{name}'")
+            shown = {k: v for k, v in values.items() if k != "password_hash"}
+            if password is not None:
+                shown["password"] = "changed"
+            self._audit(c, actor, "user.update", {"name": name, **shown})
+
+    def users(self) -> list[dict]:
+        with self.read() as c:
+            rows = c.execute(select(S.users.c.id, S.users.c.name, S.users.c.is_admin, S.users.c.active)
+                             .order_by(S.users.c.id)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def user(self, user_id: int) -> Optional[dict]:
+        with self.read() as c:
+            r = c.execute(select(S.users).where(S.users.c.id == user_id)).first()
+        return dict(r._mapping) if r else None
+
+    def check_login(self, name: str, password: str) -> Optional[dict]:
+        """The user's row when the name and password match an active account, else None."""
+        from werkzeug.security import check_password_hash
+
+        with self.read() as c:
+            r = c.execute(select(S.users).where(S.users.c.name == name)).first()
+        if r is None:
+            # Same work as a real check, so response time does not tell which names exist.
+            check_password_hash(_DUMMY_HASH(), password)
+            return None
+        ok = check_password_hash(r.password_hash, password)
+        return dict(r._mapping) if ok and r.active else None
+
+    # -- projects ----------------------------------------------------------
+    def create_project(self, name: str, *, mode: str, overlap: int, lease_seconds: int, strength: bool,
+                       render: str, guidelines: str, items: list[ItemSpec], append: bool = False,
+                       actor: str = "cli") -> Project:
+        if mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
+        for spec in items:
+            check_item(spec, mode)
+        with self.write() as c:
+            row = c.execute(select(S.projects).where(S.projects.c.name == name)).first()
+            if row is not None and not append:
+                raise UserError(f"project '{name}' already exists in this database (add --append to add items)")
+            if row is not None and row.mode != mode:
+                raise UserError(f"project '{name}' is a {row.mode} project; cannot append {mode} items")
+            if row is None:
+                pid = c.execute(insert(S.projects).values(
+                    name=name, mode=mode, overlap=overlap, lease_seconds=lease_seconds, strength=strength,
+                    render=render, guidelines=guidelines, created_at=time.time())).inserted_primary_key[0]
+                start = 0
+            else:
+                pid = row.id
+                start = (c.execute(select(func.max(S.items.c.position)).where(S.items.c.project_id == pid))
+                         .scalar() or 0) + 1
+                if guidelines:
+                    c.execute(update(S.projects).where(S.projects.c.id == pid).values(guidelines=guidelines))
+            taken = set(c.execute(select(S.items.c.uid).where(S.items.c.project_id == pid)).scalars())
+            for n, spec in enumerate(items):
+                if spec.uid in taken:
+                    raise UserError(f"item id '{spec.uid}' is already in project '{name}'")
+                taken.add(spec.uid)
+                item_id = c.execute(insert(S.items).values(
+                    project_id=pid, uid=spec.uid, group_id=spec.group_id, position=start + n,
+                    prompt=_dumps(spec.prompt), is_gold=spec.gold is not None,
+                    gold=None if spec.gold is None else _dumps(spec.gold), done_count=0)).inserted_primary_key[0]
+                models = spec.models or [None] * len(spec.responses)
+                c.execute(insert(S.responses), [{"item_id": item_id, "idx": i, "text": t, "model": m}
+                                                for i, (t, m) in enumerate(zip(spec.responses, models))])
+            self._audit(c, actor, "project.append" if row is not None else "project.create",
+                        {"name": name, "mode": mode, "overlap": overlap, "items": len(items)})
+        return self.project(name)
+
+    def project_names(self) -> list[str]:
+        with self.read() as c:
+            return list(c.execute(select(S.projects.c.name).order_by(S.projects.c.id)).scalars())
+
+    def project(self, name: str | None = None) -> Project:
+        """The named project, or the only one in the database."""
+        names = self.project_names()
+        if name is None:
+            if len(names) != 1:
+                raise UserError("this database holds no project" if not names else
+                                f"this database holds several projects ({', '.join(names)}): pick one with --project")
+            name = names[0]
+        with self.read() as c:
+            r = c.execute(select(S.projects).where(S.projects.c.name == name)).first()
+        if r is None:
+            raise UserError(f"no project named '{name}' (have: {', '.join(names) or 'none'})")
+        return Project(id=r.id, name=r.name, mode=r.mode, overlap=r.overlap, lease_seconds=r.lease_seconds,
+                       strength=bool(r.strength), render=r.render, guidelines=r.guidelines or "")
+
+    def item(self, item_id: int) -> Optional[Item]:
+        with self.read() as c:
+            r = c.execute(select(S.items).where(S.items.c.id == item_id)).first()
+            if r is None:
+                return None
+            resp = c.execute(select(S.responses.c.text, S.responses.c.model).where(S.responses.c.item_id == item_id)
+                             .order_by(S.responses.c.idx)).all()
+        return Item(id=r.id, uid=r.uid, group_id=r.group_id, position=r.position, prompt=json.loads(r.prompt),
+                    responses=[x.text for x in resp], models=[x.model for x in resp], is_gold=bool(r.is_gold),
+                    gold=json.loads(r.gold) if r.gold else None, done_count=r.done_count)
+
+    # -- leases ------------------------------------------------------------
+    def _others_leasing(self, c: Connection, item_id: int, user_id: int, now: float) -> int:
+        a = S.assignments
+        return c.execute(select(func.count()).select_from(a).where(
+            a.c.item_id == item_id, a.c.user_id != user_id, a.c.state == "leased", a.c.expires_at > now)).scalar_one()
+
+    def _has_room(self, c: Connection, project: Project, item_id: int, user_id: int, now: float) -> bool:
+        r = c.execute(select(S.items.c.is_gold, S.items.c.done_count).where(S.items.c.id == item_id)).one()
+        return bool(r.is_gold) or r.done_count + self._others_leasing(c, item_id, user_id, now) < project.overlap
+
+    def current_task(self, project: Project, user_id: int) -> Optional[int]:
+        """The item this user holds a lease on (expired or not), without changing anything."""
+        a, i = S.assignments, S.items
+        with self.read() as c:
+            return c.execute(select(a.c.item_id).join(i, i.c.id == a.c.item_id).where(
+                a.c.user_id == user_id, a.c.state == "leased", i.c.project_id == project.id)
+                .order_by(a.c.leased_at.desc()).limit(1)).scalar()
+
+    def lease_next(self, project: Project, user_id: int, *, now: float | None = None) -> Optional[int]:
+        """Lease the next item for this user (or renew the one held); None when nothing is left."""
+        now = time.time() if now is None else now
+        a, i = S.assignments, S.items
+        expires = now + project.lease_seconds
+        with self.write() as c:
+            self._lock_project(c, project.id)
+            held = c.execute(select(a.c.id, a.c.item_id, a.c.expires_at).join(i, i.c.id == a.c.item_id).where(
+                a.c.user_id == user_id, a.c.state == "leased", i.c.project_id == project.id)
+                .order_by(a.c.leased_at.desc())).all()
+            for h in held:
+                if h.expires_at > now or self._has_room(c, project, h.item_id, user_id, now):
+                    c.execute(update(a).where(a.c.id == h.id).values(expires_at=expires))
+                    return h.item_id
+                c.execute(delete(a).where(a.c.id == h.id))  # lost to others while away
+            mine = exists().where(a.c.item_id == i.c.id, a.c.user_id == user_id)
+            leasing = (select(func.count()).select_from(a).where(
+                a.c.item_id == i.c.id, a.c.state == "leased", a.c.expires_at > now).scalar_subquery())
+            open_ = or_(i.c.is_gold, and_(i.c.done_count < project.overlap,
+                                          i.c.done_count + leasing < project.overlap))
+            item_id = c.execute(select(i.c.id).where(i.c.project_id == project.id, open_, ~mine)
+                                .order_by(i.c.position).limit(1)).scalar()
+            if item_id is None:
+                return None
+            c.execute(insert(a).values(item_id=item_id, user_id=user_id, state="leased", leased_at=now,
+                                       expires_at=expires))
+            return item_id
+
+    # -- labels ------------------------------------------------------------
+    def submit(self, project: Project, user: dict, item_id: int, answer: Answer, *, shown: list[int],
+               seconds: float | None = None, now: float | None = None) -> dict:
+        """Store this user's label for the item: new, changed, or the same again (a no-op).
+
+        Returns the label row with `changed` (False for an identical resubmission).
+        Raises `Refused` for an item not leased to the user, or one whose lease
+        expired after others filled it.
+        """
+        now = time.time() if now is None else now
+        a, lab, i = S.assignments, S.labels, S.items
+        with self.write() as c:
+            self._lock_project(c, project.id)
+            it = c.execute(select(i.c.id, i.c.project_id, i.c.is_gold).where(i.c.id == item_id)).first()
+            if it is None or it.project_id != project.id:
+                raise Refused(404, "no such item in this project")
+            k = c.execute(select(func.count()).select_from(S.responses)
+                          .where(S.responses.c.item_id == item_id)).scalar_one()
+            check_answer(project, k, answer)
+            if sorted(shown) != list(range(k)):
+                raise Refused(400, "shown order is not a permutation of the responses")
+            old = c.execute(select(lab).where(lab.c.item_id == item_id, lab.c.user_id == user["id"])).first()
+            lease = c.execute(select(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])).first()
+            votes = answer.choice != "skip"
+            if old is None and (lease is None or lease.state != "leased"):
+                raise Refused(403, "this item is not assigned to you")
+            was_vote = old is not None and old.choice != "skip"
+            if votes and not was_vote and not self._has_room(c, project, item_id, user["id"], now):
+                # The lease ran out and others filled the item meanwhile: keep the target exact.
+                if old is None:
+                    c.execute(delete(a).where(a.c.id == lease.id))
+                raise Refused(409, "your lease on this item expired and it has been labelled by others")
+            after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength}
+            ranking = None if answer.ranking is None else _dumps(answer.ranking)
+            if old is not None:
+                before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
+                          "strength": old.strength}
+                if before == after:
+                    return {**dict(old._mapping), "changed": False}
+                c.execute(update(lab).where(lab.c.id == old.id).values(
+                    choice=answer.choice, ranking=ranking, strength=answer.strength, shown=_dumps(shown),
+                    seconds=seconds, updated_at=now))
+                label_id, action = old.id, "label.update"
+            else:
+                before = None
+                label_id = c.execute(insert(lab).values(
+                    item_id=item_id, user_id=user["id"], choice=answer.choice, ranking=ranking,
+                    strength=answer.strength, shown=_dumps(shown), seconds=seconds, created_at=now,
+                    updated_at=now)).inserted_primary_key[0]
+                action = "label.create"
+            c.execute(update(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])
+                      .values(state="done" if votes else "skipped"))
+            if votes != was_vote:
+                c.execute(update(i).where(i.c.id == item_id).values(done_count=i.c.done_count + (1 if votes else -1)))
+            self._audit(c, user["name"], action, {"before": before, "after": after}, item_id=item_id,
+                        label_id=label_id, now=now)
+            row = c.execute(select(lab).where(lab.c.id == label_id)).one()
+        return {**dict(row._mapping), "changed": True}
+
+    def label(self, label_id: int) -> Optional[dict]:
+        with self.read() as c:
+            r = c.execute(select(S.labels).where(S.labels.c.id == label_id)).first()
+        return _label_dict(r) if r else None
+
+    def label_for(self, item_id: int, user_id: int) -> Optional[dict]:
+        with self.read() as c:
+            r = c.execute(select(S.labels).where(S.labels.c.item_id == item_id, S.labels.c.user_id == user_id)).first()
+        return _label_dict(r) if r else None
+
+    def labels_of(self, project: Project, user_id: int) -> list[dict]:
+        """One annotator's labels in this project, newest first, with the item's uid."""
+        lab, i = S.labels, S.items
+        with self.read() as c:
+            rows = c.execute(select(lab, i.c.uid).join(i, i.c.id == lab.c.item_id)
+                             .where(lab.c.user_id == user_id, i.c.project_id == project.id)
+                             .order_by(lab.c.updated_at.desc(), lab.c.id.desc())).all()
+        return [_label_dict(r) for r in rows]
+
+    def project_labels(self, project: Project) -> list[dict]:
+        """Every label of the project with annotator name and item fields (for stats and export)."""
+        lab, i, u = S.labels, S.items, S.users
+        with self.read() as c:
+            rows = c.execute(select(lab, u.c.name.label("annotator"), i.c.uid, i.c.group_id, i.c.is_gold,
+                                    i.c.gold).join(i, i.c.id == lab.c.item_id).join(u, u.c.id == lab.c.user_id)
+                             .where(i.c.project_id == project.id).order_by(i.c.position, lab.c.id)).all()
+        out = []
+        for r in rows:
+            d = _label_dict(r)
+            d["gold"] = json.loads(r.gold) if r.gold else None
+            d["is_gold"] = bool(r.is_gold)
+            out.append(d)
+        return out
+
+    def project_items(self, project: Project) -> dict[int, Item]:
+        """Every item of the project by id, with its responses (for export)."""
+        i, r = S.items, S.responses
+        with self.read() as c:
+            rows = c.execute(select(i).where(i.c.project_id == project.id).order_by(i.c.position)).all()
+            resp = c.execute(select(r.c.item_id, r.c.text, r.c.model).join(i, i.c.id == r.c.item_id)
+                             .where(i.c.project_id == project.id).order_by(r.c.item_id, r.c.idx)).all()
+        texts: dict[int, list] = {}
+        for x in resp:
+            texts.setdefault(x.item_id, []).append((x.text, x.model))
+        return {row.id: Item(id=row.id, uid=row.uid, group_id=row.group_id, position=row.position,
+                             prompt=json.loads(row.prompt), responses=[t for t, _ in texts.get(row.id, [])],
+                             models=[m for _, m in texts.get(row.id, [])], is_gold=bool(row.is_gold),
+                             gold=json.loads(row.gold) if row.gold else None, done_count=row.done_count)
+                for row in rows}
+
+    def progress(self, project: Project, user_id: int | None = None, *, now: float | None = None) -> dict:
+        now = time.time() if now is None else now
+        i, lab, a = S.items, S.labels, S.assignments
+        with self.read() as c:
+            regular = c.execute(select(func.count(), func.coalesce(func.sum(i.c.done_count), 0)).where(
+                i.c.project_id == project.id, ~i.c.is_gold)).one()
+            complete = c.execute(select(func.count()).where(
+                i.c.project_id == project.id, ~i.c.is_gold, i.c.done_count >= project.overlap)).scalar_one()
+            gold = c.execute(select(func.count()).where(i.c.project_id == project.id, i.c.is_gold)).scalar_one()
+            leased = c.execute(select(func.count()).select_from(a).join(i, i.c.id == a.c.item_id).where(
+                i.c.project_id == project.id, a.c.state == "leased", a.c.expires_at > now)).scalar_one()
+            out = {"items": regular[0], "gold_items": gold, "complete": complete, "votes": int(regular[1]),
+                   "target_votes": regular[0] * project.overlap, "active_leases": leased}
+            if user_id is not None:
+                out["mine"] = c.execute(select(func.count()).select_from(lab).join(i, i.c.id == lab.c.item_id)
+                                        .where(i.c.project_id == project.id, lab.c.user_id == user_id,
+                                               lab.c.choice != "skip")).scalar_one()
+        return out
+
+    def audit_log(self, limit: int = 1000) -> list[dict]:
+        with self.read() as c:
+            rows = c.execute(select(S.audit).order_by(S.audit.c.id.desc()).limit(limit)).all()
+        return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+
+
+def _label_dict(r) -> dict:
+    d = dict(r._mapping)
+    d["ranking"] = json.loads(d["ranking"]) if d.get("ranking") else None
+    d["shown"] = json.loads(d["shown"]) if d.get("shown") else None
+    return d
+
+
+_dummy: list[str] = []
+
+
+def _DUMMY_HASH() -> str:
+    from werkzeug.security import generate_password_hash
+
+    if not _dummy:
+        _dummy.append(generate_password_hash(secrets.token_hex(8)))
+    return _dummy[0]
+
+
+def check_user_name(name: str) -> None:
+    if not name or len(name) > 64 or not all(ch.isalnum() or ch in "._-@" for ch in name):
+        raise UserError(f"user name '{name}': use 1-64 letters, digits and . _ - @")
+
+
+def check_password(password: str) -> None:
+    if len(password) < 8:
+        raise UserError("password: at least 8 characters")
+
+
+def check_item(spec: ItemSpec, mode: str) -> None:
+    k = len(spec.responses)
+    if mode == "pairwise" and k != 2:
+        raise UserError(f"item {spec.uid}: a pairwise item needs exactly 2 responses, got {k}")
+    if mode == "ranking" and k < 2:
+        raise UserError(f"item {spec.uid}: a ranking item needs at least 2 responses, got {k}")
+    if spec.gold is None:
+        return
+    if mode == "pairwise" and spec.gold not in ("a", "b"):
+        raise UserError(f"item {spec.uid}: a pairwise gold answer is 'a' or 'b', got {spec.gold!r}")
+    if mode == "ranking" and (not isinstance(spec.gold, list) or sorted(spec.gold) != list(range(k))):
+        raise UserError(f"item {spec.uid}: a ranking gold answer lists every response index once, got {spec.gold!r}")
+
+
+def check_answer(project: Project, k: int, ans: Answer) -> None:
+    """Raise `Refused(400)` unless the answer fits the project's mode."""
+    if project.mode == "pairwise":
+        if ans.choice not in PAIR_CHOICES:
+            raise Refused(400, f"choice must be one of {', '.join(PAIR_CHOICES)}")
+        if ans.ranking is not None:
+            raise Refused(400, "a pairwise label has no ranking")
+        if ans.strength is not None and (not project.strength or ans.choice not in ("a", "b")):
+            raise Refused(400, "strength goes only with a choice of A or B")
+        if ans.strength is not None and ans.strength not in (1, 2, 3):
+            raise Refused(400, "strength must be 1, 2 or 3")
+        return
+    if ans.choice == "skip":
+        if ans.ranking is not None:
+            raise Refused(400, "a skip has no ranking")
+    elif ans.choice != "rank":
+        raise Refused(400, "choice must be rank or skip")
+    elif not isinstance(ans.ranking, list) or sorted(ans.ranking) != list(range(k)):
+        raise Refused(400, f"ranking must list each of the {k} responses once")
+    if ans.strength is not None:
+        raise Refused(400, "a ranking has no strength")
