@@ -1,0 +1,50 @@
+"""Loaders: a file (or hub name) -> validated records. Every row is checked before any is returned."""
+
+from __future__ import annotations
+
+import os
+
+from rlhf.data.read import read_rows
+from rlhf.data.records import Group, Label, Message, Preference, Ranking, SFTExample, as_groups, as_pairs
+from rlhf.data.rows import each_row, parse_label, parse_preference, parse_prompt, parse_sft
+from rlhf.errors import UserError, where
+
+PathLike = str | os.PathLike
+
+
+def load_sft(path: PathLike) -> list[SFTExample]:
+    """Demonstrations: {prompt, response|completion}, {messages}, {instruction, output|instances}, {text}.
+
+    Preference rows give their chosen (or top-ranked) response, so SFT can run
+    on a comparison file; KTO rows with `label: false` are left out.
+    """
+    rows = read_rows(path)
+    out = [ex for row in each_row(rows) for ex in parse_sft(row)]
+    if not out:
+        raise UserError(f"{where(rows.path)}: no rows usable for SFT (every row is a thumbs-down completion)")
+    return out
+
+
+def load_preferences(path: PathLike) -> list[Preference | Ranking]:
+    """Comparisons: a `Preference` per pair row, a `Ranking` per ranking row (see `as_groups`, `as_pairs`)."""
+    return [parse_preference(row) for row in each_row(read_rows(path))]
+
+
+def load_groups(path: PathLike, *, merge: bool = True) -> list[Group]:
+    """Comparisons grouped by prompt for the reward model: responses plus (better, worse, margin) pairs."""
+    return as_groups(load_preferences(path), merge=merge)
+
+
+def load_pairs(path: PathLike) -> list[Preference]:
+    """Comparisons as pairs for DPO and its relatives; a ranking of K gives K(K-1)/2 pairs."""
+    return as_pairs(load_preferences(path))
+
+
+def load_labels(path: PathLike) -> list[Label]:
+    """KTO rows {prompt, completion, label}; a pair row gives a True and a False row."""
+    return [lab for row in each_row(read_rows(path)) for lab in parse_label(row)]
+
+
+def load_prompts(path: PathLike) -> list[list[Message]]:
+    """The prompt of every row of a prompt, SFT or preference file (for PPO, best-of-N, evaluation)."""
+    return [parse_prompt(row) for row in each_row(read_rows(path))]
