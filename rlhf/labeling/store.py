@@ -181,7 +181,9 @@ class Store:
             return c.execute(select(S.meta.c.value).where(S.meta.c.key == "secret_key")).scalar_one()
 
     # -- accounts ----------------------------------------------------------
-    def add_user(self, name: str, password: str, *, admin: bool = False, actor: str = "cli") -> int:
+    def add_user(self, name: str, password: str, *, admin: bool = False, actor: str = "cli",
+                 hash_method: str = "scrypt") -> int:
+        """`hash_method` is werkzeug's (scrypt by default); tests use a cheap one to log in fast."""
         from werkzeug.security import generate_password_hash
 
         check_user_name(name)
@@ -190,7 +192,7 @@ class Store:
             if c.execute(select(S.users.c.id).where(S.users.c.name == name)).first():
                 raise UserError(f"user '{name}' already exists (use `rlhf label user passwd {name}`)")
             uid = c.execute(insert(S.users).values(
-                name=name, password_hash=generate_password_hash(password), is_admin=admin, active=True,
+                name=name, password_hash=generate_password_hash(password, method=hash_method), is_admin=admin, active=True,
                 created_at=time.time())).inserted_primary_key[0]
             self._audit(c, actor, "user.add", {"name": name, "admin": admin})
         return int(uid)
@@ -364,57 +366,65 @@ class Store:
 
         Returns the label row with `changed` (False for an identical resubmission).
         Raises `Refused` for an item not leased to the user, or one whose lease
-        expired after others filled it.
+        expired after others filled it (that stale lease is dropped).
         """
         now = time.time() if now is None else now
-        a, lab, i = S.assignments, S.labels, S.items
         with self.write() as c:
             self._lock_project(c, project.id)
-            it = c.execute(select(i.c.id, i.c.project_id, i.c.is_gold).where(i.c.id == item_id)).first()
-            if it is None or it.project_id != project.id:
-                raise Refused(404, "no such item in this project")
-            k = c.execute(select(func.count()).select_from(S.responses)
-                          .where(S.responses.c.item_id == item_id)).scalar_one()
-            check_answer(project, k, answer)
-            if sorted(shown) != list(range(k)):
-                raise Refused(400, "shown order is not a permutation of the responses")
-            old = c.execute(select(lab).where(lab.c.item_id == item_id, lab.c.user_id == user["id"])).first()
-            lease = c.execute(select(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])).first()
-            votes = answer.choice != "skip"
-            if old is None and (lease is None or lease.state != "leased"):
-                raise Refused(403, "this item is not assigned to you")
-            was_vote = old is not None and old.choice != "skip"
-            if votes and not was_vote and not self._has_room(c, project, item_id, user["id"], now):
-                # The lease ran out and others filled the item meanwhile: keep the target exact.
-                if old is None:
-                    c.execute(delete(a).where(a.c.id == lease.id))
-                raise Refused(409, "your lease on this item expired and it has been labelled by others")
-            after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength}
-            ranking = None if answer.ranking is None else _dumps(answer.ranking)
-            if old is not None:
-                before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
-                          "strength": old.strength}
-                if before == after:
-                    return {**dict(old._mapping), "changed": False}
-                c.execute(update(lab).where(lab.c.id == old.id).values(
-                    choice=answer.choice, ranking=ranking, strength=answer.strength, shown=_dumps(shown),
-                    seconds=seconds, updated_at=now))
-                label_id, action = old.id, "label.update"
-            else:
-                before = None
-                label_id = c.execute(insert(lab).values(
-                    item_id=item_id, user_id=user["id"], choice=answer.choice, ranking=ranking,
-                    strength=answer.strength, shown=_dumps(shown), seconds=seconds, created_at=now,
-                    updated_at=now)).inserted_primary_key[0]
-                action = "label.create"
-            c.execute(update(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])
-                      .values(state="done" if votes else "skipped"))
-            if votes != was_vote:
-                c.execute(update(i).where(i.c.id == item_id).values(done_count=i.c.done_count + (1 if votes else -1)))
-            self._audit(c, user["name"], action, {"before": before, "after": after}, item_id=item_id,
-                        label_id=label_id, now=now)
-            row = c.execute(select(lab).where(lab.c.id == label_id)).one()
-        return {**dict(row._mapping), "changed": True}
+            result = self._submit(c, project, user, item_id, answer, shown, seconds, now)
+        # Raised after the commit: a refusal may still have cleaned up a stale lease.
+        if isinstance(result, Refused):
+            raise result
+        return result
+
+    def _submit(self, c: Connection, project: Project, user: dict, item_id: int, answer: Answer,
+                shown: list[int], seconds: float | None, now: float):
+        a, lab, i = S.assignments, S.labels, S.items
+        it = c.execute(select(i.c.id, i.c.project_id).where(i.c.id == item_id)).first()
+        if it is None or it.project_id != project.id:
+            raise Refused(404, "no such item in this project")
+        k = c.execute(select(func.count()).select_from(S.responses)
+                      .where(S.responses.c.item_id == item_id)).scalar_one()
+        check_answer(project, k, answer)
+        if sorted(shown) != list(range(k)):
+            raise Refused(400, "shown order is not a permutation of the responses")
+        old = c.execute(select(lab).where(lab.c.item_id == item_id, lab.c.user_id == user["id"])).first()
+        lease = c.execute(select(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])).first()
+        if old is None and (lease is None or lease.state != "leased"):
+            raise Refused(403, "this item is not assigned to you")
+        votes = answer.choice != "skip"
+        was_vote = old is not None and old.choice != "skip"
+        if votes and not was_vote and not self._has_room(c, project, item_id, user["id"], now):
+            # The lease ran out and others filled the item meanwhile: keep the target exact.
+            if old is None:
+                c.execute(delete(a).where(a.c.id == lease.id))
+            return Refused(409, "your lease on this item expired and it has been labelled by others")
+        after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength}
+        ranking = None if answer.ranking is None else _dumps(answer.ranking)
+        before = None
+        if old is not None:
+            before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
+                      "strength": old.strength}
+            if before == after:
+                return {**_label_dict(old), "changed": False}
+            c.execute(update(lab).where(lab.c.id == old.id).values(
+                choice=answer.choice, ranking=ranking, strength=answer.strength, shown=_dumps(shown),
+                seconds=seconds, updated_at=now))
+            label_id, action = old.id, "label.update"
+        else:
+            label_id = c.execute(insert(lab).values(
+                item_id=item_id, user_id=user["id"], choice=answer.choice, ranking=ranking,
+                strength=answer.strength, shown=_dumps(shown), seconds=seconds, created_at=now,
+                updated_at=now)).inserted_primary_key[0]
+            action = "label.create"
+        c.execute(update(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])
+                  .values(state="done" if votes else "skipped"))
+        if votes != was_vote:
+            c.execute(update(i).where(i.c.id == item_id).values(done_count=i.c.done_count + (1 if votes else -1)))
+        self._audit(c, user["name"], action, {"before": before, "after": after}, item_id=item_id,
+                    label_id=label_id, now=now)
+        row = c.execute(select(lab).where(lab.c.id == label_id)).one()
+        return {**_label_dict(row), "changed": True}
 
     def label(self, label_id: int) -> Optional[dict]:
         with self.read() as c:
