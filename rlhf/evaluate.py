@@ -1,0 +1,557 @@
+"""`rlhf eval`: is model A better than model B, and at what cost?
+
+    rlhf eval runs/ppo runs/sft                          # gold judge on the lab's eval prompts
+    rlhf eval runs/ppo runs/sft --judge rm:runs/rm --rm runs/rm --out eval.json
+    rlhf eval runs/ppo runs/sft --judge openai:http://127.0.0.1:8000/v1#judge --prompts prompts.jsonl
+
+Both models answer the same held-out prompts (greedy by default; `--no-greedy`
+samples at `--temperature`/`--top-p` with a fixed seed). A judge (see
+`rlhf.judges`) compares the answers pair by pair, and the report gives:
+
+- `win_rate`: wins / (wins + losses) of A over B. Ties are excluded from the
+  rate and counted separately (`ties`); with `ci_low`/`ci_high`, a 95%
+  percentile-bootstrap interval over prompts (2000 resamples, seeded).
+  A judge's probability counts as a win above 0.5 + `tie_margin`, a loss
+  below 0.5 - `tie_margin`, a tie in between. `mean_prob` is the soft win
+  rate (mean P(A better), ties count half).
+- `position_bias`: for LLM judges, the share of items judged by position
+  alone (the judge picked the same slot in both orders); None for the rest.
+- per model: `gold` (mean lab gold reward, when every prompt is a lab
+  prompt), `reward` (mean reward-model score with `--rm`), `length` (mean
+  response tokens, EOS excluded) and `no_eos_frac`, `ppl` (perplexity of
+  held-out SFT-format text, `--heldout`; by default the lab's reference
+  answers to its eval prompts) and, for A, `kl` (mean per-sequence KL to
+  the reference model, `--ref`, default model B).
+
+KL. KL(A || ref) = E_{y ~ A}[log A(y|x) - log ref(y|x)] is estimated with k1
+(the sum over response tokens of the log-ratio, from `sequence_logprobs`)
+on samples *drawn from A at temperature 1*: a greedy answer is not a sample
+of the policy, so when the evaluation decodes greedily (or at another
+temperature) A is sampled once more for the KL. Perplexity is per token of
+each model's own tokenizer: compare it across models that share one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from rlhf.config import opt, parse
+from rlhf.errors import UserError
+
+# --------------------------------------------------------------------------- statistics
+
+
+def outcome_counts(outcomes: Sequence[float], tie_margin: float = 0.0) -> tuple[int, int, int]:
+    """(wins, losses, ties) from P(A better) values: > 0.5 + margin wins, < 0.5 - margin loses."""
+    wins = losses = ties = 0
+    for p in outcomes:
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"an outcome is P(A better) in [0, 1] (1 win, 0 loss, 0.5 tie); got {p}")
+        if p > 0.5 + tie_margin:
+            wins += 1
+        elif p < 0.5 - tie_margin:
+            losses += 1
+        else:
+            ties += 1
+    return wins, losses, ties
+
+
+def win_rate(outcomes: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+             tie_margin: float = 0.0) -> dict:
+    """Win rate of A over B with a percentile-bootstrap interval.
+
+    `outcomes` holds one P(A better) per prompt, as a judge's `compare`
+    returns it: 1 = A won, 0 = B won, 0.5 = tie (see `outcome_counts` for
+    probabilities in between). Ties are excluded from the rate, which is
+    wins / (wins + losses), and reported separately as `ties`.
+
+    The interval resamples prompts with replacement (ties included, so a
+    resample can hold more or fewer informative comparisons) `n_boot` times
+    and takes the (1 - level)/2 and (1 + level)/2 percentiles of the
+    resampled rates. Each prompt is a win, loss or tie, so resampling n
+    prompts is drawing (wins, losses, ties) counts from a multinomial with
+    the observed shares: numpy does all resamples in one call. A resample
+    with no non-tied prompt has no rate and is dropped. With no non-tied
+    prompts at all, the rate and interval are NaN.
+
+    Returns dict(win_rate, wins, losses, ties, n, ci_low, ci_high, mean_prob).
+    """
+    import numpy as np
+
+    wins, losses, ties = outcome_counts(outcomes, tie_margin)
+    n = wins + losses + ties
+    decided = wins + losses
+    rate = wins / decided if decided else float("nan")
+    lo = hi = float("nan")
+    if decided:
+        rng = np.random.default_rng(seed)
+        counts = rng.multinomial(n, [wins / n, losses / n, ties / n], size=n_boot)  # (n_boot, 3)
+        w, l = counts[:, 0].astype(float), counts[:, 1].astype(float)
+        ok = (w + l) > 0
+        rates = w[ok] / (w[ok] + l[ok])
+        alpha = (1.0 - level) / 2.0
+        lo, hi = (float(x) for x in np.percentile(rates, [100 * alpha, 100 * (1 - alpha)]))
+    mean_prob = float(np.mean([float(p) for p in outcomes])) if n else float("nan")
+    return {"win_rate": rate, "wins": wins, "losses": losses, "ties": ties, "n": n, "ci_low": lo, "ci_high": hi,
+            "mean_prob": mean_prob}
+
+
+# --------------------------------------------------------------------------- model measurements
+
+
+def _device(model):
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _example_parts(ex) -> tuple:
+    """(prompt or None, response) from an SFTExample, a {prompt, response} / {text} dict or a pair."""
+    if isinstance(ex, dict):
+        if "text" in ex and "response" not in ex:
+            return None, ex["text"]
+        return ex.get("prompt"), ex.get("response", ex.get("completion"))
+    if isinstance(ex, (tuple, list)) and len(ex) == 2:
+        return ex[0], ex[1]
+    return getattr(ex, "prompt", None), ex.response
+
+
+def nll(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size: int = 8) -> tuple[float, int]:
+    """(summed negative log-likelihood, token count) of the examples' response tokens (EOS included).
+
+    Encoded by `rlhf.chat.encode` exactly as SFT trains: the prompt is context,
+    the response and its EOS are scored; raw-text examples score every token
+    after the first.
+    """
+    import torch
+
+    from rlhf.chat import encode
+    from rlhf.losses import IGNORE, token_logprobs
+
+    rows = []
+    for ex in examples:
+        prompt, response = _example_parts(ex)
+        enc = encode(tokenizer, prompt, response, max_len)
+        labels = list(enc.input_ids)
+        start = max(enc.n_prompt, 1)  # the first token has nothing to be predicted from
+        labels[:start] = [IGNORE] * start
+        rows.append((enc.input_ids, labels))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = _device(model)
+    total, count = 0.0, 0
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    was = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                chunk = [rows[i] for i in order[s:s + batch_size]]
+                width = max(len(ids) for ids, _ in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for j, (x, y) in enumerate(chunk):  # right padding: positions need no adjusting
+                    ids[j, :len(x)] = torch.tensor(x)
+                    labels[j, :len(y)] = torch.tensor(y)
+                    mask[j, :len(x)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
+                target = labels[:, 1:].to(device)
+                lp = token_logprobs(logits[:, :-1], target)  # (B, T-1), 0 at ignored positions
+                total -= float(lp.sum())
+                count += int((target != IGNORE).sum())
+    finally:
+        model.train(was)
+    return total, count
+
+
+def perplexity(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size: int = 8) -> float:
+    """exp(mean NLL per response token) over `examples` (token-weighted, as SFT's eval/ppl)."""
+    total, count = nll(model, tokenizer, examples, max_len, batch_size=batch_size)
+    if count == 0:
+        raise UserError("perplexity: the held-out examples have no response tokens")
+    return math.exp(total / count)
+
+
+def _same_vocab(t1, t2) -> bool:
+    return t1 is t2 or (len(t1) == len(t2) and t1.get_vocab() == t2.get_vocab())
+
+
+def sequence_kls(policy, ref, tokenizer, prompts=None, responses=None, *, finished: Sequence[bool] | None = None,
+                 max_len: int = 1024, batch_size: int = 8) -> list[float]:
+    """Per-sequence k1 estimate of KL(policy || ref): sum over response tokens of log policy - log ref.
+
+    `responses` is a `rlhf.rollout.Rollout` (its exact sampled tokens; `prompts`
+    unused) or a list of strings re-encoded with `rlhf.chat.encode` (EOS
+    appended where `finished`, default everywhere). Log-probabilities at
+    temperature 1, from `rlhf.rollout.sequence_logprobs`.
+    """
+    import torch
+
+    from rlhf.rollout import Rollout, _left_pad, sequence_logprobs
+
+    if isinstance(responses, Rollout):
+        q_ids, q_mask, r_ids, r_mask = responses.query_ids, responses.query_mask, responses.response_ids, \
+            responses.response_mask
+    else:
+        from rlhf.chat import encode
+
+        finished = [True] * len(responses) if finished is None else list(finished)
+        q_rows, r_rows = [], []
+        for p, r, f in zip(prompts, responses, finished):
+            q = encode(tokenizer, p, None, max_len).input_ids
+            full = encode(tokenizer, p, r, max_len + len(q) + 8, add_eos=bool(f)).input_ids
+            q_rows.append(q)
+            r_rows.append(full[len(q):][:max_len])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        q_ids, q_mask = _left_pad(q_rows, pad)
+        width = max(1, max(len(r) for r in r_rows))
+        r_ids = torch.full((len(r_rows), width), pad, dtype=torch.long)
+        r_mask = torch.zeros((len(r_rows), width), dtype=torch.long)
+        for i, r in enumerate(r_rows):
+            r_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            r_mask[i, :len(r)] = 1
+    out: list[float] = []
+    with torch.inference_mode():
+        for s in range(0, q_ids.size(0), batch_size):
+            sl = slice(s, s + batch_size)
+            ids = torch.cat([q_ids[sl], r_ids[sl]], 1)
+            mask = torch.cat([q_mask[sl], r_mask[sl]], 1)
+            lp = sequence_logprobs(policy, ids.to(_device(policy)), mask.to(_device(policy)),
+                                   r_mask[sl].to(_device(policy)), 1.0).cpu()  # (b, Lr)
+            lr = sequence_logprobs(ref, ids.to(_device(ref)), mask.to(_device(ref)), r_mask[sl].to(_device(ref)),
+                                   1.0).cpu()
+            out += ((lp - lr) * r_mask[sl]).sum(-1).tolist()
+    return out
+
+
+def mean_kl(policy, ref, tokenizer, prompts, responses, **kwargs) -> float:
+    """Mean per-sequence KL(policy || ref) on the policy's samples (k1; see `sequence_kls`)."""
+    kls = sequence_kls(policy, ref, tokenizer, prompts, responses, **kwargs)
+    return sum(kls) / len(kls) if kls else float("nan")
+
+
+# --------------------------------------------------------------------------- lab helpers
+
+
+def lab_prompts(prompts: Sequence) -> bool:
+    """True when every prompt is a lab task the gold judge knows."""
+    try:
+        from rlhf.lab.world import parse_task
+    except ImportError:
+        return False
+    from rlhf.judges import prompt_text
+
+    return bool(prompts) and all(not isinstance(p, list) or len(p) == 1 for p in prompts) and \
+        all(parse_task(prompt_text(p)) is not None for p in prompts)
+
+
+def default_prompts(n: int, seed: int) -> list:
+    from rlhf.lab.generate import eval_prompts
+
+    return [p["prompt"] if isinstance(p, dict) else p for p in eval_prompts(n, seed)]
+
+
+def default_heldout(prompts: Sequence) -> list[dict]:
+    """The lab's reference answers to lab prompts: held-out text for perplexity."""
+    from rlhf.judges import prompt_text
+    from rlhf.lab.world import parse_task
+
+    rows = []
+    for p in prompts:
+        task = parse_task(prompt_text(p))
+        if task is not None:
+            rows.append({"prompt": prompt_text(p), "response": task.answer})
+    return rows
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Generation:
+    """How answers are produced: greedy, or sampled at a temperature with a seed."""
+
+    max_new_tokens: int = 64
+    greedy: bool = True
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    max_prompt_len: int = 512
+
+    def run(self, model, tokenizer, prompts, *, temperature: float | None = None, greedy: bool | None = None):
+        from rlhf.rollout import generate
+
+        greedy = self.greedy if greedy is None else greedy
+        t = self.temperature if temperature is None else temperature
+        return generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                        temperature=0.0 if greedy else t, top_p=1.0 if greedy else self.top_p,
+                        do_sample=not greedy, batch_size=self.batch_size, seed=self.seed,
+                        max_prompt_len=self.max_prompt_len)
+
+
+def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | None = None, rollout=None,
+                    reward_judge=None, gold: bool | None = None, ref=None, heldout: Sequence | None = None,
+                    max_len: int = 512, batch_size: int = 8) -> dict:
+    """Answers and per-model metrics for one policy on `prompts`.
+
+    Returns {texts, finished, lengths, length, no_eos_frac, and when available
+    gold, gold_scores, reward, reward_scores, kl, ppl}. `rollout` reuses answers
+    generated already; `reward_judge` is any judge with `score` (a
+    `RewardModelJudge`); `gold=None` means "when every prompt is a lab prompt";
+    `ref` a reference model sharing the tokenizer (for KL); `heldout`
+    SFT-format examples (for perplexity).
+    """
+    gen = gen or Generation()
+    r = rollout if rollout is not None else gen.run(model, tokenizer, prompts)
+    finished = [bool(f) for f in r.finished.tolist()]
+    # Tokens the policy wrote, EOS excluded: what a reader sees.
+    lengths = [int(n) - int(f) for n, f in zip(r.response_lengths.tolist(), finished)]
+    out = {"texts": list(r.texts), "finished": finished, "lengths": lengths,
+           "length": sum(lengths) / len(lengths), "no_eos_frac": 1.0 - sum(finished) / len(finished)}
+    if gold is None:
+        gold = lab_prompts(prompts)
+    if gold:
+        from rlhf.judges import GoldJudge
+
+        scores = GoldJudge().score(prompts, r.texts, stopped=finished)
+        out.update(gold=sum(scores) / len(scores), gold_scores=scores)
+    if reward_judge is not None:
+        scores = reward_judge.score(prompts, r.texts)
+        out.update(reward=sum(scores) / len(scores), reward_scores=scores)
+    if ref is not None:
+        kl_rollout = r
+        if gen.greedy or abs(gen.temperature - 1.0) > 1e-9 or gen.top_p < 1.0:
+            kl_rollout = gen.run(model, tokenizer, prompts, temperature=1.0, greedy=False)
+        kls = sequence_kls(model, ref, tokenizer, responses=kl_rollout, batch_size=batch_size)
+        out.update(kl=sum(kls) / len(kls))
+    if heldout:
+        out["ppl"] = perplexity(model, tokenizer, heldout, max_len, batch_size=batch_size)
+    return out
+
+
+def compare_policies(prompts: Sequence, responses_a: Sequence[str], responses_b: Sequence[str], judge, *,
+                     finished_a: Sequence[bool] | None = None, finished_b: Sequence[bool] | None = None,
+                     tie_margin: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Judge A's answers against B's, prompt by prompt: win rate with its interval, and position bias.
+
+    Returns win_rate(...)'s dict plus `probs` (P(A better) per prompt),
+    `position_bias` (None for symmetric judges) and `judge` (its spec).
+    """
+    from rlhf.judges import GoldJudge
+
+    if isinstance(judge, GoldJudge) and finished_a is not None and finished_b is not None:
+        probs = judge.compare(prompts, responses_a, responses_b, stopped_a=finished_a, stopped_b=finished_b)
+    else:
+        probs = judge.compare(prompts, responses_a, responses_b)
+    stats = win_rate(probs, n_boot=n_boot, seed=seed, tie_margin=tie_margin)
+    stats.update(probs=[float(p) for p in probs], position_bias=getattr(judge, "position_bias", None),
+                 judge=getattr(judge, "name", type(judge).__name__))
+    if getattr(judge, "invalid_rate", None) is not None:
+        stats["invalid_rate"] = judge.invalid_rate
+    return stats
+
+
+# --------------------------------------------------------------------------- command
+
+
+@dataclass
+class EvalConfig:
+    """Win rate of model A against model B, reward, length, KL, perplexity."""
+
+    command = "eval"
+    model_a: str = opt(help="model A: the policy to evaluate (folder or preset)", positional=True)
+    model_b: Optional[str] = opt(None, "model B: the baseline (e.g. runs/sft); omit to measure A alone",
+                                 positional=True)
+    judge: str = opt("gold", "gold | rm:PATH | llm:PATH | openai:URL#MODEL | human:FILE")
+    prompts: Optional[str] = opt(None, "prompts file (rows with a 'prompt'); default: the lab's eval prompts")
+    n_prompts: int = opt(100, "number of prompts (the first N of the file, or N lab eval prompts)")
+    rm: Optional[str] = opt(None, "reward model for the mean reward of each model's answers")
+    ref: Optional[str] = opt(None, "reference model for KL(A || ref); default: model B")
+    kl: bool = opt(True, "measure KL of A to the reference")
+    heldout: Optional[str] = opt(None, "SFT-format file for perplexity; default: lab reference answers")
+    n_heldout: int = opt(200, "held-out examples used for perplexity")
+    max_new_tokens: int = opt(64, "longest answer in tokens")
+    greedy: bool = opt(True, "greedy decoding; --no-greedy samples at --temperature / --top-p")
+    temperature: float = opt(0.7, "sampling temperature (with --no-greedy)")
+    top_p: float = opt(1.0, "nucleus sampling mass (with --no-greedy)")
+    seed: int = opt(0, "seed for sampling, the lab prompts and the bootstrap")
+    batch_size: int = opt(16, "generation and scoring batch size")
+    max_len: int = opt(512, "longest prompt + response for scoring and perplexity")
+    tie_margin: float = opt(0.0, "judge probabilities within 0.5 +- this count as ties")
+    n_boot: int = opt(2000, "bootstrap resamples for the win-rate interval")
+    api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the OpenAI-compatible judge's key")
+    judge_timeout: float = opt(60.0, "seconds per judge request (openai judge)")
+    judge_retries: int = opt(4, "retries per judge request (openai judge)")
+    judge_concurrency: int = opt(4, "judge requests in flight (openai judge)")
+    dtype: str = opt("float32", "float32 | bfloat16")
+    threads: int = opt(0, "torch threads (0 = leave as is)")
+    out: Optional[str] = opt(None, "write the results (metrics and every answer) to this JSON file")
+    trust_remote_code: bool = opt(False, "allow model code from model folders")
+
+    def __post_init__(self):
+        if self.n_prompts < 1:
+            raise UserError(f"n_prompts must be at least 1, got {self.n_prompts}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.greedy and not 0 < self.temperature:
+            raise UserError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.tie_margin < 0.5:
+            raise UserError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}")
+        if self.n_boot < 100:
+            raise UserError(f"n_boot must be at least 100, got {self.n_boot}")
+
+
+def load_prompts(path: str, n: int) -> list:
+    """The first `n` prompts of a file of rows with a 'prompt' (any of the data formats)."""
+    from rlhf.data import load_prompts as _load
+
+    prompts = list(_load(path))
+    return prompts[:n]
+
+
+def _clean(obj):
+    """JSON-safe: NaN and inf become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def format_table(result: dict) -> str:
+    """The printed summary: one column per model, then the comparison."""
+    from rlhf.observe.report import fmt
+
+    models = result["models"]
+    names = list(models)
+    keys = [k for k in ("gold", "reward", "length", "no_eos_frac", "kl", "ppl") if any(k in models[m] for m in names)]
+    width = max([len(k) for k in keys] + [12])
+    colw = max([len(n) for n in names] + [10]) + 2
+    lines = [f"{'':<{width}}" + "".join(f"{n:>{colw}}" for n in names)]
+    for k in keys:
+        lines.append(f"{k:<{width}}" + "".join(f"{fmt(models[m].get(k)) if k in models[m] else '-':>{colw}}"
+                                               for m in names))
+    c = result.get("comparison")
+    if c:
+        lines.append("")
+        rate = "n/a" if c["win_rate"] is None or c["win_rate"] != c["win_rate"] else \
+            f"{c['win_rate']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+        lines.append(f"win rate of A over B ({c['judge']}): {rate}  "
+                     f"(wins {c['wins']}, losses {c['losses']}, ties {c['ties']} excluded)")
+        if c.get("position_bias") is not None:
+            lines.append(f"judge position bias: {c['position_bias']:.3f} of items judged by position alone")
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Everything `rlhf eval` does, returning the result dict it prints and saves."""
+    import torch
+
+    from rlhf.judges import GoldJudge, RewardModelJudge, make_judge
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # Cheap checks and inputs first: a bad prompts file or judge spec fails before any model loads.
+    if cfg.prompts:
+        prompts = load_prompts(cfg.prompts, cfg.n_prompts)
+        if not prompts:
+            raise UserError(f"{cfg.prompts}: no prompts")
+    else:
+        prompts = default_prompts(cfg.n_prompts, cfg.seed)
+    is_lab = lab_prompts(prompts)
+    if cfg.heldout:
+        from rlhf.data import load_sft
+
+        heldout = list(load_sft(cfg.heldout))[:cfg.n_heldout]
+    else:
+        heldout = default_heldout(prompts)[:cfg.n_heldout] if is_lab else []
+    judge = None
+    if cfg.model_b is not None:
+        if cfg.judge == "gold" and not is_lab:
+            raise UserError("the gold judge knows only lab prompts; pick another --judge for these prompts")
+        judge = make_judge(cfg.judge, api_key_env=cfg.api_key_env, batch_size=cfg.batch_size,
+                           max_len=max(cfg.max_len, 1024), dtype=cfg.dtype, timeout=cfg.judge_timeout,
+                           max_retries=cfg.judge_retries, concurrency=cfg.judge_concurrency,
+                           trust_remote_code=cfg.trust_remote_code)
+    reward_judge = RewardModelJudge.load(cfg.rm, dtype=cfg.dtype, batch_size=cfg.batch_size, max_len=cfg.max_len,
+                                         trust_remote_code=cfg.trust_remote_code) if cfg.rm else None
+    gen = Generation(max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, temperature=cfg.temperature,
+                     top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size)
+
+    def load(name):
+        tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code, padding_side="left")
+        model = load_causal_lm(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, dropout_off=True)
+        model.eval()
+        return model, tok
+
+    model_a, tok_a = load(cfg.model_a)
+    ref_name = cfg.ref or cfg.model_b
+    loaded_b = load(cfg.model_b) if cfg.model_b else None
+    ref = None
+    if cfg.kl and ref_name:
+        ref, ref_tok = loaded_b if (ref_name == cfg.model_b and loaded_b) else load(ref_name)
+        if not _same_vocab(tok_a, ref_tok):
+            raise UserError(f"KL needs A and the reference to share a tokenizer; {cfg.model_a} and {ref_name} "
+                            "do not (pass --no-kl)")
+    models: dict[str, dict] = {}
+    names = {"A": cfg.model_a}
+    res_a = evaluate_policy(model_a, tok_a, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab, ref=ref,
+                            heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
+    models["A"] = res_a
+    result = {"prompts": prompts, "judge": cfg.judge, "model_a": cfg.model_a, "model_b": cfg.model_b,
+              "ref": ref_name if ref is not None else None, "generation": vars(gen).copy()}
+    if loaded_b is not None:
+        names["B"] = cfg.model_b
+        model_b, tok_b = loaded_b
+        res_b = evaluate_policy(model_b, tok_b, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab,
+                                heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
+        models["B"] = res_b
+        comp = compare_policies(prompts, res_a["texts"], res_b["texts"], judge, finished_a=res_a["finished"],
+                                finished_b=res_b["finished"], tie_margin=cfg.tie_margin, n_boot=cfg.n_boot,
+                                seed=cfg.seed)
+        result["comparison"] = comp
+    per_item = ("texts", "finished", "lengths", "gold_scores", "reward_scores")
+    result["models"] = {k: {m: v for m, v in r.items() if m not in per_item} | {"name": names[k]}
+                        for k, r in models.items()}
+    result["samples"] = [
+        {"prompt": p, **{f"response_{k.lower()}": models[k]["texts"][i] for k in models},
+         **({"p_a_better": result["comparison"]["probs"][i]} if "comparison" in result else {}),
+         **{f"gold_{k.lower()}": models[k]["gold_scores"][i] for k in models if "gold_scores" in models[k]}}
+        for i, p in enumerate(prompts)]
+    return result
+
+
+def main(argv: list[str]) -> int:
+    from rlhf.files import write_json
+
+    cfg = parse(EvalConfig, argv)
+    result = run_eval(cfg)
+    print(f"A = {cfg.model_a}" + (f"\nB = {cfg.model_b}" if cfg.model_b else ""))
+    print(f"{len(result['prompts'])} prompts, {'greedy' if cfg.greedy else f'T={cfg.temperature}'}, "
+          f"max_new_tokens={cfg.max_new_tokens}")
+    print(format_table(result))
+    if cfg.out:
+        comp = result.get("comparison")
+        if comp:
+            comp = {k: v for k, v in comp.items() if k != "probs"}  # per item in `samples`
+        write_json(cfg.out, _clean({**result, "comparison": comp} if comp else result))
+        print(f"wrote {cfg.out}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["win_rate", "outcome_counts", "perplexity", "nll", "mean_kl", "sequence_kls", "evaluate_policy",
+           "compare_policies", "Generation", "EvalConfig", "run_eval", "main"]
