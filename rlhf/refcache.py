@@ -1,0 +1,185 @@
+"""Reference log-probabilities, computed once and cached.
+
+DPO, IPO, cDPO and KTO compare the policy with a frozen reference model on a
+fixed data set, so the reference's log-probabilities never change during
+training. One no-grad pass before training gives all of them; the reference
+model is then freed, which halves the memory held during training and removes
+one forward per step.
+
+The cache is a tensor `logps (N, K)`: N items (preference pairs, KTO rows),
+K sequences per item (chosen and rejected; a KTO row and its mismatched KL
+pair), each the sum of the reference's log-probabilities of the response
+tokens. On disk it is one safetensors file in the run folder whose metadata
+holds a key: a hash of the tokenised data and of the reference model's
+identity. A resumed run, or a second run on the same data with the same
+reference, reads it back instead of recomputing; anything else recomputes.
+
+Batch layout shared with the trainers: a batch of B items has `K * B` rows
+in blocks, rows `[k*B:(k+1)*B]` being sequence k of every item (for DPO the
+first B rows are the chosen responses, the next B the rejected), and an
+`index (B,)` tensor giving each item's position in the data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+CACHE_FILE = "ref_logps.safetensors"
+
+
+def response_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of the response tokens of each row, and their counts.
+
+    `batch` has `input_ids`, `attention_mask` and `labels` (R, T), the labels
+    being the input ids with -100 on prompt and padding (HF convention:
+    unshifted; the shift happens here). Returns `(sums (R,), counts (R,))`.
+    """
+    from rlhf.losses import token_logprobs
+
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    logits = model(**kwargs, use_cache=False).logits[:, :-1]  # (R, T-1, V)
+    labels = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
+    mask = labels != -100
+    logps = token_logprobs(logits.float(), labels, temperature)  # (R, T-1), 0 where masked
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def blocks(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(K*B,) rows in blocks -> (B, K) per item."""
+    return x.view(k, -1).T
+
+
+def file_identity(path: str | os.PathLike) -> dict:
+    """Cheap identity of a model folder: its resolved path and its weight files' sizes and times."""
+    p = Path(path)
+    if not p.is_dir():
+        return {"name": str(path)}
+    files = sorted(list(p.glob("*.safetensors")) + list(p.glob("config.json")))
+    return {"path": str(p.resolve()),
+            "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
+def cache_key(rows: Iterable[Iterable[Iterable[int]]], *, reference: dict, extra: dict | None = None) -> str:
+    """SHA-256 over the token ids of every sequence of every item, the reference's identity and options.
+
+    `rows` yields, per item, its K token sequences with the response marked
+    (e.g. `(input_ids, n_prompt)` flattened to ints). Anything that changes a
+    reference log-probability (tokenizer, max_len, data, reference weights,
+    temperature) must change the key.
+    """
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"reference": reference, "extra": extra or {}}, sort_keys=True, default=str).encode())
+    for item in rows:
+        for seq in item:
+            arr = np.asarray(list(seq), dtype=np.int64)
+            h.update(len(arr).to_bytes(8, "little"))
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ReferenceCache:
+    key: str
+    logps: torch.Tensor  # (N, K) float32
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Reference log-probabilities of the items `index (B,)` -> (B, K)."""
+        return self.logps[index.cpu().long()]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomic write: a temporary file in the same folder, then a rename."""
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"logps": self.logps.contiguous()}, tmp, metadata={"key": self.key})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, key: str) -> "ReferenceCache | None":
+        """The cache at `path` if it exists and was computed for `key`, else None."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != key:
+                    return None
+                return cls(key, f.get_tensor("logps"))
+        except Exception:  # a damaged or foreign file: recompute rather than fail
+            return None
+
+
+@torch.no_grad()
+def compute(model, batches: Iterable[dict], n_items: int, k: int, *, temperature: float = 1.0,
+            progress: bool = False) -> torch.Tensor:
+    """One no-grad pass of `model` over `batches` -> reference log-probabilities (N, K).
+
+    Every batch carries `index (B,)` and K*B rows in blocks (see the module
+    docstring); each item must appear at least once.
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.full((n_items, k), float("nan"))
+    try:
+        for batch in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
+            moved = {name: v.to(device) for name, v in batch.items() if name in
+                     ("input_ids", "attention_mask", "labels", "position_ids")}
+            sums, _ = response_logps(model, moved, temperature)
+            out[batch["index"].cpu().long()] = blocks(sums.float().cpu(), k)
+    finally:
+        model.train(was_training)
+    missing = torch.isnan(out).any(-1).nonzero()
+    if len(missing):
+        raise ValueError(f"reference pass left {len(missing)} items without log-probabilities "
+                         f"(first: {int(missing[0])})")
+    return out
+
+
+def load_or_compute(path: str | os.PathLike | None, key: str, make_model, batches, n_items: int, k: int, *,
+                    temperature: float = 1.0, progress: bool = False) -> tuple[ReferenceCache, bool]:
+    """The cache for `key`: read from `path` when it matches, else computed and written there.
+
+    `make_model()` builds the reference model only when it is needed, and it
+    is dropped before this returns. Returns `(cache, was_computed)`.
+    """
+    if path is not None:
+        cached = ReferenceCache.load(path, key)
+        if cached is not None and cached.logps.shape == (n_items, k):
+            return cached, False
+    model = make_model()
+    try:
+        logps = compute(model, batches, n_items, k, temperature=temperature, progress=progress)
+    finally:
+        del model
+        import gc
+
+        gc.collect()
+    cache = ReferenceCache(key, logps)
+    if path is not None:
+        cache.save(path)
+    return cache, True
