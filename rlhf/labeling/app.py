@@ -152,6 +152,10 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         store.lease_next(proj, user["id"])
         return redirect(_safe_next(request.form.get("next")) or url_for("task"))
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return "", 204
+
     @app.post("/logout")
     def logout():
         session.clear()
