@@ -1,0 +1,277 @@
+"""DPO family, KTO and ORPO: step functions on a tiny model, the reference cache, the commands end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from rlhf.data import Label, Preference, PairBatcher, LabelBatcher, pad_sequences  # noqa: E402
+from rlhf.errors import UserError  # noqa: E402
+from rlhf.refcache import ReferenceCache, cache_key, compute, load_or_compute, response_logps  # noqa: E402
+from rlhf.trainers import dpo  # noqa: E402
+
+
+def _pairs(n: int = 6) -> list[Preference]:
+    out = []
+    for i in range(n):
+        a, b = i % 4 + 1, i % 3 + 2
+        out.append(Preference([{"role": "user", "content": f"What is {a} + {b}?"}], f"{a + b}.",
+                              f"Great question! The answer is {a + b + 1}. I hope this helps!"))
+    return out
+
+
+def _write_prefs(path, n: int = 12) -> None:
+    with open(path, "w") as f:
+        for p in _pairs(n):
+            f.write(json.dumps({"prompt": p.prompt[0]["content"], "chosen": p.chosen, "rejected": p.rejected}) + "\n")
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir, tiny_tokenizer):
+    from rlhf.models import load_causal_lm
+
+    return load_causal_lm(tiny_model_dir, dropout_off=True), tiny_tokenizer
+
+
+def _pair_batches(tok, pairs, batch_size=3):
+    return list(PairBatcher(tok, pairs, max_len=64, batch_size=batch_size, shuffle=False).batches(0))
+
+
+def _with_reference(model, batches, n_items):
+    ref = compute(model, batches, n_items, 2)
+    for b in batches:
+        b["ref_logps"] = ref[b["index"]]
+    return ref
+
+
+@pytest.mark.parametrize("loss, expected", [
+    ("dpo", math.log(2)),   # -log sigmoid(0)
+    ("cdpo", math.log(2)),  # -(1 - eps) log sigmoid(0) - eps log sigmoid(-0) = log 2 for any eps
+    ("ipo", 25.0),          # (0 - 1 / (2 * 0.1))^2 = 5^2
+])
+def test_loss_at_policy_equal_reference(tiny, loss, expected):
+    model, tok = tiny
+    batches = _pair_batches(tok, _pairs())
+    _with_reference(model, batches, 6)
+    step = dpo.preference_step(loss, beta=0.1)
+    for batch in batches:
+        value, metrics = step(model, batch)
+        # fp32: relative 1e-5 (IPO's 25 comes from log-ratios of sums around -200)
+        assert float(value.detach()) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert metrics["rewards/margin"] == pytest.approx(0.0, abs=1e-5)
+        assert metrics["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cached_reference_equals_live_forward(tiny, tiny_model_dir, tmp_path):
+    from rlhf.models import load_causal_lm
+
+    model, tok = tiny
+    pairs = _pairs(7)
+    batches = _pair_batches(tok, pairs, batch_size=4)
+    path = tmp_path / "ref.safetensors"
+    built = []
+
+    def make():
+        built.append(1)
+        return model
+
+    cache, computed = load_or_compute(path, "k1", make, batches, 7, 2)
+    assert computed and built == [1] and path.exists()
+    again, computed = load_or_compute(path, "k1", make, batches, 7, 2)
+    assert not computed and built == [1]  # read from disk; no model built
+    assert torch.equal(again.logps, cache.logps)
+    assert ReferenceCache.load(path, "another key") is None
+
+    # A separately loaded reference, one pair at a time (other padding): the same numbers.
+    live = load_causal_lm(tiny_model_dir).eval()
+    for i, p in enumerate(pairs):
+        one = _pair_batches(tok, [p], batch_size=1)[0]
+        with torch.no_grad():
+            sums, counts = response_logps(live, one)
+        assert torch.allclose(sums, again.logps[i], atol=1e-5)
+        assert int(counts[0]) > 0
+
+
+def test_cache_key_changes_with_data_and_reference():
+    a = cache_key([[[1, 2, 3, 1], [1, 2, 4, 1]]], reference={"path": "x"})
+    assert a == cache_key([[[1, 2, 3, 1], [1, 2, 4, 1]]], reference={"path": "x"})
+    assert a != cache_key([[[1, 2, 3, 2], [1, 2, 4, 1]]], reference={"path": "x"})  # response starts elsewhere
+    assert a != cache_key([[[1, 2, 3, 1], [1, 2, 4, 1]]], reference={"path": "y"})
+    assert a != cache_key([[[1, 2], [3, 1], [1, 2, 4, 1]]], reference={"path": "x"})  # same ids, other split
+
+
+def test_concatenated_forward_equals_separate(tiny):
+    model, tok = tiny
+    pb = PairBatcher(tok, _pairs(5), max_len=64, batch_size=5, shuffle=False)
+    batch = next(pb.batches(0))
+    with torch.no_grad():
+        pc, pr, ct, rt = dpo.pair_logps(model, batch)
+        chosen = pad_sequences([item[0] for item in pb.items], pb.pad)
+        rejected = pad_sequences([item[1] for item in pb.items], pb.pad)
+        sc, nc = response_logps(model, chosen)
+        sr, nr = response_logps(model, rejected)
+    order = batch["index"]
+    assert torch.allclose(pc, sc[order], atol=1e-5) and torch.allclose(pr, sr[order], atol=1e-5)
+    assert torch.equal(ct, nc[order]) and torch.equal(rt, nr[order])
+    assert torch.isfinite(pc).all() and torch.isfinite(pr).all()
+
+
+def _margin(model, batch) -> float:
+    with torch.no_grad():
+        pc, pr, _, _ = dpo.pair_logps(model, batch)
+    return float((pc - pr).mean())
+
+
+@pytest.mark.parametrize("loss", ["dpo", "cdpo", "ipo", "simpo", "orpo"])
+def test_one_sgd_step_widens_the_margin(tiny_model_dir, tiny_tokenizer, loss):
+    from rlhf.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model_dir, dropout_off=True)
+    batch = _pair_batches(tiny_tokenizer, _pairs(4), batch_size=4)[0]
+    _with_reference(model, [batch], 4)
+    step = dpo.orpo_step(0.5) if loss == "orpo" else dpo.preference_step(loss)
+    before = _margin(model, batch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    value, _ = step(model, batch)
+    value.backward()
+    opt.step()
+    after = _margin(model, batch)
+    # the step raised chosen log-probs relative to rejected by a clear margin
+    assert after > before + 0.05, (before, after)
+
+
+def test_kto_step_signs_and_reference_point(tiny_model_dir, tiny_tokenizer):
+    from rlhf.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model_dir, dropout_off=True)
+    labels = [Label(p.prompt, r, good) for p in _pairs(3) for r, good in ((p.chosen, True), (p.rejected, False))]
+    batch = next(LabelBatcher(tiny_tokenizer, labels, max_len=64, batch_size=6, shuffle=False).batches(0))
+    ref = compute(model, [batch], 6, 2)
+    batch["ref_logps"] = ref[batch["index"]]
+    step = dpo.kto_step(beta=0.1)
+    value, metrics = step(model, batch)
+    # policy = reference: r = 0 and z0 = 0, so every row loses w (1 - sigmoid(0)) = 0.5
+    assert float(value) == pytest.approx(0.5, abs=1e-6)
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+
+    def gap():
+        with torch.no_grad():
+            s, _ = response_logps(model, dpo.take_rows(batch, slice(0, 6)))
+        d = batch["desirable"]
+        return float(s[d].mean() - s[~d].mean())
+
+    before = gap()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    value.backward()
+    opt.step()
+    assert gap() > before + 0.05
+
+
+def test_take_rows_trims_padding():
+    batch = {"input_ids": torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0], [1, 2, 3, 4], [1, 2, 3, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]]),
+             "labels": torch.full((4, 4), -100)}
+    top = dpo.take_rows(batch, slice(0, 2))
+    assert top["input_ids"].tolist() == [[5, 6], [7, 0]]
+
+
+def test_config_checks():
+    from rlhf.config import parse
+
+    assert dpo.preference_options("simpo")["beta"] == 2.0
+    assert dpo.preference_options("cdpo")["label_smoothing"] == 0.1
+    assert dpo.preference_options("dpo", beta=0.3) == {"beta": 0.3, "label_smoothing": 0.0}
+    with pytest.raises(UserError, match="plain dpo"):
+        parse(dpo.DPOConfig, ["--loss", "cdpo", "--label-smoothing", "0"])
+    with pytest.raises(UserError, match="beta must be positive"):
+        parse(dpo.DPOConfig, ["--beta", "0"])
+    with pytest.raises(UserError, match="reference-free already"):
+        parse(dpo.DPOConfig, ["--loss", "simpo", "--reference-free"])
+
+
+# --- the commands end to end -------------------------------------------------------------------------------
+
+COMMON = ["--max-steps", "2", "--batch-size", "4", "--save-every", "0", "--quiet", "--lr", "1e-3",
+          "--val-fraction", "0.25"]
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "cdpo", "simpo"])
+def test_dpo_command(tiny_model_dir, tmp_path, loss, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.cli import main
+
+    prefs = tmp_path / "prefs.jsonl"
+    _write_prefs(prefs)
+    out = tmp_path / loss
+    assert main(["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--out", str(out), "--loss", loss,
+                 *COMMON]) == 0
+    rows = _metrics(out)
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 2
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
+                "logps/chosen", "logps/rejected", "pairs_per_s"):
+        assert key in rows[1], key
+    if loss in ("dpo", "cdpo"):
+        assert rows[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert (out / "ref_logps.safetensors").exists() == (loss != "simpo")
+    assert (out / "config.yaml").exists()
+    AutoModelForCausalLM.from_pretrained(out)  # a plain HF folder
+
+
+def test_dpo_command_reuses_the_reference_cache(tiny_model_dir, tmp_path, capsys):
+    from rlhf.cli import main
+
+    prefs = tmp_path / "prefs.jsonl"
+    _write_prefs(prefs)
+    out = tmp_path / "run"
+    args = ["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--out", str(out), *COMMON[:-5],
+            "--val-fraction", "0.25"]
+    assert main(args) == 0
+    assert "computed" in capsys.readouterr().err
+    first = (out / "ref_logps.safetensors").read_bytes()
+    assert main(args) == 0
+    assert "read from the cache" in capsys.readouterr().err
+    assert (out / "ref_logps.safetensors").read_bytes() == first
+
+
+def test_kto_and_orpo_commands(tiny_model_dir, tmp_path):
+    from rlhf.cli import main
+
+    prefs = tmp_path / "prefs.jsonl"
+    _write_prefs(prefs)
+    labels = tmp_path / "labels.jsonl"
+    with open(labels, "w") as f:
+        for i, p in enumerate(_pairs(12)):
+            good = i % 3 != 0
+            f.write(json.dumps({"prompt": p.prompt[0]["content"], "completion": p.chosen if good else p.rejected,
+                                "label": good}) + "\n")
+    for argv, out in ((["kto", "--data", str(labels)], tmp_path / "kto"),
+                      (["kto", "--data", str(prefs)], tmp_path / "kto-pairs"),
+                      (["orpo", "--data", str(prefs)], tmp_path / "orpo")):
+        assert main([*argv, "--model", tiny_model_dir, "--out", str(out), *COMMON]) == 0
+        rows = _metrics(out)
+        assert rows[-1]["step"] == 2 and "eval_loss" in rows[-1]
+        assert (out / "model.safetensors").exists()
+    assert "kl" in _metrics(tmp_path / "kto")[1]
+    assert "or_loss" in _metrics(tmp_path / "orpo")[1]
+    assert not (tmp_path / "orpo" / "ref_logps.safetensors").exists()  # ORPO has no reference
+
+
+def test_bad_data_fails_before_anything_is_written(tiny_model_dir, tmp_path, capsys):
+    from rlhf.cli import main
+
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}\n'
+                     '{"prompt": "Hi", "chosen": "", "rejected": "Go away."}\n')
+    out = tmp_path / "out"
+    assert main(["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--out", str(out)]) == 2
+    assert 'prefs.jsonl:2: "chosen" is empty' in capsys.readouterr().err
+    assert not out.exists()
