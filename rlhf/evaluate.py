@@ -243,33 +243,30 @@ def mean_kl(policy, ref, tokenizer, prompts, responses, **kwargs) -> float:
 
 def lab_prompts(prompts: Sequence) -> bool:
     """True when every prompt is a lab task the gold judge knows."""
+    from rlhf.lab.world import parse_task
+
+    return bool(prompts) and all(parse_task(p) is not None for p in prompts)
+
+
+def default_prompts(n: int, seed: int) -> list[str]:
+    """`n` held-out lab prompts (the eval split, disjoint from every training prompt)."""
     try:
-        from rlhf.lab.world import parse_task
+        from rlhf.lab.generate import eval_prompts
     except ImportError:
-        return False
-    from rlhf.judges import prompt_text
+        eval_prompts = None
+    if eval_prompts is not None:
+        return [p["prompt"] if isinstance(p, dict) else p for p in eval_prompts(n, seed)]
+    from rlhf.lab.world import sample_tasks
 
-    return bool(prompts) and all(not isinstance(p, list) or len(p) == 1 for p in prompts) and \
-        all(parse_task(prompt_text(p)) is not None for p in prompts)
-
-
-def default_prompts(n: int, seed: int) -> list:
-    from rlhf.lab.generate import eval_prompts
-
-    return [p["prompt"] if isinstance(p, dict) else p for p in eval_prompts(n, seed)]
+    return [t.prompt for t in sample_tasks(n, seed, split="eval")]
 
 
 def default_heldout(prompts: Sequence) -> list[dict]:
-    """The lab's reference answers to lab prompts: held-out text for perplexity."""
-    from rlhf.judges import prompt_text
+    """The lab's ideal answers to lab prompts: held-out reference text for perplexity."""
     from rlhf.lab.world import parse_task
 
-    rows = []
-    for p in prompts:
-        task = parse_task(prompt_text(p))
-        if task is not None:
-            rows.append({"prompt": prompt_text(p), "response": task.answer})
-    return rows
+    tasks = [parse_task(p) for p in prompts]
+    return [{"prompt": p, "response": t.answer} for p, t in zip(prompts, tasks) if t is not None]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -451,6 +448,7 @@ def format_table(result: dict) -> str:
             f"{c['win_rate']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
         lines.append(f"win rate of A over B ({c['judge']}): {rate}  "
                      f"(wins {c['wins']}, losses {c['losses']}, ties {c['ties']} excluded)")
+        lines.append(f"soft win rate (mean P(A better), ties count half): {fmt(c['mean_prob'])}")
         if c.get("position_bias") is not None:
             lines.append(f"judge position bias: {c['position_bias']:.3f} of items judged by position alone")
     return "\n".join(lines)
@@ -529,6 +527,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                         for k, r in models.items()}
     result["samples"] = [
         {"prompt": p, **{f"response_{k.lower()}": models[k]["texts"][i] for k in models},
+         **{f"finished_{k.lower()}": models[k]["finished"][i] for k in models},
          **({"p_a_better": result["comparison"]["probs"][i]} if "comparison" in result else {}),
          **{f"gold_{k.lower()}": models[k]["gold_scores"][i] for k in models if "gold_scores" in models[k]}}
         for i, p in enumerate(prompts)]

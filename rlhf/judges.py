@@ -166,10 +166,10 @@ class Judge(ABC):
 class GoldJudge(Judge):
     """The lab's gold judge: exact, deterministic, knows the task behind every lab prompt.
 
-    `compare` follows `rlhf.lab.gold.compare` (+1 -> 1.0, -1 -> 0.0, tie -> exactly 0.5).
-    Pass `stopped_a`/`stopped_b` (did each response end with EOS?) to have a
-    response that ran out of tokens judged as such; scores are then compared
-    with the same tie epsilon as `gold.compare`.
+    `compare` is `rlhf.lab.gold.compare` (+1 -> 1.0, -1 -> 0.0, a tie within
+    its epsilon -> exactly 0.5). Pass `stopped_a`/`stopped_b` (did each
+    response end with EOS?) to have a response that ran out of tokens judged
+    as such; by default every response counts as stopped.
     """
 
     name = "gold"
@@ -182,19 +182,16 @@ class GoldJudge(Judge):
     def score(self, prompts, responses, stopped: Sequence[bool] | None = None) -> list[float]:
         _check_lengths(prompts, responses)
         stopped = [True] * len(responses) if stopped is None else list(stopped)
-        return [float(self._gold.score(prompt_text(p), r, stopped=bool(s)))
-                for p, r, s in zip(prompts, responses, stopped)]
+        return [float(self._gold.score(p, r, stopped=bool(s))) for p, r, s in zip(prompts, responses, stopped)]
 
     def compare(self, prompts, responses_a, responses_b, *, stopped_a: Sequence[bool] | None = None,
                 stopped_b: Sequence[bool] | None = None) -> list[float]:
         _check_lengths(prompts, responses_a, responses_b)
-        if stopped_a is None and stopped_b is None:
-            outcomes = [self._gold.compare(prompt_text(p), a, b) for p, a, b in zip(prompts, responses_a, responses_b)]
-        else:
-            sa = self.score(prompts, responses_a, stopped_a)
-            sb = self.score(prompts, responses_b, stopped_b)
-            eps = float(getattr(self._gold, "TIE_EPS", 1e-9))
-            outcomes = [0 if abs(x - y) <= eps else (1 if x > y else -1) for x, y in zip(sa, sb)]
+        n = len(prompts)
+        sa = [True] * n if stopped_a is None else list(stopped_a)
+        sb = [True] * n if stopped_b is None else list(stopped_b)
+        outcomes = [self._gold.compare(p, a, b, stopped_a=bool(x), stopped_b=bool(y))
+                    for p, a, b, x, y in zip(prompts, responses_a, responses_b, sa, sb)]
         return [{1: 1.0, -1: 0.0}.get(int(o), 0.5) for o in outcomes]
 
 

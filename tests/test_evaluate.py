@@ -103,3 +103,76 @@ def test_kl_is_zero_against_itself_and_matches_the_sampler_log_probs(tiny, tiny_
     assert kls == pytest.approx(expected.tolist(), abs=1e-5)
     # text responses re-encoded give the same numbers when they round-trip through the tokenizer
     assert mean_kl(model, model, tok, prompts, ["5.", "cat blue red.", "hello"]) == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- rlhf eval
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A second tiny Llama (another seed) with the same tokenizer: model B."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import build_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-llama-b")
+    model = build_tiny_llama(len(tiny_tokenizer), seed=1, pad_token_id=tiny_tokenizer.pad_token_id,
+                             eos_token_id=tiny_tokenizer.eos_token_id)
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_rlhf_eval_end_to_end_with_the_gold_judge(tiny_model_dir, other_model_dir, tmp_path, capsys):
+    from rlhf.cli import main
+    from rlhf.lab import gold
+
+    out = tmp_path / "eval.json"
+    rc = main(["eval", tiny_model_dir, other_model_dir, "--judge", "gold", "--n-prompts", "6",
+               "--max-new-tokens", "6", "--n-heldout", "4", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "win rate of A over B (gold)" in printed and "ppl" in printed and "kl" in printed
+    res = json.loads(out.read_text())
+    samples = res["samples"]
+    assert len(samples) == 6 and res["judge"] == "gold" and res["ref"] == other_model_dir
+    # the comparison is gold.compare on the very answers in the file
+    outcome = [gold.compare(s["prompt"], s["response_a"], s["response_b"], stopped_a=s["finished_a"],
+                            stopped_b=s["finished_b"]) for s in samples]
+    c = res["comparison"]
+    assert (c["wins"], c["losses"], c["ties"]) == (outcome.count(1), outcome.count(-1), outcome.count(0))
+    assert [s["p_a_better"] for s in samples] == [{1: 1.0, -1: 0.0, 0: 0.5}[o] for o in outcome]
+    assert c["position_bias"] is None
+    for side in ("a", "b"):
+        golds = [gold.score(s["prompt"], s[f"response_{side}"], s[f"finished_{side}"]) for s in samples]
+        assert [s[f"gold_{side}"] for s in samples] == golds
+        assert res["models"][side.upper()]["gold"] == pytest.approx(sum(golds) / 6)
+        assert res["models"][side.upper()]["ppl"] > 1.0
+    assert res["models"]["A"]["kl"] is not None and "kl" not in res["models"]["B"]
+    assert 0 < res["models"]["A"]["length"] <= 6
+
+
+def test_rlhf_eval_against_itself_has_zero_kl_and_only_ties(tiny_model_dir, tmp_path):
+    from rlhf.evaluate import EvalConfig, run_eval
+
+    res = run_eval(EvalConfig(model_a=tiny_model_dir, model_b=tiny_model_dir, n_prompts=4, max_new_tokens=4,
+                              n_heldout=2, greedy=False, temperature=1.0, seed=3))
+    assert res["comparison"]["ties"] == 4 and res["comparison"]["wins"] == 0
+    assert math.isnan(res["comparison"]["win_rate"])
+    assert res["models"]["A"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert res["models"]["A"]["ppl"] == pytest.approx(res["models"]["B"]["ppl"], rel=1e-6)
+
+
+def test_rlhf_eval_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, capsys):
+    from rlhf.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Write a haiku about rain."}\n')
+    assert main(["eval", tiny_model_dir, tiny_model_dir, "--prompts", str(prompts)]) == 2
+    assert "the gold judge knows only lab prompts" in capsys.readouterr().err
+    assert main(["eval", tiny_model_dir, tiny_model_dir, "--judge", "oracle", "--prompts", str(prompts)]) == 2
+    assert "unknown judge 'oracle'" in capsys.readouterr().err
+    assert main(["eval", tiny_model_dir, "--prompts", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err

@@ -357,3 +357,23 @@ def test_make_judge_rejects_unknown_and_malformed_specs(tmp_path):
     path = tmp_path / "l.jsonl"
     path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
     assert isinstance(make_judge(f"human:{path}"), HumanJudge)
+
+
+# --------------------------------------------------------------------------- gold and reward-model judges
+
+
+def test_gold_judge_agrees_with_gold_compare():
+    from rlhf.judges import GoldJudge
+    from rlhf.lab import gold
+
+    prompts = ["What is 2 + 3?"] * 4 + ["Sort these numbers: 4 1 3."] * 2
+    a = ["5.", "Great question! 5. I hope this helps!", "7.", "5.", "1 3 4.", "4 1 3."]
+    b = ["Great question! 5.", "5.", "7", "5.", "1 3 4.", "1 3 4."]
+    judge = GoldJudge()
+    expected = {1: 1.0, -1: 0.0, 0: 0.5}
+    assert judge.compare(prompts, a, b) == [expected[gold.compare(p, x, y)] for p, x, y in zip(prompts, a, b)]
+    assert judge.compare(prompts, a, b)[:4] == [1.0, 0.0, 0.5, 0.5]  # a clean answer beats flattery; ties are 0.5
+    # a response that ran out of tokens loses to the same text that stopped
+    assert judge.compare(prompts[:1], ["5."], ["5."], stopped_a=[False], stopped_b=[True]) == [0.0]
+    assert judge.score(prompts[:2], a[:2]) == [gold.score(prompts[0], a[0]), gold.score(prompts[1], a[1])]
+    assert judge.position_bias is None
