@@ -392,6 +392,8 @@ class EvalConfig:
     dtype: str = opt("float32", "float32 | bfloat16")
     threads: int = opt(0, "torch threads (0 = leave as is)")
     out: Optional[str] = opt(None, "write the results (metrics and every answer) to this JSON file")
+    report: Optional[str] = opt(None, "also write an HTML + markdown report (answers side by side, curves) here")
+    n_report_samples: int = opt(20, "prompts shown side by side in the report")
     trust_remote_code: bool = opt(False, "allow model code from model folders")
 
     def __post_init__(self):
@@ -534,6 +536,42 @@ def run_eval(cfg: EvalConfig) -> dict:
     return result
 
 
+def write_eval_report(result: dict, out_dir: str, n_samples: int = 20):
+    """The report of an evaluation: summary row per model, answers side by side, and the
+    training curves of any model folder holding a `metrics.jsonl`."""
+    from pathlib import Path
+
+    from rlhf.observe.report import write_report
+
+    label = {k: f"{k} ({Path(m['name']).name or m['name']})" for k, m in result["models"].items()}
+    rows = []
+    comp = result.get("comparison")
+    for k, m in result["models"].items():
+        row = {"model": label[k]}
+        for key in ("gold", "reward", "kl", "length", "no_eos_frac", "ppl"):
+            if m.get(key) is not None:
+                row[key] = m[key]
+        if comp and k == "A":
+            row.update(win_rate=comp["win_rate"], ci_low=comp["ci_low"], ci_high=comp["ci_high"])
+        rows.append(row)
+    samples = []
+    for s in result["samples"][:n_samples]:
+        keys = [k for k in result["models"] if f"response_{k.lower()}" in s]
+        samples.append({"prompt": s["prompt"], "responses": {label[k]: s[f"response_{k.lower()}"] for k in keys},
+                        "scores": {label[k]: s[f"gold_{k.lower()}"] for k in keys if f"gold_{k.lower()}" in s}})
+    stages = [{"name": label[k], "path": m["name"]} for k, m in result["models"].items()
+              if (Path(m["name"]) / "metrics.jsonl").exists()]
+    notes = [f"A = {result['model_a']}"] + ([f"B = {result['model_b']}"] if result.get("model_b") else [])
+    if comp:
+        notes.append(f"judge: {comp['judge']}; wins {comp['wins']}, losses {comp['losses']}, ties {comp['ties']} "
+                     "(ties excluded from the win rate)")
+        if comp.get("position_bias") is not None:
+            notes.append(f"judge position bias: {comp['position_bias']:.3f}")
+    if result.get("ref"):
+        notes.append(f"KL of A measured against {result['ref']} on samples at temperature 1")
+    return write_report(out_dir, stages, samples, rows, notes, title="Evaluation report")
+
+
 def main(argv: list[str]) -> int:
     from rlhf.files import write_json
 
@@ -549,6 +587,8 @@ def main(argv: list[str]) -> int:
             comp = {k: v for k, v in comp.items() if k != "probs"}  # per item in `samples`
         write_json(cfg.out, _clean({**result, "comparison": comp} if comp else result))
         print(f"wrote {cfg.out}", file=sys.stderr)
+    if cfg.report:
+        print(f"wrote {write_eval_report(result, cfg.report, cfg.n_report_samples)}", file=sys.stderr)
     return 0
 
 

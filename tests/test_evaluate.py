@@ -131,7 +131,7 @@ def test_rlhf_eval_end_to_end_with_the_gold_judge(tiny_model_dir, other_model_di
 
     out = tmp_path / "eval.json"
     rc = main(["eval", tiny_model_dir, other_model_dir, "--judge", "gold", "--n-prompts", "6",
-               "--max-new-tokens", "6", "--n-heldout", "4", "--out", str(out)])
+               "--max-new-tokens", "6", "--n-heldout", "4", "--out", str(out), "--report", str(tmp_path / "rep")])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "win rate of A over B (gold)" in printed and "ppl" in printed and "kl" in printed
@@ -152,6 +152,10 @@ def test_rlhf_eval_end_to_end_with_the_gold_judge(tiny_model_dir, other_model_di
         assert res["models"][side.upper()]["ppl"] > 1.0
     assert res["models"]["A"]["kl"] is not None and "kl" not in res["models"]["B"]
     assert 0 < res["models"]["A"]["length"] <= 6
+    page = (tmp_path / "rep" / "report.html").read_text()
+    import html
+
+    assert all(html.escape(s["response_a"]) in page and html.escape(s["response_b"]) in page for s in samples)
 
 
 def test_rlhf_eval_against_itself_has_zero_kl_and_only_ties(tiny_model_dir, tmp_path):
