@@ -7,15 +7,18 @@ launch` / `torchrun`), AdamW with warmup and decay, gradient accumulation and
 clipping, the metrics log, evaluation with early stopping and the best
 weights, checkpoints and `--resume`, and stopping on a non-finite loss.
 
-Data order. `train_batches` is a sequence of ready micro-batches. Epoch `e`
-visits them in `randperm(len, seed + e)`; optimizer step `i` of the epoch
-takes the next `grad_accum x processes` of that order, micro-batch `k` of
-process `r` being slot `k * processes + r`. The data position is thus just
-(seed, step), which makes a resumed run see exactly the batches the killed
-one would have, and makes one process with `grad_accum=2` see the same
-batches per step as two processes with `grad_accum=1` (the same global
-batch, hence the same update). A last group smaller than one step is left
-out of that epoch (the next epoch's order differs).
+Data order. `train_batches` is a batcher (`len()` micro-batches per epoch
+and `batches(epoch)` yielding them in an order fixed by its seed and the
+epoch, like `rlhf.data.SFTBatcher` and `RewardBatcher`), or a plain sequence
+of micro-batches, which the loop visits in a seeded permutation per epoch.
+Optimizer step `i` of an epoch takes the next `grad_accum x processes`
+micro-batches of the epoch's stream, micro-batch `k` of process `r` being
+slot `k * processes + r`. The data position is thus just (seed, step), which
+makes a resumed run see exactly the batches the killed one would have, and
+makes one process with `grad_accum=2` see the same batches per step as two
+processes with `grad_accum=1` (the same global batch, hence the same
+update). A last group smaller than one step is left out of that epoch (the
+next epoch's order differs).
 
 Checkpoints: `<out>/checkpoints/step-NNNNNNN/`, written by
 `accelerator.save_state` (weights as safetensors, optimizer, scheduler, RNG
@@ -97,6 +100,30 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        getattr(super(), "__post_init__", lambda: None)()  # the stage config's other option groups
+
+
+@dataclass
+class ModelOptions:
+    """How a stage loads the model it trains: precision and LoRA (flat flags, shared by the stages)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "weights' dtype when loading the model")
+    lora_r: int = opt(0, "LoRA rank; 0 = train all weights")
+    lora_alpha: int = opt(16, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    lora_targets: list[str] = opt(["all-linear"], "module names LoRA adapts (comma-separated), or all-linear")
+    trust_remote_code: bool = opt(False, "run model code shipped with a hub model (off: only transformers' own)")
+
+    def __post_init__(self):
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise UserError("LoRA needs lora_r >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1")
+        getattr(super(), "__post_init__", lambda: None)()
+
+    def lora(self):
+        from rlhf.models import LoraOptions
+
+        return LoraOptions(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                           target_modules=list(self.lora_targets))
 
 
 def train_options(cfg) -> TrainOptions:
@@ -158,9 +185,10 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     micro_per_step = opts.grad_accum * world
-    steps_per_epoch = len(train_batches) // micro_per_step
+    source = train_batches if hasattr(train_batches, "batches") else ShuffledBatches(train_batches, opts.seed)
+    steps_per_epoch = len(source) // micro_per_step
     if steps_per_epoch == 0:
-        raise UserError(f"only {len(train_batches)} micro-batches of training data, but one step takes "
+        raise UserError(f"only {len(source)} micro-batches of training data, but one step takes "
                         f"{micro_per_step} (grad_accum {opts.grad_accum} x {world} processes); "
                         "use more data or a smaller batch_size / grad_accum")
     total_steps = opts.max_steps or opts.epochs * steps_per_epoch
@@ -174,7 +202,7 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
     scheduler = make_scheduler(optimizer, opts, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = TrainerState(seed=opts.seed, n_batches=len(train_batches), micro_per_step=micro_per_step)
+    state = TrainerState(seed=opts.seed, n_batches=len(source), micro_per_step=micro_per_step)
     checkpoint = latest_checkpoint(ckpt_root) if opts.resume else None
     if checkpoint is not None:
         state = _restore(accelerator, checkpoint, state, out)
@@ -191,14 +219,14 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
     show = main and not opts.quiet
     bar = _progress_bar(total_steps, state.step, enabled=show and sys.stderr.isatty())
     print_every = max(opts.log_every, math.ceil(total_steps / 10))
-    t_start = time.monotonic()
+    t_start, elapsed_before = time.monotonic(), state.elapsed
     step = state.step
     last_loss: float | None = None
     last_eval: dict = {}
     stopped_early = False
 
     def elapsed() -> float:
-        return round(state.elapsed + time.monotonic() - t_start, 3)
+        return round(elapsed_before + time.monotonic() - t_start, 3)
 
     def evaluate() -> dict:
         nonlocal stopped_early
@@ -223,17 +251,20 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
             _note(f"step 0/{total_steps} " + _fmt(last_eval))
 
     window: dict[str, float] = {}
-    window_steps, window_t = 0, time.monotonic()
-    orders: dict[int, list[int]] = {}
+    window_steps, window_seconds = 0, 0.0
+    stream, stream_epoch = iter(()), None
     model.train()
     try:
         while step < total_steps and not stopped_early:
             epoch, index = divmod(step, steps_per_epoch)
-            if epoch not in orders:
-                orders = {epoch: epoch_order(len(train_batches), state.seed, epoch)}
-            first = index * micro_per_step
-            slots = [orders[epoch][first + k * world + rank] for k in range(opts.grad_accum)]
-            stats = _accumulate(accelerator, model, step_fn, [train_batches[i] for i in slots], count_key)
+            if epoch != stream_epoch:
+                stream, stream_epoch = iter(source.batches(epoch)), epoch
+                for _ in range(index * micro_per_step):  # resuming mid-epoch
+                    next(stream)
+            t_step = time.monotonic()
+            group = [next(stream) for _ in range(micro_per_step)]
+            mine = [group[k * world + rank] for k in range(opts.grad_accum)]
+            stats = _accumulate(accelerator, model, step_fn, mine, count_key)
             if not math.isfinite(stats["loss"]):
                 raise TrainingDiverged(_diverged_message(step + 1, "loss", stats["loss"], ckpt_root))
             if not accelerator.sync_gradients:  # would make optimizer.step() a silent no-op
@@ -253,16 +284,17 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
             for k, v in stats.items():
                 window[k] = window.get(k, 0.0) + v
             window_steps += 1
+            window_seconds += time.monotonic() - t_step  # throughput counts training, not evals or saves
             row: dict[str, Any] = {}
             if step % opts.log_every == 0 or step == total_steps:
-                seconds = max(time.monotonic() - window_t, 1e-9)
+                seconds = max(window_seconds, 1e-9)
                 train_row = {k: v / window_steps for k, v in window.items() if k != count_key}
                 train_row["lr"] = lr
                 if count_key in window:
                     train_row[f"{count_key}_per_s"] = round(window[count_key] / seconds, 2)
                 row.update(train_row)
                 last_loss = train_row["loss"]
-                window, window_steps, window_t = {}, 0, time.monotonic()
+                window, window_steps, window_seconds = {}, 0, 0.0
             due = opts.eval_every and step % opts.eval_every == 0
             if eval_fn is not None and (due or step == total_steps):
                 last_eval = evaluate()
@@ -311,8 +343,14 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
 
 
 def make_accelerator(opts: TrainOptions):
+    import logging
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+
+    # "Removed shared tensor ... while saving" on every checkpoint of a model with
+    # tied embeddings: expected (the tie is restored on loading), so not shown.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
     # A fresh state per run: a second `train` in one process (tests, pipelines)
     # must not inherit the first one's accumulation or precision settings.
@@ -359,12 +397,20 @@ def make_scheduler(optimizer, opts: TrainOptions, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of the micro-batches in an epoch: a pure function of (seed, epoch)."""
-    import torch
+class ShuffledBatches:
+    """A sequence of ready micro-batches as a batcher: each epoch a permutation fixed by (seed, epoch)."""
 
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    def __init__(self, batches: Sequence, seed: int):
+        self.items, self.seed = batches, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batches(self, epoch: int):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return (self.items[i] for i in torch.randperm(len(self.items), generator=g).tolist())
 
 
 def _accumulate(accelerator, model, step_fn, batches: list, count_key: str) -> dict:
@@ -469,11 +515,12 @@ def _restore(accelerator, checkpoint: Path, fresh: TrainerState, out: Path) -> T
     from rlhf.metrics import METRICS_FILE, truncate_after
 
     state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
-    if (state.n_batches, state.micro_per_step) != (fresh.n_batches, fresh.micro_per_step):
+    if (state.n_batches, state.micro_per_step, state.seed) != (fresh.n_batches, fresh.micro_per_step, fresh.seed):
         raise UserError(
-            f"cannot resume from {checkpoint}: it was written for {state.n_batches} micro-batches of data and "
-            f"{state.micro_per_step} per step, this run has {fresh.n_batches} and {fresh.micro_per_step} "
-            "(same data, batch_size, grad_accum and number of processes are needed)")
+            f"cannot resume from {checkpoint}: it was written for {state.n_batches} micro-batches of data, "
+            f"{state.micro_per_step} per step and seed {state.seed}; this run has {fresh.n_batches}, "
+            f"{fresh.micro_per_step} and {fresh.seed} (resuming needs the same data, batch_size, grad_accum, "
+            "number of processes and seed)")
     accelerator.load_state(str(checkpoint))  # weights, optimizer, scheduler, RNG of every process
     if accelerator.is_main_process:
         best = checkpoint.parent / BEST_WEIGHTS
