@@ -161,8 +161,9 @@ def compute(model, batches: Iterable[dict], n_items: int, k: int, *, temperature
 
 
 def load_or_compute(path: str | os.PathLike | None, key: str, make_model, batches, n_items: int, k: int, *,
-                    temperature: float = 1.0, progress: bool = False) -> tuple[ReferenceCache, bool]:
-    """The cache for `key`: read from `path` when it matches, else computed and written there.
+                    temperature: float = 1.0, progress: bool = False,
+                    write: bool = True) -> tuple[ReferenceCache, bool]:
+    """The cache for `key`: read from `path` when it matches, else computed (and written there if `write`).
 
     `make_model()` builds the reference model only when it is needed, and it
     is dropped before this returns. Returns `(cache, was_computed)`.
@@ -180,6 +181,6 @@ def load_or_compute(path: str | os.PathLike | None, key: str, make_model, batche
 
         gc.collect()
     cache = ReferenceCache(key, logps)
-    if path is not None:
+    if path is not None and write:
         cache.save(path)
     return cache, True

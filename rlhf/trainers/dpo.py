@@ -15,12 +15,13 @@ module supplies those log-probabilities and runs the shared training loop.
   ever loaded; a different `--reference` is loaded, used and freed before
   training starts.
 - KTO's reference point z0 is estimated as in the paper (Ethayarajh et al.
-  2024, section 4.1): within each micro-batch, prompt i is paired with the
-  completion of another row (the next row with a different prompt), and z0 is
-  the clamped, detached mean policy/reference log-ratio of those mismatched
-  pairs. Micro-batches are fixed for the whole run (the loop shuffles their
-  order), so the mismatched pairs are fixed too and their reference
-  log-probabilities are cached with the rest.
+  2024, section 4.1): z0 is the clamped, detached mean policy/reference
+  log-ratio over the batch of mismatched pairs (prompt i, completion of
+  another row). The paper shifts completions within the micro-batch; here
+  each row's partner is fixed once by the seed (`rlhf.data.kl_partners`), the
+  same distribution of mismatched pairs, which lets their reference
+  log-probabilities be cached with the rest while batches are reshuffled
+  every epoch.
 
 Metrics (the `rlhf.losses` names, per step in `metrics.jsonl`): `loss`,
 `rewards/chosen` and `rewards/rejected` (implicit rewards, beta times the
@@ -39,16 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlhf.config import opt, parse, to_dict
+from rlhf.config import opt, parse
 from rlhf.errors import UserError
 from rlhf.refcache import CACHE_FILE, blocks, response_logps
-from rlhf.trainers.loop import RUN_FILES, TrainOptions, train, train_options
+from rlhf.trainers.loop import RUN_FILES, ModelOptions, TrainOptions, TrainResult, train, train_options
 
 # Per-loss default beta: DPO-style losses scale a log-ratio of whole
 # sequences (0.1, Rafailov et al.); SimPO scales a per-token average (2.0, Meng et al.).
 DEFAULT_BETA = {"dpo": 0.1, "cdpo": 0.1, "ipo": 0.1, "simpo": 2.0}
 DEFAULT_SMOOTHING = {"dpo": 0.0, "cdpo": 0.1, "ipo": 0.0, "simpo": 0.0}
-LAB_PREFS = "runs/lab/prefs.jsonl"
 
 
 # --- step functions: (model, batch) -> (loss, metrics) ---------------------------------------------------
@@ -75,12 +75,22 @@ def preference_options(loss: str, beta: float | None = None, label_smoothing: fl
     raise ValueError(f"unknown preference loss {loss!r}")
 
 
-def preference_step(loss: str = "dpo", *, reference_free: bool = False, **options):
+def reference_of(batch: dict, reference):
+    """Reference log-probabilities (B, 2) of a batch's items: `batch["ref_logps"]`, else `reference[index]`."""
+    if "ref_logps" in batch:
+        return batch["ref_logps"]
+    if reference is None:
+        raise ValueError("this loss needs reference log-probabilities: pass `reference` or batch['ref_logps']")
+    return reference[batch["index"].cpu()].to(batch["input_ids"].device)
+
+
+def preference_step(loss: str = "dpo", *, reference=None, reference_free: bool = False, **options):
     """Step function of `PREFERENCE_LOSSES[loss]` on a concatenated pair batch.
 
     The batch holds `input_ids`, `attention_mask`, `labels` (2B, T) with the
-    chosen rows first, and `ref_logps` (B, 2) (reference chosen, rejected)
-    unless the loss is reference-free.
+    chosen rows first and `index` (B,); unless the loss is reference-free,
+    the reference log-probabilities are `reference[index]` ((N, 2) tensor of
+    chosen, rejected; see `rlhf.refcache`) or the batch's own `ref_logps` (B, 2).
     """
     from rlhf.losses import NEEDS_REFERENCE, PREFERENCE_LOSSES
 
@@ -92,7 +102,7 @@ def preference_step(loss: str = "dpo", *, reference_free: bool = False, **option
         pc, pr, ct, rt = pair_logps(model, batch)
         rc = rr = None
         if use_ref:
-            rc, rr = batch["ref_logps"].to(pc.dtype).unbind(-1)
+            rc, rr = reference_of(batch, reference).to(pc.dtype).unbind(-1)
         value, metrics = fn(pc, pr, rc, rr, ct, rt, **kwargs)
         metrics["pairs"] = float(pc.numel())
         return value, metrics
@@ -121,13 +131,15 @@ def take_rows(batch: dict, rows: slice) -> dict:
     return {k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "labels")}
 
 
-def kto_step(beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+def kto_step(beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, *,
+             reference=None):
     """KTO on a batch of B rows plus their B mismatched (prompt, other completion) rows.
 
-    Batch: `input_ids`, `attention_mask`, `labels` (2B, T) (matched rows
-    first), `desirable` (B,) bool, `ref_logps` (B, 2) (reference matched,
-    mismatched). The mismatched rows only estimate the reference point z0,
-    which is detached, so they go through a no-grad forward.
+    Batch (`rlhf.data.LabelBatcher`): `input_ids`, `attention_mask`, `labels`
+    (2B, T) (rated rows first), `desirable` (B,) bool, `index` (B,); the
+    reference log-probabilities (rated, mismatched) come from `reference[index]`
+    or the batch's `ref_logps` (B, 2). The mismatched rows only estimate the
+    reference point z0, which is detached, so they go through a no-grad forward.
     """
     import torch
 
@@ -138,7 +150,7 @@ def kto_step(beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weigh
         logps, _ = response_logps(model, take_rows(batch, slice(0, b)))
         with torch.no_grad():
             kl_logps, _ = response_logps(model, take_rows(batch, slice(b, 2 * b)))
-        ref = batch["ref_logps"].to(logps.dtype)
+        ref = reference_of(batch, reference).to(logps.dtype)
         z0 = kto_kl_reference(kl_logps, ref[:, 1])
         value, metrics = kto_loss(logps, ref[:, 0], batch["desirable"], z0, beta=beta,
                                   desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
@@ -151,13 +163,14 @@ def kto_step(beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weigh
 def evaluate_batches(model, batches, step_fn) -> dict:
     """Mean of the step function's metrics over `batches`, weighted by their size (no grad)."""
     import torch
+    from accelerate.utils import send_to_device
 
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
+    device = next(model.parameters()).device
     with torch.no_grad():
         for batch in batches:
-            device = next(model.parameters()).device
-            moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+            moved = send_to_device(batch, device)
             value, metrics = step_fn(model, moved)
             n = float(batch["index"].numel())
             for k, v in {**metrics, "loss": float(value)}.items():
@@ -171,35 +184,27 @@ def evaluate_batches(model, batches, step_fn) -> dict:
 # --- configs ------------------------------------------------------------------------------------------------
 
 @dataclass
-class _OfflineConfig(TrainOptions):
-    """Options every command here shares (the training loop's, then model and data)."""
+class _PrefData:
+    model: str = opt("runs/sft", "starting policy: a model folder or preset (usually the SFT model)")
+    data: str | None = opt(None, "comparisons (.jsonl/.json/.csv/.parquet); default: the lab's comparisons")
+    out: str = opt("runs/dpo", "output folder: the model, metrics.jsonl, config.yaml, checkpoints/")
+    max_len: int = opt(512, "longest prompt + response in tokens; longer ones keep their end")
+    val_fraction: float = opt(0.05, "share of prompts held out for evaluation; 0 = none")
 
-    model: str = opt("runs/sft", "starting policy: model folder or preset (usually the SFT model)")
-    data: str | None = opt(None, f"comparisons file; default: the lab's {LAB_PREFS} (`rlhf lab data`)")
-    out: str = opt("runs/dpo", "output folder: the model, metrics.jsonl, config.yaml, checkpoints")
-    max_len: int = opt(512, "longest prompt + response in tokens (longer ones keep their end)")
-    val_fraction: float = opt(0.05, "share of prompts held out to evaluate (0 = none)")
-    dtype: Literal["float32", "bfloat16"] = opt("float32", "weights dtype")
-    lora_r: int = opt(0, "LoRA rank; 0 trains every weight")
-    lora_alpha: int = opt(16, "LoRA alpha")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
-    # preference optimisation wants small, short runs: a lower rate than SFT, fewer evaluations wasted
+
+# Inheritance order puts the data options first in --help, then the model's, then the loop's.
+@dataclass
+class _OfflineConfig(TrainOptions, ModelOptions, _PrefData):
+    # preference optimisation moves a good model a little: a lower rate than SFT
     lr: float = opt(5e-5, "peak learning rate (AdamW)")
     warmup_ratio: float = opt(0.1, "fraction of the steps over which the learning rate rises from 0")
 
     def __post_init__(self):
-        super().__post_init__()
         if self.max_len < 8:
             raise UserError(f"max_len must be at least 8, got {self.max_len}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.lora_r < 0:
-            raise UserError("lora_r must be >= 0")
-
-    def lora(self):
-        from rlhf.models import LoraOptions
-
-        return LoraOptions(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout)
+        super().__post_init__()
 
 
 @dataclass
@@ -217,7 +222,6 @@ class DPOConfig(_OfflineConfig):
     reference: str | None = opt(None, "reference model; default: the starting model (no second copy is loaded)")
 
     def __post_init__(self):
-        super().__post_init__()
         if self.beta is not None and self.beta <= 0:
             raise UserError(f"beta must be positive, got {self.beta}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 0.5:
@@ -228,8 +232,9 @@ class DPOConfig(_OfflineConfig):
             raise UserError("label_smoothing does not apply to ipo")
         if self.reference_free and self.loss == "simpo":
             raise UserError("simpo is reference-free already; drop --reference-free")
-        if self.reference is not None and (self.reference_free or self.loss == "simpo"):
-            raise UserError(f"--reference is not used by {'reference-free dpo' if self.reference_free else 'simpo'}")
+        if self.reference is not None and not self.needs_reference():
+            raise UserError(f"--reference is not used by {'simpo' if self.loss == 'simpo' else 'reference-free dpo'}")
+        super().__post_init__()
 
     def needs_reference(self) -> bool:
         return self.loss != "simpo" and not self.reference_free
@@ -240,20 +245,23 @@ class KTOConfig(_OfflineConfig):
     """KTO on thumbs-up/down rows {prompt, completion, label} (comparison pairs are split into such rows)."""
 
     command = "kto"
-    out: str = opt("runs/kto", "output folder: the model, metrics.jsonl, config.yaml, checkpoints")
-    data: str | None = opt(None, f"labels file ({{prompt, completion, label}} rows or comparisons); default: "
-                                 f"the lab's {LAB_PREFS}")
+    data: str | None = opt(None, "labels ({prompt, completion, label} rows) or comparisons (each pair gives a "
+                                 "thumbs-up and a thumbs-down row); default: the lab's comparisons")
+    out: str = opt("runs/kto", "output folder: the model, metrics.jsonl, config.yaml, checkpoints/")
     beta: float = opt(0.1, "inverse temperature of the implicit reward")
     desirable_weight: float = opt(1.0, "loss weight of thumbs-up rows (lambda_D)")
     undesirable_weight: float = opt(1.0, "loss weight of thumbs-down rows (lambda_U)")
     reference: str | None = opt(None, "reference model; default: the starting model (no second copy is loaded)")
 
     def __post_init__(self):
-        super().__post_init__()
         if self.beta <= 0:
             raise UserError(f"beta must be positive, got {self.beta}")
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             raise UserError("desirable_weight and undesirable_weight must be positive")
+        super().__post_init__()
+
+    def needs_reference(self) -> bool:
+        return True
 
 
 @dataclass
@@ -261,46 +269,37 @@ class ORPOConfig(_OfflineConfig):
     """ORPO: SFT on the chosen responses plus an odds-ratio preference term; no reference model."""
 
     command = "orpo"
-    out: str = opt("runs/orpo", "output folder: the model, metrics.jsonl, config.yaml, checkpoints")
+    out: str = opt("runs/orpo", "output folder: the model, metrics.jsonl, config.yaml, checkpoints/")
     lam: float = opt(0.1, "weight of the odds-ratio term against the SFT loss (lambda)")
+    reference = None
 
     def __post_init__(self):
-        super().__post_init__()
         if self.lam < 0:
             raise UserError(f"lam must be >= 0, got {self.lam}")
+        super().__post_init__()
+
+    def needs_reference(self) -> bool:
+        return False
 
 
 # --- the commands -------------------------------------------------------------------------------------------
-
-def default_data(path: str | None) -> str:
-    if path is not None:
-        return path
-    if Path(LAB_PREFS).exists():
-        return LAB_PREFS
-    raise UserError(f"no --data given and {LAB_PREFS} does not exist; write the lab data first with "
-                    f"`rlhf lab data`, or pass --data FILE")
-
 
 def _note(message: str) -> None:
     print(f"rlhf: {message}", file=sys.stderr, flush=True)
 
 
-def attach_reference(cfg, model, batches: list[dict], offsets: list[int], n_items: int, item_sequences,
-                     kind: str) -> tuple[bool, float]:
-    """Compute (or read back) the reference log-probabilities and put `ref_logps (B, 2)` into every batch.
+def reference_logps(cfg, model, batchers: list, kind: str, *, write: bool = True):
+    """Reference log-probabilities (N, 2) of every item of `batchers` (numbered in order), cached in `cfg.out`.
 
-    `offsets[b]` shifts batch b's `index` into one numbering of all items
-    (train then validation). Returns (computed, seconds).
+    The key hashes every token of every item, the reference folder's identity
+    and the dtype; a match on disk skips the pass. Returns (ReferenceCache, computed).
     """
-    import time
-
-    import torch
-
     from rlhf import refcache
     from rlhf.models import load_causal_lm, resolve
 
+    sequences = [seq for b in batchers for seq in b.item_sequences()]
     ref_name = cfg.reference or cfg.model
-    key = refcache.cache_key(item_sequences, reference=refcache.file_identity(resolve(ref_name)),
+    key = refcache.cache_key(sequences, reference=refcache.file_identity(resolve(ref_name)),
                              extra={"kind": kind, "dtype": cfg.dtype})
 
     def make_model():
@@ -308,81 +307,89 @@ def attach_reference(cfg, model, batches: list[dict], offsets: list[int], n_item
             return model  # the policy before its first update is the reference
         return load_causal_lm(cfg.reference, dtype=cfg.dtype, dropout_off=True)
 
-    def shifted():
-        for batch, off in zip(batches, offsets):
-            yield {**batch, "index": batch["index"] + off}
+    def numbered():
+        offset = 0
+        for b in batchers:
+            for batch in b.batches(0):
+                yield {**batch, "index": batch["index"] + offset}
+            offset += len(b.items)
 
-    start = time.perf_counter()
-    cache, computed = refcache.load_or_compute(Path(cfg.out) / refcache.CACHE_FILE, key, make_model, shifted(),
-                                               n_items, 2, progress=not cfg.quiet and sys.stderr.isatty())
-    for batch, off in zip(batches, offsets):
-        batch["ref_logps"] = cache.take(batch["index"] + off).to(torch.float32)
-    return computed, time.perf_counter() - start
-
-
-def _write_config(cfg) -> None:
-    import yaml
-
-    from rlhf.files import write_text
-
-    values = {k: v for k, v in to_dict(cfg).items()}
-    write_text(Path(cfg.out) / "config.yaml", yaml.safe_dump({"command": cfg.command, **values}, sort_keys=False))
+    path = Path(cfg.out) / refcache.CACHE_FILE
+    return refcache.load_or_compute(path, key, make_model, numbered(), len(sequences), 2,
+                                    progress=not cfg.quiet and sys.stderr.isatty(), write=write)
 
 
-def _run(cfg, kind: str) -> int:
-    """Shared body of `rlhf dpo|kto|orpo`: load and check data, batch, reference pass, train, save."""
+def run(cfg, kind: str) -> TrainResult:
+    """`rlhf dpo|kto|orpo`: validate the data, batch it, reference pass, train, save. Returns the loop's result."""
+    import time
+
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
     from rlhf import data as D
-    from rlhf.models import load_causal_lm, load_tokenizer, save_model
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.trainers.sft import lab_data, save_causal_lm, summary, write_config
 
-    path = default_data(cfg.data)
+    path = cfg.data or lab_data("prefs")
     records = D.load_labels(path) if kind == "kto" else D.load_pairs(path)  # every row checked first
-    train_recs, val_recs = D.split(records, cfg.val_fraction, cfg.seed)
-    tok = load_tokenizer(cfg.model)
+    train_recs, val_recs = D.split(records, cfg.val_fraction, seed=cfg.seed)
+    main_process = PartialState().is_main_process
+    show = main_process and not cfg.quiet
+
+    tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
     train_b = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed)
     val_b = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
                     seed=cfg.seed) if val_recs else None
-    # Micro-batches are fixed once (the loop shuffles their order each epoch), so the
-    # reference log-probabilities can be attached to them.
-    train_batches = list(train_b.batches(0))
-    val_batches = list(val_b.batches(0)) if val_b else []
-    truncated = train_b.n_truncated + (val_b.n_truncated if val_b else 0)
     unit = "rows" if kind == "kto" else "pairs"
-    if not cfg.quiet:
-        msg = f"{len(train_recs)} training {unit}, {len(val_recs)} held out, from {path}"
-        if truncated:
-            msg += f"; {truncated} sequences cut to max_len={cfg.max_len}"
-        _note(msg)
-    if kind == "kto":
+    if show:
+        truncated = train_b.n_truncated + (val_b.n_truncated if val_b else 0)
+        note = f"; {truncated} sequences cut to max_len={cfg.max_len}" if truncated else ""
+        _note(f"{cfg.command}: {len(train_recs)} training and {len(val_recs)} validation {unit} from {path}{note}")
+    if kind == "kto" and show:
         _check_kto_balance(cfg, train_recs)
 
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), dropout_off=True)
-    if kind == "kto" or (kind == "dpo" and cfg.needs_reference()):
-        sequences = list(train_b.item_sequences()) + (list(val_b.item_sequences()) if val_b else [])
-        computed, seconds = attach_reference(
-            cfg, model, train_batches + val_batches,
-            [0] * len(train_batches) + [len(train_recs)] * len(val_batches), len(sequences), sequences, kind)
-        if not cfg.quiet:
-            _note(f"reference log-probabilities {'computed' if computed else 'read from the cache'} "
-                  f"for {len(sequences)} {unit} ({seconds:.1f}s)")
+    set_seed(cfg.seed)  # LoRA's initial weights
+    if cfg.threads:  # the loop sets threads itself; the reference pass runs before it
+        import torch
 
-    if kind == "kto":
-        step_fn = kto_step(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
-    elif kind == "orpo":
-        step_fn = orpo_step(cfg.lam)
-    else:
-        step_fn = preference_step(cfg.loss, reference_free=cfg.reference_free, beta=cfg.beta,
-                                  label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
-    eval_fn = (lambda m: evaluate_batches(m, val_batches, step_fn)) if val_batches else None
-    _write_config(cfg)
-    keep = RUN_FILES + (CACHE_FILE,)
-    result = train(model, train_batches, step_fn, train_options(cfg), out_dir=cfg.out, eval_fn=eval_fn,
-                   save_fn=lambda m: save_model(m, tok, cfg.out, keep=keep), best_metric="loss",
+        torch.set_num_threads(cfg.threads)
+    model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
+                           dropout_off=True)
+    if main_process:
+        write_config(cfg, cfg.out)
+    cache = train_ref = val_ref = None
+    if cfg.needs_reference():
+        start = time.perf_counter()
+        cache, computed = reference_logps(cfg, model, [train_b] + ([val_b] if val_b else []), kind,
+                                          write=main_process)
+        train_ref, val_ref = cache.logps[:len(train_recs)], cache.logps[len(train_recs):]
+        if show:
+            _note(f"reference log-probabilities of {len(cache.logps)} {unit} "
+                  f"{'computed' if computed else 'read from ' + CACHE_FILE} ({time.perf_counter() - start:.1f}s)")
+
+    def step_fn(reference):
+        if kind == "kto":
+            return kto_step(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, reference=reference)
+        if kind == "orpo":
+            return orpo_step(cfg.lam)
+        return preference_step(cfg.loss, reference=reference, reference_free=cfg.reference_free, beta=cfg.beta,
+                               label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
+
+    eval_step = step_fn(val_ref)
+    eval_fn = (lambda m: evaluate_batches(m, val_b.batches(0), eval_step)) if val_b else None
+
+    def save(plain):
+        save_causal_lm(plain, tok, cfg.out, stage=cfg.command, base=cfg.model)
+        if cache is not None:  # the save replaced the folder whole, keeping only the loop's run files
+            cache.save(Path(cfg.out) / CACHE_FILE)
+
+    result = train(model, train_b, step_fn(train_ref), train_options(cfg), out_dir=cfg.out, eval_fn=eval_fn,
+                   save_fn=save, best_metric="loss", higher_is_better=False,
                    count_key="rows" if kind == "kto" else "pairs")
-    summary = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in result.eval.items()
-                        if k.split("/")[0] in ("eval_loss", "eval_rewards") or k == "eval_loss")
-    print(f"{cfg.command}: {result.steps} steps, saved to {cfg.out}" + (f"; held out: {summary}" if summary else ""))
-    return 0
+    if show:
+        print(summary(cfg.command, result), file=sys.stderr)
+    return result
 
 
 def _check_kto_balance(cfg, labels) -> None:
@@ -390,25 +397,27 @@ def _check_kto_balance(cfg, labels) -> None:
     n_d = sum(1 for r in labels if r.label)
     n_u = len(labels) - n_d
     if n_d == 0 or n_u == 0:
-        _note(f"KTO data has only {'desirable' if n_u == 0 else 'undesirable'} rows; the loss still works, "
-              "but there is nothing to contrast")
+        _note(f"KTO data has only {'desirable' if n_u == 0 else 'undesirable'} rows; nothing to contrast them with")
         return
     ratio = cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u)
-    if not 1.0 <= ratio <= 4 / 3 + 1e-9 and not cfg.quiet:
-        _note(f"desirable/undesirable balance lambda_D n_D / (lambda_U n_U) = {ratio:.2f} ({n_d} up, {n_u} down); "
-              f"the KTO paper recommends [1, 4/3], e.g. --undesirable-weight {cfg.desirable_weight * n_d / n_u:.2f}")
+    if not 1.0 - 1e-9 <= ratio <= 4 / 3 + 1e-9:
+        _note(f"lambda_D n_D / (lambda_U n_U) = {ratio:.2f} ({n_d} up, {n_u} down); the KTO paper keeps it in "
+              f"[1, 4/3], e.g. --undesirable-weight {cfg.desirable_weight * n_d / n_u:.3g}")
 
 
 def main(argv: list[str]) -> int:
     """`rlhf dpo`: DPO, IPO, cDPO or SimPO."""
-    return _run(parse(DPOConfig, argv), "dpo")
+    run(parse(DPOConfig, argv), "dpo")
+    return 0
 
 
 def kto_main(argv: list[str]) -> int:
     """`rlhf kto`: KTO on thumbs-up/down data."""
-    return _run(parse(KTOConfig, argv), "kto")
+    run(parse(KTOConfig, argv), "kto")
+    return 0
 
 
 def orpo_main(argv: list[str]) -> int:
     """`rlhf orpo`: odds-ratio preference optimisation, no reference model."""
-    return _run(parse(ORPOConfig, argv), "orpo")
+    run(parse(ORPOConfig, argv), "orpo")
+    return 0
