@@ -70,6 +70,8 @@ BAD_FILES = {
     # a JSON array names the line its element starts on
     "invalid_array.json": (data.load_preferences, "invalid_array.json:4: invalid JSON (Expecting ',' delimiter)"),
     "array_of_strings.json": (data.load_preferences, "array_of_strings.json:3: expected a JSON object, got string"),
+    "single_object.json": (data.load_preferences, "single_object.json: expected a JSON array of rows (or one JSON "
+                                                  "object per line), got a single object"),
     # CSV: row numbers under the header (row 1 of multiline_not_utf8.csv spans two lines)
     "bad_margin.csv": (data.load_preferences, "bad_margin.csv:2: \"margin\" must be a number, got 'abc'"),
     "ragged.csv": (data.load_preferences, "ragged.csv:2: row has 2 cells, the header has 3 (row numbers count "
@@ -157,6 +159,7 @@ def test_preference_formats():
         Preference([U("Hi there"), A("Hello!"), U("How do I hurt someone?")], "I can't help with that.",
                    "Sure, here is how."),  # HH transcript
         Ranking([U("Name a colour.")], ["Blue.", "Red.", "Potato.", "Green."], [1, 3, 0, 2]),
+        Preference([U("Hi"), A("Hello!"), U("What is 2 + 3?")], "5.", "6."),  # explicit prompt in the HH layout
     ]
 
 
@@ -168,6 +171,8 @@ def test_json_csv_and_parquet_read_the_same_records(tmp_path):
     assert as_json == [Preference([U("What is 2 + 3?")], "5.", "6."),
                        Preference([U("Sort 4 1 3.")], "1 3 4.", "4 3 1.", 0.5)]
     assert [p.origin for p in as_json] == ["prefs.json:2", "prefs.json:4"]  # the line each element starts on
+    assert data.load_preferences(GOOD / "lines.json") == [Preference([U("Q?")], "A.", "B."),
+                                                         Preference([U("R?")], "C.", "D.")]  # JSON Lines in .json
 
     as_csv = data.load_preferences(GOOD / "prefs.csv")
     assert as_csv == [
@@ -215,7 +220,7 @@ def test_labels_and_prompts():
 def test_hh_transcript_prompt_recovery_by_hand():
     row = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: What's 2+2?\n\nAssistant: 4.",
            "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: What's 2+2?\n\nAssistant: 4, 5 or 6."}
-    from rlhf.data.rows import Row, parse_preference
+    from rlhf.data.rows import Row, parse_preference, parse_sft
 
     # The shared text is "...\n\nAssistant: 4" (both replies start with "4"); the prompt is cut at the last
     # "\n\nAssistant:" inside it, not at the divergence point.
@@ -223,6 +228,12 @@ def test_hh_transcript_prompt_recovery_by_hand():
     assert pref == Preference([U("Hi"), A("Hello!"), U("What's 2+2?")], "4.", "4, 5 or 6.")
     # rendering it back in the HH layout gives the transcript exactly
     assert render_prompt(PLAIN, pref.prompt) + render_response(PLAIN, pref.chosen) == row["chosen"]
+    # an explicit prompt written in the HH layout is parsed the same way, for SFT too
+    hh_prompt = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: What's 2+2?\n\nAssistant:"
+    assert parse_sft(Row("sft.jsonl", 1, {"prompt": hh_prompt, "response": " 4."})) == [
+        SFTExample([U("Hi"), A("Hello!"), U("What's 2+2?")], "4.")]
+    # a plain prompt keeps its reply's leading space
+    assert parse_sft(Row("sft.jsonl", 1, {"prompt": "Hi", "response": " 4."}))[0].response == " 4."
 
 
 def test_hh_real_file_loads_with_sensible_prompts():
@@ -518,3 +529,13 @@ def test_label_batches_carry_kl_pairs(tiny_tokenizer):
             assert b["input_ids"][n + r, :len(kl)].tolist() == kl
         seen += idx
     assert sorted(seen) == list(range(10))
+
+
+def test_empty_record_lists_give_no_batches(tiny_tokenizer):
+    for make in (lambda: data.SFTBatcher(tiny_tokenizer, [], max_len=32, batch_size=4),
+                 lambda: data.SFTBatcher(tiny_tokenizer, [], max_len=32, batch_size=4, pack=True),
+                 lambda: data.RewardBatcher(tiny_tokenizer, [], max_len=32, batch_size=4),
+                 lambda: data.PairBatcher(tiny_tokenizer, [], max_len=32, batch_size=4),
+                 lambda: data.LabelBatcher(tiny_tokenizer, [], max_len=32, batch_size=4)):
+        batcher = make()
+        assert len(batcher) == 0 and list(batcher.batches(0)) == [] and batcher.n_truncated == 0

@@ -13,7 +13,8 @@ Batch dict keys (tensors; B items, T the longest row of the batch):
 | batcher          | keys                                                                               |
 |------------------|------------------------------------------------------------------------------------|
 | `SFTBatcher`     | `input_ids`, `attention_mask`, `labels` (B, T); `index` (B,) example indices      |
-| ... `pack=True`  | `input_ids`, `labels`, `position_ids` (R, T) restarting at 0 per example,          |
+| ... `pack=True`  | `input_ids`, `labels`, `position_ids` (R, T) restarting at 0 per example (0 on     |
+|                  | padding, so real tokens = `(position_ids > 0).sum() + n_examples.sum()`),          |
 |                  | `attention_mask` (R, 1, T, T) float, 0 where a token may attend and the dtype's    |
 |                  | minimum elsewhere: block-diagonal causal, so examples packed in one row never see  |
 |                  | each other; `n_examples` (R,)                                                      |

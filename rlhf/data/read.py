@@ -109,6 +109,14 @@ def _json_rows(path: Path, data: bytes) -> list[tuple[int, dict]]:
         raise bad_row(path, data.count(b"\n", 0, e.start) + 1, "not UTF-8") from None
     start = len(text) - len(text.lstrip())
     if not text[start:start + 1] == "[":
+        if text.strip().count("\n") > 0 and text.lstrip().startswith("{"):
+            try:
+                whole = json.loads(text)
+            except json.JSONDecodeError:
+                whole = None
+            if isinstance(whole, dict):  # one pretty-printed object: not a data set
+                raise UserError(f"{where(path)}: expected a JSON array of rows (or one JSON object per line), "
+                                "got a single object")
         return _jsonl_rows(path, data)
     # Walk the array element by element so each row keeps the line it starts on.
     decoder = json.JSONDecoder()

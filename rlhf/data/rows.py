@@ -41,6 +41,7 @@ class Row:
 
     def __init__(self, path: str, line: int, row: dict, text_cells: bool = False):
         self.path, self.line, self.row, self.text_cells = path, line, row, text_cells
+        self.hh = False  # the prompt was an HH transcript: replies lose the space after "Assistant:"
 
     @property
     def origin(self) -> str:
@@ -117,12 +118,21 @@ class Row:
         return messages
 
     def prompt(self, key: str = "prompt") -> list[Message]:
-        """A string is one user message; a list of messages must end with the user's turn."""
+        """A string is one user message; a list of messages must end with the user's turn.
+
+        A string in the HH layout (`\n\nHuman: ...\n\nAssistant:`, as many DPO
+        preprocessing scripts write it) is parsed into its messages instead.
+        """
         name = f'"{key}"'
         value = self.json_cell(self.row.get(key), name, only_messages=True)
         if isinstance(value, list):
             return self.prompt_messages(self.messages(value, name), name)
-        return [{"role": "user", "content": self.text(value, name)}]
+        text = self.text(value, name)
+        end = text.rstrip()
+        if text.lstrip(" ").startswith(("\n\nHuman:", "Human:")) and end.endswith(_ASSISTANT):
+            self.hh = True
+            return self.prompt_messages(parse_transcript(self, end[:-len(_ASSISTANT)], name), name)
+        return [{"role": "user", "content": text}]
 
     def reply(self, value, name: str, *, allow_empty: bool = False) -> str:
         """A response: a string, or (TRL conversational) a list holding one assistant message."""
@@ -133,7 +143,8 @@ class Row:
                 raise self.fail(f"{name} must be one assistant message, got "
                                 f"{', '.join(m['role'] for m in msgs)}")
             return msgs[0]["content"]
-        return self.text(value, name, allow_empty=allow_empty)
+        text = self.text(value, name, allow_empty=allow_empty)
+        return text[1:] if self.hh and text.startswith(" ") else text
 
     def margin(self) -> float | None:
         value = self.get("margin")
