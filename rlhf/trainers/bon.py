@@ -144,6 +144,7 @@ class BonConfig:
     max_len: int = opt(512, "longest prompt + response the reward model reads")
     lab_prompts: int = opt(256, "number of lab training prompts when --prompts is not given")
     seed: int = opt(0, "sampling seed")
+    threads: int = opt(0, "CPU threads; 0 = torch's default (the available cores)")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "weights dtype")
     quiet: bool = opt(False, "print only the summary line")
 
@@ -156,8 +157,8 @@ class BonConfig:
             raise UserError("temperature must be > 0 (best-of-N needs distinct samples)")
         if not 0 < self.top_p <= 1:
             raise UserError("top_p must be in (0, 1]")
-        if self.n_prompts < 0:
-            raise UserError("n_prompts must be >= 0")
+        if self.n_prompts < 0 or self.threads < 0:
+            raise UserError("n_prompts and threads must be >= 0")
 
 
 def load_prompts(path: str) -> list:
@@ -208,7 +209,8 @@ def main(argv: list[str]) -> int:
         prompts = prompts[:cfg.n_prompts]
     if not prompts:
         raise UserError(f"{cfg.prompts}: no prompts")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(cfg.policy, padding_side="left")
     policy = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True)
     rm_tok = load_tokenizer(cfg.reward_model)
