@@ -16,6 +16,9 @@ samples at `--temperature`/`--top-p` with a fixed seed). A judge (see
   rate (mean P(A better), ties count half).
 - `position_bias`: for LLM judges, the share of items judged by position
   alone (the judge picked the same slot in both orders); None for the rest.
+  Such an item says nothing about the content, so by default it counts as a
+  tie (`--position-conflict tie`, MT-Bench's rule); `average` keeps the
+  two orders' mean probability instead.
 - per model: `gold` (mean lab gold reward, when every prompt is a lab
   prompt), `reward` (mean reward-model score with `--rm`), `length` (mean
   response tokens, EOS excluded) and `no_eos_frac`, `ppl` (perplexity of
@@ -37,7 +40,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
@@ -337,21 +340,36 @@ def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | No
 
 def compare_policies(prompts: Sequence, responses_a: Sequence[str], responses_b: Sequence[str], judge, *,
                      finished_a: Sequence[bool] | None = None, finished_b: Sequence[bool] | None = None,
-                     tie_margin: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict:
+                     tie_margin: float = 0.0, position_conflict: str = "tie", n_boot: int = 2000,
+                     seed: int = 0) -> dict:
     """Judge A's answers against B's, prompt by prompt: win rate with its interval, and position bias.
 
-    Returns win_rate(...)'s dict plus `probs` (P(A better) per prompt),
-    `position_bias` (None for symmetric judges) and `judge` (its spec).
+    For judges asked in both orders, `position_conflict="tie"` counts an item
+    whose two verdicts picked the same position (i.e. contradicted each other
+    about the content) as a tie, as in MT-Bench (Zheng et al. 2023);
+    `"average"` keeps the averaged probability. Returns win_rate(...)'s dict
+    plus `probs` (the judge's P(A better) per prompt), `position_bias` (None
+    for symmetric judges), `position_conflicts` and `judge` (its spec).
     """
     from rlhf.judges import GoldJudge
 
+    if position_conflict not in ("tie", "average"):
+        raise ValueError(f"position_conflict must be 'tie' or 'average', not {position_conflict!r}")
     if isinstance(judge, GoldJudge) and finished_a is not None and finished_b is not None:
         probs = judge.compare(prompts, responses_a, responses_b, stopped_a=finished_a, stopped_b=finished_b)
     else:
         probs = judge.compare(prompts, responses_a, responses_b)
-    stats = win_rate(probs, n_boot=n_boot, seed=seed, tie_margin=tie_margin)
-    stats.update(probs=[float(p) for p in probs], position_bias=getattr(judge, "position_bias", None),
+    probs = [float(p) for p in probs]
+    conflicts = list(getattr(judge, "same_position", None) or [])
+    outcomes = probs
+    if position_conflict == "tie" and len(conflicts) == len(probs):
+        outcomes = [0.5 if c else p for p, c in zip(probs, conflicts)]
+    stats = win_rate(outcomes, n_boot=n_boot, seed=seed, tie_margin=tie_margin)
+    stats["mean_prob"] = sum(probs) / len(probs) if probs else float("nan")  # the judge's own soft win rate
+    stats.update(probs=probs, position_bias=getattr(judge, "position_bias", None),
                  judge=getattr(judge, "name", type(judge).__name__))
+    if len(conflicts) == len(probs):
+        stats["position_conflicts"] = sum(conflicts)
     if getattr(judge, "invalid_rate", None) is not None:
         stats["invalid_rate"] = judge.invalid_rate
     return stats
@@ -384,6 +402,8 @@ class EvalConfig:
     batch_size: int = opt(16, "generation and scoring batch size")
     max_len: int = opt(512, "longest prompt + response for scoring and perplexity")
     tie_margin: float = opt(0.0, "judge probabilities within 0.5 +- this count as ties")
+    position_conflict: Literal["tie", "average"] = opt(
+        "tie", "LLM judges: an item whose two orders picked the same position is a tie, or keep the average")
     n_boot: int = opt(2000, "bootstrap resamples for the win-rate interval")
     api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the OpenAI-compatible judge's key")
     judge_timeout: float = opt(60.0, "seconds per judge request (openai judge)")
@@ -521,7 +541,8 @@ def run_eval(cfg: EvalConfig) -> dict:
                                 heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
         models["B"] = res_b
         comp = compare_policies(prompts, res_a["texts"], res_b["texts"], judge, finished_a=res_a["finished"],
-                                finished_b=res_b["finished"], tie_margin=cfg.tie_margin, n_boot=cfg.n_boot,
+                                finished_b=res_b["finished"], tie_margin=cfg.tie_margin,
+                                position_conflict=cfg.position_conflict, n_boot=cfg.n_boot,
                                 seed=cfg.seed)
         result["comparison"] = comp
     per_item = ("texts", "finished", "lengths", "gold_scores", "reward_scores")

@@ -180,3 +180,21 @@ def test_rlhf_eval_bad_input_is_one_clear_line(tiny_model_dir, tmp_path, capsys)
     assert "unknown judge 'oracle'" in capsys.readouterr().err
     assert main(["eval", tiny_model_dir, "--prompts", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_compare_policies_counts_position_conflicts_as_ties():
+    from rlhf.evaluate import compare_policies
+
+    class Judge:
+        name = "fake"
+        position_bias = 1 / 3
+        same_position = [False, True, False]
+
+        def compare(self, prompts, a, b):
+            return [0.9, 0.6, 0.2]
+
+    tie = compare_policies(["p"] * 3, ["a"] * 3, ["b"] * 3, Judge())
+    assert (tie["wins"], tie["losses"], tie["ties"], tie["position_conflicts"]) == (1, 1, 1, 1)
+    assert tie["position_bias"] == pytest.approx(1 / 3) and tie["mean_prob"] == pytest.approx(1.7 / 3)
+    avg = compare_policies(["p"] * 3, ["a"] * 3, ["b"] * 3, Judge(), position_conflict="average")
+    assert (avg["wins"], avg["losses"], avg["ties"]) == (2, 1, 0) and avg["win_rate"] == pytest.approx(2 / 3)
