@@ -17,6 +17,16 @@ PROMPTS = [
 ]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and the suite shares two cores with other work."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_tokenizer):
     model = build_tiny_llama(len(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id,

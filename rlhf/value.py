@@ -1,0 +1,104 @@
+"""Value functions for PPO: a head on the policy, or a separate critic.
+
+Both give V(s_t) for every response token t, read at the position *before*
+the token (the state the policy acted in), aligned with `rollout.response_logits`.
+
+- `PolicyWithValueHead`: a scalar linear head on the policy's last hidden
+  state. One forward gives the logits and the values; the value loss also
+  shapes the shared backbone (weighted by `vf_coef`). Cheapest on CPU.
+- `Critic`: a separate model initialised from the reward model (Ouyang et al.
+  2022; Huang et al. 2024), whose scalar head is read at every position
+  instead of only the last. Twice the compute, but policy and value do not
+  compete for one backbone, and the critic starts out knowing what the reward
+  model rewards.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlhf.rollout import response_logits
+
+
+def hidden_size(model) -> int:
+    cfg = getattr(model, "config", None)
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        if cfg is not None and getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    raise ValueError("cannot tell the model's hidden size from its config")
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM (plain or LoRA-wrapped) plus a scalar value head on its last hidden state.
+
+    `self.lm` is the language model used for generation and saving; the head
+    starts at zero so the first values are 0 and the early value loss is just
+    the returns' scale.
+    """
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(hidden_size(lm), 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(next(lm.parameters()).dtype)
+
+    def forward(self, input_ids, attention_mask, n_query: int):
+        """-> logits (B, Lr, V), values (B, Lr) for the response part of input_ids."""
+        logits, hidden = response_logits(self.lm, input_ids, attention_mask, n_query, output_hidden_states=True)
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return logits, values
+
+
+def _score_head(model):
+    """The scalar head of a sequence-classification model (plain or peft-wrapped)."""
+    inner = model
+    for _ in range(4):
+        for name in ("score", "classifier"):
+            head = getattr(inner, name, None)
+            if isinstance(head, nn.Module):
+                return head
+        inner = getattr(inner, "model", None) or getattr(inner, "base_model", None)
+        if inner is None:
+            break
+    raise ValueError("the critic's reward model has no 'score' head; use value_model=head")
+
+
+class Critic(nn.Module):
+    """Per-token values from a decoder-only reward model: its head applied at every position."""
+
+    def __init__(self, reward_model):
+        super().__init__()
+        from rlhf.chat import is_encoder
+
+        if is_encoder(reward_model):
+            # An encoder reads the whole sequence at once: its per-position outputs
+            # are not values of prefixes, so it cannot serve as a token-level critic.
+            raise ValueError("a critic needs a decoder-only reward model; this one is an encoder")
+        self.model = reward_model
+        self.head = _score_head(reward_model)
+
+    def forward(self, input_ids, attention_mask, n_query: int):
+        """-> values (B, Lr) for the response part of input_ids."""
+        from rlhf.rollout import position_ids_from_mask
+
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, n_query - 1:-1, :]
+        return self.head(hidden).squeeze(-1).float()
+
+
+class PolicyAndCritic(nn.Module):
+    """The policy and a separate critic behind the same call as `PolicyWithValueHead`."""
+
+    def __init__(self, lm, critic: Critic):
+        super().__init__()
+        self.lm = lm
+        self.critic = critic
+
+    def forward(self, input_ids, attention_mask, n_query: int):
+        """-> logits (B, Lr, V), values (B, Lr)."""
+        logits, _ = response_logits(self.lm, input_ids, attention_mask, n_query)
+        return logits, self.critic(input_ids, attention_mask, n_query)

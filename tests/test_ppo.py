@@ -1,0 +1,290 @@
+"""PPO: value models, the LoRA reference, the no-EOS penalty, learning, the CLI end to end, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import build_tiny_llama
+from rlhf.errors import UserError
+from rlhf.rollout import generate, response_logits
+from rlhf.trainers.ppo import PPOConfig, main, prompt_batch, train
+from rlhf.trainers.ppo_step import PPOHyper, RewardOut, reference_mode, score_rollout, trim
+from rlhf.value import Critic, PolicyAndCritic, PolicyWithValueHead
+
+PROMPTS = ["What is 2 + 3?", "Sort these numbers: 4 1 3.", "hi", "Reverse the words: red blue cat."]
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and the suite shares two cores with other work."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_lm(tok, seed=0):
+    return build_tiny_llama(len(tok), seed=seed, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+
+
+def tiny_rm(tok, seed=1):
+    from transformers import LlamaForSequenceClassification
+
+    lm = tiny_lm(tok, seed)
+    torch.manual_seed(seed)
+    rm = LlamaForSequenceClassification(lm.config.__class__(**{**lm.config.to_dict(), "num_labels": 1}))
+    rm.config.pad_token_id = tok.pad_token_id
+    return rm.eval()
+
+
+def digit_reward(tok):
+    """Toy reward: the share of response tokens that contain a digit."""
+    target = {i for t, i in tok.get_vocab().items() if any(c.isdigit() for c in t)}
+
+    def fn(prompts, texts):
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return RewardOut(torch.tensor([sum(i in target for i in x) / max(len(x), 1) for x in ids]))
+
+    return fn
+
+
+# --- value models ------------------------------------------------------------------
+
+def test_value_head_shapes_and_zero_start(tiny_tokenizer):
+    ac = PolicyWithValueHead(tiny_lm(tiny_tokenizer))
+    r = generate(ac.lm, tiny_tokenizer, PROMPTS, max_new_tokens=5, batch_size=4, seed=0)
+    logits, values = ac(r.input_ids, r.attention_mask, r.query_ids.size(1))
+    B, T = r.response_ids.shape
+    assert logits.shape == (B, T, len(tiny_tokenizer)) and values.shape == (B, T)
+    assert (values == 0).all()  # zero-initialised head
+    values.sum().backward()
+    assert ac.value_head.weight.grad.abs().sum() > 0
+
+
+def test_critic_values_are_reward_model_scores_of_prefixes(tiny_tokenizer):
+    """V(s_t) from the critic = the reward model's score of query + response[:t] (t >= 1)."""
+    rm = tiny_rm(tiny_tokenizer)
+    critic = Critic(rm)
+    lm = tiny_lm(tiny_tokenizer)
+    ac = PolicyAndCritic(lm, critic)
+    r = generate(lm, tiny_tokenizer, PROMPTS[:2], max_new_tokens=4, batch_size=2, seed=0)
+    nq = r.query_ids.size(1)
+    logits, values = ac(r.input_ids, r.attention_mask, nq)
+    assert logits.shape[:2] == values.shape == r.response_ids.shape
+    with torch.no_grad():
+        for b in range(2):
+            q = r.query_ids[b][r.query_mask[b].bool()]
+            for t in range(int(r.response_lengths[b])):
+                prefix = torch.cat([q, r.response_ids[b, :t]])[None]
+                score = rm(input_ids=prefix).logits[0, 0]
+                assert abs(float(score) - float(values[b, t])) < 1e-5
+
+
+def test_critic_rejects_an_encoder():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32, num_labels=1))
+    with pytest.raises(ValueError, match="decoder-only"):
+        Critic(bert)
+
+
+# --- the LoRA reference ----------------------------------------------------------
+
+def test_lora_reference_is_the_adapter_disabled(tiny_tokenizer):
+    from rlhf.models import LoraOptions, apply_lora
+
+    base = tiny_lm(tiny_tokenizer).eval()
+    plain = tiny_lm(tiny_tokenizer).eval()  # same seed: identical weights, never wrapped
+    lm = apply_lora(base, LoraOptions(r=4, alpha=8), task="CAUSAL_LM")
+    with torch.no_grad():
+        for n, p in lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # a trained adapter (B starts at 0)
+    r = generate(plain, tiny_tokenizer, PROMPTS, max_new_tokens=5, batch_size=4, seed=0)
+    nq = r.query_ids.size(1)
+    with torch.no_grad():
+        want, _ = response_logits(plain, r.input_ids, r.attention_mask, nq)
+        policy, _ = response_logits(lm, r.input_ids, r.attention_mask, nq)
+        with reference_mode(lm, None) as ref:
+            got, _ = response_logits(ref, r.input_ids, r.attention_mask, nq)
+        after, _ = response_logits(lm, r.input_ids, r.attention_mask, nq)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert (policy - want).abs().max() > 1e-2  # the adapter does change the policy
+    assert torch.equal(after, policy)  # and is back on after the block
+
+
+# --- scores -----------------------------------------------------------------------------
+
+def test_no_eos_penalty_replaces_unfinished_scores(tiny_tokenizer):
+    from test_rollout import EosAt
+
+    lm = tiny_lm(tiny_tokenizer)
+    # EOS at absolute position 16: prompts of <= 16 tokens finish within 12 new tokens, longer ones do not
+    r = generate(EosAt(lm, tiny_tokenizer.eos_token_id, 16), tiny_tokenizer, PROMPTS, max_new_tokens=3,
+                 batch_size=4, seed=0)
+    assert r.finished.any() and not r.finished.all()
+    fn = lambda prompts, texts: RewardOut(torch.full((len(texts),), 2.0))  # noqa: E731
+    raw, scores, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=-3.0), None)
+    assert raw.tolist() == [2.0] * 4
+    assert scores.tolist() == [2.0 if f else -3.0 for f in r.finished.tolist()]
+    _, off, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=None), None)
+    assert off.tolist() == [2.0] * 4
+
+
+def test_non_finite_scores_stop_with_a_message(tiny_tokenizer):
+    r = generate(tiny_lm(tiny_tokenizer), tiny_tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2)
+    fn = lambda prompts, texts: RewardOut(torch.tensor([0.0, float("nan")]))  # noqa: E731
+    with pytest.raises(UserError, match="NaN"):
+        score_rollout(fn, r, PPOHyper(), None)
+
+
+# --- pieces of the loop -------------------------------------------------------------
+
+def test_trim_drops_all_padding_columns():
+    ids = torch.arange(16).view(2, 8)
+    # query width 4 (first column padding in both rows), response width 4 (last two columns padding)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0, 0, 0]])
+    i, a, nq, rc = trim(ids, mask, 4)
+    assert nq == 3 and rc == slice(0, 2) and i.tolist() == [[1, 2, 3, 4, 5], [9, 10, 11, 12, 13]]
+    assert a.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+
+
+def test_prompt_batches_cover_each_epoch_once_and_are_reproducible():
+    prompts = [f"p{i}" for i in range(10)]
+    first_epoch = prompt_batch(prompts, 1, 5, seed=3) + prompt_batch(prompts, 2, 5, seed=3)
+    assert sorted(first_epoch) == sorted(prompts)
+    assert prompt_batch(prompts, 2, 5, seed=3) == prompt_batch(prompts, 2, 5, seed=3)
+    assert prompt_batch(prompts, 1, 5, seed=3) != prompt_batch(prompts, 1, 5, seed=4)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"minibatch_size": 128, "rollout_batch_size": 64}, "minibatch_size"),
+    ({"minibatch_size": 6, "grad_accum": 4}, "multiple"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"ptx_coef": 0.5}, "ptx_data"),
+    ({"top_p": 0.0}, "top_p"),
+])
+def test_config_rejects_bad_values(bad, match):
+    with pytest.raises(UserError, match=match):
+        PPOConfig(**bad)
+
+
+# --- learning ------------------------------------------------------------------------
+
+def test_ppo_raises_a_toy_reward(tiny_tokenizer, tmp_path):
+    """Reward = share of digit tokens. 12 updates of 16 episodes on a fixed seed lift it from about 2%."""
+    tok = tiny_tokenizer
+    lm, ref = tiny_lm(tok), tiny_lm(tok).eval().requires_grad_(False)
+    cfg = PPOConfig(out=str(tmp_path / "ppo"), rollout_batch_size=16, minibatch_size=8, total_episodes=16 * 12,
+                    lr=1e-2, max_new_tokens=12, beta=0.0, adap_kl_ctrl=False, eval_prompts=None,
+                    no_eos_penalty=None, lr_schedule="constant", save_every=0)
+    train(cfg, PolicyWithValueHead(lm), ref, tok, digit_reward(tok), PROMPTS * 4, log=lambda s: None)
+    rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
+    scores = [r["reward/score"] for r in rows]
+    assert len(scores) == 12
+    start, end = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert end > start + 0.05, scores
+    assert max(r["policy/sampler_logprob_diff"] for r in rows) < 1e-4
+
+
+def test_kl_penalty_holds_the_policy_near_the_reference(tiny_tokenizer, tmp_path):
+    """Same run with a large fixed beta: the KL to the reference stays far below the beta = 0 run's."""
+    tok = tiny_tokenizer
+    kls = {}
+    for beta in (0.0, 1.0):
+        out = tmp_path / f"b{beta}"
+        cfg = PPOConfig(out=str(out), rollout_batch_size=16, minibatch_size=8, total_episodes=16 * 8, lr=1e-2,
+                        max_new_tokens=12, beta=beta, adap_kl_ctrl=False, eval_prompts=None, no_eos_penalty=None,
+                        lr_schedule="constant", save_every=0)
+        train(cfg, PolicyWithValueHead(tiny_lm(tok)), tiny_lm(tok).eval().requires_grad_(False), tok,
+              digit_reward(tok), PROMPTS * 4, log=lambda s: None)
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        kls[beta] = sum(r["kl/ref"] for r in rows[-3:]) / 3
+    assert kls[1.0] < 0.5 * kls[0.0], kls
+
+
+# --- the command end to end ------------------------------------------------------------
+
+PPO_NAMES = ["reward/score", "kl/ref", "beta", "response/length", "entropy", "policy/clipfrac", "policy/approx_kl",
+             "value/loss", "value/explained_var", "reward/no_eos_frac", "episodes_per_s", "time"]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-rm")
+    tiny_rm(tiny_tokenizer).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return str(path)
+
+
+def _cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra):
+    return ["--policy", tiny_model_dir, "--reward_model", tiny_rm_dir, "--prompts", prompt_file,
+            "--eval_prompts", prompt_file, "--reference_text", "none", "--out", str(out), "--rollout_batch_size", "4",
+            "--minibatch_size", "2", "--total_episodes", "12", "--max_new_tokens", "6", "--eval_every", "2",
+            "--save_every", "1", "--ppo_epochs", "2", "--lr", "1e-3", "--lr_schedule", "constant", "--threads", "1",
+            *extra]
+
+
+@pytest.mark.parametrize("extra", [[], ["--value_model", "critic", "--lora_r", "4"]], ids=["head", "critic+lora"])
+def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extra, capsys):
+    out = tmp_path / "ppo"
+    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra)) == 0
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for name in PPO_NAMES:
+        assert all(name in r for r in rows[1:]), name
+    assert "eval/win_rate" in rows[2] and "eval/proxy" in rows[0] and "eval/win_rate" in rows[3]
+    assert rows[0]["eval/win_rate"] == 0.5  # the SFT model against itself: all ties
+    assert (out / "config.json").exists() and list(out.glob("*.safetensors"))
+    assert not (out / "adapter_config.json").exists()  # LoRA merged
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    assert {s["step"] for s in samples} == {0, 2, 3} and "sft_response" in samples[0]
+
+
+def test_resume_continues_exactly(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path):
+    """3 updates in one go = 2 updates, a stop, and --resume for the third (same metrics, same weights)."""
+    from safetensors.torch import load_file
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, whole)) == 0
+    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, parts, "--total_episodes", "8")) == 0
+    # a later row written after the checkpoint (as a killed run would leave) must be dropped
+    with open(parts / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "reward/score": 123.0}) + "\n")
+    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, parts, "--resume")) == 0
+    a = [json.loads(line) for line in open(whole / "metrics.jsonl")]
+    b = [json.loads(line) for line in open(parts / "metrics.jsonl")]
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        for k in ("reward/score", "kl/ref", "value/loss", "policy/approx_kl"):
+            if k in ra:
+                assert abs(ra[k] - rb[k]) < 1e-5, (ra["step"], k)
+    wa = load_file(str(whole / "model.safetensors"))
+    wb = load_file(str(parts / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_cli_bad_input_is_one_clear_line(tiny_model_dir, tiny_rm_dir, tmp_path):
+    from rlhf.cli import main as cli
+
+    missing = tmp_path / "nope.jsonl"
+    code = cli(["ppo", "--policy", tiny_model_dir, "--reward_model", tiny_rm_dir, "--prompts", str(missing),
+                "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert not (tmp_path / "o").exists()
