@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from rlhf.observe.plots import numeric_keys, plot_metrics, read_metrics, series
+from rlhf.observe.plots import numeric_keys, plot_metrics, read_alarms, read_metrics, series
 from rlhf.observe.report import cell, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,11 +35,20 @@ def test_read_metrics_skips_a_half_written_last_line(tmp_path):
     assert read_metrics(tmp_path / "missing") == []
 
 
+def test_alarms_come_from_alarms_json_or_the_metric_rows(tmp_path):
+    run = _write_metrics(tmp_path / "run", [{"step": 1, "alarms": [{"alarm": "length", "step": 1, "message": "m"}]}])
+    assert read_alarms(run) == [{"alarm": "length", "step": 1, "message": "m"}]
+    (run / "alarms.json").write_text(json.dumps([{"alarm": "flattery", "step": 2, "message": "f"}]))
+    assert [a["alarm"] for a in read_alarms(run / "metrics.jsonl")] == ["flattery"]
+
+
 def test_series_and_keys_handle_sparse_eval_keys():
     rows = _ppo_rows()
     xs, ys = series(rows, "eval/gold")
     assert xs == [4.0, 8.0, 12.0] and ys == [0.8, 1.6, 2.4000000000000004]
+    rows[0]["episodes_per_s"] = 3.0
     keys = numeric_keys(rows, ["kl/ref", "reward/score"])
+    assert keys[-1] == "episodes_per_s"  # throughput after the learning curves
     assert keys[:2] == ["kl/ref", "reward/score"]
     assert "step" not in keys and "wall_time" not in keys and "eval/win_rate" in keys
 

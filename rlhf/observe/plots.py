@@ -17,37 +17,46 @@ from typing import Iterable, Sequence
 # What a PPO run logs, in reading order (names from the PPO papers; see trainers/ppo.py).
 PPO_KEYS = ["reward/score", "kl/ref", "beta", "response/length", "entropy", "policy/clipfrac",
             "policy/approx_kl", "value/loss", "value/explained_var", "eval/gold", "eval/win_rate", "eval/ppl"]
-# What the offline stages (SFT, RM, DPO family) log.
-TRAIN_KEYS = ["loss", "eval/loss", "eval/ppl", "eval/accuracy", "lr"]
+# What the offline stages (SFT, RM, DPO family) log; the shared loop names evaluations `eval_*`.
+TRAIN_KEYS = ["loss", "eval_loss", "eval/loss", "eval_ppl", "eval/ppl", "eval_accuracy", "eval/accuracy", "lr"]
 # Bookkeeping keys that are never worth a plot of their own.
 SKIP_KEYS = {"step", "epoch", "time", "wall_time", "elapsed", "update"}
+# Bookkeeping worth a panel only after the learning curves (throughput, timings, counters).
+LAST_PREFIXES = ("timing/", "episodes", "tokens_per_s", "examples_per_s", "pairs_per_s", "grad_norm")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a metrics JSONL (a run folder or the file itself).
+    """Rows of a run's metrics JSONL (a run folder or the file itself); [] when there is none.
 
-    A run killed mid-write can leave a half line at the end: it is skipped,
-    as is any line that is not a JSON object, so a report of a crashed run
-    still shows what was logged before the crash.
+    `rlhf.metrics.read_metrics` does the reading (a torn last line from a
+    killed run is skipped); rows that are not JSON objects are dropped.
     """
+    from rlhf.metrics import METRICS_FILE
+    from rlhf.metrics import read_metrics as _read
+
     p = Path(path)
     if p.is_dir():
-        p = p / "metrics.jsonl"
-    if not p.exists():
-        return []
-    rows = []
-    with open(p, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+        p = p / METRICS_FILE
+    return [r for r in _read(p) if isinstance(r, dict)]
+
+
+def read_alarms(path: str | os.PathLike) -> list[dict]:
+    """Alarms of a run folder: its `alarms.json`, else the `alarms` lists in its metrics rows."""
+    p = Path(path)
+    run = p if p.is_dir() else p.parent
+    f = run / "alarms.json"
+    if f.exists():
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            if isinstance(data, list):
+                return [a for a in data if isinstance(a, (dict, str))]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    out = []
+    for row in read_metrics(p):
+        if isinstance(row.get("alarms"), list):
+            out += [a for a in row["alarms"] if isinstance(a, (dict, str))]
+    return out
 
 
 def _number(v) -> float | None:
@@ -97,7 +106,8 @@ def numeric_keys(rows: Sequence[dict], preferred: Iterable[str] = ()) -> list[st
             for b in band:
                 present.pop(b, None)
     first = [k for k in preferred if k in present]
-    return first + [k for k in present if k not in first]
+    rest = [k for k in present if k not in first]
+    return first + [k for k in rest if not k.startswith(LAST_PREFIXES)] + [k for k in rest if k.startswith(LAST_PREFIXES)]
 
 
 def plot_metrics(rows_or_path, keys: Sequence[str] | None, out_png: str | os.PathLike, *,
@@ -148,4 +158,4 @@ def plot_metrics(rows_or_path, keys: Sequence[str] | None, out_png: str | os.Pat
     return out_png
 
 
-__all__ = ["read_metrics", "series", "numeric_keys", "plot_metrics", "PPO_KEYS", "TRAIN_KEYS"]
+__all__ = ["read_metrics", "read_alarms", "series", "numeric_keys", "plot_metrics", "PPO_KEYS", "TRAIN_KEYS"]

@@ -11,7 +11,8 @@ Inputs
 - `stages`: one dict per stage: `name`, and `path` (a run folder holding
   `metrics.jsonl`, or the file) or `metrics` (the rows themselves); optional
   `keys` (which metrics to plot; default every numeric key, the stage's usual
-  ones first) and `alarms` (dicts with `alarm`, `step`, `message`, or strings).
+  ones first) and `alarms` (dicts with `alarm`, `step`, `message`, or strings;
+  default: the run folder's `alarms.json`).
 - `samples`: one dict per held-out prompt: `prompt` and `responses`
   (model name -> text), optional `scores` (model name -> number, e.g. gold).
   Models are shown side by side in the order they first appear.
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlhf.files import write_text
-from rlhf.observe.plots import PPO_KEYS, TRAIN_KEYS, numeric_keys, plot_metrics, read_metrics
+from rlhf.observe.plots import PPO_KEYS, TRAIN_KEYS, numeric_keys, plot_metrics, read_alarms, read_metrics
 
 MAX_PANELS = 24  # a stage logging more keys than this shows the first ones (its own keys first)
 
@@ -236,7 +237,9 @@ def write_report(out_dir: str | os.PathLike, stages: list[dict], samples: list[d
         keys = _stage_keys(stage, rows)
         png = plot_metrics(rows, keys, out_dir / "plots" / f"{slug}.png", title=name) if keys else None
         stage_views.append({"name": name, "rows": rows, "keys": keys, "png": png,
-                            "last": _last_values(rows, keys), "alarms": list(stage.get("alarms") or []),
+                            "last": _last_values(rows, keys),
+                            "alarms": list(stage["alarms"]) if stage.get("alarms") is not None else
+                            (read_alarms(stage["path"]) if stage.get("path") else []),
                             "source": str(stage.get("path") or "")})
 
     models = _models(samples)
