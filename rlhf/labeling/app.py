@@ -180,7 +180,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         return _task_page(item_id, revisit=True)
 
     def _task_page(item_id: int, revisit: bool):
-        item = store.item(item_id)
+        item = store.item_view(item_id)
         mine = store.label_for(item_id, g.user["id"])
         if item is None or (mine is None and store.current_task(proj, g.user["id"]) != item_id):
             return fail(403, "this item is not assigned to you")
@@ -205,19 +205,19 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     @login_required()
     def label_post():
         item_id = _int(request.form.get("item_id"), "item_id")
+        revisit = request.form.get("return") == "labels"
         try:
-            _submit(item_id, request.form.get("choice"), request.form.get("order"), request.form.get("strength"),
-                    request.form.get("seconds"))
+            _, nxt = _submit(item_id, request.form.get("choice"), request.form.get("order"),
+                             request.form.get("strength"), request.form.get("seconds"), lease=not revisit)
         except Refused as e:
             if e.status != 409:
                 raise
             flash("Your time on that item ran out and others labelled it meanwhile; here is the next one.")
-        if request.form.get("return") == "labels":
+            nxt = store.lease_next(proj, g.user["id"])
+        if revisit:
             flash("Label updated.")
             return redirect(url_for("my_labels"))
-        if store.lease_next(proj, g.user["id"]) is None:
-            return redirect(url_for("done"))
-        return redirect(url_for("task"))
+        return redirect(url_for("task") if nxt is not None else url_for("done"))
 
     @app.get("/done")
     @login_required()
@@ -277,11 +277,11 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         if isinstance(order, list):
             order = ",".join(map(str, order))
         strength = body.get("strength")
-        label = _submit(item_id, body.get("choice"), order, None if strength is None else str(strength),
-                        body.get("seconds"))
+        label, nxt = _submit(item_id, body.get("choice"), order, None if strength is None else str(strength),
+                             body.get("seconds"), lease=bool(body.get("next")))
         out = {"label": _label_json(label)}
         if body.get("next"):
-            out["task"] = _task_json(store.lease_next(proj, g.user["id"]))
+            out["task"] = _task_json(nxt)
         return jsonify(out)
 
     @app.get("/api/labels")
@@ -306,8 +306,9 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                         "agreement": agreement.summarize(store.project_labels(proj), proj.mode)})
 
     # -- helpers ---------------------------------------------------------------
-    def _submit(item_id: int, choice, order, strength, seconds) -> dict:
-        item = store.item(item_id)
+    def _submit(item_id: int, choice, order, strength, seconds, lease: bool) -> tuple[dict, int | None]:
+        """Store the label; with `lease`, also lease the next task in the same transaction."""
+        item = store.item_view(item_id)
         if item is None:
             raise Refused(404, "no such item")
         shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
@@ -318,12 +319,12 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                 secs = max(0.0, min(float(seconds), 86400.0))
             except (TypeError, ValueError):
                 raise Refused(400, "seconds must be a number") from None
-        return store.submit(proj, g.user, item_id, answer, shown=shown, seconds=secs)
+        return store.submit_and_lease(proj, g.user, item_id, answer, shown=shown, seconds=secs, lease=lease)
 
     def _task_json(item_id):
         if item_id is None:
             return None
-        item = store.item(item_id)
+        item = store.item_view(item_id)
         shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
         # Raw text here (JSON is not HTML); model names and item order stay on the server.
         return {"item_id": item.id, "mode": proj.mode, "prompt": item.prompt,

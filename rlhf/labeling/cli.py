@@ -166,7 +166,12 @@ def make_server(cfg: ServeConfig):
 
 
 def serve_main(argv: list[str]) -> int:
+    import logging
+
     cfg = parse(ServeConfig, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # waitress warns on every queued request under load; a busy moment is not news.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = make_server(cfg)
     print(f"rlhf: labeling app at http://{cfg.host}:{server.effective_port}/ (Ctrl-C stops)", flush=True)
     if not _has_users(cfg.db):

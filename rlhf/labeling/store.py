@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from sqlalchemy import and_, create_engine, delete, event, exists, func, insert, inspect, or_, select, update
+from sqlalchemy import bindparam as P
 from sqlalchemy.engine import Connection, Engine
 
 from rlhf.errors import UserError
@@ -35,6 +36,41 @@ from rlhf.labeling import schema as S
 
 MODES = ("pairwise", "ranking")
 PAIR_CHOICES = ("a", "b", "tie", "both_bad", "skip")
+
+
+
+# The hot path's statements, built once: building SQLAlchemy expressions per
+# request cost more than running them.
+_a, _i, _l, _r = S.assignments, S.items, S.labels, S.responses
+Q_ITEM = select(_i).where(_i.c.id == P("item_id"))
+Q_RESPONSES = select(_r.c.text, _r.c.model).where(_r.c.item_id == P("item_id")).order_by(_r.c.idx)
+Q_ITEM_STATE = select(_i.c.project_id, _i.c.is_gold, _i.c.done_count,
+                      select(func.count()).where(_r.c.item_id == _i.c.id).scalar_subquery().label("k")
+                      ).where(_i.c.id == P("item_id"))
+Q_LABEL = select(_l).where(_l.c.item_id == P("item_id"), _l.c.user_id == P("user_id"))
+Q_LEASE = select(_a).where(_a.c.item_id == P("item_id"), _a.c.user_id == P("user_id"))
+Q_OTHERS_LEASING = select(func.count()).select_from(_a).where(
+    _a.c.item_id == P("item_id"), _a.c.user_id != P("user_id"), _a.c.state == "leased", _a.c.expires_at > P("now"))
+Q_HELD = (select(_a.c.item_id, _a.c.id, _a.c.expires_at).join(_i, _i.c.id == _a.c.item_id)
+          .where(_a.c.user_id == P("user_id"), _a.c.state == "leased", _i.c.project_id == P("project_id"))
+          .order_by(_a.c.leased_at.desc()))
+_live_leases = select(func.count()).select_from(_a).where(
+    _a.c.item_id == _i.c.id, _a.c.state == "leased", _a.c.expires_at > P("now")).scalar_subquery()
+# First item by position that is gold or has a free slot, and that this user has not had.
+Q_NEXT = (select(_i.c.id).where(
+    _i.c.project_id == P("project_id"),
+    or_(_i.c.is_gold, and_(_i.c.done_count < P("overlap"), _i.c.done_count + _live_leases < P("overlap"))),
+    ~exists().where(_a.c.item_id == _i.c.id, _a.c.user_id == P("user_id")))
+    .order_by(_i.c.position).limit(1))
+I_LEASE = insert(_a)
+U_RENEW = update(_a).where(_a.c.id == P("aid")).values(expires_at=P("exp"))
+D_LEASE = delete(_a).where(_a.c.id == P("aid"))
+I_LABEL = insert(_l)
+U_LABEL = update(_l).where(_l.c.id == P("lid"))
+U_STATE = update(_a).where(_a.c.item_id == P("iid"), _a.c.user_id == P("uid"))
+U_DONE = update(_i).where(_i.c.id == P("iid")).values(done_count=_i.c.done_count + P("delta"))
+I_AUDIT = insert(S.audit)
+Q_USER = select(S.users).where(S.users.c.id == P("user_id"))
 
 
 class Refused(Exception):
@@ -142,6 +178,7 @@ class Store:
             if not os.path.exists(path):
                 raise UserError(f"{db}: no such labeling database (make one with `rlhf label create`)")
         self.engine = open_engine(self.url)
+        self._items: dict[int, Item] = {}
         if create:
             S.metadata.create_all(self.engine)
             with self.write() as c:
@@ -169,7 +206,8 @@ class Store:
 
     def _lock_project(self, c: Connection, project_id: int) -> None:
         # A row lock on PostgreSQL; on SQLite BEGIN IMMEDIATE already holds the database lock.
-        c.execute(select(S.projects.c.id).where(S.projects.c.id == project_id).with_for_update()).first()
+        if self.engine.dialect.name != "sqlite":
+            c.execute(select(S.projects.c.id).where(S.projects.c.id == project_id).with_for_update()).first()
 
     def _audit(self, c: Connection, actor: Optional[str], action: str, detail: dict, *, item_id=None,
                label_id=None, now=None) -> None:
@@ -226,7 +264,7 @@ class Store:
 
     def user(self, user_id: int) -> Optional[dict]:
         with self.read() as c:
-            r = c.execute(select(S.users).where(S.users.c.id == user_id)).first()
+            r = c.execute(Q_USER, {"user_id": user_id}).first()
         return dict(r._mapping) if r else None
 
     def check_login(self, name: str, password: str) -> Optional[dict]:
@@ -304,60 +342,57 @@ class Store:
 
     def item(self, item_id: int) -> Optional[Item]:
         with self.read() as c:
-            r = c.execute(select(S.items).where(S.items.c.id == item_id)).first()
+            r = c.execute(Q_ITEM, {"item_id": item_id}).first()
             if r is None:
                 return None
-            resp = c.execute(select(S.responses.c.text, S.responses.c.model).where(S.responses.c.item_id == item_id)
-                             .order_by(S.responses.c.idx)).all()
+            resp = c.execute(Q_RESPONSES, {"item_id": item_id}).all()
         return Item(id=r.id, uid=r.uid, group_id=r.group_id, position=r.position, prompt=json.loads(r.prompt),
                     responses=[x.text for x in resp], models=[x.model for x in resp], is_gold=bool(r.is_gold),
                     gold=json.loads(r.gold) if r.gold else None, done_count=r.done_count)
 
-    # -- leases ------------------------------------------------------------
-    def _others_leasing(self, c: Connection, item_id: int, user_id: int, now: float) -> int:
-        a = S.assignments
-        return c.execute(select(func.count()).select_from(a).where(
-            a.c.item_id == item_id, a.c.user_id != user_id, a.c.state == "leased", a.c.expires_at > now)).scalar_one()
+    def item_view(self, item_id: int) -> Optional[Item]:
+        """`item` from a cache: what an item shows never changes (its `done_count` here may be stale)."""
+        item = self._items.get(item_id)
+        if item is None:
+            item = self.item(item_id)
+            if item is not None and len(self._items) < 100_000:
+                self._items[item_id] = item
+        return item
 
-    def _has_room(self, c: Connection, project: Project, item_id: int, user_id: int, now: float) -> bool:
-        r = c.execute(select(S.items.c.is_gold, S.items.c.done_count).where(S.items.c.id == item_id)).one()
-        return bool(r.is_gold) or r.done_count + self._others_leasing(c, item_id, user_id, now) < project.overlap
+    # -- leases ------------------------------------------------------------
+    def _has_room(self, c: Connection, project: Project, state, item_id: int, user_id: int, now: float) -> bool:
+        """Whether one more vote fits the item: gold, or done + others' live leases < overlap."""
+        if state.is_gold:
+            return True
+        others = c.execute(Q_OTHERS_LEASING, {"item_id": item_id, "user_id": user_id, "now": now}).scalar_one()
+        return state.done_count + others < project.overlap
 
     def current_task(self, project: Project, user_id: int) -> Optional[int]:
         """The item this user holds a lease on (expired or not), without changing anything."""
-        a, i = S.assignments, S.items
         with self.read() as c:
-            return c.execute(select(a.c.item_id).join(i, i.c.id == a.c.item_id).where(
-                a.c.user_id == user_id, a.c.state == "leased", i.c.project_id == project.id)
-                .order_by(a.c.leased_at.desc()).limit(1)).scalar()
+            return c.execute(Q_HELD, {"user_id": user_id, "project_id": project.id}).scalar()
 
     def lease_next(self, project: Project, user_id: int, *, now: float | None = None) -> Optional[int]:
         """Lease the next item for this user (or renew the one held); None when nothing is left."""
         now = time.time() if now is None else now
-        a, i = S.assignments, S.items
-        expires = now + project.lease_seconds
         with self.write() as c:
             self._lock_project(c, project.id)
-            held = c.execute(select(a.c.id, a.c.item_id, a.c.expires_at).join(i, i.c.id == a.c.item_id).where(
-                a.c.user_id == user_id, a.c.state == "leased", i.c.project_id == project.id)
-                .order_by(a.c.leased_at.desc())).all()
-            for h in held:
-                if h.expires_at > now or self._has_room(c, project, h.item_id, user_id, now):
-                    c.execute(update(a).where(a.c.id == h.id).values(expires_at=expires))
-                    return h.item_id
-                c.execute(delete(a).where(a.c.id == h.id))  # lost to others while away
-            mine = exists().where(a.c.item_id == i.c.id, a.c.user_id == user_id)
-            leasing = (select(func.count()).select_from(a).where(
-                a.c.item_id == i.c.id, a.c.state == "leased", a.c.expires_at > now).scalar_subquery())
-            open_ = or_(i.c.is_gold, and_(i.c.done_count < project.overlap,
-                                          i.c.done_count + leasing < project.overlap))
-            item_id = c.execute(select(i.c.id).where(i.c.project_id == project.id, open_, ~mine)
-                                .order_by(i.c.position).limit(1)).scalar()
-            if item_id is None:
-                return None
-            c.execute(insert(a).values(item_id=item_id, user_id=user_id, state="leased", leased_at=now,
-                                       expires_at=expires))
-            return item_id
+            return self._lease(c, project, user_id, now)
+
+    def _lease(self, c: Connection, project: Project, user_id: int, now: float) -> Optional[int]:
+        expires = now + project.lease_seconds
+        for h in c.execute(Q_HELD, {"user_id": user_id, "project_id": project.id}).all():
+            state = c.execute(Q_ITEM_STATE, {"item_id": h.item_id}).one()
+            if h.expires_at > now or self._has_room(c, project, state, h.item_id, user_id, now):
+                c.execute(U_RENEW, {"aid": h.id, "exp": expires})
+                return h.item_id
+            c.execute(D_LEASE, {"aid": h.id})  # lost to others while away
+        item_id = c.execute(Q_NEXT, {"project_id": project.id, "user_id": user_id, "now": now,
+                                     "overlap": project.overlap}).scalar()
+        if item_id is not None:
+            c.execute(I_LEASE, {"item_id": item_id, "user_id": user_id, "state": "leased", "leased_at": now,
+                                "expires_at": expires})
+        return item_id
 
     # -- labels ------------------------------------------------------------
     def submit(self, project: Project, user: dict, item_id: int, answer: Answer, *, shown: list[int],
@@ -368,63 +403,68 @@ class Store:
         Raises `Refused` for an item not leased to the user, or one whose lease
         expired after others filled it (that stale lease is dropped).
         """
+        return self.submit_and_lease(project, user, item_id, answer, shown=shown, seconds=seconds, now=now,
+                                     lease=False)[0]
+
+    def submit_and_lease(self, project: Project, user: dict, item_id: int, answer: Answer, *, shown: list[int],
+                         seconds: float | None = None, now: float | None = None,
+                         lease: bool = True) -> tuple[dict, Optional[int]]:
+        """`submit`, then lease the user's next item in the same transaction: (label, next item id)."""
         now = time.time() if now is None else now
+        nxt = None
         with self.write() as c:
             self._lock_project(c, project.id)
             result = self._submit(c, project, user, item_id, answer, shown, seconds, now)
+            if lease and not isinstance(result, Refused):
+                nxt = self._lease(c, project, user["id"], now)
         # Raised after the commit: a refusal may still have cleaned up a stale lease.
         if isinstance(result, Refused):
             raise result
-        return result
+        return result, nxt
 
     def _submit(self, c: Connection, project: Project, user: dict, item_id: int, answer: Answer,
                 shown: list[int], seconds: float | None, now: float):
-        a, lab, i = S.assignments, S.labels, S.items
-        it = c.execute(select(i.c.id, i.c.project_id).where(i.c.id == item_id)).first()
-        if it is None or it.project_id != project.id:
+        state = c.execute(Q_ITEM_STATE, {"item_id": item_id}).first()
+        if state is None or state.project_id != project.id:
             raise Refused(404, "no such item in this project")
-        k = c.execute(select(func.count()).select_from(S.responses)
-                      .where(S.responses.c.item_id == item_id)).scalar_one()
-        check_answer(project, k, answer)
-        if sorted(shown) != list(range(k)):
+        check_answer(project, state.k, answer)
+        if sorted(shown) != list(range(state.k)):
             raise Refused(400, "shown order is not a permutation of the responses")
-        old = c.execute(select(lab).where(lab.c.item_id == item_id, lab.c.user_id == user["id"])).first()
-        lease = c.execute(select(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])).first()
+        key = {"item_id": item_id, "user_id": user["id"]}
+        old = c.execute(Q_LABEL, key).first()
+        lease = c.execute(Q_LEASE, key).first()
         if old is None and (lease is None or lease.state != "leased"):
             raise Refused(403, "this item is not assigned to you")
         votes = answer.choice != "skip"
         was_vote = old is not None and old.choice != "skip"
-        if votes and not was_vote and not self._has_room(c, project, item_id, user["id"], now):
+        # A live lease holds a slot of its own; otherwise check one is free.
+        live = old is None and lease.expires_at > now
+        if votes and not was_vote and not live and not self._has_room(c, project, state, item_id, user["id"], now):
             # The lease ran out and others filled the item meanwhile: keep the target exact.
             if old is None:
-                c.execute(delete(a).where(a.c.id == lease.id))
+                c.execute(D_LEASE, {"aid": lease.id})
             return Refused(409, "your lease on this item expired and it has been labelled by others")
         after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength}
-        ranking = None if answer.ranking is None else _dumps(answer.ranking)
+        values = {"choice": answer.choice, "ranking": None if answer.ranking is None else _dumps(answer.ranking),
+                  "strength": answer.strength, "shown": _dumps(shown), "seconds": seconds, "updated_at": now}
         before = None
         if old is not None:
             before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
                       "strength": old.strength}
             if before == after:
                 return {**_label_dict(old), "changed": False}
-            c.execute(update(lab).where(lab.c.id == old.id).values(
-                choice=answer.choice, ranking=ranking, strength=answer.strength, shown=_dumps(shown),
-                seconds=seconds, updated_at=now))
-            label_id, action = old.id, "label.update"
+            c.execute(U_LABEL, {"lid": old.id, **values})
+            label_id, created, action = old.id, old.created_at, "label.update"
         else:
-            label_id = c.execute(insert(lab).values(
-                item_id=item_id, user_id=user["id"], choice=answer.choice, ranking=ranking,
-                strength=answer.strength, shown=_dumps(shown), seconds=seconds, created_at=now,
-                updated_at=now)).inserted_primary_key[0]
-            action = "label.create"
-        c.execute(update(a).where(a.c.item_id == item_id, a.c.user_id == user["id"])
-                  .values(state="done" if votes else "skipped"))
+            label_id = c.execute(I_LABEL, {**key, **values, "created_at": now}).inserted_primary_key[0]
+            created, action = now, "label.create"
+        c.execute(U_STATE, {"iid": item_id, "uid": user["id"], "state": "done" if votes else "skipped"})
         if votes != was_vote:
-            c.execute(update(i).where(i.c.id == item_id).values(done_count=i.c.done_count + (1 if votes else -1)))
-        self._audit(c, user["name"], action, {"before": before, "after": after}, item_id=item_id,
-                    label_id=label_id, now=now)
-        row = c.execute(select(lab).where(lab.c.id == label_id)).one()
-        return {**_label_dict(row), "changed": True}
+            c.execute(U_DONE, {"iid": item_id, "delta": 1 if votes else -1})
+        c.execute(I_AUDIT, {"at": now, "actor": user["name"], "action": action, "item_id": item_id,
+                            "label_id": label_id, "detail": _dumps({"before": before, "after": after})})
+        return {"id": label_id, **key, **values, "ranking": answer.ranking, "shown": list(shown),
+                "created_at": created, "changed": True}
 
     def label(self, label_id: int) -> Optional[dict]:
         with self.read() as c:
