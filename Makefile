@@ -14,6 +14,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	# torch first, from the CPU build; every other package is constrained to it
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# Debian's chromium for the labeling app's browser tests (Playwright drives it; no browser download)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo 'warning: chromium not installed; the browser tests will be skipped'
 	touch $@
 
 venv: $(BIN)/.installed
