@@ -275,3 +275,26 @@ def test_bad_data_fails_before_anything_is_written(tiny_model_dir, tmp_path, cap
     assert main(["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--out", str(out)]) == 2
     assert 'prefs.jsonl:2: "chosen" is empty' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_dpo_resume_reads_the_cache_and_ends_with_the_same_weights(tiny_model_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from rlhf.cli import main
+
+    prefs = tmp_path / "prefs.jsonl"
+    _write_prefs(prefs)
+    args = ["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--max-steps", "4", "--batch-size", "3",
+            "--save-every", "2", "--keep-best", "false", "--threads", "1", "--lr", "1e-3", "--val-fraction", "0"]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    part = tmp_path / "part"
+    assert main([*args, "--out", str(part), "--quiet"]) == 0
+    # the run's last checkpoint is step 2 (none is written at the end): resuming redoes steps 3 and 4
+    assert [p.name for p in (part / "checkpoints").glob("step-*")] == ["step-0000002"]
+    (part / "model.safetensors").unlink()
+    capsys.readouterr()
+    assert main([*args, "--out", str(part), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "read from ref_logps.safetensors" in err and "resuming from" in err
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(part / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
