@@ -42,6 +42,10 @@ class Rows:
 def read_rows(path: str | os.PathLike) -> Rows:
     """Every row of a local file (or a hub dataset), checked to be an object; raises `UserError`."""
     path = str(path)
+    if path.startswith(("sqlite:", "postgresql:", "postgresql+")):  # a labeling database (`rlhf label`)
+        from rlhf.labeling import load_preferences_from_db
+
+        return _checked(Rows(path, list(enumerate(load_preferences_from_db(path), 1))))
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{path}: is a folder; give a {', '.join(EXTENSIONS)} file")
