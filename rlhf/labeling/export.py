@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 
+from rlhf.errors import UserError
 from rlhf.labeling.store import Item, Store
 
 
@@ -103,10 +104,16 @@ def load_preferences_from_db(url: str, project: str | None = None, *, include_ti
     """Preference rows (TRL format, see module doc) straight from a labeling database.
 
     `url` is a SQLAlchemy URL (`sqlite:///project.db`, `postgresql://...`) or a
-    path; `project` may be left out when the database holds one project.
+    path. A database holding several projects needs `project`, or the name
+    after a `#` at the end of the URL (`sqlite:///team.db#round2`).
     """
+    url, _, fragment = url.partition("#")
     store = Store(url)
     try:
-        return export_project(store, project, include_ties=include_ties, aggregate=aggregate)
+        name = project or fragment or None
+        if name is None and len(store.project_names()) > 1:
+            raise UserError(f"{url}: holds several projects ({', '.join(store.project_names())}); "
+                            f"name one at the end of the URL: {url}#NAME")
+        return export_project(store, name, include_ties=include_ties, aggregate=aggregate)
     finally:
         store.close()
