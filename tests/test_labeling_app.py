@@ -230,3 +230,17 @@ def test_cli_create_user_stats_export(tmp_path, monkeypatch, capsys):
     assert len(rows) == 6
     assert {(r["chosen"], r["rejected"]) for r in rows} == {("good", "ugly"), ("good", "bad"), ("ugly", "bad")}
     assert rlhf_main(["label", "stats", str(tmp_path / "missing.db")]) == 2
+
+
+def test_reward_model_data_loader_reads_the_database(app, store):
+    from rlhf.data.load import load_groups, load_pairs
+
+    c = login(app, "ann")
+    task = c.get("/api/task").json["task"]
+    shown_a = task["responses"][0]["text"]
+    task = api_label(c, task["item_id"], "A", strength=3, next=True).json["task"]
+    api_label(c, task["item_id"], "both_bad")
+    pairs = load_pairs(store.url)  # the path `rlhf rm --data sqlite:///...` takes
+    assert len(pairs) == 1 and pairs[0].chosen == shown_a and pairs[0].margin == 3.0
+    assert load_pairs(store.url + "#p")[0].chosen == shown_a
+    assert load_groups(store.url)[0].pairs == [(0, 1, 3.0)]

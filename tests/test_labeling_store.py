@@ -1,6 +1,7 @@
 """The labeling store: leases meet the overlap target exactly, labels are idempotent and audited."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -205,3 +206,21 @@ def test_store_and_app_import_no_torch():
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_create_by_sampling_a_model(tmp_path, tiny_model_dir, capsys):
+    from rlhf.cli import main as rlhf_main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2 + 3?\nSort these numbers: 4 1 3.\n")
+    db = str(tmp_path / "s.db")
+    assert rlhf_main(["label", "create", db, "--prompts", str(prompts), "--model", tiny_model_dir, "--mode",
+                      "ranking", "--k", "3", "--max-new-tokens", "6", "--seed", "1"]) == 0
+    store = Store(db)
+    items = list(store.project_items(store.project()).values())
+    assert [i.prompt for i in items] == ["What is 2 + 3?", "Sort these numbers: 4 1 3."]
+    for item in items:
+        assert 2 <= len(item.responses) <= 3 and len(set(item.responses)) == len(item.responses)
+        # the sampler's name and sample number are stored (never shown to annotators)
+        assert all(m.startswith(os.path.basename(tiny_model_dir) + "#") for m in item.models)
+    assert rlhf_main(["label", "create", str(tmp_path / "t.db"), "--prompts", str(prompts)]) == 2

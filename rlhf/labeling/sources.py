@@ -68,9 +68,17 @@ def _responses(path, n, row) -> tuple[list[str], list]:
             raise bad_row(path, n, '"responses" must be a list of at least 2 responses')
         texts = [_text(path, n, f"responses[{i}]", r) for i, r in enumerate(rs)]
         models = [r.get("model") if isinstance(r, dict) else None for r in rs]
+        first = {}
+        for i, t in enumerate(texts):
+            if t in first:
+                raise bad_row(path, n, f'"responses"[{first[t]}] and "responses"[{i}] are identical')
+            first[t] = i
         return texts, models
     if "chosen" in row and "rejected" in row:
-        return [_text(path, n, "chosen", row["chosen"]), _text(path, n, "rejected", row["rejected"])], [None, None]
+        texts = [_text(path, n, "chosen", row["chosen"]), _text(path, n, "rejected", row["rejected"])]
+        if texts[0] == texts[1]:
+            raise bad_row(path, n, '"chosen" and "rejected" are identical')
+        return texts, [None, None]
     raise bad_row(path, n, 'needs "responses" (a list) or "chosen" and "rejected"')
 
 
@@ -143,16 +151,29 @@ def sample_items(prompts: list, model_name: str, *, k: int, mode: str, max_new_t
                    seed=seed, batch_size=batch_size, num_samples=k)
     name = Path(model_name).name or model_name
     specs: list[ItemSpec] = []
+    dropped = 0
     for p, prompt in enumerate(prompts):
-        texts = out.texts[p * k:(p + 1) * k]  # rows are prompt-major
+        # Rows are prompt-major. Identical samples cannot be compared: keep the first of each.
+        samples = {}
+        for s, text in enumerate(out.texts[p * k:(p + 1) * k]):
+            if text.strip():
+                samples.setdefault(text, s)
+        texts, ids = list(samples), list(samples.values())
         uid = f"{source}:{p + 1}"
-        if mode == "ranking":
-            specs.append(ItemSpec(uid, uid, prompt, texts, [f"{name}#{s}" for s in range(k)]))
+        if len(texts) < 2:
+            dropped += 1
             continue
-        pairs = list(itertools.combinations(range(k), 2))
+        if mode == "ranking":
+            specs.append(ItemSpec(uid, uid, prompt, texts, [f"{name}#{s}" for s in ids]))
+            continue
+        pairs = list(itertools.combinations(range(len(texts)), 2))
         for i, j in pairs:
-            specs.append(ItemSpec(uid if len(pairs) == 1 else f"{uid}:{i}-{j}", uid, prompt, [texts[i], texts[j]],
-                                  [f"{name}#{i}", f"{name}#{j}"]))
+            specs.append(ItemSpec(uid if k == 2 else f"{uid}:{ids[i]}-{ids[j]}", uid, prompt, [texts[i], texts[j]],
+                                  [f"{name}#{ids[i]}", f"{name}#{ids[j]}"]))
+    if dropped:
+        print(f"rlhf: {dropped} of {len(prompts)} prompts left out: fewer than 2 distinct non-empty samples")
+    if not specs:
+        raise UserError(f"{source}: every prompt's samples were identical or empty; raise --temperature")
     return specs
 
 

@@ -575,6 +575,8 @@ def check_item(spec: ItemSpec, mode: str) -> None:
         raise UserError(f"item {spec.uid}: a pairwise item needs exactly 2 responses, got {k}")
     if mode == "ranking" and k < 2:
         raise UserError(f"item {spec.uid}: a ranking item needs at least 2 responses, got {k}")
+    if len(set(spec.responses)) != k:
+        raise UserError(f"item {spec.uid}: two of its responses are identical")
     if spec.gold is None:
         return
     if mode == "pairwise" and spec.gold not in ("a", "b"):
