@@ -32,7 +32,7 @@ def mse_step(model, batch):
 
 
 def opts(**kw):
-    base = dict(lr=1e-2, save_every=0, quiet=True, warmup_ratio=0.0)
+    base = dict(lr=1e-2, save_every=0, quiet=True, warmup_ratio=0.0, threads=1)
     return TrainOptions(**{**base, **kw})
 
 

@@ -24,7 +24,7 @@ def write_arithmetic(path, n=50, seed=0):
 
 def sft_args(model_dir, data, out, *extra):
     return ["sft", "--model", model_dir, "--data", str(data), "--out", str(out), "--batch-size", "8",
-            "--lr", "5e-3", "--warmup-ratio", "0", "--val-fraction", "0.2", "--save-every", "0", "--quiet", *extra]
+            "--lr", "5e-3", "--warmup-ratio", "0", "--val-fraction", "0.2", "--save-every", "0", "--threads", "1", "--quiet", *extra]
 
 
 def test_sft_learns_and_writes_a_model_folder(tmp_path, tiny_model_dir):
