@@ -244,3 +244,14 @@ def test_reward_model_data_loader_reads_the_database(app, store):
     assert len(pairs) == 1 and pairs[0].chosen == shown_a and pairs[0].margin == 3.0
     assert load_pairs(store.url + "#p")[0].chosen == shown_a
     assert load_groups(store.url)[0].pairs == [(0, 1, 3.0)]
+
+
+def test_repeated_failed_logins_are_throttled(app):
+    c = app.test_client()
+    token = csrf_from(c.get("/login").text)
+    codes = [c.post("/login", data={"name": "bo", "password": f"guess{n}", "csrf_token": token}).status_code
+             for n in range(10)]
+    assert codes == [401] * 10
+    # the 11th try within the window is refused before the password is even checked
+    assert c.post("/login", data={"name": "bo", "password": "password1", "csrf_token": token}).status_code == 429
+    assert c.post("/login", data={"name": "BO", "password": "password1", "csrf_token": token}).status_code == 429

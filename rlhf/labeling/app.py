@@ -26,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import defaultdict, deque
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
@@ -140,12 +143,23 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     def login():
         return render_template("login.html", next=_safe_next(request.args.get("next")))
 
+    # Guessing: 10 failures per account, or 50 per address (annotators may share one), per 5 minutes.
+    by_name, by_addr = LoginThrottle(limit=10), LoginThrottle(limit=50)
+
     @app.post("/login")
     def login_post():
-        user = store.check_login(request.form.get("name", ""), request.form.get("password", ""))
+        name = request.form.get("name", "")
+        name_key, addr_key = name.lower(), request.remote_addr or ""
+        if by_name.blocked(name_key) or by_addr.blocked(addr_key):
+            flash("Too many failed logins; wait a few minutes.")
+            return render_template("login.html", next=_safe_next(request.form.get("next"))), 429
+        user = store.check_login(name, request.form.get("password", ""))
         if user is None:
+            by_name.failed(name_key)
+            by_addr.failed(addr_key)
             flash("Wrong name or password.")
             return render_template("login.html", next=_safe_next(request.form.get("next"))), 401
+        by_name.reset(name_key)
         session.clear()  # a fresh session (and CSRF token) at login: no fixation
         session.permanent = True
         session.update(uid=user["id"], pw=_pw_tag(user), csrf=secrets.token_urlsafe(32))
@@ -336,6 +350,33 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                 **display.answer_in_display_terms(label, proj.mode, shown), "updated_at": label["updated_at"]}
 
     return app
+
+
+class LoginThrottle:
+    """Failed logins per key (account name or address): `limit` within `window` seconds, then refuse."""
+
+    def __init__(self, limit: int, window: float = 300.0):
+        self.limit, self.window = limit, window
+        self.fails: dict[str, deque] = defaultdict(deque)
+        self.lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque:
+        q = self.fails[key]
+        while q and q[0] < now - self.window:
+            q.popleft()
+        return q
+
+    def blocked(self, key: str) -> bool:
+        with self.lock:
+            return len(self._recent(key, time.monotonic())) >= self.limit
+
+    def failed(self, key: str) -> None:
+        with self.lock:
+            self._recent(key, time.monotonic()).append(time.monotonic())
+
+    def reset(self, key: str) -> None:
+        with self.lock:
+            self.fails.pop(key, None)
 
 
 def _int(value, name: str) -> int:
