@@ -125,12 +125,28 @@ def other_model_dir(tmp_path_factory, tiny_tokenizer):
     return str(path)
 
 
-def test_rlhf_eval_end_to_end_with_the_gold_judge(tiny_model_dir, other_model_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory, tiny_tokenizer):
+    """A random tiny Llama reward model (one label)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                      pad_token_id=tiny_tokenizer.pad_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny-rm")
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_rlhf_eval_end_to_end_with_the_gold_judge(tiny_model_dir, other_model_dir, rm_dir, tmp_path, capsys):
     from rlhf.cli import main
+    from rlhf.judges import RewardModelJudge
     from rlhf.lab import gold
 
     out = tmp_path / "eval.json"
-    rc = main(["eval", tiny_model_dir, other_model_dir, "--judge", "gold", "--n-prompts", "6",
+    rc = main(["eval", tiny_model_dir, other_model_dir, "--judge", "gold", "--rm", rm_dir, "--n-prompts", "6",
                "--max-new-tokens", "6", "--n-heldout", "4", "--out", str(out), "--report", str(tmp_path / "rep")])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -151,6 +167,10 @@ def test_rlhf_eval_end_to_end_with_the_gold_judge(tiny_model_dir, other_model_di
         assert res["models"][side.upper()]["gold"] == pytest.approx(sum(golds) / 6)
         assert res["models"][side.upper()]["ppl"] > 1.0
     assert res["models"]["A"]["kl"] is not None and "kl" not in res["models"]["B"]
+    rm = RewardModelJudge.load(rm_dir)
+    for side in ("a", "b"):
+        rewards = rm.score([s["prompt"] for s in samples], [s[f"response_{side}"] for s in samples])
+        assert res["models"][side.upper()]["reward"] == pytest.approx(sum(rewards) / 6, abs=1e-5)
     assert 0 < res["models"]["A"]["length"] <= 6
     page = (tmp_path / "rep" / "report.html").read_text()
     import html

@@ -377,3 +377,47 @@ def test_gold_judge_agrees_with_gold_compare():
     assert judge.compare(prompts[:1], ["5."], ["5."], stopped_a=[False], stopped_b=[True]) == [0.0]
     assert judge.score(prompts[:2], a[:2]) == [gold.score(prompts[0], a[0]), gold.score(prompts[1], a[1])]
     assert judge.position_bias is None
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
+    """A random 2-layer Llama reward model (one label) with a stored reward offset of 0.25."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlhf.models import REWARD_OFFSET_KEY
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_labels=1,
+                      pad_token_id=tiny_tokenizer.pad_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
+    model = LlamaForSequenceClassification(cfg)
+    setattr(model.config, REWARD_OFFSET_KEY, 0.25)
+    path = tmp_path_factory.mktemp("tiny-rm")
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_reward_model_judge_is_sigmoid_of_the_score_difference(tiny_rm_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.chat import encode
+    from rlhf.judges import RewardModelJudge
+
+    judge = make_judge(f"rm:{tiny_rm_dir}", batch_size=2)
+    assert isinstance(judge, RewardModelJudge) and judge.position_bias is None
+    # by hand: the raw score is the head's output at the last token of prompt + response + EOS, one
+    # unpadded sequence at a time; the judge's score subtracts the stored offset 0.25
+    plain = AutoModelForSequenceClassification.from_pretrained(tiny_rm_dir).eval()
+
+    def raw(prompt, response):
+        ids = torch.tensor([encode(judge.tokenizer, prompt, response, 1024).input_ids])
+        with torch.no_grad():
+            return float(plain(input_ids=ids).logits[0, 0])
+
+    ra = [raw(p, r) for p, r in zip(PROMPTS, GOOD)]
+    rb = [raw(p, r) for p, r in zip(PROMPTS, BAD)]
+    assert judge.score(PROMPTS, GOOD) == pytest.approx([x - 0.25 for x in ra], abs=1e-5)
+    probs = judge.compare(PROMPTS, GOOD, BAD)
+    assert probs == pytest.approx([1 / (1 + math.exp(-(x - y))) for x, y in zip(ra, rb)], abs=1e-6)
+    assert [p + q for p, q in zip(probs, judge.compare(PROMPTS, BAD, GOOD))] == pytest.approx([1.0] * 3, abs=1e-9)
