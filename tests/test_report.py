@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from rlhf.observe.plots import numeric_keys, plot_metrics, read_alarms, read_metrics, series
-from rlhf.observe.report import cell, write_report
+from rlhf.observe.report import cell, table_columns, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,6 +64,10 @@ def test_win_rate_cell_folds_interval():
     assert cell({"win_rate": 0.7421, "ci_low": 0.66, "ci_high": 0.81}, "win_rate") == "0.742 [0.660, 0.810]"
     assert cell({"win_rate": 0.5, "win_rate_ci": [0.4, 0.6]}, "win_rate") == "0.500 [0.400, 0.600]"
     assert cell({"kl": None}, "kl") == ""
+    row = {"model": "ppo", "win_rate_vs_sft": 0.7, "ci_low": 0.6, "ci_high": 0.8, "kl_to_sft": 2.0}
+    assert table_columns([row]) == ["model", "win_rate_vs_sft", "kl_to_sft"]
+    assert cell(row, "win_rate_vs_sft") == "0.700 [0.600, 0.800]" and cell(row, "kl_to_sft") == "2.000"
+    assert cell({"win_rate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}, "win_rate") == "n/a"
 
 
 def test_report_escapes_model_text_and_links_existing_pngs(tmp_path):

@@ -16,8 +16,9 @@ Inputs
 - `samples`: one dict per held-out prompt: `prompt` and `responses`
   (model name -> text), optional `scores` (model name -> number, e.g. gold).
   Models are shown side by side in the order they first appear.
-- `summary_table`: one row per model. Any keys; `win_rate` is shown with its
-  95% interval when the row has `ci_low`/`ci_high` (or `win_rate_ci`: [lo, hi]).
+- `summary_table`: one row per model. Any keys; the win rate (`win_rate`, or
+  the first `win_rate*` column such as `win_rate_vs_sft`) is shown with its
+  95% interval when the row has `ci_low`/`ci_high` (or `<column>_ci`: [lo, hi]).
 - `notes`: lines of plain text shown at the top (alarms, settings, caveats).
 
 Plots are PNG files in `<out_dir>/plots/` referenced by relative path (or
@@ -87,6 +88,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
         if not math.isfinite(value):
             return str(value)
         if abs(value) >= 1000:
@@ -97,12 +100,20 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def _ci(row: dict) -> tuple[float, float] | None:
-    if "win_rate_ci" in row and isinstance(row["win_rate_ci"], (list, tuple)) and len(row["win_rate_ci"]) == 2:
-        return float(row["win_rate_ci"][0]), float(row["win_rate_ci"][1])
+def _ci(row: dict, col: str = "win_rate") -> tuple[float, float] | None:
+    for key in (f"{col}_ci", "win_rate_ci"):
+        if isinstance(row.get(key), (list, tuple)) and len(row[key]) == 2:
+            return float(row[key][0]), float(row[key][1])
     if isinstance(row.get("ci_low"), (int, float)) and isinstance(row.get("ci_high"), (int, float)):
         return float(row["ci_low"]), float(row["ci_high"])
     return None
+
+
+def _win_column(cols) -> str | None:
+    """The column a row's `ci_low`/`ci_high` belong to: `win_rate`, else the first `win_rate*` one."""
+    if "win_rate" in cols:
+        return "win_rate"
+    return next((c for c in cols if str(c).startswith("win_rate") and not str(c).endswith("_ci")), None)
 
 
 def table_columns(rows: Sequence[dict]) -> list[str]:
@@ -111,16 +122,18 @@ def table_columns(rows: Sequence[dict]) -> list[str]:
     for row in rows:
         for k in row:
             cols.setdefault(k, None)
-    if "win_rate" in cols:
-        for k in ("ci_low", "ci_high", "win_rate_ci"):
+    win = _win_column(cols)
+    if win is not None:
+        for k in ("ci_low", "ci_high", f"{win}_ci", "win_rate_ci"):
             cols.pop(k, None)
     return list(cols)
 
 
 def cell(row: dict, col: str) -> str:
     value = row.get(col)
-    if col == "win_rate" and isinstance(value, (int, float)):
-        ci = _ci(row)
+    if col == _win_column(row) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value):
+        ci = _ci(row, col)
         if ci is not None:
             return f"{fmt(float(value))} [{fmt(ci[0])}, {fmt(ci[1])}]"
     return fmt(value)
@@ -257,7 +270,7 @@ def write_report(out_dir: str | os.PathLike, stages: list[dict], samples: list[d
     if summary_table:
         cols = table_columns(summary_table)
         h += ["<h2>Summary</h2>", _html_table(summary_table, cols)]
-        if "win_rate" in cols:
+        if _win_column(cols) is not None:
             h.append('<p class="muted">win_rate: share of non-tied comparisons won, with its 95% bootstrap '
                      "interval; ties are counted separately.</p>")
         md += ["## Summary", ""] + _md_table(summary_table, cols) + [""]
