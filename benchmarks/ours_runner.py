@@ -1,0 +1,123 @@
+"""Our side of a benchmark: one `rlhf` stage, run through its command, under the shared probe.
+
+    .venv/bin/python -m benchmarks.ours_runner SPEC.json RESULT.json
+
+The stage runs exactly as `rlhf sft|rm|dpo|ppo` would with the flags below
+(no validation split, no checkpoints, no evaluation during training, so the
+timed loop holds training only, as on TRL's side), then the held-out metric
+is computed on the saved model by the same code as for TRL.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks.common import (evaluate, load_spec, peak_rss_mb, read_jsonl, set_threads,  # noqa: E402
+                               tail_mean, write_result)
+from benchmarks.probe import Probe  # noqa: E402
+
+
+def _loop_flags(spec: dict) -> list[str]:
+    """The shared training loop's options for an offline stage (sft, rm, dpo)."""
+    return ["--max-steps", str(spec["steps"]), "--epochs", "1000", "--batch-size", str(spec["batch_size"]),
+            "--grad-accum", "1", "--lr", str(spec["lr"]), "--schedule", "constant", "--warmup-ratio", "0",
+            "--weight-decay", "0", "--max-grad-norm", "1.0", "--seed", str(spec["seed"]), "--eval-every", "0",
+            "--save-every", "0", "--log-every", "1", "--threads", str(spec["threads"]), "--val-fraction", "0",
+            "--no-keep-best", "--quiet", "--dtype", "float32", "--max-len", str(spec["max_len"]),
+            "--data", str(Path(spec["data_dir"]) / "ours-train.jsonl"), "--out", spec["out"]]
+
+
+def command(spec: dict) -> tuple[str, list[str]]:
+    """(module:function, argv) of the `rlhf` command the case runs."""
+    stage = spec["stage"]
+    if stage == "sft":
+        return "rlhf.trainers.sft:main", ["--model", spec["model"], *_loop_flags(spec)]
+    if stage == "rm":
+        return "rlhf.trainers.rm:main", ["--model", spec["rm_model"], *_loop_flags(spec)]
+    if stage == "dpo":
+        return "rlhf.trainers.dpo:main", ["--model", spec["model"], "--loss", "dpo", "--beta", str(spec["beta"]),
+                                          *_loop_flags(spec)]
+    if stage == "ppo":
+        rollout = spec["rollout_batch"]
+        return "rlhf.trainers.ppo:main", [
+            "--policy", spec["model"], "--reward-model", spec["rm_model"], "--value-model", "critic",
+            "--prompts", str(Path(spec["data_dir"]) / "ours-train.jsonl"), "--eval-prompts", "none",
+            "--reference-text", "none", "--out", spec["out"], "--dtype", "float32",
+            "--temperature", str(spec["temperature"]), "--max-new-tokens", str(spec["response_len"]),
+            "--max-prompt-len", str(spec["max_len"]), "--no-eos-penalty", "none", "--kl-estimator", "k1",
+            "--beta", str(spec["beta"]), "--no-adap-kl-ctrl", "--no-reward-norm", "--gamma", "1.0", "--lam", "0.95",
+            "--clip-eps", "0.2", "--vf-coef", "0.1", "--cliprange-value", "0.2", "--ppo-epochs",
+            str(spec["ppo_epochs"]), "--rollout-batch-size", str(rollout), "--minibatch-size", str(spec["minibatch"]),
+            "--grad-accum", "1", "--generation-batch-size", str(rollout), "--forward-batch-size", str(rollout),
+            "--max-grad-norm", "1.0", "--lr", str(spec["lr"]), "--lr-schedule", "linear",
+            "--total-episodes", str(rollout * spec["updates"]), "--eval-every", "0", "--save-every", "1000000",
+            "--rm-batch-size", str(rollout), "--rm-max-len", str(spec["max_len"] + spec["response_len"] + 8),
+            "--seed", str(spec["seed"]), "--threads", str(spec["threads"])]
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def summarise_metrics(stage: str, out: Path) -> dict:
+    """Final training metrics from the run's metrics.jsonl, under the names TRL's side reports too."""
+    path = out / "metrics.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+
+    def series(key):
+        return [row[key] for row in rows if key in row]
+
+    if stage == "ppo":
+        return {"final_score": tail_mean(series("reward/score")), "final_kl": tail_mean(series("kl/ref")),
+                "final_policy_loss": tail_mean(series("policy/loss")), "updates": len(series("kl/ref"))}
+    out_ = {"final_loss": tail_mean(series("loss")), "logged_steps": len(series("loss"))}
+    if stage == "rm":
+        out_["final_train_accuracy"] = tail_mean(series("accuracy"))
+    if stage == "dpo":
+        out_["final_train_accuracy"] = tail_mean(series("rewards/accuracy"))
+    return out_
+
+
+def _trained_model(spec: dict):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    out = spec["out"]
+    tok = AutoTokenizer.from_pretrained(spec["rm_model"] if spec["stage"] == "rm" else spec["model"])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if spec["stage"] == "rm":
+        return AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32), pad
+    if spec["stage"] == "ppo":
+        return None, pad
+    return AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), pad
+
+
+def main(argv: list[str]) -> int:
+    import importlib
+
+    spec, result_path = load_spec(argv)
+    set_threads(spec)
+    probe = Probe().install()
+    target, args = command(spec)
+    module, func = target.split(":")
+    getattr(importlib.import_module(module), func)(args)
+    rss_train = peak_rss_mb()
+    timing = probe.summary(T_START)
+    model, pad = _trained_model(spec)
+    import rlhf
+
+    n_params = None if model is None else sum(p.numel() for p in model.parameters())
+    result = {
+        "side": "ours", "version": rlhf.__version__, "stage": spec["stage"], **timing,
+        "peak_rss_train_mb": rss_train, "parameters": n_params, "optimizer": "AdamW",
+        **summarise_metrics(spec["stage"], Path(spec["out"])),
+        **(evaluate(spec, model, pad) if model is not None else {}),
+    }
+    write_result(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""TRL's side of a benchmark: one stage, in a TRL virtualenv, under the shared probe.
+
+    benchmarks/.venv-trl116/bin/python -m benchmarks.trl_runner SPEC.json RESULT.json   (SFT, RM, DPO)
+    benchmarks/.venv-trl029/bin/python -m benchmarks.trl_runner SPEC.json RESULT.json   (PPO)
+
+TRL's defaults are kept except where the case fixes a setting for both sides
+(batch size, steps, learning rate and schedule, sequence length, threads,
+dtype, seed) and three defaults of TRL's configs that would make the runs
+unequal on a CPU: `bf16=True` and `gradient_checkpointing=True` (ours runs
+fp32 without recomputation) and `logging_steps=10` (losses are logged every
+step on both sides). TRL's own optimizer choice and its DPO reference model
+(a second copy, run every step unless `precompute_ref_log_probs`) are its
+defaults and stay.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks.common import (evaluate, load_spec, peak_rss_mb, read_jsonl, set_threads,  # noqa: E402
+                               tail_mean, whole_pairs, write_result)
+from benchmarks.probe import Probe  # noqa: E402
+
+
+def _dataset(spec: dict, split: str = "train"):
+    from datasets import Dataset
+
+    return Dataset.from_list(read_jsonl(Path(spec["data_dir"]) / f"trl-{split}.jsonl"))
+
+
+def _common(spec: dict) -> dict:
+    return dict(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
+                max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
+                weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
+                seed=spec["seed"], data_seed=spec["seed"], bf16=False, fp16=False, gradient_checkpointing=False,
+                dataloader_num_workers=0, disable_tqdm=True)
+
+
+def _tokenizer(path: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def run_sft(spec: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    tok = _tokenizer(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    args = SFTConfig(max_length=spec["max_len"], completion_only_loss=True, packing=False, **_common(spec))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(spec), processing_class=tok)
+    trainer.train()
+    return trainer, tok
+
+
+def run_rm(spec: dict):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    tok = _tokenizer(spec["rm_model"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["rm_model"], num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    rows = whole_pairs(read_jsonl(Path(spec["data_dir"]) / "trl-train.jsonl"))
+    args = RewardConfig(max_length=None, **_common(spec))
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer.train()
+    return trainer, tok
+
+
+def run_dpo(spec: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    tok = _tokenizer(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    args = DPOConfig(beta=spec["beta"], max_length=None, **_common(spec))
+    trainer = DPOTrainer(model=model, args=args, train_dataset=_dataset(spec), processing_class=tok)
+    trainer.train()
+    return trainer, tok
+
+
+def run_ppo(spec: dict):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tok = _tokenizer(spec["model"], padding_side="left")
+    load_lm = lambda: AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)  # noqa: E731
+    load_rm = lambda: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
+        spec["rm_model"], num_labels=1, dtype=torch.float32)
+    policy, reference, reward, value = load_lm(), load_lm(), load_rm(), load_rm()
+    rollout = spec["rollout_batch"]
+    args = PPOConfig(output_dir=spec["out"], per_device_train_batch_size=rollout, gradient_accumulation_steps=1,
+                     num_mini_batches=rollout // spec["minibatch"], num_ppo_epochs=spec["ppo_epochs"],
+                     total_episodes=rollout * spec["updates"], response_length=spec["response_len"],
+                     temperature=spec["temperature"], kl_coef=spec["beta"], learning_rate=spec["lr"],
+                     lr_scheduler_type="linear", stop_token="eos", missing_eos_penalty=None,
+                     num_sample_generations=0, local_rollout_forward_batch_size=rollout, logging_steps=1,
+                     save_strategy="no", report_to="none", seed=spec["seed"], bf16=False, fp16=False,
+                     gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0)
+    data = _dataset(spec)
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=reference, reward_model=reward,
+                         train_dataset=data, value_model=value, eval_dataset=data.select(range(min(8, len(data)))))
+    trainer.train()
+    return trainer, tok
+
+
+RUNNERS = {"sft": run_sft, "rm": run_rm, "dpo": run_dpo, "ppo": run_ppo}
+
+
+def summarise_log(stage: str, history: list[dict]) -> dict:
+    """Final training metrics from TRL's log history, under the names our side reports too."""
+    def series(key):
+        return [row[key] for row in history if key in row]
+
+    if stage == "ppo":
+        return {"final_score": tail_mean(series("objective/scores")), "final_kl": tail_mean(series("objective/kl")),
+                "final_policy_loss": tail_mean(series("loss/policy_avg")), "updates": len(series("objective/kl"))}
+    out = {"final_loss": tail_mean(series("loss")), "logged_steps": len(series("loss"))}
+    if stage in ("rm", "dpo"):
+        key = "accuracy" if stage == "rm" else "rewards/accuracies"
+        out["final_train_accuracy"] = tail_mean(series(key))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    spec, result_path = load_spec(argv)
+    set_threads(spec)
+    probe = Probe().install()
+    import trl
+
+    trainer, tok = RUNNERS[spec["stage"]](spec)
+    rss_train = peak_rss_mb()
+    timing = probe.summary(T_START)
+    model = trainer.model
+    if spec["stage"] == "ppo":
+        model = getattr(model, "policy", model)
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = getattr(trainer, "optimizer", None)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    result = {
+        "side": "trl", "version": trl.__version__, "stage": spec["stage"], **timing,
+        "peak_rss_train_mb": rss_train, "parameters": n_params,
+        "optimizer": None if inner is None else f"{type(inner).__name__}"
+                                                 f"{'(fused)' if inner.defaults.get('fused') else ''}",
+        **summarise_log(spec["stage"], trainer.state.log_history),
+        **evaluate(spec, model, tok.pad_token_id),
+    }
+    write_result(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
