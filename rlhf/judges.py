@@ -14,7 +14,8 @@ Kinds, and the spec string `make_judge` understands:
 - `openai:URL#model`         any OpenAI-compatible chat endpoint (e.g. `rlhf serve`),
                              e.g. `openai:http://127.0.0.1:8000/v1#lab`; the API key comes
                              from an environment variable (default OPENAI_API_KEY)
-- `human:labels.jsonl`       human labels, `{prompt, chosen, rejected}` or
+- `human:labels.jsonl`       human labels, `{prompt, chosen, rejected}` (`"tie": true`
+                             marks a tie, as `rlhf label export --ties` writes it) or
                              `{prompt, response_a, response_b, preference}`
 
 LLM judges favour whichever response they see first (or second) more often
@@ -628,7 +629,7 @@ def read_human_labels(path: str | os.PathLike) -> dict[tuple[str, str, str], lis
         if "chosen" in row or "rejected" in row:
             a = _response_text(row.get("chosen"), p, line, "chosen")
             b = _response_text(row.get("rejected"), p, line, "rejected")
-            pref = 1.0
+            pref = 0.5 if row.get("tie") is True else 1.0  # `rlhf label export --ties` marks ties so
         elif "response_a" in row or "response_b" in row:
             a = _response_text(row.get("response_a"), p, line, "response_a")
             b = _response_text(row.get("response_b"), p, line, "response_b")

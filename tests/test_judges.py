@@ -318,12 +318,13 @@ def test_human_judge_reads_both_formats_either_order_and_averages(tmp_path):
         {"prompt": "q2", "response_a": "x", "response_b": "y", "preference": "b"},
         {"prompt": "q2", "response_a": "y", "response_b": "x", "preference": "tie"},
         {"prompt": [{"role": "user", "content": "q3"}], "response_a": "u", "response_b": "v", "preference": 0.75},
+        {"prompt": "q4", "chosen": "m", "rejected": "n", "margin": 0.0, "tie": True, "annotator": "ann1"},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     judge = HumanJudge(path)
     # q2 (x vs y): label 1 says B(y) -> 0.0; label 2 (y vs x) tie -> 1 - 0.5; mean = 0.25
-    assert judge.compare(["q1", "q1", "q2", "q3"], ["good", "bad", "x", "u"], ["bad", "good", "y", "v"]) == \
-        [1.0, 0.0, 0.25, 0.75]
+    assert judge.compare(["q1", "q1", "q2", "q3", "q4"], ["good", "bad", "x", "u", "n"],
+                         ["bad", "good", "y", "v", "m"]) == [1.0, 0.0, 0.25, 0.75, 0.5]
     assert judge.position_bias is None
     with pytest.raises(UserError, match=r"labels.jsonl: no human label for 1 of 2 pairs \(first: prompt 'q9'\)"):
         judge.compare(["q1", "q9"], ["good", "a"], ["bad", "b"])
