@@ -142,7 +142,8 @@ class TrainerState:
     n_batches: int = 0  # micro-batches in the training data
     micro_per_step: int = 1  # grad_accum x processes
     elapsed: float = 0.0  # seconds of training before this process started
-    best: float | None = None
+    best: float | None = None  # the best value of the first criterion
+    best_key: list[float] | None = None  # every criterion, signed so that larger is better
     best_step: int | None = None
     bad_evals: int = 0
     last_eval_step: int | None = None
@@ -162,8 +163,9 @@ class TrainResult:
 
 
 def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions, *, out_dir: str | os.PathLike,
-          eval_fn: Callable | None = None, save_fn: Callable | None = None, best_metric: str = "loss",
-          higher_is_better: bool = False, count_key: str = "tokens") -> TrainResult:
+          eval_fn: Callable | None = None, save_fn: Callable | None = None,
+          best_metric: str | Sequence[tuple[str, bool]] = "loss", higher_is_better: bool = False,
+          count_key: str = "tokens") -> TrainResult:
     """Train `model` on `train_batches` with `step_fn(model, batch) -> (loss, metrics)`.
 
     - `metrics`: scalars averaged over micro-batches and processes, except
@@ -172,13 +174,17 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
     - `eval_fn(model) -> dict` runs (under no_grad, in eval mode, on every
       process) at the start, every `eval_every` steps and at the end; its keys
       are logged as `eval_<key>`; `best_metric` (one of its keys) drives early
-      stopping and the best weights.
+      stopping and the best weights. It may also be a list of (key,
+      higher_is_better) compared in order, later ones breaking ties: a
+      reward model's accuracy on a small validation set often ties while
+      its loss still improves.
     - `save_fn(model)` writes the final model (main process, unwrapped model);
       by default `rlhf.models.save_model(model, None, out_dir)`.
     """
     import torch
     from accelerate.utils import set_seed
 
+    criteria = [(best_metric, higher_is_better)] if isinstance(best_metric, str) else list(best_metric)
     accelerator = make_accelerator(opts)
     out = Path(out_dir)
     ckpt_root = out / CHECKPOINTS
@@ -232,11 +238,10 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
         nonlocal stopped_early
         metrics = _evaluate(model, eval_fn, accelerator)
         state.last_eval_step = step
-        if best_metric in metrics:
-            value = metrics[best_metric]
-            better = state.best is None or (value > state.best if higher_is_better else value < state.best)
-            if better:
-                state.best, state.best_step, state.bad_evals = value, step, 0
+        if all(k in metrics for k, _ in criteria):
+            key = [metrics[k] if higher else -metrics[k] for k, higher in criteria]
+            if state.best_key is None or key > state.best_key:  # lexicographic: ties go to the next criterion
+                state.best, state.best_key, state.best_step, state.bad_evals = metrics[criteria[0][0]], key, step, 0
                 _save_best(accelerator, model, ckpt_root)
             else:
                 state.bad_evals += 1
@@ -319,7 +324,7 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
             logger.close()
 
     if stopped_early and show:
-        _note(f"early stop at step {step}: no better {best_metric} in {opts.patience} evaluations "
+        _note(f"early stop at step {step}: no better {criteria[0][0]} in {opts.patience} evaluations "
               f"(best {state.best:.4g} at step {state.best_step})")
     best_file = ckpt_root / BEST_WEIGHTS
     if opts.keep_best and state.best_step is not None and state.best_step != step and best_file.exists():

@@ -1,0 +1,291 @@
+"""`rlhf rm`: a reward model from comparisons (stage 2), and `rlhf rm score`.
+
+The model is `AutoModelForSequenceClassification` with one output on any
+backbone: a causal LM (the SFT model by default; the score is read at the
+last non-padding token) or a BERT-style encoder (read from [CLS]). Loss:
+Bradley-Terry, -log sigmoid(r_better - r_worse - margin), with Llama 2's
+margin where a comparison gives one (`--no-use-margins` ignores them).
+
+Batches hold whole prompts: every response to a prompt (two for a pair, K
+for a ranking, all of them when several rows share the prompt) is forwarded
+once and every comparison among them read from those scores, as in
+InstructGPT; the loss is the mean over the batch's comparisons. The
+validation split is by prompt, so no prompt is on both sides; evaluation
+reports pairwise accuracy (ties count as wrong) and the Bradley-Terry loss
+on the held-out comparisons; early stopping and the kept weights follow the
+accuracy, ties broken by the loss.
+
+Normalisation. Bradley-Terry only fixes reward differences, so after
+training the mean raw score of the reference responses (every distinct
+response of the training data, or `--reference FILE` of prompt/response
+rows) is stored in the model's config as `rlhf_reward_offset`
+(`rlhf.models.REWARD_OFFSET_KEY`). `score` below, and every stage that
+scores with it (PPO, best-of-N, evaluation), subtracts it, so the reference
+responses average 0. `AutoModelForSequenceClassification` loaded from the
+folder gives the raw score, offset included; both agree on every comparison,
+since a shift changes no difference.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rlhf.config import opt, parse
+from rlhf.errors import UserError
+from rlhf.trainers.loop import RUN_FILES, ModelOptions, TrainOptions, TrainResult, train, train_options
+from rlhf.trainers.sft import quiet_transformers, summary, write_config
+
+DEFAULT_SFT = "runs/sft"
+
+
+@dataclass
+class _RMData:
+    model: str = opt("", "backbone: a causal-LM folder, an SFT output, an encoder (BERT-style) or a preset; "
+                         f"default: {DEFAULT_SFT} if it holds a model, else lab")
+    data: Optional[str] = opt(None, "comparisons or rankings (.jsonl/.json/.csv/.parquet); default: the lab's comparisons")
+    out: str = opt("runs/rm", "output folder: the reward model, metrics.jsonl, config.yaml, checkpoints/")
+    max_len: int = opt(512, "longest prompt + response in tokens; longer ones keep their end (the prompt is cut first)")
+    val_fraction: float = opt(0.1, "share of prompts held out for validation accuracy; 0 = none")
+    use_margins: bool = opt(True, "use the comparisons' margin field (the better response must win by that much)")
+    center_coef: float = opt(0.0, "weight of mean((r_better + r_worse)^2), which keeps rewards near 0 while training")
+    reference: Optional[str] = opt(None, "prompt/response rows whose mean reward is set to 0; default: the training responses")
+    normalize: bool = opt(True, "store the offset that makes the reference responses' mean reward 0")
+
+
+@dataclass
+class RMConfig(TrainOptions, ModelOptions, _RMData):
+    """Reward model from comparisons (Bradley-Terry)."""
+
+    command = "rm"
+    lr: float = opt(5e-5, "peak learning rate (AdamW)")
+    epochs: int = opt(1, "passes over the training data (reward models overfit after about one)")
+    batch_size: int = opt(8, "prompts (with all their responses) per micro-batch on each process")
+    eval_every: int = opt(0, "evaluate every N steps; 0 = at the start and the end only")
+
+    def __post_init__(self):
+        if self.max_len < 8:
+            raise UserError(f"max_len must be at least 8, got {self.max_len}")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.center_coef < 0:
+            raise UserError("center_coef must be >= 0")
+        super().__post_init__()
+
+
+def default_backbone() -> str:
+    return DEFAULT_SFT if (Path(DEFAULT_SFT) / "config.json").exists() else "lab"
+
+
+def main(argv: list[str]) -> int:
+    run(parse(RMConfig, argv))
+    return 0
+
+
+def run(cfg: RMConfig) -> TrainResult:
+    """Validate the data, build tokenizer, batches and model, train, normalise, save."""
+    from rlhf.data import load_groups, load_sft, split
+    from rlhf.trainers.sft import lab_data
+
+    groups = load_groups(cfg.data or lab_data("prefs"))  # every row checked before anything is loaded
+    reference = load_sft(cfg.reference) if cfg.reference else None
+    train_g, val_g = split(groups, cfg.val_fraction, seed=cfg.seed)
+    cfg = replace(cfg, model=cfg.model or default_backbone())
+
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    from rlhf.chat import is_encoder
+    from rlhf.data import RewardBatcher
+    from rlhf.models import REWARD_OFFSET_KEY, load_reward_model, load_tokenizer, resolve
+
+    main_process = PartialState().is_main_process
+    quiet_transformers()
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))
+    batcher = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
+                            encoder=encoder)
+    val = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
+                        seed=cfg.seed, encoder=encoder) if val_g else None
+    if main_process and not cfg.quiet:
+        truncated = batcher.n_truncated + (val.n_truncated if val else 0)
+        note = f"; {truncated} responses cut to max_len={cfg.max_len}" if truncated else ""
+        print(f"rlhf rm: {batcher.n_pairs} training comparisons over {len(train_g)} prompts, "
+              f"{val.n_pairs if val else 0} for validation; backbone {cfg.model}{note}", file=sys.stderr)
+
+    set_seed(cfg.seed)  # the new score head and LoRA start the same in every process and run
+    model = load_reward_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
+                              pad_token_id=tokenizer.pad_token_id)
+    if main_process:
+        write_config(cfg, cfg.out)
+
+    def step(m, batch):
+        return rm_step(m, batch, use_margins=cfg.use_margins, center_coef=cfg.center_coef)
+
+    def save(plain):
+        if reference is not None:
+            prompts, responses = [ex.prompt for ex in reference], [ex.response for ex in reference]
+        else:
+            prompts, responses = training_responses(train_g)
+        extra = {"rlhf_stage": "rm", "rlhf_base_model": cfg.model}
+        if cfg.normalize:
+            raw = score(plain, tokenizer, prompts, responses, batch_size=cfg.batch_size * 2, max_len=cfg.max_len,
+                        raw=True)
+            extra[REWARD_OFFSET_KEY] = sum(raw) / len(raw)
+        save_reward_model(plain, tokenizer, cfg.out, extra)
+
+    result = train(model, batcher, step, train_options(cfg), out_dir=cfg.out,
+                   eval_fn=(lambda m: evaluate(m, val)) if val else None, save_fn=save,
+                   best_metric=[("accuracy", True), ("loss", False)], count_key="pairs")
+    if main_process and not cfg.quiet:
+        print(summary("rm", result), file=sys.stderr)
+    return result
+
+
+def _config(path: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def rewards_of(model, batch: dict):
+    """Scalar score of every row of a reward batch, (N,) float32."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits.squeeze(-1).float()
+
+
+def rm_step(model, batch: dict, *, use_margins: bool = True, center_coef: float = 0.0):
+    """Bradley-Terry over every comparison in the batch; each response was forwarded once."""
+    from rlhf.losses import bradley_terry_loss
+
+    rewards = rewards_of(model, batch)  # (N,)
+    pairs = batch["pairs"]  # (P, 2): (better row, worse row)
+    margins = batch["margins"] if use_margins and bool(batch["has_margin"].any()) else None
+    loss, metrics = bradley_terry_loss(rewards[pairs[:, 0]], rewards[pairs[:, 1]], margins, center_coef=center_coef)
+    return loss, {"accuracy": metrics["accuracy"], "margin": metrics["margin"], "pairs": float(len(pairs))}
+
+
+def evaluate(model, val) -> dict:
+    """Pairwise accuracy and Bradley-Terry loss (no margins) over every held-out comparison."""
+    import torch
+    import torch.nn.functional as F
+    from accelerate.utils import send_to_device
+
+    device = next(model.parameters()).device
+    diffs = []
+    for batch in val.batches(0):
+        batch = send_to_device(batch, device)
+        rewards = rewards_of(model, batch)
+        diffs.append(rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]])
+    diff = torch.cat(diffs)  # (P,) r_better - r_worse
+    return {"accuracy": float((diff > 0).float().mean()), "loss": float(-F.logsigmoid(diff).mean())}
+
+
+def training_responses(groups) -> tuple[list, list[str]]:
+    """Every distinct (prompt, response) of the groups: the default reference set."""
+    prompts, responses = [], []
+    for g in groups:
+        for r in g.responses:
+            prompts.append(g.prompt)
+            responses.append(r)
+    return prompts, responses
+
+
+def save_reward_model(plain, tokenizer, out: str, extra: dict) -> None:
+    from rlhf.models import save_model
+
+    plain.config.pad_token_id = tokenizer.pad_token_id  # where the score is read, for any loader
+    save_model(plain, tokenizer, out, extra=extra, keep=RUN_FILES)
+
+
+def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_size: int = 16, max_len: int = 512,
+          *, raw: bool = False) -> list[float]:
+    """Reward of each (prompt, response), normalised by the model's stored offset (`raw=True`: without it).
+
+    Prompts are strings or message lists; sequences are encoded exactly as in
+    training (`rlhf.chat.encode`, same truncation) and batched by length.
+    """
+    import torch
+
+    from rlhf.chat import as_messages, is_encoder
+    from rlhf.data import encode_all, pad_id, pad_sequences
+    from rlhf.models import reward_offset, unwrap_config
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not responses:
+        return []
+    encoder = is_encoder(unwrap_config(model))
+    seqs = encode_all(tokenizer, [(as_messages(p), r) for p, r in zip(prompts, responses)], max_len, encoder=encoder)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
+    device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
+    out = [0.0] * len(seqs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = pad_sequences([seqs[i] for i in chunk], pad)
+                values = rewards_of(model, {k: v.to(device) for k, v in batch.items()})
+                for i, v in zip(chunk, values.tolist()):
+                    out[i] = v
+    finally:
+        model.train(was_training)
+    offset = 0.0 if raw else reward_offset(model)
+    return [v - offset for v in out]
+
+
+# --- rlhf rm score ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreConfig:
+    """Print reward-model scores for prompt/response pairs, one per line."""
+
+    command = "rm score"
+    model: str = opt("runs/rm", "reward-model folder")
+    data: Optional[str] = opt(None, "rows with a prompt and a response ({prompt, response}, {messages}, ...)")
+    prompt: Optional[str] = opt(None, "one prompt (with --response)")
+    response: Optional[str] = opt(None, "one response (with --prompt)")
+    out: Optional[str] = opt(None, "also write the rows with their score to this JSONL file")
+    batch_size: int = opt(16, "sequences per forward pass")
+    max_len: int = opt(512, "longest prompt + response in tokens (the prompt is cut first)")
+    raw: bool = opt(False, "raw scores, without subtracting the stored offset")
+
+    def __post_init__(self):
+        if (self.data is None) == (self.prompt is None or self.response is None):
+            raise UserError("give either --data FILE or both --prompt and --response")
+        if self.batch_size < 1 or self.max_len < 8:
+            raise UserError("batch_size must be >= 1 and max_len >= 8")
+
+
+def score_main(argv: list[str]) -> int:
+    cfg = parse(ScoreConfig, argv)
+    if cfg.data is not None:
+        from rlhf.data import load_sft
+
+        rows = load_sft(cfg.data)
+        prompts, responses = [ex.prompt for ex in rows], [ex.response for ex in rows]
+    else:
+        prompts, responses = [cfg.prompt], [cfg.response]
+
+    from rlhf.models import load_reward_model, load_tokenizer, resolve
+
+    quiet_transformers()
+    architectures = getattr(_config(resolve(cfg.model), False), "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{cfg.model}: not a reward model (architecture {', '.join(architectures) or 'unknown'}); "
+                        "train one with `rlhf rm`")
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_reward_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
+    scores = score(model, tokenizer, prompts, responses, batch_size=cfg.batch_size, max_len=cfg.max_len, raw=cfg.raw)
+    if cfg.out:
+        from rlhf.files import write_jsonl
+
+        write_jsonl(cfg.out, [{"prompt": p, "response": r, "score": s} for p, r, s in zip(prompts, responses, scores)])
+    print("\n".join(f"{s:.6f}" for s in scores))
+    return 0

@@ -1,0 +1,224 @@
+"""`rlhf rm` and `rlhf rm score` on tiny models: learning, normalisation, HF round trip, encoders, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from rlhf.cli import main as cli_main
+from rlhf.metrics import read_metrics
+
+WORDS = ["cat", "dog", "sun", "tree", "sky", "box", "cup", "hat"]
+
+
+def write_prefs(path, n=60, seed=0):
+    """An easy task: the better response ends in "blue", the worse in "red" (rankings: blue > green > red).
+
+    Filler words are random, so only the colour tells the responses apart.
+    Every fourth prompt is a ranking of three responses, the rest pairs.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 4 == 0:
+            colours = ["blue", "green", "red"]
+            responses = [" ".join(rng.sample(WORDS, 2) + [c]) for c in colours]
+            perm = rng.sample(range(3), 3)  # shuffled positions; ranking lists them best first
+            rows.append({"prompt": f"Tell me thing {i}.", "responses": [responses[j] for j in perm],
+                         "ranking": sorted(range(3), key=lambda k: perm[k])})
+        else:
+            rows.append({"prompt": f"Tell me thing {i}.", "chosen": " ".join(rng.sample(WORDS, 2) + ["blue"]),
+                         "rejected": " ".join(rng.sample(WORDS, 2) + ["red"])})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rm_args(model, data, out, *extra):
+    return ["rm", "--model", str(model), "--data", str(data), "--out", str(out), "--lr", "3e-3", "--epochs", "3",
+            "--batch-size", "4", "--val-fraction", "0.2", "--eval-every", "10", "--save-every", "0",
+            "--warmup-ratio", "0", "--threads", "1", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("rm")
+    data = write_prefs(root / "prefs.jsonl")
+    out = root / "rm"
+    assert cli_main(rm_args(tiny_model_dir, data, out)) == 0
+    return data, out
+
+
+def train_pairs(data, val_fraction=0.2, seed=0):
+    from rlhf.data import load_groups, split
+
+    train_g, _ = split(load_groups(data), val_fraction, seed=seed)
+    return train_g, [(g.prompt, g.responses[b], g.responses[w]) for g in train_g for b, w, _ in g.pairs]
+
+
+def load_rm(out):
+    from rlhf.models import load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(str(out))
+    return load_reward_model(str(out), pad_token_id=tok.pad_token_id), tok
+
+
+def test_rm_learns_an_easy_task(trained):
+    from rlhf.trainers.rm import score
+
+    data, out = trained
+    rows = read_metrics(out / "metrics.jsonl")
+    evals = [r for r in rows if "eval_accuracy" in r]
+    # a fresh head gives rewards near 0, so the Bradley-Terry loss starts near ln 2 = 0.693
+    assert abs(evals[0]["eval_loss"] - math.log(2)) < 0.1
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.3
+    assert max(e["eval_accuracy"] for e in evals) >= 0.9
+    model, tok = load_rm(out)
+    _, pairs = train_pairs(data)
+    # 45 pair prompts + 15 rankings x 3 comparisons; the 80% kept for training
+    assert len(pairs) > 50
+    better = score(model, tok, [p for p, _, _ in pairs], [b for _, b, _ in pairs])
+    worse = score(model, tok, [p for p, _, _ in pairs], [w for _, _, w in pairs])
+    accuracy = sum(b > w for b, w in zip(better, worse)) / len(pairs)
+    assert accuracy > 0.9, accuracy
+
+
+def test_reference_responses_average_zero_and_raw_scores_keep_the_offset(trained):
+    from rlhf.models import REWARD_OFFSET_KEY
+    from rlhf.trainers.rm import score, training_responses
+
+    data, out = trained
+    model, tok = load_rm(out)
+    offset = getattr(model.config, REWARD_OFFSET_KEY)
+    train_g, _ = train_pairs(data)
+    prompts, responses = training_responses(train_g)
+    normalised = score(model, tok, prompts, responses, batch_size=5)
+    raw = score(model, tok, prompts, responses, batch_size=7, raw=True)
+    assert abs(sum(normalised) / len(normalised)) < 1e-5
+    assert abs(offset) > 1e-3  # a real shift happened, so the check above is not trivially true
+    for n, r in zip(normalised, raw):
+        assert n == pytest.approx(r - offset, abs=1e-5)
+
+
+def test_saved_folder_round_trips_through_auto_model(trained):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf.chat import encode
+    from rlhf.trainers.rm import score
+
+    data, out = trained
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert hf.config.num_labels == 1
+    model, our_tok = load_rm(out)
+    _, pairs = train_pairs(data)
+    prompts = [p for p, _, _ in pairs[:6]] * 2
+    responses = [b for _, b, _ in pairs[:6]] + [w for _, _, w in pairs[:6]]
+    ours = score(model, our_tok, prompts, responses, batch_size=4, raw=True)  # padded batches
+    with torch.no_grad():
+        for p, r, mine in zip(prompts, responses, ours):
+            ids = encode(tok, p, r, 512).input_ids  # one unpadded sequence at a time
+            raw = hf(input_ids=torch.tensor([ids])).logits[0, 0].item()
+            assert raw == pytest.approx(mine, abs=1e-5)
+    normalised = score(model, our_tok, prompts, responses)
+    for i in range(6):  # a shift changes no comparison
+        assert (ours[i] > ours[i + 6]) == (normalised[i] > normalised[i + 6])
+
+
+def test_rm_score_command(trained, tmp_path, capsys):
+    from rlhf.trainers.rm import score
+
+    _, out = trained
+    model, tok = load_rm(out)
+    want = score(model, tok, ["Tell me thing 3.", "Tell me thing 3."], ["cat dog blue", "cat dog red"])
+    assert cli_main(["rm", "score", "--model", str(out), "--prompt", "Tell me thing 3.",
+                     "--response", "cat dog blue"]) == 0
+    assert float(capsys.readouterr().out) == pytest.approx(want[0], abs=1e-5)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "Tell me thing 3.", "response": "cat dog blue"}) + "\n"
+                    + json.dumps({"prompt": "Tell me thing 3.", "response": "cat dog red"}) + "\n")
+    assert cli_main(["rm", "score", "--model", str(out), "--data", str(rows), "--out", str(tmp_path / "s.jsonl")]) == 0
+    printed = [float(x) for x in capsys.readouterr().out.split()]
+    assert printed == pytest.approx(want, abs=1e-5) and printed[0] > printed[1]
+    written = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [w["score"] for w in written] == pytest.approx(want, abs=1e-5)
+
+
+def test_rm_score_refuses_a_model_that_is_not_a_reward_model(tiny_model_dir, capsys):
+    assert cli_main(["rm", "score", "--model", tiny_model_dir, "--prompt", "a", "--response", "b"]) == 2
+    assert "not a reward model" in capsys.readouterr().err
+    assert cli_main(["rm", "score", "--model", tiny_model_dir, "--prompt", "a"]) == 2
+
+
+def build_tiny_bert(path):
+    """A random 2-layer BERT with a WordPiece tokenizer trained on the task's words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    corpus = [" ".join(WORDS + ["blue", "green", "red", "tell", "me", "thing", "human", "assistant"])] * 5
+    corpus += [f"Tell me thing {i}." for i in range(100)]
+    wp.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=120, special_tokens=specials))
+    wp.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", wp.token_to_id("[CLS]")), ("[SEP]", wp.token_to_id("[SEP]"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=1,
+                     pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_encoder_backbone_trains_and_round_trips(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf.chat import encode
+    from rlhf.trainers.rm import score
+
+    bert = build_tiny_bert(tmp_path / "bert")
+    data = write_prefs(tmp_path / "prefs.jsonl")
+    out = tmp_path / "rm"
+    assert cli_main(rm_args(bert, data, out)) == 0
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.2 and evals[-1]["eval_accuracy"] >= 0.8
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert type(hf).__name__ == "BertForSequenceClassification"
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = encode(tok, "Tell me thing 3.", "cat dog blue", 128, encoder=True).input_ids
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    with torch.no_grad():
+        raw = hf(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    model, our_tok = load_rm(out)
+    ours = score(model, our_tok, ["Tell me thing 3.", "Tell me thing 5."], ["cat dog blue", "sun hat blue tree"],
+                 raw=True)
+    assert ours[0] == pytest.approx(raw, abs=1e-5)
+
+
+def test_bad_comparisons_fail_fast_and_write_nothing(tmp_path, capsys):
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    out = tmp_path / "never"
+    assert cli_main(["rm", "--model", str(tmp_path / "no-model"), "--data", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf: prefs.jsonl:2:") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_default_backbone_is_the_sft_output_when_there_is_one(tmp_path, monkeypatch):
+    from rlhf.trainers.rm import default_backbone
+
+    monkeypatch.chdir(tmp_path)
+    assert default_backbone() == "lab"
+    (tmp_path / "runs/sft").mkdir(parents=True)
+    (tmp_path / "runs/sft/config.json").write_text("{}")
+    assert default_backbone() == "runs/sft"
