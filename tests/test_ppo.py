@@ -37,7 +37,8 @@ def tiny_rm(tok, seed=1):
 
     lm = tiny_lm(tok, seed)
     torch.manual_seed(seed)
-    rm = LlamaForSequenceClassification(lm.config.__class__(**{**lm.config.to_dict(), "num_labels": 1}))
+    cfg = {k: v for k, v in lm.config.to_dict().items() if k not in ("id2label", "label2id")}
+    rm = LlamaForSequenceClassification(lm.config.__class__(**cfg, num_labels=1))
     rm.config.pad_token_id = tok.pad_token_id
     return rm.eval()
 
@@ -238,7 +239,7 @@ def _cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra):
             *extra]
 
 
-@pytest.mark.parametrize("extra", [[], ["--value_model", "critic", "--lora_r", "4"]], ids=["head", "critic+lora"])
+@pytest.mark.parametrize("extra", [[], ["--value_model", "critic", "--lora_r", "4", "--lr", "3e-2"]], ids=["head", "critic+lora"])
 def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extra, capsys):
     out = tmp_path / "ppo"
     assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra)) == 0
@@ -246,8 +247,8 @@ def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extr
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for name in PPO_NAMES:
         assert all(name in r for r in rows[1:]), name
-    assert "eval/win_rate" in rows[2] and "eval/proxy" in rows[0] and "eval/win_rate" in rows[3]
-    assert rows[0]["eval/win_rate"] == 0.5  # the SFT model against itself: all ties
+    assert "eval/proxy" in rows[0] and "eval/win_rate" in rows[2] and "eval/win_rate" in rows[3]
+    assert rows[0]["eval/ties"] == 1.0 and "eval/win_rate" not in rows[0]  # the SFT model against itself
     assert (out / "config.json").exists() and list(out.glob("*.safetensors"))
     assert not (out / "adapter_config.json").exists()  # LoRA merged
     from transformers import AutoModelForCausalLM

@@ -87,7 +87,6 @@ class PPOConfig:
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); with LoRA the reference is the adapter disabled")
     lora_alpha: int = opt(16, "LoRA alpha")
     lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules")
-    dtype: Literal["float32", "bfloat16"] = opt("float32", "model weights dtype")
 
     temperature: float = opt(1.0, "sampling temperature (also divides the logits in training)")
     top_p: float = opt(1.0, "nucleus sampling; log-probs stay those of the full distribution")
@@ -273,6 +272,8 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
 
     if not prompts:
         raise UserError("ppo: no training prompts")
+    if reference is None and not hasattr(actor_critic.lm, "disable_adapter"):
+        raise ValueError("reference=None means 'the LoRA policy with its adapter disabled'; this policy has no adapter")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     hp = PPOHyper.from_config(cfg)

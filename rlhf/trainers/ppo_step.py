@@ -254,8 +254,8 @@ def ppo_update(actor_critic, optimizer, exp: Experience, hp: PPOHyper, *, genera
                      "policy/approx_kl": pm["approx_kl"], "policy/ratio": pm["ratio"],
                      "value/loss": vm["value_loss"], "value/clipfrac": vm["vf_clipfrac"]}
                 with torch.no_grad():
-                    t = hp.temperature if hp.temperature > 0 else 1.0
-                    m["entropy"] = float(masked_mean(entropy_from_logits(logits.detach() / t), mask))
+                    ent = entropy_from_logits(logits.detach(), hp.temperature if hp.temperature > 0 else 1.0)
+                    m["entropy"] = float(masked_mean(ent, mask))
                 if hp.ptx_coef > 0 and ptx_batches is not None:
                     ptx = next(ptx_batches)
                     out = actor_critic.lm(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"])
