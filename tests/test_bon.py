@@ -86,3 +86,45 @@ def test_a_reward_model_needs_its_tokenizer(tiny_policy):
     model, tok = tiny_policy
     with pytest.raises(TypeError, match="rm_tokenizer"):
         best_of_n(model, tok, model, None, PROMPTS, 2, max_new_tokens=2)
+
+
+def test_bon_command_writes_the_reward_models_favourites(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlhf.cli import main
+    from rlhf.models import load_causal_lm, load_reward_model
+    from rlhf.rollout import generate
+    from rlhf.trainers.rm import score
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_labels=1,
+                      pad_token_id=tiny_tokenizer.pad_token_id)
+    rm_dir = tmp_path / "rm"
+    LlamaForSequenceClassification(cfg).save_pretrained(rm_dir)
+    tiny_tokenizer.save_pretrained(rm_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS + ["Reverse the words: red cat."]))
+    out = tmp_path / "bon" / "rsft.jsonl"
+    n = 4
+    assert main(["bon", "--policy", tiny_model_dir, "--reward-model", str(rm_dir), "--prompts", str(prompts),
+                 "--n", str(n), "--max-new-tokens", "6", "--no-drop-unfinished", "--out", str(out), "--seed", "5",
+                 "--quiet"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    summary = json.loads((tmp_path / "bon" / "rsft.summary.json").read_text())
+    assert summary["kl_analytic"] == pytest.approx(math.log(4) - 0.75, abs=1e-9)
+    assert summary["reward/best"] >= summary["reward/mean"]
+
+    # the same candidates, scored independently: every written response is its prompt's argmax
+    policy = load_causal_lm(tiny_model_dir, dropout_off=True)
+    texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    ro = generate(policy, tiny_tokenizer, texts, max_new_tokens=6, seed=5, num_samples=n)
+    rm = load_reward_model(str(rm_dir), pad_token_id=tiny_tokenizer.pad_token_id)
+    scores = score(rm, tiny_tokenizer, [p for p in texts for _ in range(n)], ro.texts)
+    expected = []
+    for p, prompt in enumerate(texts):
+        group = scores[p * n:(p + 1) * n]
+        best = ro.texts[p * n + group.index(max(group))]
+        if best.strip():
+            expected.append({"prompt": prompt, "response": best})
+    assert rows == expected and rows

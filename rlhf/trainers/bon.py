@@ -171,6 +171,13 @@ def load_prompts(path: str) -> list:
     raise UserError(f"{path}: cannot read prompts (rlhf.data has no load_prompts)")
 
 
+def plain_prompt(prompt):
+    """A single user message as its text (how people write SFT files); a longer chat stays a message list."""
+    if isinstance(prompt, list) and len(prompt) == 1 and prompt[0].get("role") == "user":
+        return prompt[0]["content"]
+    return prompt
+
+
 def default_prompts(n: int, seed: int) -> list:
     from rlhf.lab.world import sample_tasks
 
@@ -222,7 +229,7 @@ def main(argv: list[str]) -> int:
                               seed=cfg.seed, unfinished_score=cfg.unfinished_score,
                               rm_batch_size=cfg.rm_batch_size, rm_max_len=cfg.max_len)
     elapsed = time.perf_counter() - start
-    rows = [{"prompt": p, "response": r}
+    rows = [{"prompt": plain_prompt(p), "response": r}
             for p, r, f in zip(cands.prompts, cands.chosen(), cands.chosen_finished())
             if r.strip() and (f or not cfg.drop_unfinished)]
     if not rows:
