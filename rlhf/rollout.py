@@ -157,11 +157,15 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = No
 
 
 def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperature: float, top_p: float,
-                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, generator=None):
+                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, generator=None, prune: bool = True):
     """KV-cached sampling for one left-padded batch.
 
     Returns (response_ids (B, L), response_mask (B, L), logprobs (B, L), finished (B,)),
     L <= max_new_tokens (the loop stops once every row has emitted EOS).
+
+    With `prune`, rows that have finished leave the batch (and the KV cache)
+    once they are an eighth of it, so a few long responses do not keep every
+    short one stepping to the end.
     """
     import torch
 
@@ -173,11 +177,18 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     pos = position_ids_from_mask(attn)
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
-    next_pos = pos[:, -1:] + 1  # (B, 1)
-    done = torch.zeros(B, dtype=torch.bool)
-    tokens, logps, alive = [], [], []
+    cache = out.past_key_values
+    can_prune = prune and hasattr(cache, "batch_select_indices")
+    next_pos = pos[:, -1:] + 1  # (b, 1)
+    response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
+    logprobs = torch.zeros((B, max_new_tokens))
+    mask = torch.zeros((B, max_new_tokens), dtype=torch.long)
+    finished = torch.zeros(B, dtype=torch.bool)
+    rows = torch.arange(B)  # the original row of each row still in the batch
+    live = torch.ones(B, dtype=torch.bool)  # not finished, among the rows still in the batch
+    length = 0
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()  # (B, V)
+        logits = out.logits[:, -1, :].float()  # (b, V)
         logp = torch.log_softmax(logits / scale, dim=-1)
         if greedy:
             tok = logits.argmax(-1)
@@ -187,23 +198,28 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
                 probs = _top_p_filter(probs, top_p)
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-        live = ~done
-        tok = torch.where(live, tok, torch.full_like(tok, pad_id))
-        tokens.append(tok)
-        logps.append(torch.where(live, lp, torch.zeros_like(lp)))
-        alive.append(live)
-        done = done | torch.isin(tok, eos)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        idx = rows[live]
+        response[idx, step] = tok[live]
+        logprobs[idx, step] = lp[live]
+        mask[idx, step] = 1
+        length = step + 1
+        ended = live & torch.isin(tok, eos)
+        finished[rows[ended]] = True
+        live = live & ~ended
+        if not bool(live.any()) or step == max_new_tokens - 1:
             break
-        # Finished rows keep stepping (batch shapes stay fixed) on pad tokens nobody reads.
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                    past_key_values=out.past_key_values, use_cache=True)
+        # Finished rows still in the batch step on pad tokens nobody reads.
+        tok = torch.where(live, tok, torch.full_like(tok, pad_id))
+        if can_prune and int((~live).sum()) * 8 >= len(live):
+            keep = live.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            attn, next_pos, tok, rows, live = attn[keep], next_pos[keep], tok[keep], rows[keep], live[keep]
+        attn = torch.cat([attn, torch.ones((attn.size(0), 1), dtype=attn.dtype)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True)
+        cache = out.past_key_values
         next_pos = next_pos + 1
-    if not tokens:
-        empty = torch.zeros((B, 0), dtype=torch.long)
-        return empty, empty.clone(), torch.zeros((B, 0)), done
-    return (torch.stack(tokens, 1), torch.stack(alive, 1).long(), torch.stack(logps, 1), done)
+    return response[:, :length], mask[:, :length], logprobs[:, :length], finished
 
 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temperature: float = 1.0,

@@ -138,3 +138,30 @@ def test_top_p_keeps_only_the_nucleus():
     assert (_top_p_filter(probs, 0.75) > 0).tolist() == [[True, True, False, False]]
     assert (_top_p_filter(probs, 0.85) > 0).tolist() == [[True, True, True, False]]
     assert (_top_p_filter(probs, 0.01) > 0).tolist() == [[True, False, False, False]]
+
+
+def test_pruning_finished_rows_changes_nothing(tiny):
+    """Rows that finish early leave the batch and its KV cache; the others must not notice."""
+    from rlhf.rollout import _encode_prompts, _left_pad, sample_batch
+
+    model, tok = tiny
+    wrapped = EosAt(model, tok.eos_token_id, at=18)  # prompts of different lengths finish at different steps
+    rows, _ = _encode_prompts(tok, PROMPTS, 1024)
+    q_ids, q_mask = _left_pad(rows, tok.pad_token_id)
+    kw = dict(max_new_tokens=10, temperature=0.0, top_p=1.0, do_sample=False, eos_ids=[tok.eos_token_id],
+              pad_id=tok.pad_token_id)
+    pruned = sample_batch(wrapped, q_ids, q_mask, prune=True, **kw)
+    full = sample_batch(wrapped, q_ids, q_mask, prune=False, **kw)
+    assert pruned[3].any() and not pruned[3].all()
+    for a, b in zip(pruned[:2] + pruned[3:], full[:2] + full[3:]):
+        assert torch.equal(a, b)
+    assert torch.allclose(pruned[2], full[2], atol=1e-5, rtol=0)
+
+
+def test_sampled_logprobs_match_when_rows_finish_early(tiny):
+    model, tok = tiny
+    wrapped = EosAt(model, tok.eos_token_id, at=18)
+    r = generate(wrapped, tok, PROMPTS, max_new_tokens=10, temperature=0.8, batch_size=5, seed=1)
+    assert r.finished.any() and not r.finished.all()
+    lp = sequence_logprobs(wrapped, r.input_ids, r.attention_mask, r.response_mask, 0.8)
+    assert torch.allclose(lp, r.logprobs, atol=1e-5, rtol=0)
