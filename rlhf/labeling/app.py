@@ -371,8 +371,12 @@ class LoginThrottle:
             return len(self._recent(key, time.monotonic())) >= self.limit
 
     def failed(self, key: str) -> None:
+        now = time.monotonic()
         with self.lock:
-            self._recent(key, time.monotonic()).append(time.monotonic())
+            if len(self.fails) > 10_000:  # many made-up names: forget the ones that went quiet
+                for k in [k for k in self.fails if not self._recent(k, now)]:
+                    del self.fails[k]
+            self._recent(key, now).append(now)
 
     def reset(self, key: str) -> None:
         with self.lock:

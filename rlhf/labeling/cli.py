@@ -198,9 +198,12 @@ def _password(cfg: UserConfig) -> str:
             raise UserError(f"--password-env {cfg.password_env}: that environment variable is empty")
         return value
     if sys.stdin.isatty():
-        first = getpass.getpass(f"password for {cfg.name}: ")
-        if getpass.getpass("again: ") != first:
-            raise UserError("the two passwords differ")
+        try:
+            first = getpass.getpass(f"password for {cfg.name}: ")
+            if getpass.getpass("again: ") != first:
+                raise UserError("the two passwords differ")
+        except EOFError:
+            raise UserError("no password given") from None
         return first
     line = sys.stdin.readline().rstrip("\n")
     if not line:
