@@ -347,6 +347,25 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
 # --- pieces -----------------------------------------------------------------------------------------------
 
 
+def multi_cpu() -> bool:
+    """Several processes (torchrun, accelerate launch) on a machine with no GPU.
+
+    accelerate only sets up gloo on CPU when asked to (`accelerate launch
+    --cpu`); under a plain `torchrun` it would silently run every process
+    alone. This makes both work.
+    """
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's view of this process (rank, main process), set up the way `train` will use it."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=multi_cpu())
+
+
 def make_accelerator(opts: TrainOptions):
     import logging
 
@@ -365,7 +384,7 @@ def make_accelerator(opts: TrainOptions):
         # The scheduler is stepped once per optimizer step by the loop itself:
         # accelerate's default would step it once per process.
         return Accelerator(gradient_accumulation_steps=opts.grad_accum, mixed_precision=opts.mixed_precision,
-                           step_scheduler_with_optimizer=False)
+                           step_scheduler_with_optimizer=False, cpu=multi_cpu())
     except ValueError as e:  # e.g. fp16 requested without a GPU
         raise UserError(f"mixed_precision={opts.mixed_precision}: {e}") from None
 

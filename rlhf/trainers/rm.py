@@ -35,7 +35,8 @@ from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import RUN_FILES, ModelOptions, TrainOptions, TrainResult, train, train_options
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, train,
+                                train_options)
 from rlhf.trainers.sft import quiet_transformers, summary, write_config
 
 DEFAULT_SFT = "runs/sft"
@@ -94,14 +95,13 @@ def run(cfg: RMConfig) -> TrainResult:
     train_g, val_g = split(groups, cfg.val_fraction, seed=cfg.seed)
     cfg = replace(cfg, model=cfg.model or default_backbone())
 
-    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from rlhf.chat import is_encoder
     from rlhf.data import RewardBatcher
     from rlhf.models import REWARD_OFFSET_KEY, load_reward_model, load_tokenizer, resolve
 
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     quiet_transformers()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))

@@ -21,7 +21,8 @@ from typing import Optional
 
 from rlhf.config import opt, parse, to_dict
 from rlhf.errors import UserError
-from rlhf.trainers.loop import RUN_FILES, ModelOptions, TrainOptions, TrainResult, train, train_options
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, train,
+                                train_options)
 
 
 @dataclass
@@ -64,12 +65,11 @@ def run(cfg: SFTConfig) -> TrainResult:
     examples = load_sft(data)  # every row checked before anything is loaded or written
     train_ex, val_ex = split(examples, cfg.val_fraction, seed=cfg.seed)
 
-    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from rlhf.models import load_causal_lm, load_tokenizer
 
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     quiet_transformers()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     batcher = SFTBatcher(tokenizer, train_ex, max_len=cfg.max_len, batch_size=cfg.batch_size, pack=cfg.packing,
