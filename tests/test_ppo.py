@@ -231,6 +231,13 @@ def prompt_file(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "sft.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "response": "5."}) + "\n" for p in PROMPTS))
+    return str(path)
+
+
 def _cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra):
     return ["--policy", tiny_model_dir, "--reward_model", tiny_rm_dir, "--prompts", prompt_file,
             "--eval_prompts", prompt_file, "--reference_text", "none", "--out", str(out), "--rollout_batch_size", "4",
@@ -256,6 +263,24 @@ def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extr
     AutoModelForCausalLM.from_pretrained(out)
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
     assert {s["step"] for s in samples} == {0, 2, 3} and "sft_response" in samples[0]
+
+
+def test_cli_options_ptx_k3_normalisation_early_stop(tiny_model_dir, tiny_rm_dir, prompt_file, sft_file, tmp_path):
+    out = tmp_path / "ppo"
+    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, "--ptx_coef", "0.5", "--ptx_data", sft_file,
+                     "--kl_estimator", "k3", "--reward_norm", "--reward_clip", "0.5", "--target_kl", "1e-9",
+                     "--ppo_epochs", "3", "--kl_target", "0.001", "--kl_horizon", "4")) == 0
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")][1:]
+    assert all(r["ptx/loss"] > 0 for r in rows)
+    assert all(abs(r["reward/shaped"]) <= 0.5 for r in rows)  # normalised then clipped
+    # approx_kl is measured before each step: 0 on the first minibatch, past 1e-9 on the second,
+    # which ends the update (of 3 epochs x 2 minibatches)
+    assert all(r["policy/early_stop"] == 1.0 and r["policy/minibatches"] == 2.0 for r in rows)
+    # adaptive beta: next = beta * (1 + clip(kl / 0.001 - 1, -0.2, 0.2) * 4 episodes / horizon 4)
+    for a, b in zip(rows, rows[1:]):
+        error = min(max(a["kl/ref"] / 0.001 - 1, -0.2), 0.2)
+        assert abs(b["beta"] - a["beta"] * (1 + error)) < 1e-9
+    assert rows[0]["beta"] == 0.05 and rows[1]["beta"] != 0.05
 
 
 def test_resume_continues_exactly(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path):
