@@ -124,11 +124,20 @@ def reference_mode(policy_lm, reference):
 
 @torch.no_grad()
 def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
-    """Old log-probs, values and reference log-probs for a rollout, in chunks. Each (B, T)."""
+    """Old log-probs, values and reference log-probs for a rollout, in chunks. Each (B, T).
+
+    With a value head one policy forward gives the old log-probs and the values
+    (and checks the sampler's log-probs). With a separate critic the sampler's
+    log-probs are the old ones (they equal the training forward's to ~1e-6,
+    `tests/test_rollout.py`), which saves a policy forward.
+    """
+    from rlhf.value import PolicyAndCritic
+
     B, T = rollout.response_ids.shape
     n_query = rollout.query_ids.size(1)
     ids, attn = rollout.input_ids, rollout.attention_mask
-    old = torch.zeros(B, T)
+    separate_critic = isinstance(actor_critic, PolicyAndCritic)
+    old = rollout.logprobs.clone() if separate_critic else torch.zeros(B, T)
     ref = torch.zeros(B, T)
     values = torch.zeros(B, T)
     mask = rollout.response_mask.float()
@@ -139,9 +148,12 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
             rows = slice(s, s + hp.forward_batch_size)
             i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
             labels = i[:, nq:]
-            logits, v = actor_critic(i, a, nq)
-            old[rows, rc] = _lp(logits, labels, hp.temperature)
-            values[rows, rc] = v.float()
+            if separate_critic:
+                values[rows, rc] = actor_critic.critic(i, a, nq).float()
+            else:
+                logits, v = actor_critic(i, a, nq)
+                old[rows, rc] = _lp(logits, labels, hp.temperature)
+                values[rows, rc] = v.float()
             with reference_mode(actor_critic.lm, reference) as ref_model:
                 ref_logits, _ = response_logits(ref_model, i, a, nq)
             ref[rows, rc] = _lp(ref_logits, labels, hp.temperature)
