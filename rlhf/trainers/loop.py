@@ -145,6 +145,7 @@ class TrainerState:
     best: float | None = None  # the best value of the first criterion
     best_key: list[float] | None = None  # every criterion, signed so that larger is better
     best_step: int | None = None
+    best_eval: dict | None = None  # every metric of the best evaluation
     bad_evals: int = 0
     last_eval_step: int | None = None
 
@@ -157,6 +158,7 @@ class TrainResult:
     eval: dict = field(default_factory=dict)  # last evaluation, keys "eval_*"
     best: float | None = None
     best_step: int | None = None
+    best_eval: dict = field(default_factory=dict)  # the evaluation of the kept weights when keep_best
     stopped_early: bool = False
     out_dir: str = ""
     model: Any = None  # the trained model, unwrapped (best weights when keep_best)
@@ -242,6 +244,7 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
             key = [metrics[k] if higher else -metrics[k] for k, higher in criteria]
             if state.best_key is None or key > state.best_key:  # lexicographic: ties go to the next criterion
                 state.best, state.best_key, state.best_step, state.bad_evals = metrics[criteria[0][0]], key, step, 0
+                state.best_eval = {f"eval_{k}": v for k, v in metrics.items()}
                 _save_best(accelerator, model, ckpt_root)
             else:
                 state.bad_evals += 1
@@ -340,7 +343,8 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
             save_model(plain, None, out, keep=RUN_FILES)
     accelerator.wait_for_everyone()
     return TrainResult(steps=step, epoch=round(step / steps_per_epoch, 4), loss=last_loss, eval=last_eval,
-                       best=state.best, best_step=state.best_step, stopped_early=stopped_early,
+                       best=state.best, best_step=state.best_step, best_eval=state.best_eval or {},
+                       stopped_early=stopped_early,
                        out_dir=str(out), model=plain)
 
 

@@ -180,7 +180,7 @@ def evaluate(model, val) -> dict:
         rewards = rewards_of(model, batch)
         diffs.append(rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]])
     diff = torch.cat(diffs)  # (P,) r_better - r_worse
-    return {"accuracy": float((diff > 0).float().mean()), "loss": float(-F.logsigmoid(diff).mean())}
+    return {"accuracy": float((diff > 0).double().mean()), "loss": float(-F.logsigmoid(diff.double()).mean())}
 
 
 def training_responses(groups) -> tuple[list, list[str]]:

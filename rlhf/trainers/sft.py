@@ -183,8 +183,9 @@ def summary(stage: str, result: TrainResult) -> str:
         parts.append(f"train loss {result.loss:.4f}")
     if result.eval:
         parts.append(", ".join(f"{k} {v:.4g}" for k, v in result.eval.items()))
-    if result.best_step is not None:
-        parts.append(f"best at step {result.best_step}")
+    if result.best_step is not None and result.best_step != result.steps:
+        kept = ", ".join(f"{k} {v:.4g}" for k, v in result.best_eval.items())
+        parts.append(f"kept the best evaluation, step {result.best_step} ({kept})")
     if result.stopped_early:
         parts.append("stopped early")
     return "; ".join(parts) + f"; saved {result.out_dir}"
