@@ -224,3 +224,17 @@ def test_create_by_sampling_a_model(tmp_path, tiny_model_dir, capsys):
         # the sampler's name and sample number are stored (never shown to annotators)
         assert all(m.startswith(os.path.basename(tiny_model_dir) + "#") for m in item.models)
     assert rlhf_main(["label", "create", str(tmp_path / "t.db"), "--prompts", str(prompts)]) == 2
+
+
+def test_transcript_rows_are_read_through_rlhf_data(tmp_path):
+    f = tmp_path / "hh.jsonl"
+    f.write_text(json.dumps({"chosen": "\n\nHuman: hi there\n\nAssistant: Hello! How can I help?",
+                             "rejected": "\n\nHuman: hi there\n\nAssistant: Go away."}) + "\n")
+    (item,) = read_items(str(f), "pairwise")
+    assert item.prompt == [{"role": "user", "content": "hi there"}]
+    assert item.responses == ["Hello! How can I help?", "Go away."] and item.gold is None
+    (gold,) = read_items(str(f), "pairwise", gold=True)
+    assert gold.gold == "a" and gold.uid == "hh.jsonl:1"
+    f.write_text(json.dumps({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}) + "\n")
+    with pytest.raises(UserError, match=r"^hh.jsonl:1: "):
+        read_items(str(f), "pairwise")

@@ -100,18 +100,48 @@ def _gold_ranking(path, n, row, k: int, force: bool):
 
 
 def read_items(path: str, mode: str, *, gold: bool = False) -> list[ItemSpec]:
-    """Item specs from a responses file; `gold=True` makes every row a gold item."""
-    specs: list[ItemSpec] = []
-    seen: set[str] = set()
-    for n, row in _read_jsonl(path):
+    """Item specs from a responses file; `gold=True` makes every row a gold item.
+
+    Rows without a `prompt` (Anthropic HH transcripts, TRL implicit-prompt
+    conversations) and non-JSONL files (.json, .csv, .parquet) are read by
+    `rlhf.data`, which knows those formats; their `chosen` (or ranking) is the
+    gold answer when `gold=True` and is otherwise not used.
+    """
+    rows = list(_read_jsonl(path)) if path.endswith(".jsonl") else None
+    if rows is None or any("prompt" not in row for _, row in rows):
+        return _items(_rows_from_rlhf_data(path, gold), mode)
+    out, seen = [], set()
+    for n, row in rows:
         prompt = _prompt(path, n, row)
         texts, models = _responses(path, n, row)
         uid = str(row.get("id", f"{Path(path).stem}:{n}"))
         if uid in seen:
             raise bad_row(path, n, f'"id" {uid!r} appears twice')
         seen.add(uid)
-        group = str(row.get("group", uid))
         ranking = _gold_ranking(path, n, row, len(texts), gold)
+        out.append((uid, str(row.get("group", uid)), prompt, texts, models, ranking))
+    return _items(out, mode)
+
+
+def _rows_from_rlhf_data(path: str, gold: bool) -> list[tuple]:
+    from rlhf.data.load import load_preferences
+    from rlhf.data.records import Preference
+
+    out = []
+    for rec in load_preferences(path):  # every row checked, errors name file and line
+        if isinstance(rec, Preference):
+            texts, ranking = [rec.chosen, rec.rejected], [0, 1]
+        else:
+            texts, ranking = list(rec.responses), list(rec.ranking)
+        uid = rec.origin
+        out.append((uid, uid, rec.prompt, texts, [None] * len(texts), ranking if gold else None))
+    return out
+
+
+def _items(rows: list[tuple], mode: str) -> list[ItemSpec]:
+    """(uid, group, prompt, texts, models, gold ranking or None) -> items; pairwise mode makes one per pair."""
+    specs: list[ItemSpec] = []
+    for uid, group, prompt, texts, models, ranking in rows:
         if mode == "ranking":
             specs.append(ItemSpec(uid, group, prompt, texts, models, ranking))
             continue
@@ -121,7 +151,7 @@ def read_items(path: str, mode: str, *, gold: bool = False) -> list[ItemSpec]:
             pid = uid if len(pairs) == 1 else f"{uid}:{i}-{j}"
             specs.append(ItemSpec(pid, group, prompt, [texts[i], texts[j]], [models[i], models[j]], g))
     if not specs:
-        raise UserError(f"{path}: no items")
+        raise UserError("no items")
     return specs
 
 
