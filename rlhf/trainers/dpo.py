@@ -34,7 +34,6 @@ read them (why `logps/chosen` usually falls).
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Literal
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
 from rlhf.refcache import CACHE_FILE, blocks, response_logps
-from rlhf.trainers.loop import RUN_FILES, ModelOptions, TrainOptions, TrainResult, train, train_options
+from rlhf.trainers.loop import ModelOptions, TrainOptions, TrainResult, train, train_options
 
 # Per-loss default beta: DPO-style losses scale a log-ratio of whole
 # sequences (0.1, Rafailov et al.); SimPO scales a per-token average (2.0, Meng et al.).
@@ -161,7 +160,11 @@ def kto_step(beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weigh
 
 
 def evaluate_batches(model, batches, step_fn) -> dict:
-    """Mean of the step function's metrics over `batches`, weighted by their size (no grad)."""
+    """Means of the step function's metrics over all of `batches` (no grad).
+
+    Each batch counts by its number of items; KTO's `*/chosen` and
+    `*/rejected` means count by the batch's thumbs-up and thumbs-down rows.
+    """
     import torch
     from accelerate.utils import send_to_device
 
@@ -170,15 +173,23 @@ def evaluate_batches(model, batches, step_fn) -> dict:
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in batches:
-            moved = send_to_device(batch, device)
-            value, metrics = step_fn(model, moved)
+            value, metrics = step_fn(model, send_to_device(batch, device))
             n = float(batch["index"].numel())
+            up = float(batch["desirable"].sum()) if "desirable" in batch else None
             for k, v in {**metrics, "loss": float(value)}.items():
-                if k in ("pairs", "rows"):
+                if k in ("pairs", "rows", "rewards/margin"):
                     continue
-                totals[k] = totals.get(k, 0.0) + float(v) * n
-                weights[k] = weights.get(k, 0.0) + n
-    return {k: totals[k] / weights[k] for k in totals}
+                w = n
+                if up is not None and k.endswith("/chosen"):
+                    w = up
+                elif up is not None and k.endswith("/rejected"):
+                    w = n - up
+                totals[k] = totals.get(k, 0.0) + float(v) * w
+                weights[k] = weights.get(k, 0.0) + w
+    out = {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
+    if "rewards/chosen" in out and "rewards/rejected" in out:
+        out["rewards/margin"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return out
 
 
 # --- configs ------------------------------------------------------------------------------------------------
