@@ -105,13 +105,15 @@ def test_bon_command_writes_the_reward_models_favourites(tiny_model_dir, tiny_to
     tiny_tokenizer.save_pretrained(rm_dir)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS + ["Reverse the words: red cat."]))
-    out = tmp_path / "bon" / "rsft.jsonl"
+    out = tmp_path / "bon"
     n = 4
     assert main(["bon", "--policy", tiny_model_dir, "--reward-model", str(rm_dir), "--prompts", str(prompts),
                  "--n", str(n), "--max-new-tokens", "6", "--no-drop-unfinished", "--out", str(out), "--seed", "5",
                  "--quiet"]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    summary = json.loads((tmp_path / "bon" / "rsft.summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "rsft.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert [len(c["responses"]) for c in candidates] == [n, n, n]
     assert summary["kl_analytic"] == pytest.approx(math.log(4) - 0.75, abs=1e-9)
     assert summary["reward/best"] >= summary["reward/mean"]
 

@@ -65,6 +65,7 @@ class Candidates:
         return [self.finished[p * self.n + i] for p, i in enumerate(self.best)]
 
 
+RSFT_FILE = "rsft.jsonl"
 RewardFn = Callable[[list, list[str]], Sequence[float]]
 
 
@@ -132,7 +133,8 @@ class BonConfig:
                                     "preference file); default: lab training prompts")
     n_prompts: int = opt(0, "use only the first N prompts (0 = all)")
     n: int = opt(8, "candidates sampled per prompt")
-    out: str = opt("runs/bon/rsft.jsonl", "output JSONL of {prompt, response}, the best candidate per prompt")
+    out: str = opt("runs/bon", "output folder: rsft.jsonl (the best response per prompt, SFT data), "
+                               "candidates.jsonl (every candidate with its reward), summary.json")
     max_new_tokens: int = opt(64, "longest response in tokens")
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "nucleus sampling mass")
@@ -249,8 +251,13 @@ def main(argv: list[str]) -> int:
     if gold:
         summary.update(gold)
     out = Path(cfg.out)
-    write_jsonl(out, rows)
-    write_json(out.with_name(out.stem + ".summary.json"), {"config": to_dict(cfg), **summary})
+    candidates = [{"prompt": plain_prompt(p), "responses": cands.texts[i * cfg.n:(i + 1) * cfg.n],
+                   "scores": cands.scores[i * cfg.n:(i + 1) * cfg.n],
+                   "finished": cands.finished[i * cfg.n:(i + 1) * cfg.n], "best": b}
+                  for i, (p, b) in enumerate(zip(cands.prompts, cands.best))]
+    write_jsonl(out / "candidates.jsonl", candidates)
+    write_json(out / "summary.json", {"config": to_dict(cfg), **summary})
+    write_jsonl(out / RSFT_FILE, rows)  # last: its presence marks a complete run
     line = (f"best-of-{cfg.n} on {len(prompts)} prompts: reward {summary['reward/best']:+.3f} (one sample "
             f"{summary['reward/mean']:+.3f}), KL(best-of-N || policy) = log N - (N-1)/N = "
             f"{summary['kl_analytic']:.3f} nats")
@@ -258,5 +265,6 @@ def main(argv: list[str]) -> int:
         line += f", gold {gold['gold/best']:+.3f} (one sample {gold['gold/single']:+.3f})"
     print(line)
     if not cfg.quiet:
-        print(f"wrote {len(rows)} rows to {out} ({summary['samples_per_s']:.1f} samples/s)", file=sys.stderr)
+        print(f"wrote {len(rows)} rows of SFT data to {out / RSFT_FILE} ({summary['samples_per_s']:.1f} "
+              f"samples/s)", file=sys.stderr)
     return 0
