@@ -569,17 +569,20 @@ def write_eval_report(result: dict, out_dir: str, n_samples: int = 20):
     comp = result.get("comparison")
     for k, m in result["models"].items():
         row = {"model": label[k]}
+        if comp:  # the win rate is A's over B: B's cell stays empty
+            row["win_rate"] = comp["win_rate"] if k == "A" else None
+            if k == "A":
+                row.update(ci_low=comp["ci_low"], ci_high=comp["ci_high"])
         for key in ("gold", "reward", "kl", "length", "no_eos_frac", "ppl"):
             if m.get(key) is not None:
                 row[key] = m[key]
-        if comp and k == "A":
-            row.update(win_rate=comp["win_rate"], ci_low=comp["ci_low"], ci_high=comp["ci_high"])
         rows.append(row)
     samples = []
     for s in result["samples"][:n_samples]:
         keys = [k for k in result["models"] if f"response_{k.lower()}" in s]
         samples.append({"prompt": s["prompt"], "responses": {label[k]: s[f"response_{k.lower()}"] for k in keys},
-                        "scores": {label[k]: s[f"gold_{k.lower()}"] for k in keys if f"gold_{k.lower()}" in s}})
+                        "scores": {label[k]: s[f"gold_{k.lower()}"] for k in keys if f"gold_{k.lower()}" in s},
+                        "score_name": "gold"})
     stages = [{"name": label[k], "path": m["name"]} for k, m in result["models"].items()
               if (Path(m["name"]) / "metrics.jsonl").exists()]
     notes = [f"A = {result['model_a']}"] + ([f"B = {result['model_b']}"] if result.get("model_b") else [])

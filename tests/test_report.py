@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from rlhf.observe.plots import numeric_keys, plot_metrics, read_alarms, read_metrics, series
 from rlhf.observe.report import cell, table_columns, write_report
 
@@ -125,3 +127,11 @@ def test_report_inline_images_and_empty_stage(tmp_path):
 def test_interval_bounds_shade_their_metric_instead_of_own_panels():
     rows = [{"step": s, "eval/win_rate": 0.6, "eval/win_rate_lo": 0.5, "eval/win_rate_hi": 0.7} for s in (1, 2)]
     assert numeric_keys(rows) == ["eval/win_rate"]
+
+
+def test_ema_is_bias_corrected():
+    from rlhf.observe.plots import ema
+
+    assert ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    # step 2: (0.9 * 0.1 * 1 + 0.1 * 3) / (1 - 0.81) = 0.39 / 0.19
+    assert ema([1.0, 3.0], 0.9) == pytest.approx([1.0, 0.39 / 0.19])

@@ -110,6 +110,17 @@ def numeric_keys(rows: Sequence[dict], preferred: Iterable[str] = ()) -> list[st
     return first + [k for k in rest if not k.startswith(LAST_PREFIXES)] + [k for k in rest if k.startswith(LAST_PREFIXES)]
 
 
+def ema(ys: Sequence[float], weight: float | None = None) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard's smoothing); weight from the length if None."""
+    if weight is None:
+        weight = min(0.95, max(0.6, 1.0 - 10.0 / max(len(ys), 1)))
+    out, avg = [], 0.0
+    for i, y in enumerate(ys, 1):
+        avg = weight * avg + (1 - weight) * y
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
 def plot_metrics(rows_or_path, keys: Sequence[str] | None, out_png: str | os.PathLike, *,
                  title: str | None = None, x: str = "step", columns: int = 3) -> Path | None:
     """One PNG with a small panel per key against `x`; None when there is nothing to plot.
@@ -132,7 +143,12 @@ def plot_metrics(rows_or_path, keys: Sequence[str] | None, out_png: str | os.Pat
     for ax, key in zip(axes.flat, keys):
         xs, ys = series(rows, key, x)
         sparse = len(ys) < 0.5 * len(rows) or len(ys) <= 20
-        ax.plot(xs, ys, marker="o" if sparse else None, markersize=3, linewidth=1.2)
+        if len(ys) > 30:
+            # Noisy per-step curves: faint raw values under an exponential moving average.
+            line, = ax.plot(xs, ys, linewidth=0.8, alpha=0.35)
+            ax.plot(xs, ema(ys), linewidth=1.4, color=line.get_color())
+        else:
+            ax.plot(xs, ys, marker="o" if sparse else None, markersize=3, linewidth=1.2)
         band = band_keys(key, {k for r in rows for k in r})
         if band:
             lo_x, lo = series(rows, band[0], x)
@@ -158,4 +174,4 @@ def plot_metrics(rows_or_path, keys: Sequence[str] | None, out_png: str | os.Pat
     return out_png
 
 
-__all__ = ["read_metrics", "read_alarms", "series", "numeric_keys", "plot_metrics", "PPO_KEYS", "TRAIN_KEYS"]
+__all__ = ["ema", "read_metrics", "read_alarms", "series", "numeric_keys", "plot_metrics", "PPO_KEYS", "TRAIN_KEYS"]

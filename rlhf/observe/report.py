@@ -14,7 +14,8 @@ Inputs
   ones first) and `alarms` (dicts with `alarm`, `step`, `message`, or strings;
   default: the run folder's `alarms.json`).
 - `samples`: one dict per held-out prompt: `prompt` and `responses`
-  (model name -> text), optional `scores` (model name -> number, e.g. gold).
+  (model name -> text), optional `scores` (model name -> number) and
+  `score_name` (what the number is, e.g. "gold"; default "score").
   Models are shown side by side in the order they first appear.
 - `summary_table`: one row per model. Any keys; the win rate (`win_rate`, or
   the first `win_rate*` column such as `win_rate_vs_sft`) is shown with its
@@ -304,12 +305,13 @@ def write_report(out_dir: str | os.PathLike, stages: list[dict], samples: list[d
         for i, s in enumerate(samples, 1):
             prompt = _text(s.get("prompt"))
             responses, scores = _responses(s), s.get("scores") or {}
+            score_name = str(s.get("score_name") or "score")
             head = "".join(f'<th style="width:{width}">{e(m)}</th>' for m in models)
             cells = []
             for m in models:
                 body = e(_text(responses.get(m))) if m in responses else '<span class="muted">(none)</span>'
                 if isinstance(scores.get(m), (int, float)):
-                    body += f'<span class="score">score {e(fmt(float(scores[m])))}</span>'
+                    body += f'<span class="score">{e(score_name)} {e(fmt(float(scores[m])))}</span>'
                 cells.append(f"<td>{body}</td>")
             h.append(f'<table class="samples"><tr><td class="prompt" colspan="{len(models)}"><b>prompt {i}</b>'
                      f"\n{e(prompt)}</td></tr><tr>{head}</tr><tr>{''.join(cells)}</tr></table>")
@@ -317,7 +319,8 @@ def write_report(out_dir: str | os.PathLike, stages: list[dict], samples: list[d
             md += [f"### Prompt {i}", "", fence, prompt, fence, ""]
             for m in models:
                 text = _text(responses.get(m)) if m in responses else "(none)"
-                score = f" (score {fmt(float(scores[m]))})" if isinstance(scores.get(m), (int, float)) else ""
+                score = f" ({_md_cell(score_name)} {fmt(float(scores[m]))})" \
+                    if isinstance(scores.get(m), (int, float)) else ""
                 fence = _fence(text)
                 md += [f"**{_md_cell(m)}**{score}", "", fence, text, fence, ""]
 
