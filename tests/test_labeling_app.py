@@ -11,6 +11,7 @@ from rlhf.labeling import load_preferences_from_db
 from rlhf.labeling import schema as S
 from rlhf.labeling.app import create_app
 from rlhf.labeling.store import ItemSpec, Store
+from test_labeling_store import fresh_db
 
 FAST = "pbkdf2:sha256:1000"
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -18,7 +19,7 @@ XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2
 
 @pytest.fixture()
 def store(tmp_path):
-    s = Store(str(tmp_path / "p.db"), create=True)
+    s = Store(fresh_db(tmp_path), create=True)
     items = [ItemSpec(f"i{n}", f"g{n}", f"What is {n} + {n}?", [f"It is {2 * n}.", f"It is {2 * n + 1}. {XSS}"])
              for n in range(4)]
     s.create_project("p", mode="pairwise", overlap=2, lease_seconds=600, strength=True, render="markdown",

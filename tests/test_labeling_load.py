@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from rlhf.labeling import schema as S
 from rlhf.labeling.store import ItemSpec, Store
+from test_labeling_store import fresh_db
 
 ANNOTATORS, LABELS_EACH, OVERLAP = 32, 100, 3
 N_ITEMS = 1100  # 3200 labels / 3 per item needs 1067 items; a few spare for leases held at the end
@@ -22,7 +23,7 @@ N_ITEMS = 1100  # 3200 labels / 3 per item needs 1067 items; a few spare for lea
 
 @pytest.fixture()
 def server(tmp_path):
-    db = str(tmp_path / "load.db")
+    db = fresh_db(tmp_path, "load.db")
     store = Store(db, create=True)
     items = [ItemSpec(f"i{n}", f"g{n}", f"prompt {n}", [f"first {n}", f"second {n}"]) for n in range(N_ITEMS)]
     store.create_project("load", mode="pairwise", overlap=OVERLAP, lease_seconds=600, strength=True,

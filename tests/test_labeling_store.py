@@ -15,8 +15,23 @@ from rlhf.labeling.store import Answer, ItemSpec, Refused, Store
 FAST = "pbkdf2:sha256:1000"  # cheap hashes keep the tests quick; the app's default is scrypt
 
 
+def fresh_db(tmp_path, name="p.db") -> str:
+    """A new, empty database: SQLite in tmp_path, or the PostgreSQL named by $RLHF_TEST_POSTGRES, wiped."""
+    url = os.environ.get("RLHF_TEST_POSTGRES")
+    if not url:
+        return str(tmp_path / name)
+    from sqlalchemy import create_engine
+
+    from rlhf.labeling.schema import metadata
+
+    engine = create_engine(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
 def make_store(tmp_path, n_items=3, overlap=2, mode="pairwise", k=2, gold=(), lease=60, strength=True):
-    store = Store(str(tmp_path / "p.db"), create=True)
+    store = Store(fresh_db(tmp_path), create=True)
     items = [ItemSpec(f"i{n}", f"g{n}", f"prompt {n}", [f"r{n}.{j}" for j in range(k)]) for n in range(n_items)]
     items += [ItemSpec(f"gold{n}", f"gold{n}", f"gold prompt {n}", [f"good {n}", f"bad {n}"], gold=g)
               for n, g in enumerate(gold)]
@@ -142,11 +157,12 @@ def test_ranking_labels_and_export_pairs(tmp_path):
 
 
 def test_secret_is_made_once_and_kept(tmp_path):
-    store = Store(str(tmp_path / "p.db"), create=True)
+    db = fresh_db(tmp_path)
+    store = Store(db, create=True)
     secret = store.secret_key()
     assert len(secret) == 64
-    assert Store(str(tmp_path / "p.db"), create=True).secret_key() == secret
-    assert Store(str(tmp_path / "p.db")).secret_key() == secret
+    assert Store(db, create=True).secret_key() == secret
+    assert Store(db).secret_key() == secret
 
 
 def test_missing_database_is_a_user_error(tmp_path):
@@ -155,7 +171,7 @@ def test_missing_database_is_a_user_error(tmp_path):
 
 
 def test_accounts(tmp_path):
-    store = Store(str(tmp_path / "p.db"), create=True)
+    store = Store(fresh_db(tmp_path), create=True)
     store.add_user("ann", "password1", admin=True, hash_method=FAST)
     with pytest.raises(UserError, match="already exists"):
         store.add_user("ann", "password2")
