@@ -3,6 +3,7 @@
     rlhf eval runs/ppo runs/sft                          # gold judge on the lab's eval prompts
     rlhf eval runs/ppo runs/sft --judge rm:runs/rm --rm runs/rm --out eval.json
     rlhf eval runs/ppo runs/sft --judge openai:http://127.0.0.1:8000/v1#judge --prompts prompts.jsonl
+    rlhf eval --answers eval.json --judge human:labels.jsonl   # re-judge saved answers, no models loaded
 
 Both models answer the same held-out prompts (greedy by default; `--no-greedy`
 samples at `--temperature`/`--top-p` with a fixed seed). A judge (see
@@ -25,6 +26,11 @@ samples at `--temperature`/`--top-p` with a fixed seed). A judge (see
   held-out SFT-format text, `--heldout`; by default the lab's reference
   answers to its eval prompts) and, for A, `kl` (mean per-sequence KL to
   the reference model, `--ref`, default model B).
+
+`--out` saves every answer (`samples`: prompt, response_a/b, finished_a/b,
+length_a/b, gold_a/b, reward_a/b, p_a_better); `--answers` reads such a file
+back and judges those answers again (another judge, human labels collected
+on them), measuring only what needs no model (gold, reward, length).
 
 KL. KL(A || ref) = E_{y ~ A}[log A(y|x) - log ref(y|x)] is estimated with k1
 (the sum over response tokens of the log-ratio, from `sequence_logprobs`)
@@ -298,6 +304,25 @@ class Generation:
                         max_prompt_len=self.max_prompt_len)
 
 
+def answer_metrics(prompts: Sequence, texts: Sequence[str], finished: Sequence[bool], lengths: Sequence[int], *,
+                   reward_judge=None, gold: bool | None = None) -> dict:
+    """What can be measured from the answers alone: length, stopping, gold and reward-model scores."""
+    n = len(texts)
+    out = {"texts": list(texts), "finished": [bool(f) for f in finished], "lengths": [int(x) for x in lengths],
+           "length": sum(lengths) / n, "no_eos_frac": 1.0 - sum(bool(f) for f in finished) / n}
+    if gold is None:
+        gold = lab_prompts(prompts)
+    if gold:
+        from rlhf.judges import GoldJudge
+
+        scores = GoldJudge().score(prompts, texts, stopped=out["finished"])
+        out.update(gold=sum(scores) / n, gold_scores=scores)
+    if reward_judge is not None:
+        scores = reward_judge.score(prompts, texts)
+        out.update(reward=sum(scores) / n, reward_scores=scores)
+    return out
+
+
 def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | None = None, rollout=None,
                     reward_judge=None, gold: bool | None = None, ref=None, heldout: Sequence | None = None,
                     max_len: int = 512, batch_size: int = 8) -> dict:
@@ -315,18 +340,7 @@ def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | No
     finished = [bool(f) for f in r.finished.tolist()]
     # Tokens the policy wrote, EOS excluded: what a reader sees.
     lengths = [int(n) - int(f) for n, f in zip(r.response_lengths.tolist(), finished)]
-    out = {"texts": list(r.texts), "finished": finished, "lengths": lengths,
-           "length": sum(lengths) / len(lengths), "no_eos_frac": 1.0 - sum(finished) / len(finished)}
-    if gold is None:
-        gold = lab_prompts(prompts)
-    if gold:
-        from rlhf.judges import GoldJudge
-
-        scores = GoldJudge().score(prompts, r.texts, stopped=finished)
-        out.update(gold=sum(scores) / len(scores), gold_scores=scores)
-    if reward_judge is not None:
-        scores = reward_judge.score(prompts, r.texts)
-        out.update(reward=sum(scores) / len(scores), reward_scores=scores)
+    out = answer_metrics(prompts, list(r.texts), finished, lengths, reward_judge=reward_judge, gold=gold)
     if ref is not None:
         kl_rollout = r
         if gen.greedy or abs(gen.temperature - 1.0) > 1e-9 or gen.top_p < 1.0:
@@ -383,7 +397,7 @@ class EvalConfig:
     """Win rate of model A against model B, reward, length, KL, perplexity."""
 
     command = "eval"
-    model_a: str = opt(help="model A: the policy to evaluate (folder or preset)", positional=True)
+    model_a: Optional[str] = opt(None, "model A: the policy to evaluate (folder or preset)", positional=True)
     model_b: Optional[str] = opt(None, "model B: the baseline (e.g. runs/sft); omit to measure A alone",
                                  positional=True)
     judge: str = opt("gold", "gold | rm:PATH | llm:PATH | openai:URL#MODEL | human:FILE")
@@ -411,12 +425,18 @@ class EvalConfig:
     judge_concurrency: int = opt(4, "judge requests in flight (openai judge)")
     dtype: str = opt("float32", "float32 | bfloat16")
     threads: int = opt(0, "torch threads (0 = leave as is)")
+    answers: Optional[str] = opt(None, "judge the answers saved by an earlier --out instead of generating "
+                                       "(no models are loaded; e.g. with --judge human:labels.jsonl)")
     out: Optional[str] = opt(None, "write the results (metrics and every answer) to this JSON file")
     report: Optional[str] = opt(None, "also write an HTML + markdown report (answers side by side, curves) here")
     n_report_samples: int = opt(20, "prompts shown side by side in the report")
     trust_remote_code: bool = opt(False, "allow model code from model folders")
 
     def __post_init__(self):
+        if self.model_a is None and self.answers is None:
+            raise UserError("rlhf eval: give MODEL_A (and MODEL_B), or --answers FILE from an earlier --out")
+        if self.model_a is not None and self.answers is not None:
+            raise UserError("rlhf eval: --answers judges saved answers; it takes no MODEL arguments")
         if self.n_prompts < 1:
             raise UserError(f"n_prompts must be at least 1, got {self.n_prompts}")
         if self.max_new_tokens < 1:
@@ -476,31 +496,60 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def read_answers(path: str) -> tuple[list, dict[str, dict], dict[str, str]]:
+    """(prompts, {side: {texts, finished, lengths}}, {side: model name}) from an earlier `--out` JSON."""
+    from rlhf.errors import where
+
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such answers file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{where(path)}: not an `rlhf eval --out` JSON file ({e})") from None
+    samples = data.get("samples") if isinstance(data, dict) else None
+    if not isinstance(samples, list) or not samples:
+        raise UserError(f"{where(path)}: no \"samples\" (write one with `rlhf eval ... --out FILE`)")
+    sides = [k for k in ("a", "b") if all(f"response_{k}" in s for s in samples)]
+    if "a" not in sides:
+        raise UserError(f"{where(path)}: samples have no \"response_a\"")
+    answers = {}
+    for k in sides:
+        texts = [s[f"response_{k}"] for s in samples]
+        answers[k.upper()] = {"texts": texts, "finished": [bool(s.get(f"finished_{k}", True)) for s in samples],
+                              "lengths": [int(s.get(f"length_{k}", len(t.split()))) for s, t in zip(samples, texts)]}
+    names = {"A": data.get("model_a") or "A", "B": data.get("model_b") or "B"}
+    return [s["prompt"] for s in samples], answers, names
+
+
 def run_eval(cfg: EvalConfig) -> dict:
     """Everything `rlhf eval` does, returning the result dict it prints and saves."""
     import torch
 
-    from rlhf.judges import GoldJudge, RewardModelJudge, make_judge
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.judges import RewardModelJudge, make_judge
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # Cheap checks and inputs first: a bad prompts file or judge spec fails before any model loads.
-    if cfg.prompts:
+    # Cheap checks and inputs first: a bad file or judge spec fails before any model loads.
+    saved, names = None, {"A": cfg.model_a, "B": cfg.model_b}
+    if cfg.answers:
+        prompts, saved, names = read_answers(cfg.answers)
+    elif cfg.prompts:
         prompts = load_prompts(cfg.prompts, cfg.n_prompts)
         if not prompts:
             raise UserError(f"{cfg.prompts}: no prompts")
     else:
         prompts = default_prompts(cfg.n_prompts, cfg.seed)
+    two_sides = "B" in saved if saved is not None else cfg.model_b is not None
     is_lab = lab_prompts(prompts)
-    if cfg.heldout:
+    heldout = []
+    if saved is None and cfg.heldout:
         from rlhf.data import load_sft
 
         heldout = list(load_sft(cfg.heldout))[:cfg.n_heldout]
-    else:
-        heldout = default_heldout(prompts)[:cfg.n_heldout] if is_lab else []
+    elif saved is None and is_lab:
+        heldout = default_heldout(prompts)[:cfg.n_heldout]
     judge = None
-    if cfg.model_b is not None:
+    if two_sides:
         if cfg.judge == "gold" and not is_lab:
             raise UserError("the gold judge knows only lab prompts; pick another --judge for these prompts")
         judge = make_judge(cfg.judge, api_key_env=cfg.api_key_env, batch_size=cfg.batch_size,
@@ -511,6 +560,44 @@ def run_eval(cfg: EvalConfig) -> dict:
                                          trust_remote_code=cfg.trust_remote_code) if cfg.rm else None
     gen = Generation(max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, temperature=cfg.temperature,
                      top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size)
+    result = {"prompts": prompts, "judge": cfg.judge, "model_a": names["A"], "model_b": names["B"] if two_sides
+              else None, "ref": None}
+    if saved is not None:
+        result["answers"] = cfg.answers
+        models = {k: answer_metrics(prompts, v["texts"], v["finished"], v["lengths"], reward_judge=reward_judge,
+                                    gold=is_lab) for k, v in saved.items()}
+    else:
+        result["generation"] = vars(gen).copy()
+        models, result["ref"] = _generate_and_measure(cfg, prompts, gen, reward_judge, is_lab, heldout)
+    if two_sides:
+        a, b = models["A"], models["B"]
+        result["comparison"] = compare_policies(
+            prompts, a["texts"], b["texts"], judge, finished_a=a["finished"], finished_b=b["finished"],
+            tie_margin=cfg.tie_margin, position_conflict=cfg.position_conflict, n_boot=cfg.n_boot, seed=cfg.seed)
+    per_item = ("texts", "finished", "lengths", "gold_scores", "reward_scores")
+    result["models"] = {k: {m: v for m, v in r.items() if m not in per_item} | {"name": names[k]}
+                        for k, r in models.items()}
+    result["samples"] = []
+    for i, p in enumerate(prompts):
+        row = {"prompt": p}
+        for k, r in models.items():
+            side = k.lower()
+            row.update({f"response_{side}": r["texts"][i], f"finished_{side}": r["finished"][i],
+                        f"length_{side}": r["lengths"][i]})
+            if "gold_scores" in r:
+                row[f"gold_{side}"] = r["gold_scores"][i]
+            if "reward_scores" in r:
+                row[f"reward_{side}"] = r["reward_scores"][i]
+        if "comparison" in result:
+            row["p_a_better"] = result["comparison"]["probs"][i]
+        result["samples"].append(row)
+    return result
+
+
+def _generate_and_measure(cfg: EvalConfig, prompts, gen: Generation, reward_judge, is_lab: bool,
+                          heldout) -> tuple[dict, str | None]:
+    """Load A (and B, and the reference), generate their answers and measure them: ({side: metrics}, ref name)."""
+    from rlhf.models import load_causal_lm, load_tokenizer
 
     def load(name):
         tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code, padding_side="left")
@@ -527,34 +614,13 @@ def run_eval(cfg: EvalConfig) -> dict:
         if not _same_vocab(tok_a, ref_tok):
             raise UserError(f"KL needs A and the reference to share a tokenizer; {cfg.model_a} and {ref_name} "
                             "do not (pass --no-kl)")
-    models: dict[str, dict] = {}
-    names = {"A": cfg.model_a}
-    res_a = evaluate_policy(model_a, tok_a, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab, ref=ref,
-                            heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
-    models["A"] = res_a
-    result = {"prompts": prompts, "judge": cfg.judge, "model_a": cfg.model_a, "model_b": cfg.model_b,
-              "ref": ref_name if ref is not None else None, "generation": vars(gen).copy()}
+    models = {"A": evaluate_policy(model_a, tok_a, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab,
+                                   ref=ref, heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)}
     if loaded_b is not None:
-        names["B"] = cfg.model_b
         model_b, tok_b = loaded_b
-        res_b = evaluate_policy(model_b, tok_b, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab,
-                                heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
-        models["B"] = res_b
-        comp = compare_policies(prompts, res_a["texts"], res_b["texts"], judge, finished_a=res_a["finished"],
-                                finished_b=res_b["finished"], tie_margin=cfg.tie_margin,
-                                position_conflict=cfg.position_conflict, n_boot=cfg.n_boot,
-                                seed=cfg.seed)
-        result["comparison"] = comp
-    per_item = ("texts", "finished", "lengths", "gold_scores", "reward_scores")
-    result["models"] = {k: {m: v for m, v in r.items() if m not in per_item} | {"name": names[k]}
-                        for k, r in models.items()}
-    result["samples"] = [
-        {"prompt": p, **{f"response_{k.lower()}": models[k]["texts"][i] for k in models},
-         **{f"finished_{k.lower()}": models[k]["finished"][i] for k in models},
-         **({"p_a_better": result["comparison"]["probs"][i]} if "comparison" in result else {}),
-         **{f"gold_{k.lower()}": models[k]["gold_scores"][i] for k in models if "gold_scores" in models[k]}}
-        for i, p in enumerate(prompts)]
-    return result
+        models["B"] = evaluate_policy(model_b, tok_b, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab,
+                                      heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
+    return models, (ref_name if ref is not None else None)
 
 
 def write_eval_report(result: dict, out_dir: str, n_samples: int = 20):
@@ -601,9 +667,12 @@ def main(argv: list[str]) -> int:
 
     cfg = parse(EvalConfig, argv)
     result = run_eval(cfg)
-    print(f"A = {cfg.model_a}" + (f"\nB = {cfg.model_b}" if cfg.model_b else ""))
-    print(f"{len(result['prompts'])} prompts, {'greedy' if cfg.greedy else f'T={cfg.temperature}'}, "
-          f"max_new_tokens={cfg.max_new_tokens}")
+    print(f"A = {result['model_a']}" + (f"\nB = {result['model_b']}" if result["model_b"] else ""))
+    if cfg.answers:
+        print(f"{len(result['prompts'])} prompts, answers from {cfg.answers}")
+    else:
+        print(f"{len(result['prompts'])} prompts, {'greedy' if cfg.greedy else f'T={cfg.temperature}'}, "
+              f"max_new_tokens={cfg.max_new_tokens}")
     print(format_table(result))
     if cfg.out:
         comp = result.get("comparison")
@@ -616,5 +685,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["win_rate", "outcome_counts", "perplexity", "nll", "mean_kl", "sequence_kls", "evaluate_policy",
-           "compare_policies", "Generation", "EvalConfig", "run_eval", "main"]
+__all__ = ["win_rate", "outcome_counts", "perplexity", "nll", "mean_kl", "sequence_kls", "answer_metrics",
+           "evaluate_policy", "compare_policies", "Generation", "EvalConfig", "run_eval", "read_answers",
+           "write_eval_report", "main"]

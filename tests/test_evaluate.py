@@ -218,3 +218,33 @@ def test_compare_policies_counts_position_conflicts_as_ties():
     assert tie["position_bias"] == pytest.approx(1 / 3) and tie["mean_prob"] == pytest.approx(1.7 / 3)
     avg = compare_policies(["p"] * 3, ["a"] * 3, ["b"] * 3, Judge(), position_conflict="average")
     assert (avg["wins"], avg["losses"], avg["ties"]) == (2, 1, 0) and avg["win_rate"] == pytest.approx(2 / 3)
+
+
+def test_rlhf_eval_rejudges_saved_answers_with_human_labels(tmp_path, capsys):
+    from rlhf.cli import main
+
+    saved = {"model_a": "runs/ppo", "model_b": "runs/sft", "samples": [
+        {"prompt": "What is 2 + 3?", "response_a": "5.", "response_b": "Great question! 5.", "finished_a": True,
+         "finished_b": True, "length_a": 2, "length_b": 5},
+        {"prompt": "Sort these numbers: 4 1 3.", "response_a": "4 1 3.", "response_b": "1 3 4.",
+         "finished_a": True, "finished_b": False, "length_a": 4, "length_b": 4},
+        {"prompt": "Compute 7 + 1.", "response_a": "8.", "response_b": "8!", "length_a": 2, "length_b": 2}]}
+    answers = tmp_path / "eval.json"
+    answers.write_text(json.dumps(saved))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "What is 2 + 3?", "chosen": "5.", "rejected": "Great question! 5."},
+        {"prompt": "Sort these numbers: 4 1 3.", "response_a": "1 3 4.", "response_b": "4 1 3.", "preference": "a"},
+        {"prompt": "Compute 7 + 1.", "response_a": "8.", "response_b": "8!", "preference": "tie"}]) + "\n")
+    out = tmp_path / "rejudged.json"
+    assert main(["eval", "--answers", str(answers), "--judge", f"human:{labels}", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    c = res["comparison"]
+    assert (c["wins"], c["losses"], c["ties"]) == (1, 1, 1) and c["win_rate"] == 0.5
+    assert [s["p_a_better"] for s in res["samples"]] == [1.0, 0.0, 0.5]
+    assert res["model_a"] == "runs/ppo" and res["models"]["B"]["length"] == pytest.approx(11 / 3)
+    assert res["models"]["B"]["no_eos_frac"] == pytest.approx(1 / 3)
+    assert "gold" in res["models"]["A"]  # lab prompts: gold is measured from the saved answers
+    assert "A = runs/ppo" in capsys.readouterr().out
+    assert main(["eval", "--judge", "gold"]) == 2
+    assert "give MODEL_A" in capsys.readouterr().err
