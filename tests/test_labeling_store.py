@@ -254,3 +254,30 @@ def test_transcript_rows_are_read_through_rlhf_data(tmp_path):
     f.write_text(json.dumps({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}) + "\n")
     with pytest.raises(UserError, match=r"^hh.jsonl:1: "):
         read_items(str(f), "pairwise")
+
+
+def test_rendering_keeps_hostile_text_inert():
+    from rlhf.labeling.display import answer_from_form, shown_order, to_html
+
+    html = str(to_html('<script>alert(1)</script> [x](javascript:alert(2)) <img src=x onerror=alert(3)> **b**'))
+    assert "<script" not in html and "<img" not in html and 'href="javascript' not in html
+    assert "&lt;script&gt;" in html and "<strong>b</strong>" in html
+    assert str(to_html("<b>x</b>\n*y*", "text")) == '<div class="plain">&lt;b&gt;x&lt;/b&gt;\n*y*</div>'
+    # display order: stable per (annotator, item), a permutation, and not the same for everyone
+    assert shown_order("s", 1, 7, 4) == shown_order("s", 1, 7, 4)
+    assert sorted(shown_order("s", 1, 7, 4)) == [0, 1, 2, 3]
+    assert len({tuple(shown_order("s", u, 7, 4)) for u in range(20)}) > 5
+    # what the page calls A is mapped back to the response shown there
+    assert answer_from_form("pairwise", [1, 0], "A", None, "3").choice == "b"
+    assert answer_from_form("ranking", [2, 0, 1], "rank", "B,C,A", None).ranking == [0, 1, 2]
+
+
+def test_append_adds_items_after_the_existing_ones(tmp_path):
+    store, p, u = make_store(tmp_path, n_items=2)
+    store.create_project("p", mode="pairwise", overlap=2, lease_seconds=60, strength=True, render="markdown",
+                         guidelines="", items=[ItemSpec("new", "new", "q", ["x", "y"])], append=True)
+    items = store.project_items(p)
+    assert [i.uid for i in sorted(items.values(), key=lambda i: i.position)] == ["i0", "i1", "new"]
+    with pytest.raises(UserError, match="already in project"):
+        store.create_project("p", mode="pairwise", overlap=2, lease_seconds=60, strength=True, render="markdown",
+                             guidelines="", items=[ItemSpec("new", "new", "q", ["x", "y"])], append=True)

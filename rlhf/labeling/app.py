@@ -89,6 +89,8 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     @app.before_request
     def _load_user():
         g.user = None
+        if request.endpoint == "static":
+            return  # public files: no session, no database
         uid = session.get("uid")
         if uid is not None:
             user = store.user(uid)
