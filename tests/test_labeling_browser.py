@@ -24,7 +24,8 @@ XSS = 'Try this: <script>window.__pwned = 1</script> and <img src=x onerror="win
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[dev]')")
     if not os.path.exists(CHROMIUM):
         pytest.skip("chromium is not installed (apt-get install -y chromium; `make test` does it)")
     with sync_api.sync_playwright() as p:

@@ -3,8 +3,6 @@
 import json
 import random
 
-import pytest
-
 from rlhf.cli import main as cli_main
 from rlhf.labeling.store import Answer, ItemSpec, Store
 

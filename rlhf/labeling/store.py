@@ -230,8 +230,8 @@ class Store:
             if c.execute(select(S.users.c.id).where(S.users.c.name == name)).first():
                 raise UserError(f"user '{name}' already exists (use `rlhf label user passwd {name}`)")
             uid = c.execute(insert(S.users).values(
-                name=name, password_hash=generate_password_hash(password, method=hash_method), is_admin=admin, active=True,
-                created_at=time.time())).inserted_primary_key[0]
+                name=name, password_hash=generate_password_hash(password, method=hash_method), is_admin=admin,
+                active=True, created_at=time.time())).inserted_primary_key[0]
             self._audit(c, actor, "user.add", {"name": name, "admin": admin})
         return int(uid)
 
