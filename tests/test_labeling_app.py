@@ -256,3 +256,11 @@ def test_repeated_failed_logins_are_throttled(app):
     # the 11th try within the window is refused before the password is even checked
     assert c.post("/login", data={"name": "bo", "password": "password1", "csrf_token": token}).status_code == 429
     assert c.post("/login", data={"name": "BO", "password": "password1", "csrf_token": token}).status_code == 429
+
+
+def test_my_labels_page_shows_answers_as_seen(app):
+    c = login(app, "ann")
+    task = c.get("/api/task").json["task"]
+    api_label(c, task["item_id"], "B", strength=1)
+    page = c.get("/labels").text
+    assert "B is better" in page and "slightly" in page

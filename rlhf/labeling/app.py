@@ -69,6 +69,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     )
     app.extensions["store"] = store
     app.jinja_env.globals["LETTERS"] = display.LETTERS
+    app.jinja_env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
     def is_api() -> bool:
         return request.path.startswith("/api/")
@@ -243,8 +244,10 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     @app.get("/labels")
     @login_required()
     def my_labels():
-        return render_template("labels.html", labels=store.labels_of(proj, g.user["id"]),
-                               progress=store.progress(proj, g.user["id"]))
+        labels = store.labels_of(proj, g.user["id"])
+        for lab in labels:  # as the annotator saw it: letters, not the item's own response order
+            lab["seen"] = display.answer_in_display_terms(lab, proj.mode, lab["shown"])
+        return render_template("labels.html", labels=labels, progress=store.progress(proj, g.user["id"]))
 
     @app.get("/admin")
     @login_required(admin=True)
