@@ -110,7 +110,7 @@ def build_models(cfg):
 
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")
     lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
-                       target_modules=cfg.lora_target_modules) if cfg.lora_r > 0 else None
+                       target_modules=list(cfg.lora_targets)) if cfg.lora_r > 0 else None
     lm = load_causal_lm(cfg.policy, lora=lora, dropout_off=True)
     reference = None
     if lora is None:
