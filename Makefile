@@ -41,9 +41,9 @@ clean:
 
 # Side-by-side benchmarks against TRL (see benchmarks/README.md). Each TRL
 # version lives in its own virtualenv; TRL never enters $(VENV).
-# `make bench CASES="sft-10m rm-10m"` runs some cases; REPS=3 repetitions each.
+# `make bench CASES="sft-10m rm-10m"` runs some cases; REPS=3 sets the repetitions (default: each case's).
 CASES ?= default
-REPS ?= 2
+REPS ?=
 TRL_VENVS := benchmarks/.venv-trl116 benchmarks/.venv-trl029
 
 benchmarks/.venv-trl116/.installed: TRL_VERSION := 1.16.0
@@ -58,4 +58,4 @@ benchmarks/.venv-%/.installed: pyproject.toml constraints.txt benchmarks/constra
 bench-venvs: $(addsuffix /.installed,$(TRL_VENVS))
 
 bench: models bench-venvs
-	$(BIN)/python -m benchmarks.run --reps $(REPS) $(foreach c,$(CASES),--case $(c))
+	$(BIN)/python -m benchmarks.run $(if $(REPS),--reps $(REPS)) $(foreach c,$(CASES),--case $(c))

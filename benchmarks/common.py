@@ -10,6 +10,7 @@ transformers only, no `rlhf` import.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -41,6 +42,35 @@ def write_result(path: Path, result: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def maybe_profile(spec: dict):
+    """With `spec["profile"]` set: torch.profiler over the stage; the op table and the Python
+    functions' share go to that path (`.ops.txt`, `.py.txt`). Timings under the profiler are not reported."""
+    path = spec.get("profile")
+    if not path:
+        yield
+        return
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    py = cProfile.Profile()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        py.enable()
+        try:
+            yield
+        finally:
+            py.disable()
+    Path(path + ".ops.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+    Path(path + ".shapes.txt").write_text(
+        prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30))
+    out = io.StringIO()
+    pstats.Stats(py, stream=out).sort_stats("cumulative").print_stats(60)
+    Path(path + ".py.txt").write_text(out.getvalue())
 
 
 def tail_mean(values: list[float], share: float = 0.25) -> float | None:

@@ -17,8 +17,8 @@ T_START = time.perf_counter()
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.common import (evaluate, load_spec, peak_rss_mb, read_jsonl, set_threads,  # noqa: E402
-                               tail_mean, write_result)
+from benchmarks.common import (evaluate, load_spec, maybe_profile, peak_rss_mb, read_jsonl,  # noqa: E402
+                               set_threads, tail_mean, write_result)
 from benchmarks.probe import Probe  # noqa: E402
 
 
@@ -102,7 +102,8 @@ def main(argv: list[str]) -> int:
     probe = Probe().install()
     target, args = command(spec)
     module, func = target.split(":")
-    getattr(importlib.import_module(module), func)(args)
+    with maybe_profile(spec):
+        getattr(importlib.import_module(module), func)(args)
     rss_train = peak_rss_mb()
     timing = probe.summary(T_START)
     model, pad = _trained_model(spec)

@@ -283,15 +283,29 @@ def _pair_data(out: Path, tok, max_len: int, *, encoder: bool = False, held: int
     return meta
 
 
-def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: int = 20) -> dict:
-    """Every HH pair, split by prompt (val% held out, seed 0); longer sequences keep their end."""
+def hh_split(val_fraction: float = 0.2, seed: int = SEED, path: Path = HH):
+    """(train, held-out) comparison groups of the HH file, split exactly as `rlhf rm` splits them."""
+    from rlhf.data.load import load_groups
     from rlhf.data.records import split
+
+    return split(load_groups(path), val_fraction, seed=seed)
+
+
+def group_pairs(groups) -> list:
+    """Every comparison of the groups as a `Preference` (better reply as chosen)."""
+    from rlhf.data.records import Preference
+
+    return [Preference(g.prompt, g.responses[b], g.responses[w]) for g in groups for b, w, _ in g.pairs]
+
+
+def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: int = 20) -> dict:
+    """Every HH comparison, split by prompt as `rlhf rm --val-fraction` does; longer sequences keep their end."""
     from rlhf.data.tokens import encode_all
 
-    pairs = _hh_pairs()
-    train, held = split(pairs, val / 100, seed=SEED)
+    require_data()
+    train_g, held_g = hh_split(val / 100)
     meta = {}
-    for name, part in (("train", train), ("eval", held)):
+    for name, part in (("train", group_pairs(train_g)), ("eval", group_pairs(held_g))):
         enc = encode_all(tok, [(p.prompt, r) for p in part for r in (p.chosen, p.rejected)], max_len,
                          encoder=encoder)
         _write_jsonl(out / f"ours-{name}.jsonl", [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
@@ -302,15 +316,10 @@ def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: 
         meta[name] = _length_meta([len(s.input_ids) for s in enc], 2 * len(part))
         meta[name]["truncated"] = sum(s.truncated for s in enc)
     # The trivial baseline on the held-out pairs: the shorter reply (in characters) wins, ties count half.
-    meta["shorter_wins_accuracy"] = shorter_wins(held)
+    from benchmarks.rm_report import shorter_wins
+
+    meta["shorter_wins_accuracy"] = shorter_wins((p.chosen, p.rejected) for p in group_pairs(held_g))
     return meta
-
-
-def shorter_wins(pairs) -> float:
-    """Accuracy of "the shorter reply is the chosen one" (ties half) on `Preference` records."""
-    score = sum(1.0 if len(p.chosen) < len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0
-                for p in pairs)
-    return score / max(1, len(pairs))
 
 
 def _prompt_data(out: Path, tok, max_len: int, *, encoder: bool = False) -> dict:

@@ -62,8 +62,19 @@ class Probe:
             model.register_forward_hook(probe._post, always_call=True)
 
         PreTrainedModel.post_init = post_init
+        self._restore = (PreTrainedModel, original)
         self._torch = torch
         return self
+
+    def uninstall(self) -> None:
+        """Undo `install` (models built meanwhile keep their hooks, which then count into this probe)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if getattr(self, "_restore", None):
+            cls, original = self._restore
+            cls.post_init = original
+            self._restore = None
 
     # --- hooks ------------------------------------------------------------------------------------
     def _pre(self, module, args, kwargs):

@@ -89,11 +89,14 @@ def build_spec(case: Case, side: str, threads: int, seed: int, workdir: Path) ->
     return spec
 
 
-def run_one(case: Case, side: str, threads: int, seed: int, log) -> dict:
+def run_one(case: Case, side: str, threads: int, seed: int, log, profile: Path | None = None) -> dict:
     """One fresh subprocess; returns the runner's result plus wall time, peak RSS and the exit status."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{case.name}-{side}-") as tmp:
         workdir = Path(tmp)
         spec = build_spec(case, side, threads, seed, workdir)
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            spec["profile"] = str(profile / f"{case.name}-{side}")
         (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
         python = sys.executable if side == "ours" else str(TRL_PYTHON[TRL_VERSION[case.stage]])
         module = "benchmarks.ours_runner" if side == "ours" else "benchmarks.trl_runner"
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", default="ours,trl", help="which sides to run, in order within a repetition")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and markdown tables")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--profile", metavar="DIR", help="one profiled run per side (torch.profiler op table and "
+                   "cProfile of the Python side written to DIR/<case>-<side>.*); no table")
     args = p.parse_args(argv)
 
     if args.list:
@@ -215,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    if args.profile:
+        for case in cases:
+            for side in sides:
+                r = run_one(case, side, threads, args.seed, log, profile=Path(args.profile))
+                log(f"{case.name} {side}: exit {r['exit']}, profile in {args.profile}/{case.name}-{side}.*")
+        return 0
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     info = {"machine": machine(), "threads": threads, "started": started, "load_before": load_average(),
             "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:])}

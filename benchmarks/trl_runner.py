@@ -22,8 +22,8 @@ T_START = time.perf_counter()
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.common import (evaluate, load_spec, peak_rss_mb, read_jsonl, set_threads,  # noqa: E402
-                               tail_mean, whole_pairs, write_result)
+from benchmarks.common import (evaluate, load_spec, maybe_profile, peak_rss_mb, read_jsonl,  # noqa: E402
+                               set_threads, tail_mean, whole_pairs, write_result)
 from benchmarks.probe import Probe  # noqa: E402
 
 
@@ -143,7 +143,8 @@ def main(argv: list[str]) -> int:
     probe = Probe().install()
     import trl
 
-    trainer, tok = RUNNERS[spec["stage"]](spec)
+    with maybe_profile(spec):
+        trainer, tok = RUNNERS[spec["stage"]](spec)
     rss_train = peak_rss_mb()
     timing = probe.summary(T_START)
     model = trainer.model
