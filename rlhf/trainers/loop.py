@@ -312,7 +312,12 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
                 if logger:
                     logger.log(row)
                 if bar is not None:
-                    bar.set_postfix_str(_fmt({k: v for k, v in row.items() if k not in ("step", "epoch", "time")}))
+                    brief = {k: v for k, v in row.items() if k == "loss" or k.endswith("_per_s") or k.startswith("eval_")}
+                    if brief:
+                        bar.set_postfix_str(_fmt(brief), refresh=False)
+                    if any(k.startswith("eval_") for k in row):  # kept above the bar
+                        bar.write(f"rlhf: step {step}/{total_steps} "
+                                  + _fmt({k: v for k, v in row.items() if k.startswith("eval_")}), file=sys.stderr)
                 elif show and (step % print_every == 0 or step == total_steps or any(k.startswith("eval_") for k in row)):
                     _note(f"step {step}/{total_steps} " + _fmt({k: v for k, v in row.items() if k != "step"}))
             if bar is not None:
@@ -601,7 +606,10 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 def _fmt(row: dict) -> str:
     parts = []
     for k, v in row.items():
-        parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.0f}" if abs(v) >= 1e4 else f"{k} {v:.4g}")
+        else:
+            parts.append(f"{k} {v}")
     return "  ".join(parts)
 
 

@@ -90,7 +90,7 @@ def run(cfg: RMConfig) -> TrainResult:
     from rlhf.data import load_groups, load_sft, split
     from rlhf.trainers.sft import lab_data
 
-    groups = load_groups(cfg.data or lab_data("prefs"))  # every row checked before anything is loaded
+    groups = load_groups(cfg.data or lab_data("rankings"))  # every row checked before anything is loaded
     reference = load_sft(cfg.reference) if cfg.reference else None
     train_g, val_g = split(groups, cfg.val_fraction, seed=cfg.seed)
     cfg = replace(cfg, model=cfg.model or default_backbone())
