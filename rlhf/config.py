@@ -195,7 +195,7 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
             p.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=_describe(hints[f.name]).upper()
                            if get_origin(base) is not Literal else None,
                            help=f"{help_} (default: {default})")
-    p.add_argument("--config", action="append", default=[], metavar="YAML",
+    p.add_argument("--config", dest="_config_files", action="append", default=[], metavar="YAML",
                    help="YAML file(s) of options; flags given after override them")
     return p
 
@@ -229,7 +229,7 @@ def parse(cls, argv: list[str] | None = None, prog: str | None = None):
     parser.error = error  # type: ignore[method-assign]
     ns = vars(parser.parse_args(rewritten))
     values: dict = {}
-    for path in yaml_files + ns.pop("config", []):
+    for path in yaml_files + ns.pop("_config_files", []):
         values.update({str(k).replace("-", "_"): v for k, v in load_yaml(path).items()})
     values.update(ns)
     # YAML values are typed already; command-line strings are converted in from_dict.

@@ -1,0 +1,378 @@
+"""`rlhf pipeline CONFIG.yaml`: SFT, then the reward model, then the last stage(s), then one report.
+
+Every stage is the same command a user would run by hand (`rlhf sft`,
+`rlhf rm`, `rlhf ppo`, `rlhf dpo`, ...), given the options of its section in
+the YAML file, and writes a normal run folder under `out/`. A stage whose
+model folder is already complete is skipped, so an interrupted pipeline
+resumes where it stopped; a stage is also skipped when its model is given
+(`sft_model`, `reward_model`). With several methods (`method: [ppo, dpo]`) the
+report compares them on the same held-out prompts. With `rounds: N`, after
+each round the new policy's samples are labelled again, the reward model is
+retrained on the grown comparison set, and the last stage runs again from the
+new policy (iterative RLHF).
+
+A config, with every section optional:
+
+    out: runs/lab
+    base: lab                # base model: folder, hub name or preset
+    seed: 0
+    data: {sft: null, prefs: null, eval: null}   # files; null = the lab makes them
+    lab: {n_sft: 400, n_prompts: 600, k: 4, n_eval: 100}   # `rlhf lab data` options
+    sft: {epochs: 3}         # `rlhf sft` options
+    rm: {epochs: 2}          # `rlhf rm` options
+    method: ppo              # ppo | dpo | ipo | cdpo | simpo | kto | orpo | bon, or a list
+    ppo: {total_episodes: 2048}
+    dpo: {beta: 0.1}
+    eval: {n: 100, judge: gold}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from rlhf.config import from_dict, load_yaml, opt, parse
+from rlhf.errors import UserError
+
+METHODS = ("ppo", "dpo", "ipo", "cdpo", "simpo", "kto", "orpo", "bon")
+
+# method -> (command target, options added to the method's own section)
+_METHOD_COMMANDS = {
+    "ppo": ("rlhf.trainers.ppo:main", {}),
+    "dpo": ("rlhf.trainers.dpo:main", {"loss": "dpo"}),
+    "ipo": ("rlhf.trainers.dpo:main", {"loss": "ipo"}),
+    "cdpo": ("rlhf.trainers.dpo:main", {"loss": "cdpo"}),
+    "simpo": ("rlhf.trainers.dpo:main", {"loss": "simpo"}),
+    "kto": ("rlhf.trainers.dpo:kto_main", {}),
+    "orpo": ("rlhf.trainers.dpo:orpo_main", {}),
+    "bon": ("rlhf.trainers.bon:main", {}),
+}
+
+
+@dataclass
+class EvalSection:
+    n: int = opt(100, "held-out prompts the models are compared on")
+    judge: str = opt("gold", "judge for win rates: gold | rm:PATH | llm:PATH | openai:URL#model | human:FILE")
+    max_new_tokens: int = opt(48, "longest answer")
+    samples: int = opt(12, "prompts shown side by side in the report")
+    seed: int = opt(0, "seed of the bootstrap and of sampling")
+
+
+@dataclass
+class PipelineConfig:
+    """The options of a pipeline YAML file (see the module docstring)."""
+
+    command = "pipeline"
+    out: str = opt("runs/pipeline", "output folder: one sub-folder per stage, the report at the top")
+    base: str = opt("lab", "base model: folder, hub name or preset")
+    seed: int = opt(0, "seed passed to every stage")
+    data: dict = opt({}, "data files: sft, prefs, eval (null = the lab makes them)")
+    lab: dict = opt({}, "options of `rlhf lab data` when the lab makes the data")
+    sft: dict = opt({}, "options of `rlhf sft`")
+    rm: dict = opt({}, "options of `rlhf rm`")
+    method: list[str] = opt(["ppo"], "last stage(s): ppo | dpo | ipo | cdpo | simpo | kto | orpo | bon")
+    ppo: dict = opt({}, "options of `rlhf ppo`")
+    dpo: dict = opt({}, "options of `rlhf dpo` (also used by ipo, cdpo, simpo)")
+    kto: dict = opt({}, "options of `rlhf kto`")
+    orpo: dict = opt({}, "options of `rlhf orpo`")
+    bon: dict = opt({}, "options of `rlhf bon`")
+    sft_model: Optional[str] = opt(None, "an SFT model to use instead of training one")
+    reward_model: Optional[str] = opt(None, "a reward model to use instead of training one")
+    rounds: int = opt(1, "iterative RLHF rounds (label new policy samples, retrain RM, rerun the last stage)")
+    eval: EvalSection = field(default_factory=EvalSection, metadata={"help": "evaluation options"})
+    quiet: bool = opt(False, "less output from the stages")
+
+    def __post_init__(self):
+        if isinstance(self.method, str):
+            self.method = [self.method]
+        bad = [m for m in self.method if m not in METHODS]
+        if bad:
+            raise UserError(f"pipeline: unknown method '{bad[0]}'; choose from {', '.join(METHODS)}")
+        if not self.method:
+            raise UserError("pipeline: 'method' is empty")
+        if self.rounds < 1:
+            raise UserError("pipeline: 'rounds' must be at least 1")
+        for k in self.data:
+            if k not in ("sft", "prefs", "eval"):
+                raise UserError(f"pipeline: unknown data key '{k}' (sft, prefs, eval)")
+        if isinstance(self.eval, dict):
+            self.eval = from_dict(EvalSection, self.eval, "pipeline: eval")
+
+
+@dataclass
+class PipelineArgs:
+    """SFT, reward model and the last stage in order, with one report."""
+
+    command = "pipeline"
+    config: str = opt(help="pipeline YAML file", positional=True)
+    out: Optional[str] = opt(None, "override the config's output folder")
+    method: Optional[list[str]] = opt(None, "override the config's method(s)")
+    rounds: Optional[int] = opt(None, "override the config's rounds")
+
+
+# --------------------------------------------------------------------------- running stages
+
+
+def _argv(options: dict) -> list[str]:
+    """A section of the YAML as command-line `key=value` tokens for the stage's own parser."""
+    out = []
+    for k, v in options.items():
+        if v is None:
+            v = "none"
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (list, tuple)):
+            v = ",".join(str(x) for x in v)
+        elif isinstance(v, dict):
+            raise UserError(f"pipeline: option '{k}' cannot be a mapping")
+        out.append(f"{k}={v}")
+    return out
+
+
+def call(target: str, options: dict) -> None:
+    import importlib
+
+    module, func = target.split(":")
+    rc = getattr(importlib.import_module(module), func)(_argv(options))
+    if rc:
+        raise UserError(f"pipeline: stage {target} exited with status {rc}")
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def _log(msg: str) -> None:
+    print(f"\n== {msg}", file=sys.stderr, flush=True)
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.timings: dict[str, float] = {}
+        self.stages: list[dict] = []  # for the report: name + metrics path
+
+    def stage(self, name: str, folder: Path, target: str, options: dict) -> Path:
+        if _done(folder):
+            _log(f"{name}: {folder} is complete, skipped")
+        else:
+            _log(f"{name}: training into {folder}")
+            t0 = time.time()
+            opts = {**options, "out": str(folder)}
+            if (folder / "checkpoint").exists() or (folder / "checkpoints").exists():
+                opts.setdefault("resume", True)
+            call(target, opts)
+            self.timings[name] = time.time() - t0
+        if (folder / "metrics.jsonl").exists():
+            self.stages.append({"name": name, "path": str(folder / "metrics.jsonl")})
+        return folder
+
+    # -- data ---------------------------------------------------------------------------------------
+    def lab_data(self, model: str, folder: Path, **extra) -> Path:
+        from rlhf.lab import generate
+
+        return generate.ensure(folder, model=model, seed=self.cfg.seed, **{**self.cfg.lab, **extra})
+
+    def run(self) -> dict:
+        cfg, out = self.cfg, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        data = dict(cfg.data)
+        uses_lab = not (data.get("sft") and data.get("prefs") and data.get("eval"))
+        seed = {"seed": cfg.seed}
+
+        if not data.get("sft") and not cfg.sft_model:
+            data["sft"] = str(self.lab_data(cfg.base, out / "data", parts="sft") / "sft.jsonl")
+        sft = Path(cfg.sft_model) if cfg.sft_model else self.stage(
+            "sft", out / "sft", "rlhf.trainers.sft:main", {"model": cfg.base, "data": data["sft"], **seed, **cfg.sft})
+
+        if not data.get("prefs") and not cfg.reward_model:
+            data["prefs"] = str(self.lab_data(str(sft), out / "data", parts="prefs") / "rankings.jsonl")
+        if not data.get("eval"):
+            data["eval"] = str(self.lab_data(cfg.base, out / "data", parts="eval") / "eval.jsonl")
+        rm = Path(cfg.reward_model) if cfg.reward_model else self.stage(
+            "rm", out / "rm", "rlhf.trainers.rm:main", {"model": str(sft), "data": data["prefs"], **seed, **cfg.rm})
+
+        rounds: list[dict] = []
+        policies: dict[str, Path] = {}
+        policy_start, rm_now, prefs_now, last = sft, rm, data["prefs"], sft
+        for r in range(1, cfg.rounds + 1):
+            tag = "" if cfg.rounds == 1 else f"-round{r}"
+            round_info: dict = {"round": r, "reward_model": str(rm_now)}
+            if r > 1:
+                # Iterative RLHF: the last policy's samples, labelled, extend the comparisons.
+                new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs")
+                before = _rm_accuracy(rm_now, new / "prefs.jsonl")
+                prefs_now = _concat([prefs_now, str(new / "rankings.jsonl")], out / f"data-round{r}" / "all.jsonl")
+                rm_now = self.stage(f"rm{tag}", out / f"rm{tag}", "rlhf.trainers.rm:main",
+                                    {"model": str(sft), "data": prefs_now, **seed, **cfg.rm})
+                after = _rm_accuracy(rm_now, new / "prefs.jsonl")
+                round_info.update(rm_acc_before=before, rm_acc_after=after, reward_model=str(rm_now))
+                policy_start = last
+            for m in cfg.method:
+                target, fixed = _METHOD_COMMANDS[m]
+                section = getattr(cfg, m if m in ("ppo", "kto", "orpo", "bon") else "dpo")
+                opts = {**seed, **section, **fixed}
+                folder = out / f"{m}{tag}"
+                if m == "ppo":
+                    opts = {"policy": str(policy_start), "reward_model": str(rm_now), **opts}
+                elif m == "bon":
+                    opts = {"policy": str(policy_start), "reward_model": str(rm_now), **opts}
+                else:
+                    opts = {"model": str(policy_start), "data": prefs_now, **opts}
+                policies[f"{m}{tag}"] = self.stage(f"{m}{tag}", folder, target, opts)
+            # the next round starts from the first method's policy (best-of-N has none of its own)
+            last = next((policies[f"{m}{tag}"] for m in cfg.method if m != "bon"), last)
+            rounds.append(round_info)
+
+        _log("evaluation on held-out prompts")
+        result = evaluate_models(cfg, base=cfg.base, sft=sft, rm=rm_now, policies=policies,
+                                 eval_file=data["eval"], uses_lab=uses_lab)
+        result["rounds"] = rounds
+        result["timings"] = self.timings
+        report = write_pipeline_report(cfg, out, self.stages, result)
+        result["report"] = str(report)
+        from rlhf.files import write_json
+
+        write_json(out / "summary.json", {k: v for k, v in result.items() if k != "samples"})
+        return result
+
+
+def _concat(paths: list[str], out: Path) -> str:
+    from rlhf.files import write_text
+
+    text = "".join(Path(p).read_text(encoding="utf-8") for p in paths)
+    write_text(out, text)
+    return str(out)
+
+
+def _rm_accuracy(rm: Path, prefs: Path) -> float:
+    """Share of the new comparisons the reward model orders as the annotators did."""
+    from rlhf.data import load_groups
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.trainers.rm import score
+
+    groups = load_groups(str(prefs))
+    tok = load_tokenizer(str(rm))
+    model = load_reward_model(str(rm), pad_token_id=tok.pad_token_id).eval()
+    prompts, responses, pairs = [], [], []
+    for g in groups:
+        base = len(responses)
+        for resp in g.responses:
+            prompts.append(g.prompt)
+            responses.append(resp)
+        pairs += [(base + i, base + j) for i, j, *_ in g.pairs]
+    s = score(model, tok, prompts, responses)
+    return sum(s[i] > s[j] for i, j in pairs) / max(1, len(pairs))
+
+
+# --------------------------------------------------------------------------- evaluation and report
+
+
+def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, policies: dict[str, Path],
+                    eval_file: str, uses_lab: bool) -> dict:
+    """Every model answers the same held-out prompts; gold, win rate vs SFT with its interval, KL, length."""
+    from rlhf.data import load_prompts
+    from rlhf.evaluate import Generation, compare_policies, evaluate_policy
+    from rlhf.judges import RewardModelJudge, make_judge
+    from rlhf.models import load_causal_lm, load_tokenizer
+
+    e = cfg.eval
+    prompts = load_prompts(eval_file)[: e.n]
+    gen = Generation(max_new_tokens=e.max_new_tokens, greedy=True, seed=e.seed)
+    judge = make_judge(e.judge)
+    rm_judge = RewardModelJudge.load(str(rm))
+    tok = load_tokenizer(str(sft))
+    ref = load_causal_lm(str(sft)).eval()
+    models = {"base": base, "sft": str(sft), **{k: str(v) for k, v in policies.items()}}
+    results: dict[str, dict] = {}
+    for name, path in models.items():
+        if name.startswith("bon"):
+            continue  # best-of-N is a sampling procedure, evaluated by its own command's output
+        model = ref if name == "sft" else load_causal_lm(path).eval()
+        t = tok if name != "base" else load_tokenizer(path)
+        results[name] = evaluate_policy(model, t, prompts, gen=gen, reward_judge=rm_judge,
+                                        ref=ref if name not in ("sft",) and _same_vocab(t, tok) else None)
+    rows = []
+    for name, r in results.items():
+        row = {"model": name, "gold": r.get("gold"), "reward": r.get("reward"), "kl_to_sft": r.get("kl", 0.0)
+               if name != "sft" else 0.0, "length": r["length"], "no_eos": r["no_eos_frac"]}
+        if name != "sft":
+            w = compare_policies(prompts, r["texts"], results["sft"]["texts"], judge,
+                                 finished_a=r["finished"], finished_b=results["sft"]["finished"], seed=e.seed)
+            row.update(win_rate_vs_sft=w["win_rate"], ci_low=w["ci_low"], ci_high=w["ci_high"],
+                       wins=w["wins"], losses=w["losses"], ties=w["ties"])
+        rows.append(row)
+    samples = [{"prompt": p if isinstance(p, str) else p[-1]["content"],
+                "responses": {name: r["texts"][i] for name, r in results.items()}}
+               for i, p in enumerate(prompts[: e.samples])]
+    return {"table": rows, "samples": samples, "judge": e.judge, "n_prompts": len(prompts)}
+
+
+def _same_vocab(a, b) -> bool:
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [("model", "model", "{}"), ("gold", "gold", "{:+.3f}"), ("reward", "RM score", "{:+.3f}"),
+            ("win_rate_vs_sft", "win vs SFT", "{:.2f}"), ("ci", "95% CI", "{}"), ("kl_to_sft", "KL", "{:.2f}"),
+            ("length", "length", "{:.1f}")]
+    lines = []
+    head = [c[1] for c in cols]
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, f in cols:
+            if key == "ci":
+                lo, hi = r.get("ci_low"), r.get("ci_high")
+                cells.append("" if lo is None or (isinstance(lo, float) and math.isnan(lo)) else f"[{lo:.2f}, {hi:.2f}]")
+            else:
+                v = r.get(key)
+                cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v))
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], result: dict) -> Path:
+    from rlhf.observe.report import write_report
+
+    notes = [f"Held-out prompts: {result['n_prompts']}; answers are greedy; win rates by the {result['judge']} "
+             "judge, ties excluded, with 95% bootstrap intervals; KL is to the SFT model, on samples at temperature 1."]
+    for r in result.get("rounds", []):
+        if "rm_acc_before" in r:
+            notes.append(f"Round {r['round']}: reward-model accuracy on the new policy's samples "
+                         f"{r['rm_acc_before']:.3f} before retraining, {r['rm_acc_after']:.3f} after.")
+    for name, secs in result.get("timings", {}).items():
+        notes.append(f"Stage {name}: {secs:.0f} s wall time.")
+    alarms_path = out / "ppo" / "alarms.json"
+    if alarms_path.exists():
+        for a in json.loads(alarms_path.read_text()):
+            notes.append(f"Alarm at update {a['step']}: {a['alarm']}: {a['message']}")
+    return write_report(out, stages, result["samples"], result["table"], notes, title=f"rlhf pipeline: {out}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse(PipelineArgs, argv)
+    raw = load_yaml(args.config)
+    if args.out:
+        raw["out"] = args.out
+    if args.method:
+        raw["method"] = args.method
+    if args.rounds:
+        raw["rounds"] = args.rounds
+    cfg = from_dict(PipelineConfig, raw, os.path.basename(args.config))
+    result = Pipeline(cfg).run()
+    print()
+    print(format_table(result["table"]))
+    print(f"\nreport: {result['report']}")
+    return 0
