@@ -164,7 +164,7 @@ class TrainResult:
     model: Any = None  # the trained model, unwrapped (best weights when keep_best)
 
 
-def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions, *, out_dir: str | os.PathLike,
+def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_dir: str | os.PathLike,
           eval_fn: Callable | None = None, save_fn: Callable | None = None,
           best_metric: str | Sequence[tuple[str, bool]] = "loss", higher_is_better: bool = False,
           count_key: str = "tokens") -> TrainResult:
@@ -183,7 +183,6 @@ def train(model, train_batches: Sequence, step_fn: Callable, opts: TrainOptions,
     - `save_fn(model)` writes the final model (main process, unwrapped model);
       by default `rlhf.models.save_model(model, None, out_dir)`.
     """
-    import torch
     from accelerate.utils import set_seed
 
     criteria = [(best_metric, higher_is_better)] if isinstance(best_metric, str) else list(best_metric)
@@ -456,7 +455,7 @@ def _accumulate(accelerator, model, step_fn, batches: list, count_key: str) -> d
         with accelerator.accumulate(model):
             loss, metrics = step_fn(model, send_to_device(batch, accelerator.device))
             accelerator.backward(loss)
-        for k, v in {"loss": loss, **(metrics or {})}.items():
+        for k, v in {**(metrics or {}), "loss": loss}.items():  # the loss that was optimised wins
             sums[k] = sums.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
     keys = sorted(sums)
     total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
