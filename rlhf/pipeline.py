@@ -235,6 +235,7 @@ class Pipeline:
         result = evaluate_models(cfg, base=cfg.base, sft=sft, rm=rm_now, policies=policies,
                                  eval_file=data["eval"], uses_lab=uses_lab)
         result["rounds"] = rounds
+        result["rm_val_accuracy"] = _last_metric(rm_now / "metrics.jsonl", "eval_accuracy")
         result["timings"] = self.timings
         report = write_pipeline_report(cfg, out, self.stages, result)
         result["report"] = str(report)
@@ -242,6 +243,16 @@ class Pipeline:
 
         write_json(out / "summary.json", {k: v for k, v in result.items() if k != "samples"})
         return result
+
+
+def _last_metric(path: Path, key: str):
+    """The kept (best) value of an evaluation metric, else its last logged value."""
+    from rlhf.files import read_jsonl
+
+    if not path.exists():
+        return None
+    rows = [r for r in read_jsonl(path) if key in r]
+    return rows[-1][key] if rows else None
 
 
 def _concat(paths: list[str], out: Path) -> str:
@@ -309,10 +320,23 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
             row.update(win_rate_vs_sft=w["win_rate"], ci_low=w["ci_low"], ci_high=w["ci_high"],
                        wins=w["wins"], losses=w["losses"], ties=w["ties"])
         rows.append(row)
+    # The reward model against the gold judge: on every prompt, every pair of models' answers that
+    # gold tells apart, does the reward model order them the same way?
+    agree = total = 0
+    names = [n for n in results if "gold_scores" in results[n] and "reward_scores" in results[n]]
+    for i in range(len(prompts)):
+        for x in range(len(names)):
+            for y in range(x + 1, len(names)):
+                a, b = results[names[x]], results[names[y]]
+                dg = a["gold_scores"][i] - b["gold_scores"][i]
+                if abs(dg) > 1e-6 and a["texts"][i] != b["texts"][i]:
+                    total += 1
+                    agree += (a["reward_scores"][i] - b["reward_scores"][i]) * dg > 0
     samples = [{"prompt": p if isinstance(p, str) else p[-1]["content"],
                 "responses": {name: r["texts"][i] for name, r in results.items()}}
                for i, p in enumerate(prompts[: e.samples])]
-    return {"table": rows, "samples": samples, "judge": e.judge, "n_prompts": len(prompts)}
+    return {"table": rows, "samples": samples, "judge": e.judge, "n_prompts": len(prompts),
+            "rm_gold_accuracy": agree / total if total else None, "rm_gold_pairs": total}
 
 
 def _same_vocab(a, b) -> bool:
@@ -352,6 +376,10 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], re
         if "rm_acc_before" in r:
             notes.append(f"Round {r['round']}: reward-model accuracy on the new policy's samples "
                          f"{r['rm_acc_before']:.3f} before retraining, {r['rm_acc_after']:.3f} after.")
+    if result.get("rm_gold_accuracy") is not None:
+        notes.append(f"Reward model against the gold judge: it orders {result['rm_gold_accuracy']:.1%} of "
+                     f"{result['rm_gold_pairs']} held-out answer pairs (that gold tells apart) as gold does; "
+                     f"validation accuracy on annotator comparisons {result.get('rm_val_accuracy') or float('nan'):.3f}.")
     for name, secs in result.get("timings", {}).items():
         notes.append(f"Stage {name}: {secs:.0f} s wall time.")
     alarms_path = out / "ppo" / "alarms.json"
