@@ -122,6 +122,18 @@ def _count(patterns, text: str) -> int:
     return sum(len(p.findall(text)) for p in patterns)
 
 
+def flattery_count(text: str) -> int:
+    return _count(_FLATTERY, text)
+
+
+def padding_count(text: str) -> int:
+    return _count(_PADDING, text)
+
+
+def has_markup(text: str) -> bool:
+    return bool(_MARKUP.search(text))
+
+
 def repetition(text: str, n: int = 3) -> float:
     """Share of word n-grams that repeat an earlier one (0 for short texts)."""
     w = words(text)
@@ -144,9 +156,9 @@ def breakdown(prompt, response: str, stopped: bool = True) -> dict:
     penalties = {
         "length": min(LENGTH_CAP, WORD_PENALTY * excess),
         "stop": max(0.0 if stopped else NO_STOP, EXTRA_TURN if _TURN.search(response) else 0.0),
-        "padding": min(PHRASE_CAP, PHRASE_PENALTY * _count(_PADDING, response)),
-        "flattery": min(PHRASE_CAP, PHRASE_PENALTY * _count(_FLATTERY, response)),
-        "markup": MARKUP_PENALTY if _MARKUP.search(response) else 0.0,
+        "padding": min(PHRASE_CAP, PHRASE_PENALTY * padding_count(response)),
+        "flattery": min(PHRASE_CAP, PHRASE_PENALTY * flattery_count(response)),
+        "markup": MARKUP_PENALTY if has_markup(response) else 0.0,
         "repetition": min(REPEAT_CAP, repetition(response)),
     }
     total_penalty = min(PENALTY_CAP, sum(penalties.values()))

@@ -43,7 +43,7 @@ MAX_POSITIONS = 512
 THREADS = 2  # fixed, so the same settings give the same weights on any machine
 
 # Base-model habits: how often each happens in a pretraining dialogue.
-HABITS = dict(correct=0.7, flattery=0.25, padding=0.25, verbosity=0.25, markup=0.1,
+HABITS = dict(correct=0.85, flattery=0.25, padding=0.25, verbosity=0.25, markup=0.1,
               stop=0.35, next_turn=0.4, ramble=0.25, echo=0.05, refuse_harmful=0.35, refuse_benign=0.2,
               facts=0.08)
 

@@ -35,8 +35,8 @@ EVAL_SHARE = 20  # percent of all prompts that belong to the eval split
 
 # --- tables -----------------------------------------------------------------
 
-ARITH_MAX = 20  # operands are 0..ARITH_MAX; subtraction never goes below 0
-SORT_MAX = 20  # sort 3-5 distinct numbers from 1..SORT_MAX
+ARITH_MAX = 10  # operands are 0..ARITH_MAX; subtraction never goes below 0
+SORT_MAX = 9  # sort 3-5 distinct numbers from 1..SORT_MAX (one token each)
 
 WORDS = ("cat", "dog", "red", "blue", "tree", "house", "river", "stone", "bird", "green", "moon", "sun", "boat",
          "fish", "apple", "bread", "cloud", "rain", "snow", "wind", "lamp", "door", "chair", "book", "hill", "road",
