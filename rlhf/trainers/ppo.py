@@ -86,6 +86,7 @@ class PPOConfig:
     value_model: Literal["head", "critic"] = opt("head", "value head on the policy, or a critic from the reward model")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); with LoRA the reference is the adapter disabled")
     lora_alpha: int = opt(16, "LoRA alpha")
+    dtype: Literal["float32", "bfloat16"] = opt("float32", "weights' dtype (float32 keeps the PPO ratio exact)")
     lora_targets: list[str] = opt(["all-linear"], "module names LoRA adapts (comma-separated), or all-linear")
 
     temperature: float = opt(1.0, "sampling temperature (also divides the logits in training)")

@@ -111,14 +111,14 @@ def build_models(cfg):
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")
     lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
                        target_modules=list(cfg.lora_targets)) if cfg.lora_r > 0 else None
-    lm = load_causal_lm(cfg.policy, lora=lora, dropout_off=True)
+    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, lora=lora, dropout_off=True)
     reference = None
     if lora is None:
-        reference = load_causal_lm(cfg.policy, dropout_off=True).eval().requires_grad_(False)
+        reference = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).eval().requires_grad_(False)
     rms, rm_toks = [], []
     for path in cfg.reward_model:
         tok = load_tokenizer(path, padding_side="right")
-        rm = load_reward_model(path, pad_token_id=tok.pad_token_id)
+        rm = load_reward_model(path, dtype=cfg.dtype, pad_token_id=tok.pad_token_id)
         disable_dropout(rm)
         rms.append(rm.eval().requires_grad_(False))
         rm_toks.append(tok)
@@ -128,7 +128,7 @@ def build_models(cfg):
         if not same_vocabulary(tokenizer, rm_toks[0]):
             raise UserError(f"value_model=critic: the reward model {cfg.reward_model[0]} uses another tokenizer "
                             "than the policy, so it cannot value the policy's tokens; use value_model=head")
-        critic_rm = load_reward_model(cfg.reward_model[0], lora=lora,
+        critic_rm = load_reward_model(cfg.reward_model[0], dtype=cfg.dtype, lora=lora,
                                       pad_token_id=tokenizer.pad_token_id)
         disable_dropout(critic_rm)
         try:
