@@ -484,12 +484,22 @@ def run(cfg: CAIConfig, log=print) -> dict:
 
     import torch
 
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, constitution, prompts, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict:
+    import torch
+
     from rlhf.evaluate import lab_prompts
     from rlhf.files import atomic_dir, write_json, write_jsonl
     from rlhf.rollout import generate
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     policy = _load_local(cfg.model, cfg)
     critic = build_critic(cfg, policy)

@@ -180,7 +180,8 @@ def test_default_prompts_mix_red_team_benign_and_ordinary():
 
 def _cfg(model, out, **kw):
     base = dict(model=model, out=str(out), n_prompts=6, rounds=2, max_new_tokens=6, critic_max_new_tokens=6,
-                batch_size=4, seed=5, temperature=1.0, critic_temperature=1.0, max_prompt_len=256)
+                batch_size=4, seed=5, temperature=1.0, critic_temperature=1.0, max_prompt_len=256,
+                threads=1)  # tiny matmuls: one thread avoids contention on a busy machine
     return CAIConfig(**{**base, **kw})
 
 
