@@ -1,0 +1,69 @@
+"""`rlhf pipeline` and its iterative rounds end to end on the small lab model."""
+
+import json
+
+import yaml
+
+from rlhf.cli import main as cli
+
+
+def _config(tmp_path, **extra):
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "base": "lab-small",
+        "lab": {"n_sft": 40, "n_prefs": 12, "k": 3, "n_eval": 6, "max_new_tokens": 12},
+        "sft": {"epochs": 1, "batch_size": 8, "quiet": True},
+        "rm": {"epochs": 1, "batch_size": 4, "quiet": True},
+        "method": ["ppo", "dpo"],
+        "ppo": {"total_episodes": 8, "rollout_batch_size": 8, "minibatch_size": 4, "max_new_tokens": 12,
+                "eval_size": 4, "eval_every": 1},
+        "dpo": {"epochs": 1, "batch_size": 4, "quiet": True},
+        "eval": {"n": 6, "max_new_tokens": 12, "samples": 2},
+        **extra,
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
+    path = _config(tmp_path)
+    assert cli(["pipeline", str(path)]) == 0
+    run = tmp_path / "run"
+    for stage in ("sft", "rm", "ppo", "dpo"):
+        assert (run / stage / "config.json").exists(), stage
+    summary = json.loads((run / "summary.json").read_text())
+    models = [r["model"] for r in summary["table"]]
+    assert models == ["base", "sft", "ppo", "dpo"]
+    for row in summary["table"]:
+        assert isinstance(row["gold"], float) and row["length"] > 0
+        if row["model"] != "sft":
+            assert row["wins"] + row["losses"] + row["ties"] == 6
+    html = (run / "report.html").read_text()
+    assert "ppo" in html and "dpo" in html and (run / "report.md").exists()
+    out = capsys.readouterr().out
+    assert "win vs SFT" in out and "report:" in out
+
+    # A second run finds every stage complete and trains nothing.
+    assert cli(["pipeline", str(path)]) == 0
+    assert "is complete, skipped" in capsys.readouterr().err
+
+
+def test_iterative_rounds_retrain_the_reward_model(tmp_path):
+    path = _config(tmp_path, method="ppo", rounds=2)
+    assert cli(["pipeline", str(path)]) == 0
+    run = tmp_path / "run"
+    assert (run / "rm-round2" / "config.json").exists() and (run / "ppo-round2" / "config.json").exists()
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert 0.0 <= rounds[1]["rm_acc_before"] <= 1.0 and 0.0 <= rounds[1]["rm_acc_after"] <= 1.0
+    models = [r["model"] for r in json.loads((run / "summary.json").read_text())["table"]]
+    assert models == ["base", "sft", "ppo-round1", "ppo-round2"]
+
+
+def test_bad_pipeline_config_is_one_clear_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: sarsa\n")
+    assert cli(["pipeline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "rlhf: pipeline: unknown method 'sarsa'; choose from ppo, dpo, ipo, cdpo, simpo, kto, orpo, bon"
