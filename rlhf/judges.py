@@ -517,6 +517,11 @@ class OpenAIJudge(Judge):
             self._sleep(delay)
             attempt += 1
 
+    def complete(self, messages: list[dict]):
+        """One chat completion with this judge's model, retries, timeout and key handling (for other callers,
+        e.g. a critic in Constitutional AI); `openai`'s ChatCompletion object."""
+        return self._call(messages)
+
     @staticmethod
     def read_choice(completion) -> float | None:
         """P(first better) from a completion: log-probabilities when present, else the answer text."""
