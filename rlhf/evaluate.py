@@ -259,15 +259,9 @@ def lab_prompts(prompts: Sequence) -> bool:
 
 def default_prompts(n: int, seed: int) -> list[str]:
     """`n` held-out lab prompts (the eval split, disjoint from every training prompt)."""
-    try:
-        from rlhf.lab.generate import eval_prompts
-    except ImportError:
-        eval_prompts = None
-    if eval_prompts is not None:
-        return [p["prompt"] if isinstance(p, dict) else p for p in eval_prompts(n, seed)]
-    from rlhf.lab.world import sample_tasks
+    from rlhf.lab.generate import eval_prompts
 
-    return [t.prompt for t in sample_tasks(n, seed, split="eval")]
+    return list(eval_prompts(n, seed))
 
 
 def default_heldout(prompts: Sequence) -> list[dict]:
