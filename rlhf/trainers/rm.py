@@ -65,8 +65,11 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
     epochs: int = opt(1, "passes over the training data (reward models overfit after about one)")
     batch_size: int = opt(8, "prompts (with all their responses) per micro-batch on each process")
     eval_every: int = opt(0, "evaluate every N steps; 0 = at the start and the end only")
+    ensemble: int = opt(1, "train K reward models (seeds seed..seed+K-1) into out/member-k, listed in ensemble.json")
 
     def __post_init__(self):
+        if self.ensemble < 1:
+            raise UserError(f"ensemble must be at least 1, got {self.ensemble}")
         if self.max_len < 8:
             raise UserError(f"max_len must be at least 8, got {self.max_len}")
         if not 0 <= self.val_fraction < 1:
@@ -81,7 +84,13 @@ def default_backbone() -> str:
 
 
 def main(argv: list[str]) -> int:
-    run(parse(RMConfig, argv))
+    cfg = parse(RMConfig, argv)
+    if cfg.ensemble > 1:
+        from rlhf.trainers.rm_ensemble import train_ensemble
+
+        train_ensemble(cfg)
+    else:
+        run(cfg)
     return 0
 
 
