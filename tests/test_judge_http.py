@@ -35,8 +35,38 @@ def _serve(model_dir, **kw):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    srv = _serve(tiny_model_dir)
+def judge_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A random 2-layer Phi (its output layer has a bias) leaning to answer "A", then "B".
+
+    A random model alone puts neither letter among its top 20 tokens, so every
+    answer would read as an even 0.5 and the log-probability path would go
+    untested. Biases 3.0 and 2.6 make "A" the greedy answer with "B" close
+    behind: P(A) / (P(A) + P(B)) is about sigmoid(0.4) = 0.6 in either order,
+    moved a little by the content.
+    """
+    import torch
+    from transformers import PhiConfig, PhiForCausalLM
+
+    from rlhf.judges import letter_token_ids
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer
+    model = PhiForCausalLM(PhiConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=512,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     bos_token_id=tok.bos_token_id))
+    with torch.no_grad():
+        model.lm_head.bias[letter_token_ids(tok, "A")] = 3.0
+        model.lm_head.bias[letter_token_ids(tok, "B")] = 2.6
+    path = tmp_path_factory.mktemp("judge-phi")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(judge_model_dir):
+    srv = _serve(judge_model_dir)
     yield f"http://127.0.0.1:{srv.effective_port}/v1"
     srv.close()
 
@@ -82,23 +112,25 @@ def expected_prob_first(model_dir, prompt, first, second):
     return 0.5 if m is None else float(m.group(1) == "A")
 
 
-def test_probabilities_are_the_served_models_own_in_both_orders(server, tiny_model_dir):
+def test_probabilities_are_the_served_models_own_in_both_orders(server, judge_model_dir):
     judge = OpenAIJudge(server, "tiny", principles=PRINCIPLES, concurrency=2, max_retries=0)
     probs = judge.compare(PROMPTS, GOOD, BAD)
     assert judge.requests_sent == 2 * len(PROMPTS)  # every pair asked in both orders
-    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert all(0.0 <= p <= 1.0 for p in probs) and judge.invalid_rate == 0.0
+    assert judge.position_bias == 1.0  # this model answers "A" whatever it is shown: caught
     for i, p in enumerate(probs):
-        forward = expected_prob_first(tiny_model_dir, PROMPTS[i], GOOD[i], BAD[i])
-        reverse = expected_prob_first(tiny_model_dir, PROMPTS[i], BAD[i], GOOD[i])
+        forward = expected_prob_first(judge_model_dir, PROMPTS[i], GOOD[i], BAD[i])
+        reverse = expected_prob_first(judge_model_dir, PROMPTS[i], BAD[i], GOOD[i])
+        assert 0.55 < forward < 0.7 and 0.55 < reverse < 0.7  # read from the log-probabilities, not the text
         assert p == pytest.approx((forward + (1.0 - reverse)) / 2.0, abs=1e-5)
     swapped = judge.compare(PROMPTS, BAD, GOOD)
     assert [x + y for x, y in zip(probs, swapped)] == pytest.approx([1.0] * len(PROMPTS), abs=1e-9)
 
 
-def test_key_is_sent_checked_by_the_server_and_never_shown(tiny_model_dir, monkeypatch, caplog, capfd):
+def test_key_is_sent_checked_by_the_server_and_never_shown(judge_model_dir, monkeypatch, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("RLHF_TEST_SERVE_KEY", SECRET)
-    srv = _serve(tiny_model_dir, api_key_env="RLHF_TEST_SERVE_KEY")
+    srv = _serve(judge_model_dir, api_key_env="RLHF_TEST_SERVE_KEY")
     url = f"http://127.0.0.1:{srv.effective_port}/v1"
     try:
         monkeypatch.setenv("RLHF_TEST_JUDGE_KEY", SECRET)
@@ -144,10 +176,14 @@ def test_a_stalled_server_times_out_then_recovers(server, monkeypatch):
 
     release = threading.Event()
     real = Engine.complete
+    busy = threading.Semaphore(0)  # one release per finished request, so the test can wait for stragglers
 
     def held(self, req):
-        release.wait(10)
-        return real(self, req)
+        try:
+            release.wait(10)
+            return real(self, req)
+        finally:
+            busy.release()
 
     monkeypatch.setattr(Engine, "complete", held)
     judge = OpenAIJudge(server, "tiny", principles=PRINCIPLES, timeout=0.5, max_retries=1, concurrency=1)
@@ -160,4 +196,7 @@ def test_a_stalled_server_times_out_then_recovers(server, monkeypatch):
     judge._sleep = lambda s: None
     with pytest.raises(UserError, match="timed out after 2 attempts"):
         judge.compare(PROMPTS[:1], GOOD[:1], BAD[:1])
+    assert judge.requests_sent == 2 * 2
     release.set()
+    for _ in range(3 + 4):  # every request either judge sent has finished on the server before it closes
+        assert busy.acquire(timeout=30)
