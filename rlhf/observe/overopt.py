@@ -181,10 +181,15 @@ def fit_points(points: Sequence[dict], key: str, form: str) -> dict | None:
         return None
     base = pts[0][key]
     f = fit([p["d"] for p in pts], [p[key] - base for p in pts], form)
-    out = {"form": form, "alpha": f.alpha, "beta": f.beta, "r2": f.r2, "base": base,
-           "peak_d": f.peak_d, "peak_kl": f.peak_kl, "peak_gain": f.peak_value,
-           "peak_value": None if f.peak_value is None else base + f.peak_value}
-    return out
+    try:
+        peak_d, peak_gain = f.peak_d, f.peak_value
+    except OverflowError:  # beta ~ 0+ in the RL form: the peak is beyond any KL a float holds, i.e. none
+        peak_d = peak_gain = None
+    if peak_d is not None and not math.isfinite(peak_d):
+        peak_d = peak_gain = None
+    return {"form": form, "alpha": f.alpha, "beta": f.beta, "r2": f.r2, "base": base,
+            "peak_d": peak_d, "peak_kl": None if peak_d is None else peak_d * peak_d, "peak_gain": peak_gain,
+            "peak_value": None if peak_gain is None else base + peak_gain}
 
 
 def measured_peak(points: Sequence[dict], key: str = "gold") -> dict | None:
