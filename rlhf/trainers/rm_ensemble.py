@@ -45,7 +45,8 @@ def train_ensemble(cfg) -> list:
         results.append(result)
         rows.append({"path": out.name, "seed": cfg.seed + k, **_best_eval(result)})
     # written last: its presence marks a complete ensemble
-    write_json(Path(cfg.out) / ENSEMBLE_FILE, {"members": rows, "base_model": cfg.model or default_backbone(), "data": cfg.data})
+    index = {"members": rows, "base_model": cfg.model or default_backbone(), "data": cfg.data}
+    write_json(Path(cfg.out) / ENSEMBLE_FILE, index)
     return results
 
 
