@@ -33,6 +33,8 @@ class Case:
     response_len: int = 0
     updates: int = 0
     temperature: float = 0.7
+    eval_rows: int = 64  # held-out examples scored after training (same ones on both sides)
+    trl_precompute_ref: bool = False  # DPO: TRL's precompute_ref_log_probs (a reference pass up front, as ours)
     note: str = ""
     tags: tuple[str, ...] = field(default=("default",))
 
@@ -68,10 +70,13 @@ def _lab(stage: str, size: str, **kw) -> Case:
 CASES: dict[str, Case] = {c.name: c for c in [
     *(_lab(stage, size) for size in ("10m", "30m") for stage in ("sft", "rm", "dpo", "ppo")),
     Case("rm-smollm2", "rm", "smollm2-135m-instruct", "pairs", max_len=192, batch_size=4, steps=8, lr=1e-5,
-         note="SmolLM2-135M-Instruct with a fresh score head"),
+         eval_rows=32, note="SmolLM2-135M-Instruct with a fresh score head"),
     Case("dpo-smollm2", "dpo", "smollm2-135m-instruct", "pairs", max_len=192, batch_size=2, steps=8, lr=1e-6,
-         note="SmolLM2-135M-Instruct"),
+         eval_rows=32, note="SmolLM2-135M-Instruct"),
+    replace(_lab("dpo", "30m"), name="dpo-30m-precompute", trl_precompute_ref=True, tags=("variants",),
+            note="TRL with precompute_ref_log_probs=True: both sides run the reference once, up front"),
     Case("hh-rm-minilm", "rm", "minilm-l6", "hh-split", max_len=128, batch_size=16, steps=30, lr=5e-5, reps=1,
+         eval_rows=100000,
          note="held-out accuracy on the HH harmless split (all-MiniLM-L6-v2 backbone)", tags=("default", "accuracy")),
 ]}
 
@@ -87,6 +92,6 @@ def select(names: list[str]) -> list[Case]:
         else:
             picked = [c for c in CASES.values() if name in c.tags]
             if not picked:
-                raise SystemExit(f"unknown case '{name}'; known: {', '.join(CASES)}, default, all, accuracy")
+                raise SystemExit(f"unknown case '{name}'; known: {', '.join(CASES)}, default, all, accuracy, variants")
         out += [c for c in picked if c not in out]
     return out

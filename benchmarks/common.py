@@ -195,7 +195,7 @@ def peak_rss_mb() -> float | None:
 
 def held_out(spec: dict) -> list[dict]:
     path = Path(spec["data_dir"]) / "trl-eval.jsonl"
-    return read_jsonl(path) if path.exists() else []
+    return read_jsonl(path)[:spec.get("eval_rows")] if path.exists() else []
 
 
 def evaluate(spec: dict, model, pad: int) -> dict:

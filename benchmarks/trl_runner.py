@@ -87,8 +87,18 @@ def run_dpo(spec: dict):
 
     tok = _tokenizer(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    args = DPOConfig(beta=spec["beta"], max_length=None, **_common(spec))
-    trainer = DPOTrainer(model=model, args=args, train_dataset=_dataset(spec), processing_class=tok)
+    class PretokenizedDPOTrainer(DPOTrainer):
+        """TRL 1.16's DPO re-tokenises every dataset; ours arrives as prompt_ids/chosen_ids/rejected_ids
+        already (the ids `_prepare_dataset` would produce), so that step is skipped and nothing else changes."""
+
+        def _prepare_dataset(self, dataset, *args, **kwargs):
+            if "prompt_ids" in dataset.column_names:
+                return dataset
+            return super()._prepare_dataset(dataset, *args, **kwargs)
+
+    args = DPOConfig(beta=spec["beta"], max_length=None, precompute_ref_log_probs=spec.get("trl_precompute_ref", False),
+                     **_common(spec))
+    trainer = PretokenizedDPOTrainer(model=model, args=args, train_dataset=_dataset(spec), processing_class=tok)
     trainer.train()
     return trainer, tok
 
