@@ -213,11 +213,16 @@ def parse(cls, argv: list[str] | None = None, prog: str | None = None):
     positional_fields = [f for f in fields(cls) if f.metadata.get("positional")]
     rewritten: list[str] = []
     yaml_files: list[str] = []
-    for tok in argv:
+    # A *.yaml right after a flag that takes a value (`--constitution c.yaml`) is that value.
+    hints = _hints(cls)
+    takes_value = {f"--{n}" for f in fields(cls) if _unwrap_optional(hints[f.name])[0] is not bool
+                   for n in (f.name, f.name.replace("_", "-"))}
+    for i, tok in enumerate(argv):
         if not tok.startswith("-") and "=" in tok and tok.split("=", 1)[0].replace("-", "_").isidentifier():
             k, v = tok.split("=", 1)
             rewritten += [f"--{k}", v]
-        elif not positional_fields and tok.endswith((".yaml", ".yml")) and not tok.startswith("-"):
+        elif (not positional_fields and tok.endswith((".yaml", ".yml")) and not tok.startswith("-")
+              and not (i and argv[i - 1] in takes_value)):
             yaml_files.append(tok)
         else:
             rewritten.append(tok)
