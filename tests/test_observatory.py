@@ -101,3 +101,10 @@ def test_alarm_fires_once():
 def test_text_helpers():
     assert repeated_ngram("a b c a b c") and not repeated_ngram("a b c d e f")
     assert distinct_n(["a b", "a b"]) == 0.5
+
+
+def test_rl_fit_with_vanishing_beta_has_no_peak():
+    from rlhf.observe.curves import Fit
+
+    assert Fit("rl", alpha=1.0, beta=1e-6, r2=1.0).peak_d is None
+    assert Fit("rl", alpha=1.0, beta=-0.1, r2=1.0).peak_kl is None

@@ -45,7 +45,9 @@ class Fit:
             return None
         if self.form == "bon":
             return self.alpha / (2 * self.beta)
-        return math.exp(self.alpha / self.beta - 1)
+        exponent = self.alpha / self.beta - 1
+        # beta ~ 0: the fitted curve turns down only beyond any KL a run could reach
+        return math.exp(exponent) if exponent < 700 else None
 
     @property
     def peak_kl(self) -> float | None:
