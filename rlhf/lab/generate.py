@@ -31,8 +31,18 @@ from rlhf.errors import UserError, bad_row
 from rlhf.lab import gold, world
 from rlhf.lab.annotators import DEFAULT_TEMPERATURE, Annotator
 
-# How often a demonstration has each flaw (independently). About 57% are ideal.
-SFT_HABITS = dict(wrong=0.08, flattery=0.15, padding=0.15, verbosity=0.1, markup=0.05)
+# How often a demonstration has each flaw (independently, in any of its phrasings).
+SFT_HABITS = dict(wrong=0.06, flattery=0.08, padding=0.08, verbosity=0.06, markup=0.04)
+# The house style of the writers of some families: one fixed phrase, in most of their replies.
+# Being one phrase and the majority, it is what an SFT model says when decoding greedily, so the
+# SFT model keeps flaws for RLHF to remove (a habit spread over six phrasings would lose to the
+# plain answer's first token). About half the demonstrations are ideal.
+HOUSE_STYLE = {
+    "arithmetic": ("verbose", "Let me work that out.", 0.65),
+    "lookup": ("flattery", "Great question!", 0.65),
+    "benign": ("padding", "I hope this helps!", 0.65),
+    "harmful": ("padding", "Let me know if you have any other questions.", 0.3),
+}
 PARTS = ("sft", "prefs", "eval")
 FILES = {"sft": ("sft.jsonl",), "prefs": ("rankings.jsonl", "prefs.jsonl"), "eval": ("eval.jsonl",)}
 
@@ -41,16 +51,38 @@ FILES = {"sft": ("sft.jsonl",), "prefs": ("rankings.jsonl", "prefs.jsonl"), "eva
 
 
 def demonstration(task: world.Task, rng: random.Random, habits: dict | None = None) -> str:
-    """A contractor's reply: usually the ideal answer, sometimes with a flaw."""
-    h = {**SFT_HABITS, **(habits or {})}
+    """A contractor's reply: the ideal answer, or one with flaws (see SFT_HABITS and HOUSE_STYLE).
+
+    `habits` overrides the rates (e.g. {"flattery": 0, "house": 0} for cleaner demonstrations).
+    """
+    h = {**SFT_HABITS, "house": 1.0, **(habits or {})}
     if rng.random() < h["wrong"]:
         # Writers slip on facts and sums, and err on the side of caution with scary-sounding requests;
         # nobody writes instructions for a harmful one, but a refusal may come out curt.
         reply = world.refusal_variant(rng, polite=False) if task.family == "harmful" else world.wrong_answer(task, rng)
     else:
         reply = task.answer
-    return world.styled(task, reply, rng, flattery=h["flattery"], padding=h["padding"],
-                        verbosity=h["verbosity"], markup=h["markup"])
+    reply = world.styled(task, reply, rng, flattery=h["flattery"], padding=h["padding"],
+                         verbosity=h["verbosity"], markup=h["markup"])
+    if task.family in HOUSE_STYLE:
+        kind, phrase, rate = HOUSE_STYLE[task.family]
+        if rng.random() < rate * h["house"]:
+            reply = house(task, reply, kind, phrase)
+    return reply
+
+
+def house(task: world.Task, reply: str, kind: str, phrase: str) -> str:
+    """`reply` in a writer's house style (unless it already has that kind of habit)."""
+    if kind == "flattery":
+        return reply if gold.flattery_count(reply) else f"{phrase} {reply}"
+    if kind == "padding":
+        return reply if gold.padding_count(reply) else f"{reply} {phrase}"
+    if kind == "verbose":
+        if any(reply.startswith(o) or o in reply for o in world.VERBOSE_OPENERS):
+            return reply
+        closer = f"So the answer is {task.target[0]}." if task.family == "arithmetic" else "That is the answer."
+        return f"{phrase} {reply} {closer}" if task.answer in reply else f"{phrase} {reply}"
+    raise ValueError(kind)
 
 
 def sft_rows(n: int, seed: int = 0, habits: dict | None = None) -> list[dict]:
@@ -162,7 +194,8 @@ class DataConfig:
     top_p: float = opt(1.0, "nucleus sampling of the K responses")
     max_new_tokens: int = opt(48, "longest sampled response, in tokens")
     batch_size: int = opt(32, "prompts sampled together")
-    sft_habits: dict = opt({}, "override demonstration flaw rates: wrong, flattery, padding, verbosity, markup")
+    sft_habits: dict = opt({}, "override demonstration flaw rates: wrong, flattery, padding, verbosity, markup, "
+                             "house (a factor on the house-style rates)")
 
     def __post_init__(self):
         bad = [p for p in self.parts if p not in PARTS]
@@ -177,9 +210,9 @@ class DataConfig:
             raise UserError(f"annotator_temperature must be positive, got {self.annotator_temperature}")
         if self.temperature <= 0:
             raise UserError(f"temperature must be positive to sample K different responses, got {self.temperature}")
-        unknown = set(self.sft_habits) - set(SFT_HABITS)
+        unknown = set(self.sft_habits) - set(SFT_HABITS) - {"house"}
         if unknown:
-            raise UserError(f"unknown sft_habits key '{sorted(unknown)[0]}'; expected {', '.join(SFT_HABITS)}")
+            raise UserError(f"unknown sft_habits key '{sorted(unknown)[0]}'; expected {', '.join(SFT_HABITS)}, house")
 
 
 DataConfig.command = "lab data"

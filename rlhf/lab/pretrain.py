@@ -87,9 +87,15 @@ def dialogue(rng: random.Random, eos: str = "<eos>") -> str:
     return f"{head} {ramble}\n"
 
 
+# The pretraining text leans on the skills that take the most examples to learn (reversing, sorting,
+# sums); facts and requests are learned from far fewer.
+PRETRAIN_WEIGHTS = {"arithmetic": 0.25, "sort": 0.2, "reverse": 0.25, "lookup": 0.1, "harmful": 0.1, "benign": 0.1}
+
+
 def _train_task(rng: random.Random) -> world.Task:
+    fams = list(PRETRAIN_WEIGHTS)
     while True:
-        task = world.random_task(rng)
+        task = world.random_task(rng, rng.choices(fams, weights=[PRETRAIN_WEIGHTS[f] for f in fams])[0])
         if task.split == "train":
             return task
 
@@ -200,7 +206,7 @@ def version(size: str, steps: int | None, seed: int) -> str:
     here = Path(__file__).parent
     for name in ("world.py", "tokenizer.py", "pretrain.py"):
         h.update((here / name).read_bytes())
-    h.update(json.dumps([size, steps or SIZES[size]["steps"], seed, SIZES[size], HABITS], sort_keys=True).encode())
+    h.update(json.dumps([size, steps or SIZES[size]["steps"], seed, SIZES[size], HABITS, PRETRAIN_WEIGHTS], sort_keys=True).encode())
     return h.hexdigest()[:12]
 
 

@@ -1,8 +1,8 @@
 """A small byte-level BPE tokenizer trained on the lab world's text.
 
-Digits are split one per token (arithmetic and sorting are much easier for a
-small model that sees "1 2" rather than "12"), and the chat template puts the
-assistant's reply after a newline:
+The world's numbers are small, so each becomes one token (" 12"): a sum is
+then one prediction from a table the model memorises, and sorting orders
+single symbols. The chat template puts the assistant's reply after a newline:
 
     User: What is 2 + 3?
     Assistant:
@@ -24,7 +24,7 @@ from typing import Iterable
 from rlhf.lab import world
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>", "<bos>"]
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 1280
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
@@ -39,7 +39,13 @@ def world_text(n: int = 6000, seed: int = 0) -> Iterable[str]:
     rng = random.Random(f"tokenizer-{seed}")
     yield from world.fact_sentences()
     yield from world.FLATTERY + world.PADDING + world.VERBOSE_OPENERS + world.VERBOSE_CLOSERS
-    yield " ".join(world.WORDS)
+    # Every number and table word as a whole token, with and without a leading space (a reply's first
+    # word has none): repeated so that BPE merges them before rarer pieces.
+    atoms = [str(i) for i in range(101)] + list(world.WORDS) + list(world.CAPITALS) + list(world.CAPITALS.values())
+    atoms += list(world.ANIMALS) + list(world.COLOURS)
+    for _ in range(300):
+        yield " ".join(atoms)
+        yield "\n".join(atoms)
     for request, answer, _ in world.BENIGN:
         yield f"How do I {request}? {answer}"
     for task in world.sample_tasks(n, seed=seed, split="any"):
@@ -54,10 +60,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
