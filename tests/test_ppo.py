@@ -225,6 +225,14 @@ def tiny_rm_dir(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
+def second_rm_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-rm-2")
+    tiny_rm(tiny_tokenizer, seed=2).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -265,13 +273,17 @@ def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extr
     assert {s["step"] for s in samples} == {0, 2, 3} and "sft_response" in samples[0]
 
 
-def test_cli_options_ptx_k3_normalisation_early_stop(tiny_model_dir, tiny_rm_dir, prompt_file, sft_file, tmp_path):
+def test_cli_options_ptx_k3_normalisation_early_stop(tiny_model_dir, tiny_rm_dir, second_rm_dir, prompt_file,
+                                                    sft_file, tmp_path):
     out = tmp_path / "ppo"
-    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, "--ptx_coef", "0.5", "--ptx_data", sft_file,
+    ensemble = f"{tiny_rm_dir},{second_rm_dir}"
+    assert main(_cli(tiny_model_dir, ensemble, prompt_file, out, "--ensemble", "min", "--ptx_coef", "0.5",
+                     "--ptx_data", sft_file,
                      "--kl_estimator", "k3", "--reward_norm", "--reward_clip", "0.5", "--target_kl", "1e-9",
                      "--ppo_epochs", "3", "--kl_target", "0.001", "--kl_horizon", "4")) == 0
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")][1:]
     assert all(r["ptx/loss"] > 0 for r in rows)
+    assert all(r["ensemble/std"] > 0 for r in rows)  # two different reward models disagree
     assert all(abs(r["reward/shaped"]) <= 0.5 for r in rows)  # normalised then clipped
     # approx_kl is measured before each step: 0 on the first minibatch, past 1e-9 on the second,
     # which ends the update (of 3 epochs x 2 minibatches)

@@ -74,7 +74,7 @@ class PPOConfig:
     command = "ppo"
 
     policy: str = opt("runs/sft", "SFT model folder: the initial policy and the frozen reference")
-    reward_model: list[str] = opt(["runs/rm"], "reward-model folder(s); several make an ensemble")
+    reward_model: list[str] = opt(["runs/rm"], "reward-model folder(s); several, or an ensemble folder, make an ensemble")
     ensemble: Literal["mean", "min", "uwo"] = opt("mean", "how ensemble members' scores combine")
     ensemble_lambda: float = opt(1.0, "uwo: score = mean - lambda * std across members")
     prompts: str = opt("lab", "training prompts: a data file (prompt or messages per row) or 'lab'")

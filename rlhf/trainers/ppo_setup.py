@@ -115,8 +115,11 @@ def build_models(cfg):
     reference = None
     if lora is None:
         reference = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).eval().requires_grad_(False)
+    from rlhf.trainers.rm_ensemble import members
+
     rms, rm_toks = [], []
-    for path in cfg.reward_model:
+    paths = members(cfg.reward_model)  # an ensemble folder (ensemble.json) counts as its members
+    for path in paths:
         tok = load_tokenizer(path, padding_side="right")
         rm = load_reward_model(path, dtype=cfg.dtype, pad_token_id=tok.pad_token_id)
         disable_dropout(rm)
@@ -126,9 +129,9 @@ def build_models(cfg):
         actor_critic = PolicyWithValueHead(lm)
     else:
         if not same_vocabulary(tokenizer, rm_toks[0]):
-            raise UserError(f"value_model=critic: the reward model {cfg.reward_model[0]} uses another tokenizer "
+            raise UserError(f"value_model=critic: the reward model {paths[0]} uses another tokenizer "
                             "than the policy, so it cannot value the policy's tokens; use value_model=head")
-        critic_rm = load_reward_model(cfg.reward_model[0], dtype=cfg.dtype, lora=lora,
+        critic_rm = load_reward_model(paths[0], dtype=cfg.dtype, lora=lora,
                                       pad_token_id=tokenizer.pad_token_id)
         disable_dropout(critic_rm)
         try:
