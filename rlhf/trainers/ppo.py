@@ -79,7 +79,7 @@ class PPOConfig:
     ensemble_lambda: float = opt(1.0, "uwo: score = mean - lambda * std across members")
     prompts: str = opt("lab", "training prompts: a data file (prompt or messages per row) or 'lab'")
     eval_prompts: str | None = opt("lab", "held-out prompts for evaluation ('lab', a file, or none)")
-    eval_size: int = opt(64, "how many held-out prompts to evaluate on")
+    eval_size: int = opt(128, "how many held-out prompts to evaluate on")
     reference_text: str | None = opt("lab", "held-out SFT data whose perplexity is tracked ('lab', a file, none)")
     out: str = opt("runs/ppo", "output folder")
 
