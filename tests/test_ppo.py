@@ -326,3 +326,22 @@ def test_cli_bad_input_is_one_clear_line(tiny_model_dir, tiny_rm_dir, tmp_path):
                 "--out", str(tmp_path / "o")])
     assert code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluator_uses_the_gold_judge_on_lab_prompts(tiny_tokenizer):
+    from rlhf.lab.gold import score as gold_score
+    from rlhf.trainers.ppo_eval import Evaluator
+    from rlhf.trainers.ppo_setup import gold_function
+
+    prompts = ["What is 2 + 3?", "Sort these numbers: 4 1 3.", "Reverse the words: red blue cat."]
+    assert gold_function(prompts + ["hi"]) is None  # not every prompt is a lab task: no gold
+    lm = tiny_lm(tiny_tokenizer)
+    ev = Evaluator(tiny_tokenizer, prompts, lambda p, t: RewardOut(torch.zeros(len(t))),
+                   gold_fn=gold_function(prompts), heldout=[(p, "5.") for p in prompts], max_new_tokens=6)
+    base = ev.set_baseline(lm)
+    m, samples = ev(lm)
+    want = [gold_score(p, t, f) for p, t, f in zip(prompts, base["texts"], base["finished"])]
+    assert [s["gold"] for s in samples] == want
+    assert abs(m["eval/gold"] - sum(want) / 3) < 1e-9
+    assert m["eval/ties"] == 1.0 and "eval/win_rate" not in m  # the same model twice: all ties
+    assert m["eval/ppl"] > 1.0
