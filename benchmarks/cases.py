@@ -33,7 +33,7 @@ class Case:
     response_len: int = 0
     updates: int = 0
     temperature: float = 0.7
-    eval_rows: int = 64  # held-out examples scored after training (same ones on both sides)
+    eval_rows: int = 32  # held-out examples scored after training (same ones on both sides)
     trl_precompute_ref: bool = False  # DPO: TRL's precompute_ref_log_probs (a reference pass up front, as ours)
     note: str = ""
     tags: tuple[str, ...] = field(default=("default",))
@@ -57,11 +57,11 @@ class Case:
 def _lab(stage: str, size: str, **kw) -> Case:
     model = f"bench-{size}"
     base = {
-        "sft": dict(data="sft", max_len=256, batch_size=8, steps=16, lr=5e-4),
-        "rm": dict(data="pairs", max_len=256, batch_size=8, steps=16, lr=1e-4),
-        "dpo": dict(data="pairs", max_len=256, batch_size=4, steps=16, lr=1e-4),
+        "sft": dict(data="sft", max_len=256, batch_size=8, steps=12, lr=5e-4),
+        "rm": dict(data="pairs", max_len=256, batch_size=8, steps=12, lr=1e-4),
+        "dpo": dict(data="pairs", max_len=256, batch_size=4, steps=12, lr=1e-4),
         "ppo": dict(data="prompts", max_len=96, batch_size=16, steps=0, lr=3e-6, rollout_batch=16, minibatch=8,
-                    ppo_epochs=2, response_len=32, updates=4),
+                    ppo_epochs=2, response_len=32, updates=2),
     }[stage]
     base.update(kw)
     return Case(name=f"{stage}-{size}", stage=stage, model=model, **base)
@@ -70,9 +70,9 @@ def _lab(stage: str, size: str, **kw) -> Case:
 CASES: dict[str, Case] = {c.name: c for c in [
     *(_lab(stage, size) for size in ("10m", "30m") for stage in ("sft", "rm", "dpo", "ppo")),
     Case("rm-smollm2", "rm", "smollm2-135m-instruct", "pairs", max_len=192, batch_size=4, steps=8, lr=1e-5,
-         eval_rows=32, note="SmolLM2-135M-Instruct with a fresh score head"),
+         eval_rows=16, note="SmolLM2-135M-Instruct with a fresh score head"),
     Case("dpo-smollm2", "dpo", "smollm2-135m-instruct", "pairs", max_len=192, batch_size=2, steps=8, lr=1e-6,
-         eval_rows=32, note="SmolLM2-135M-Instruct"),
+         eval_rows=16, note="SmolLM2-135M-Instruct"),
     replace(_lab("dpo", "30m"), name="dpo-30m-precompute", trl_precompute_ref=True, tags=("variants",),
             note="TRL with precompute_ref_log_probs=True: both sides run the reference once, up front"),
     Case("hh-rm-minilm", "rm", "minilm-l6", "hh-split", max_len=128, batch_size=16, steps=30, lr=5e-5, reps=1,

@@ -9,9 +9,11 @@ same way for our trainers and TRL's:
   counting real tokens (attention-mask ones, or every id when no mask is
   passed, as with packed rows) and padded positions.
 
-Throughput is then measured from the first optimizer step to the last, so
-that the first step's one-off costs (allocator warm-up, lazy inits) are left
-out on both sides alike; the end-to-end wall time is reported beside it.
+Wall-clock and process CPU time (all threads) are taken at the first model
+forward and after every optimizer step, so throughput can be measured over
+the whole training loop or from the first step to the last (the steady
+state, without first-step costs); CPU time is the steadier measure on a
+machine shared with other work, wall time the one a user feels.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def _real_tokens(ids, mask, position_ids) -> int:
 class Probe:
     def __init__(self):
         self.t_first_forward: float | None = None
-        self.steps: list[tuple[float, int, int]] = []  # (time, train real tokens, train padded) after each step
+        self.cpu_first_forward: float | None = None
+        self.steps: list[tuple[float, int, int, float]] = []  # (time, train real tokens, train padded, CPU time)
         self.train_tokens = 0
         self.train_padded = 0
         self.other_tokens = 0
@@ -83,6 +86,7 @@ class Probe:
             return None
         if self.t_first_forward is None:
             self.t_first_forward = time.perf_counter()
+            self.cpu_first_forward = time.process_time()
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or not hasattr(ids, "numel"):
             return None
@@ -102,7 +106,7 @@ class Probe:
         return None
 
     def _on_step(self, optimizer, args, kwargs):
-        self.steps.append((time.perf_counter(), self.train_tokens, self.train_padded))
+        self.steps.append((time.perf_counter(), self.train_tokens, self.train_padded, time.process_time()))
 
     # --- summary ----------------------------------------------------------------------------------
     def summary(self, t_start: float, units_per_step: float | None = None) -> dict:
@@ -118,10 +122,11 @@ class Probe:
             "first_forward_s": None if self.t_first_forward is None else self.t_first_forward - t_start,
         }
         if n >= 2:
-            (t1, tok1, pad1), (tn, tokn, padn) = self.steps[0], self.steps[-1]
+            (t1, tok1, pad1, c1), (tn, tokn, padn, cn) = self.steps[0], self.steps[-1]
             window = tn - t1
             out.update({
                 "steady_seconds": window,
+                "steady_cpu_seconds": cn - c1,
                 "steady_steps": n - 1,
                 "steady_train_tokens": tokn - tok1,
                 "steady_train_padded": padn - pad1,
@@ -130,4 +135,5 @@ class Probe:
             })
         if n >= 1 and self.t_first_forward is not None:
             out["loop_seconds"] = self.steps[-1][0] - self.t_first_forward
+            out["loop_cpu_seconds"] = self.steps[-1][3] - self.cpu_first_forward
         return out

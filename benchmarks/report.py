@@ -69,12 +69,17 @@ def markdown(info: dict, rows: list[dict]) -> str:
             f"| {_pct(o.get('mfu'))} / {_pct(t.get('mfu'))} "
             f"| {_pct(o.get('padding_waste'))} / {_pct(t.get('padding_waste'))} "
             f"| {quality(row, 'ours')} | {quality(row, 'trl')} |")
-    lines += ["", "Steady state (optimizer step 2 to the last; excludes the first step and anything before it):", "",
-              "| case | ours steady | TRL steady | loop s ours / TRL | wall s ours / TRL | TRL optimizer |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Steady state (optimizer step 2 to the last; excludes the first step and anything before it), and "
+              "throughput per CPU-second of the whole loop (process CPU time, all threads: steadier than wall time "
+              "on a shared machine):", "",
+              "| case | ours steady | TRL steady | per CPU-second ours / TRL | CPU speed-up | loop s ours / TRL "
+              "| wall s ours / TRL | TRL optimizer |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         o, t = row.get("ours") or {}, row.get("trl") or {}
         lines.append(f"| {row['case']} | {_num(o.get('steady_throughput'))} | {_num(t.get('steady_throughput'))} "
+                     f"| {_num(o.get('cpu_throughput'))} / {_num(t.get('cpu_throughput'))} "
+                     f"| {_num(row.get('cpu_speedup'), '.2f')}x "
                      f"| {_num(o.get('loop_s'), '.1f')} / {_num(t.get('loop_s'), '.1f')} "
                      f"| {_num(o.get('wall_s'), '.1f')} / {_num(t.get('wall_s'), '.1f')} | {t.get('optimizer') or '-'} |")
     return "\n".join(lines) + "\n"

@@ -126,21 +126,20 @@ def run_one(case: Case, side: str, threads: int, seed: int, log, profile: Path |
 def throughput(case: Case, r: dict) -> dict:
     """Units per second over the whole training loop (first forward -> last optimizer step) and steady state."""
     out = {}
-    loop = r.get("loop_seconds")
+    loop, loop_cpu = r.get("loop_seconds"), r.get("loop_cpu_seconds")
     steady = r.get("steady_seconds")
     if case.stage == "sft":
-        if loop:
-            out["throughput"] = r["train_tokens"] / loop
-        if steady:
-            out["steady_throughput"] = r["steady_train_tokens"] / steady
+        units, steady_units = r.get("train_tokens"), r.get("steady_train_tokens")
     elif case.stage in ("rm", "dpo"):
-        if loop:
-            out["throughput"] = case.batch_size * case.steps / loop
-        if steady:
-            out["steady_throughput"] = case.batch_size * r["steady_steps"] / steady
+        units, steady_units = case.batch_size * case.steps, case.batch_size * r.get("steady_steps", 0)
     else:
-        if loop:
-            out["throughput"] = case.rollout_batch * case.updates / loop
+        units, steady_units = case.rollout_batch * case.updates, None
+    if loop:
+        out["throughput"] = units / loop
+    if loop_cpu:
+        out["cpu_throughput"] = units / loop_cpu  # units per CPU-second (all threads)
+    if steady and steady_units:
+        out["steady_throughput"] = steady_units / steady
     if r.get("train_padded_tokens"):
         out["padding_waste"] = 1 - r["train_tokens"] / r["train_padded_tokens"]
     return out
@@ -171,6 +170,7 @@ def aggregate(case: Case, runs: list[dict], peak: float) -> dict:
 
         row[side] = {
             "throughput": med("throughput"), "steady_throughput": med("steady_throughput"), "mfu": med("mfu"),
+            "cpu_throughput": med("cpu_throughput"),
             "padding_waste": med("padding_waste"),
             "throughput_runs": [d.get("throughput") for d in derived],
             "peak_rss_mb": med("peak_rss_mb", ok), "peak_rss_train_mb": med("peak_rss_train_mb", ok),
@@ -184,6 +184,8 @@ def aggregate(case: Case, runs: list[dict], peak: float) -> dict:
                 row[side][key] = value
     if row.get("ours") and row.get("trl") and row["ours"]["throughput"] and row["trl"]["throughput"]:
         row["speedup"] = row["ours"]["throughput"] / row["trl"]["throughput"]
+        if row["ours"].get("cpu_throughput") and row["trl"].get("cpu_throughput"):
+            row["cpu_speedup"] = row["ours"]["cpu_throughput"] / row["trl"]["cpu_throughput"]
         if row["ours"]["peak_rss_mb"] and row["trl"]["peak_rss_mb"]:
             row["memory_ratio"] = row["ours"]["peak_rss_mb"] / row["trl"]["peak_rss_mb"]
     return row
