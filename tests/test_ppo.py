@@ -300,7 +300,8 @@ def test_resume_continues_exactly(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_
     from safetensors.torch import load_file
 
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, whole)) == 0
+    # --resume with nothing to resume from (killed before the first checkpoint) starts from the beginning
+    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, whole, "--resume")) == 0
     assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, parts, "--total_episodes", "8")) == 0
     # a later row written after the checkpoint (as a killed run would leave) must be dropped
     with open(parts / "metrics.jsonl", "a") as f:

@@ -287,11 +287,17 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
     moments = RunningMoments()
     monitor = Monitor(max_new_tokens=cfg.max_new_tokens, kl_target=cfg.kl_target if cfg.adap_kl_ctrl else None)
     state = {"update": 0, "episodes": 0, "time": 0.0}
-    if cfg.resume:
+    resume = cfg.resume and (out / CHECKPOINT / "state.json").exists()
+    if cfg.resume and not resume:
+        log(f"ppo: no checkpoint in {out} yet; starting from the beginning")
+    if resume:
+        from rlhf.observe.alarms import Alarm
+
         state = load_checkpoint(out, actor_critic, optimizer, scheduler)
         kl_ctl.load_state_dict(state["kl_ctl"])
         moments.load_state_dict(state["moments"])
         monitor.history = {k: list(v) for k, v in state.get("monitor", {}).items()}
+        monitor.fired = {a["alarm"]: Alarm(a["alarm"], a["step"], a["message"]) for a in state.get("alarms", [])}
         truncate_after(out / METRICS_FILE, state["update"])
         truncate_after(out / "samples.jsonl", state["update"])
         log(f"ppo: resuming after update {state['update']} of {n_updates}")
@@ -313,7 +319,7 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
             return {}
         if evaluator.baseline is None:
             base_file = out / "eval_baseline.json"
-            if base_file.exists() and cfg.resume:
+            if base_file.exists() and resume:
                 evaluator.baseline = json.loads(base_file.read_text())
             else:
                 with torch.no_grad(), reference_mode(actor_critic.lm, reference) as sft:
