@@ -53,8 +53,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, tiny_model_di
             "--seed", "3", "--threads", "1", "--quiet"]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the run
     proc = subprocess.Popen([sys.executable, "-m", "rlhf", *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 240
         while newest_step(killed) < 10 and proc.poll() is None and time.monotonic() < deadline:
@@ -62,7 +63,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, tiny_model_di
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
     stopped_at = newest_step(killed)
     assert 10 <= stopped_at < 40 and not (killed / "model.safetensors").exists()
 
