@@ -263,8 +263,8 @@ def test_tokenizer_chat_template_and_eos(lab_tokenizer):
     enc = encode(tok, "What is 2 + 3?", "2 + 3 = 5.", 64)
     assert enc.input_ids[-1] == tok.eos_token_id
     assert tok.decode(enc.input_ids[enc.n_prompt:], skip_special_tokens=True) == "2 + 3 = 5."
-    # digits are single tokens: "12" is two of them
-    assert tok.convert_ids_to_tokens(tok("12", add_special_tokens=False)["input_ids"]) == ["1", "2"]
+    # the world's numbers are whole tokens
+    assert len(tok("12", add_special_tokens=False)["input_ids"]) == 1
 
 
 def test_tokenizer_separate_encoding_equals_whole_conversation(lab_tokenizer):
