@@ -257,14 +257,16 @@ def test_tokenizer_chat_template_and_eos(lab_tokenizer):
     from rlhf.chat import encode, render_prompt
 
     tok = lab_tokenizer
-    assert 1000 <= len(tok) <= 2048
+    assert len(tok) == 1280
     assert [tok.pad_token, tok.unk_token, tok.eos_token, tok.bos_token] == ["<pad>", "<unk>", "<eos>", "<bos>"]
     assert render_prompt(tok, "What is 2 + 3?") == "User: What is 2 + 3?\nAssistant:\n"
     enc = encode(tok, "What is 2 + 3?", "2 + 3 = 5.", 64)
     assert enc.input_ids[-1] == tok.eos_token_id
     assert tok.decode(enc.input_ids[enc.n_prompt:], skip_special_tokens=True) == "2 + 3 = 5."
-    # the world's numbers are whole tokens
-    assert len(tok("12", add_special_tokens=False)["input_ids"]) == 1
+    # the world's numbers and words are whole tokens, with or without a leading space
+    for atom in ("12", "20", "wolf", "Quelm", "zibble"):
+        assert len(tok(atom, add_special_tokens=False)["input_ids"]) == 1
+        assert len(tok(" " + atom, add_special_tokens=False)["input_ids"]) == 1
 
 
 def test_tokenizer_separate_encoding_equals_whole_conversation(lab_tokenizer):

@@ -12,11 +12,13 @@ from rlhf import cli
 from rlhf.lab import gold, pretrain, world
 
 
-def test_lab_small_trains_and_generates(tmp_path):
-    from rlhf.models import load_causal_lm, load_tokenizer
+def test_lab_small_trains_and_generates():
+    from rlhf.models import load_causal_lm, load_tokenizer, resolve
     from rlhf.rollout import generate
 
-    path = pretrain.build("lab-small", out=tmp_path / "base", log=None)
+    # the preset, trained on first use into the cache (shared with the other tests that use it)
+    path = resolve("lab-small")
+    assert str(path) == str(pretrain.model_path("lab-small"))
     stats = pretrain.read_stats(path)
     # from chance over ~1k tokens (ln 1024 = 6.9) to well under half of it
     assert stats["first_loss"] > 6.0 and stats["final_loss"] < 3.0, stats

@@ -18,6 +18,7 @@ that two processes never train it twice, and written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,12 +36,12 @@ from rlhf.lab import world
 # minutes on two CPU cores; "lab-small" is for tests (seconds, barely trained).
 SIZES: dict[str, dict] = {
     "lab": dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=128, batch=32, steps=220,
-                lr=2e-3, warmup=20),
+                lr=2e-3, warmup=20, threads=2),
+    # one thread: its matrices are too small for a second one to help
     "lab-small": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, block=96, batch=16, steps=120,
-                      lr=3e-3, warmup=10),
+                      lr=3e-3, warmup=10, threads=1),
 }
 MAX_POSITIONS = 512
-THREADS = 2  # fixed, so the same settings give the same weights on any machine
 
 # Base-model habits: how often each happens in a pretraining dialogue.
 HABITS = dict(correct=0.85, flattery=0.25, padding=0.25, verbosity=0.25, markup=0.1,
@@ -155,7 +156,8 @@ def train(size: str = "lab", steps: int | None = None, seed: int = 0, log=print)
     s = SIZES[size]
     steps = steps or s["steps"]
     threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    # A fixed thread count, so the same settings give the same weights on any machine.
+    torch.set_num_threads(s["threads"])
     try:
         t0, c0 = time.time(), time.process_time()
         tok = build_tokenizer(seed=seed)
@@ -186,7 +188,7 @@ def train(size: str = "lab", steps: int | None = None, seed: int = 0, log=print)
         stats = {"size": size, "steps": steps, "seed": seed, "parameters": n_params,
                  "tokens": int(data.numel()), "final_loss": round(sum(tail) / len(tail), 4),
                  "first_loss": round(losses[0], 4), "wall_s": round(time.time() - t0, 1),
-                 "cpu_s": round(time.process_time() - c0, 1), "threads": THREADS, "bf16_autocast": bf16}
+                 "cpu_s": round(time.process_time() - c0, 1), "threads": s["threads"], "bf16_autocast": bf16}
         return model, tok, stats
     finally:
         torch.set_num_threads(threads)
@@ -238,11 +240,25 @@ def build(size: str = "lab", steps: int | None = None, seed: int = 0, out: str |
         if log:
             log(f"pretraining the lab base model ({size}) into {path}")
         model, tok, stats = train(size, steps, seed, log=log)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path) as tmp, _quiet_progress():
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             write_json(Path(tmp) / STATS_FILE, stats)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """No "Writing model shards" bar from transformers in the middle of our own log."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def base_model_path() -> Path:

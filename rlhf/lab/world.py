@@ -279,6 +279,7 @@ def sample_tasks(n: int, seed: int = 0, split: str = "train", families: tuple[st
     fams = tuple(families or FAMILIES)
     weights = [FAMILY_WEIGHTS[f] for f in fams]
     seen: set[str] = set()
+    exhausted: set[str] = set()  # families whose unseen prompts ran out (stop looking for new ones)
     out: list[Task] = []
     while len(out) < n:
         family = rng.choices(fams, weights=weights)[0]
@@ -288,7 +289,10 @@ def sample_tasks(n: int, seed: int = 0, split: str = "train", families: tuple[st
             if split != "any" and t.split != split:
                 continue
             task = t
-            if t.prompt not in seen:
+            if t.prompt not in seen or family in exhausted:
+                break
+            if attempt >= 50:
+                exhausted.add(family)
                 break
         if task is None:
             raise RuntimeError(f"no {split} prompt found for family {family}")
