@@ -83,3 +83,54 @@ def markdown(info: dict, rows: list[dict]) -> str:
                      f"| {_num(o.get('loop_s'), '.1f')} / {_num(t.get('loop_s'), '.1f')} "
                      f"| {_num(o.get('wall_s'), '.1f')} / {_num(t.get('wall_s'), '.1f')} | {t.get('optimizer') or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def merged(docs: list[dict]) -> str:
+    """One table from several runs' JSON documents, each row with the run it came from and its command."""
+    lines = []
+    for n, doc in enumerate(docs, start=1):
+        info = doc["info"]
+        peaks = ", ".join(f"{p['flops_per_s'] / 1e9:.1f}" for p in info.get("peaks", []))
+        lines.append(f"- run {n}: `{info['command']}`; {info['started']} to {info.get('finished')}, load average "
+                     f"{info['load_before']} before, {info.get('load_after')} after; fp32 matmul peak {peaks} "
+                     f"GFLOP/s (start, end)")
+    m = docs[0]["info"]["machine"]
+    v = docs[0]["info"].get("versions", {})
+    head = [f"Machine: {m['cpu']} ({m['cores']} cores, avx512_bf16: {m['avx512_bf16']}), "
+            f"{docs[0]['info']['threads']} threads per run, Python {m['python']}; torch {v.get('torch')}, "
+            f"transformers {v.get('transformers')}, accelerate {v.get('accelerate')}; TRL 1.16.0 (SFT, RM, DPO), "
+            "0.29.1 (PPO).", ""] + lines + [""]
+    rows = [(n, row) for n, doc in enumerate(docs, start=1) for row in doc["rows"]]
+    table = ["| case | run | unit | ours | TRL | speed-up (target) | per CPU-s speed-up | peak RSS MiB ours / TRL "
+             "| MFU ours / TRL | padding ours / TRL | ours: final | TRL: final |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n, row in rows:
+        o, t = row.get("ours") or {}, row.get("trl") or {}
+        reps = f"{len(o.get('throughput_runs') or [])}+{len(t.get('throughput_runs') or [])}"
+        table.append(
+            f"| {row['case']} | {n} ({reps} reps) | {row['unit']} | {_num(o.get('throughput'))} "
+            f"| {_num(t.get('throughput'))} | {_num(row.get('speedup'), '.2f')}x ({TARGETS[row['stage']]}x) "
+            f"| {_num(row.get('cpu_speedup'), '.2f')}x "
+            f"| {_num(o.get('peak_rss_mb'), '.0f')} / {_num(t.get('peak_rss_mb'), '.0f')} "
+            f"| {_pct(o.get('mfu'))} / {_pct(t.get('mfu'))} "
+            f"| {_pct(o.get('padding_waste'))} / {_pct(t.get('padding_waste'))} "
+            f"| {quality(row, 'ours')} | {quality(row, 'trl')} |")
+    return "\n".join(head + table) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.report RUN.json ...`: one merged table of several runs."""
+    import json
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m benchmarks.report RESULTS.json [...]", file=sys.stderr)
+        return 2
+    docs = [json.loads(open(p).read()) for p in paths]
+    print(merged(docs), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

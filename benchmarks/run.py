@@ -89,11 +89,13 @@ def build_spec(case: Case, side: str, threads: int, seed: int, workdir: Path) ->
     return spec
 
 
-def run_one(case: Case, side: str, threads: int, seed: int, log, profile: Path | None = None) -> dict:
+def run_one(case: Case, side: str, threads: int, seed: int, log, profile: Path | None = None,
+            fused_adamw: bool = False) -> dict:
     """One fresh subprocess; returns the runner's result plus wall time, peak RSS and the exit status."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{case.name}-{side}-") as tmp:
         workdir = Path(tmp)
         spec = build_spec(case, side, threads, seed, workdir)
+        spec["fused_adamw"] = fused_adamw and side == "ours"
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             spec["profile"] = str(profile / f"{case.name}-{side}")
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", default="ours,trl", help="which sides to run, in order within a repetition")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and markdown tables")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--fused-adamw", action="store_true", help="what-if: our stages with torch's fused AdamW "
+                   "(patched in the benchmark process only; TRL's default optimizer is the fused one)")
     p.add_argument("--profile", metavar="DIR", help="one profiled run per side (torch.profiler op table and "
                    "cProfile of the Python side written to DIR/<case>-<side>.*); no table")
     args = p.parse_args(argv)
@@ -225,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         for case in cases:
             for side in sides:
-                r = run_one(case, side, threads, args.seed, log, profile=Path(args.profile))
+                r = run_one(case, side, threads, args.seed, log, profile=Path(args.profile),
+                            fused_adamw=args.fused_adamw)
                 log(f"{case.name} {side}: exit {r['exit']}, profile in {args.profile}/{case.name}-{side}.*")
         return 0
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(case.reps):
             for side in sides:
                 log(f"{case.name} rep {rep + 1}/{case.reps} {side}")
-                r = run_one(case, side, threads, args.seed, log)
+                r = run_one(case, side, threads, args.seed, log, fused_adamw=args.fused_adamw)
                 r["rep"] = rep
                 runs.append(r)
         raw[case.name] = {"case": case.as_dict(), "runs": runs}
