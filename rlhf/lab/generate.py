@@ -22,7 +22,7 @@ import hashlib
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -271,7 +271,12 @@ _STAMP = "lab_data.json"
 
 def ensure(folder: str | Path, *, model: str = "lab", parts: str | Sequence[str] = PARTS, log=print,
            **options) -> Path:
-    """`folder` holding the requested parts, written unless already there with the same options."""
+    """`folder` holding the requested parts, written unless already there with the same options.
+
+    `options` are `rlhf lab data` options (`n_prompts` is accepted for `n_prefs`).
+    Comparisons are redone when the sampling model's name or path changes (not
+    when a folder's contents change under the same path).
+    """
     folder = Path(folder)
     parts = [parts] if isinstance(parts, str) else list(parts)
     options = {_ALIASES.get(k, k): v for k, v in options.items()}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf.lab.world import ANIMALS, CAPITALS, COLOURS, FLATTERY, PADDING, Task, parse_task
+from rlhf.lab.world import CAPITALS, COLOURS, FLATTERY, PADDING, Task, parse_task
 
 MAX_SCORE = 1.5
 MIN_SCORE = -2.0
