@@ -544,8 +544,26 @@ class OpenAIJudge(Judge):
 
     def prob_first(self, prompts, first, second) -> list[float]:
         jobs = [self.messages(p, x, y) for p, x, y in zip(prompts, first, second)]
+        # a failure that survives the retries (bad key, unknown model, server gone) would fail every
+        # request alike: the first one stops the rest instead of each being sent and retried in turn
+        failed = threading.Event()
+
+        def ask(messages):
+            if failed.is_set():
+                return None
+            try:
+                return self.read_choice(self._call(messages))
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            answers = list(pool.map(lambda m: self.read_choice(self._call(m)), jobs))
+            futures = [pool.submit(ask, m) for m in jobs]
+            try:
+                answers = [f.result() for f in futures]
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         self._invalid = [a is None for a in answers]
         return [0.5 if a is None else float(a) for a in answers]
 

@@ -258,6 +258,15 @@ def test_openai_judge_gives_up_after_max_retries_and_does_not_retry_client_error
     assert len(stub2.bodies) <= 2 and judge2.sleeps == []
 
 
+def test_openai_judge_stops_sending_after_a_permanent_failure(stub_factory, monkeypatch):
+    # a bad key fails every request alike: the queued ones are dropped, not sent one by one
+    stub = stub_factory(fail=[401] * 100)
+    judge = _judge(stub, monkeypatch, concurrency=2)
+    with pytest.raises(UserError, match=r"HTTP 401"):
+        judge.compare(PROMPTS * 10, GOOD * 10, BAD * 10)  # 60 requests without the fix
+    assert len(stub.bodies) <= 2 and judge.sleeps == []
+
+
 def test_openai_judge_times_out(stub_factory, monkeypatch):
     stub = stub_factory(delay=1.0)
     judge = _judge(stub, monkeypatch, concurrency=1, timeout=0.2, max_retries=1, backoff=0.01)
