@@ -79,6 +79,12 @@ def test_proxy_gold_divergence():
     assert [(a.name, a.step) for a in fired] == [("proxy_gold_divergence", 6)]
     both_rise = [{"reward/score": p, "eval/gold": 0.1 * i} for i, p in enumerate(proxy)]
     assert _run(Monitor(), both_rise) == []
+    # with the evaluation's standard error logged, a fall within two of them is noise: 0.62 -> 0.55 (0.07)
+    # needs se < 0.035; with se 0.04 the alarm waits for 0.5 at step 7 (0.12 > 0.08)
+    noisy = [dict(s, **{"eval/gold_se": 0.04}) for s in series]
+    assert [(a.name, a.step) for a in _run(Monitor(), noisy)] == [("proxy_gold_divergence", 7)]
+    quiet = [dict(s, **{"eval/gold_se": 0.03}) for s in series]
+    assert [(a.name, a.step) for a in _run(Monitor(), quiet)] == [("proxy_gold_divergence", 6)]
 
 
 def test_sample_alarms():

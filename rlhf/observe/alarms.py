@@ -13,7 +13,9 @@ KL penalty trips none; each one is also a rule of thumb from the literature:
 - `kl_above_target`: KL to the reference above `kl_factor` x target for
   `patience` updates (only with a KL target).
 - `proxy_gold_divergence`: the proxy (reward-model) score rising while the
-  gold/judge reward falls `divergence_drop` (relative) below its best; also
+  gold/judge reward falls `divergence_drop` (relative) below its best, and
+  by more than two standard errors of its mean when `eval/gold_se` is logged
+  (a held-out evaluation's own noise is not a fall); also
   fires when ensemble members' disagreement rises with the proxy.
 - `repetition`: over `repeat_frac` of samples repeat some word 3-gram.
 - `flattery`: over `flattery_frac` of samples carry flattery or padding phrases.
@@ -167,7 +169,10 @@ class Monitor:
             best = max(gold)
             drop = (best - gold[-1]) / max(abs(best), 1e-8)
             recent_proxy = proxy[-c.window:]
-            if drop >= c.divergence_drop and _slope(recent_proxy) > 0 and gold[-1] < gold[-2]:
+            # the fall must also exceed the evaluation's own noise: two standard errors of the mean gold
+            se = self._series("eval/gold_se")
+            beyond_noise = not se or best - gold[-1] > 2 * se[-1]
+            if drop >= c.divergence_drop and beyond_noise and _slope(recent_proxy) > 0 and gold[-1] < gold[-2]:
                 self._fire(out, "proxy_gold_divergence", step,
                            f"proxy reward rising while gold fell {drop:.0%} below its best ({best:.3f} -> {gold[-1]:.3f})")
         spread = self._series("ensemble/std")[-c.window:]

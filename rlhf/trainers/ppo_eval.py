@@ -82,7 +82,10 @@ class Evaluator:
              "eval/no_eos_frac": 1.0 - sum(ans["finished"]) / len(ans["finished"])}
         judge = "gold" if ans["gold"] is not None else "proxy"
         if ans["gold"] is not None:
-            m["eval/gold"] = sum(ans["gold"]) / len(ans["gold"])
+            g = ans["gold"]
+            m["eval/gold"] = sum(g) / len(g)
+            if len(g) > 1:  # standard error of that mean, so that a fall can be told from noise
+                m["eval/gold_se"] = (sum((x - m["eval/gold"]) ** 2 for x in g) / (len(g) - 1) / len(g)) ** 0.5
         if self.baseline is not None:
             w = win_rate(self._outcomes(ans, judge), seed=self.seed)
             m["eval/ties"] = w["ties"] / len(self.prompts)
