@@ -335,8 +335,14 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
     samples = [{"prompt": p if isinstance(p, str) else p[-1]["content"],
                 "responses": {name: r["texts"][i] for name, r in results.items()}}
                for i, p in enumerate(prompts[: e.samples])]
-    return {"table": rows, "samples": samples, "judge": e.judge, "n_prompts": len(prompts),
-            "rm_gold_accuracy": agree / total if total else None, "rm_gold_pairs": total}
+    out = {"table": rows, "samples": samples, "judge": e.judge, "n_prompts": len(prompts),
+           "rm_gold_accuracy": agree / total if total else None, "rm_gold_pairs": total}
+    if all("gold_scores" in r for r in results.values()):
+        # what each model gets wrong, by the gold judge: names what a policy learned, good or bad
+        from rlhf.lab import gold
+
+        out["flaws"] = {name: gold.flaw_rates(prompts, r["texts"], r["finished"]) for name, r in results.items()}
+    return out
 
 
 def _same_vocab(a, b) -> bool:
@@ -380,6 +386,14 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], re
         notes.append(f"Reward model against the gold judge: it orders {result['rm_gold_accuracy']:.1%} of "
                      f"{result['rm_gold_pairs']} held-out answer pairs (that gold tells apart) as gold does; "
                      f"validation accuracy on annotator comparisons {result.get('rm_val_accuracy') or float('nan'):.3f}.")
+    flaws = result.get("flaws") or {}
+    if "sft" in flaws:
+        from rlhf.lab.gold import describe_change
+
+        for name, rates in flaws.items():
+            if name != "sft":
+                notes.append(f"What {name} changed against SFT (gold judge, share of held-out answers): "
+                             f"{describe_change(flaws['sft'], rates)}.")
     for name, secs in result.get("timings", {}).items():
         notes.append(f"Stage {name}: {secs:.0f} s wall time.")
     alarms_path = out / "ppo" / "alarms.json"
