@@ -144,8 +144,12 @@ def call(target: str, options: dict) -> None:
         raise UserError(f"pipeline: stage {target} exited with status {rc}")
 
 
+STAGE_FILE = "stage.json"  # written when a stage has finished: its wall time
+
+
 def _done(folder: Path) -> bool:
-    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+    return (folder / STAGE_FILE).exists() or \
+        ((folder / "config.json").exists() and any(folder.glob("*.safetensors")))
 
 
 def _log(msg: str) -> None:
@@ -162,7 +166,11 @@ class Pipeline:
     def stage(self, name: str, folder: Path, target: str, options: dict) -> Path:
         if _done(folder):
             _log(f"{name}: {folder} is complete, skipped")
+            if (folder / STAGE_FILE).exists():  # its wall time from the run that made it
+                self.timings[name] = json.loads((folder / STAGE_FILE).read_text())["wall_s"]
         else:
+            from rlhf.files import write_json
+
             _log(f"{name}: training into {folder}")
             t0 = time.time()
             opts = {**options, "out": str(folder)}
@@ -170,6 +178,7 @@ class Pipeline:
                 opts.setdefault("resume", True)
             call(target, opts)
             self.timings[name] = time.time() - t0
+            write_json(folder / STAGE_FILE, {"stage": name, "wall_s": self.timings[name]})
         if (folder / "metrics.jsonl").exists():
             self.stages.append({"name": name, "path": str(folder / "metrics.jsonl")})
         return folder
@@ -237,6 +246,9 @@ class Pipeline:
         result["rounds"] = rounds
         result["rm_val_accuracy"] = _last_metric(rm_now / "metrics.jsonl", "eval_accuracy")
         result["timings"] = self.timings
+        for row in result["table"]:  # the wall time of the stage that made each model (base: none)
+            if row["model"] in self.timings:
+                row["wall_s"] = self.timings[row["model"]]
         report = write_pipeline_report(cfg, out, self.stages, result)
         result["report"] = str(report)
         from rlhf.files import write_json
@@ -305,7 +317,8 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
     results: dict[str, dict] = {}
     for name, path in models.items():
         if name.startswith("bon"):
-            continue  # best-of-N is a sampling procedure, evaluated by its own command's output
+            results[name] = _best_of_n_answers(cfg, ref, tok, rm_judge, prompts)
+            continue
         model = ref if name == "sft" else load_causal_lm(path).eval()
         t = tok if name != "base" else load_tokenizer(path)
         results[name] = evaluate_policy(model, t, prompts, gen=gen, reward_judge=rm_judge,
@@ -345,6 +358,25 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
     return out
 
 
+def _best_of_n_answers(cfg: PipelineConfig, sft, tokenizer, rm_judge, prompts) -> dict:
+    """Best-of-N as a policy: N samples of the SFT model per held-out prompt, the reward model keeps one.
+
+    Its KL to the SFT model is the analytic log N - (N-1)/N (`rlhf.trainers.bon.analytic_kl`).
+    """
+    from rlhf.evaluate import answer_metrics
+    from rlhf.trainers.bon import BonConfig, analytic_kl, sample_candidates
+
+    b = from_dict(BonConfig, {**cfg.bon, "seed": cfg.seed}, "pipeline: bon")
+    c = sample_candidates(sft, tokenizer, rm_judge.model, rm_judge.tokenizer, prompts, b.n,
+                          max_new_tokens=cfg.eval.max_new_tokens, temperature=b.temperature, top_p=b.top_p,
+                          seed=cfg.eval.seed, unfinished_score=b.unfinished_score, rm_max_len=b.max_len)
+    texts, finished = c.chosen(), c.chosen_finished()
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    out = answer_metrics(prompts, texts, finished, lengths, reward_judge=rm_judge)
+    out["kl"] = analytic_kl(b.n)
+    return out
+
+
 def _same_vocab(a, b) -> bool:
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
 
@@ -352,7 +384,7 @@ def _same_vocab(a, b) -> bool:
 def format_table(rows: list[dict]) -> str:
     cols = [("model", "model", "{}"), ("gold", "gold", "{:+.3f}"), ("reward", "RM score", "{:+.3f}"),
             ("win_rate_vs_sft", "win vs SFT", "{:.2f}"), ("ci", "95% CI", "{}"), ("kl_to_sft", "KL", "{:.2f}"),
-            ("length", "length", "{:.1f}")]
+            ("length", "length", "{:.1f}"), ("wall_s", "wall s", "{:.0f}")]
     lines = []
     head = [c[1] for c in cols]
     body = []

@@ -1,6 +1,7 @@
 """`rlhf pipeline` and its iterative rounds end to end on the small lab model."""
 
 import json
+import math
 
 import yaml
 
@@ -14,7 +15,8 @@ def _config(tmp_path, **extra):
         "lab": {"n_sft": 40, "n_prefs": 12, "k": 3, "n_eval": 6, "max_new_tokens": 12},
         "sft": {"epochs": 1, "batch_size": 8, "quiet": True},
         "rm": {"epochs": 1, "batch_size": 4, "quiet": True},
-        "method": ["ppo", "dpo"],
+        "method": ["ppo", "dpo", "bon"],
+        "bon": {"n": 2, "lab_prompts": 4},
         "ppo": {"total_episodes": 8, "rollout_batch_size": 8, "minibatch_size": 4, "max_new_tokens": 12,
                 "eval_size": 4, "eval_every": 1},
         "dpo": {"epochs": 1, "batch_size": 4, "quiet": True},
@@ -34,11 +36,16 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
         assert (run / stage / "config.json").exists(), stage
     summary = json.loads((run / "summary.json").read_text())
     models = [r["model"] for r in summary["table"]]
-    assert models == ["base", "sft", "ppo", "dpo"]
+    assert models == ["base", "sft", "ppo", "dpo", "bon"]
     for row in summary["table"]:
         assert isinstance(row["gold"], float) and row["length"] > 0
         if row["model"] != "sft":
             assert row["wins"] + row["losses"] + row["ties"] == 6
+    bon = summary["table"][-1]
+    assert abs(bon["kl_to_sft"] - (math.log(2) - 0.5)) < 1e-12  # best-of-2's analytic KL
+    # the gold judge's flaw shares per model, from which the report names what each policy changed
+    assert set(summary["flaws"]) == set(models) and 0.0 <= summary["flaws"]["ppo"]["wrong"] <= 1.0
+    assert "What ppo changed against SFT" in (run / "report.md").read_text()
     html = (run / "report.html").read_text()
     assert "ppo" in html and "dpo" in html and (run / "report.md").exists()
     out = capsys.readouterr().out
