@@ -210,7 +210,13 @@ class Pipeline:
 
         rounds: list[dict] = []
         policies: dict[str, Path] = {}
-        policy_start, rm_now, prefs_now, last = sft, rm, data["prefs"], sft
+        needs_prefs = cfg.rounds > 1 or any(m not in ("ppo", "bon") for m in cfg.method)
+        if needs_prefs and not data.get("prefs"):
+            if not uses_lab:
+                raise UserError("pipeline: the methods other than ppo and bon, and rounds > 1, need "
+                                "comparisons: set data.prefs")
+            data["prefs"] = str(self.lab_data(str(sft), out / "data", parts="prefs") / "rankings.jsonl")
+        policy_start, rm_now, prefs_now, last = sft, rm, data.get("prefs"), sft
         for r in range(1, cfg.rounds + 1):
             tag = "" if cfg.rounds == 1 else f"-round{r}"
             round_info: dict = {"round": r, "reward_model": str(rm_now)}
@@ -423,7 +429,7 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], re
         from rlhf.lab.gold import describe_change
 
         for name, rates in flaws.items():
-            if name != "sft":
+            if name not in ("base", "sft"):
                 notes.append(f"What {name} changed against SFT (gold judge, share of held-out answers): "
                              f"{describe_change(flaws['sft'], rates)}.")
     for name, secs in result.get("timings", {}).items():

@@ -51,9 +51,18 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "win vs SFT" in out and "report:" in out
 
-    # A second run finds every stage complete and trains nothing.
+    # A second run finds every stage complete and trains nothing; the wall times are the first run's.
     assert cli(["pipeline", str(path)]) == 0
     assert "is complete, skipped" in capsys.readouterr().err
+    again = json.loads((run / "summary.json").read_text())
+    assert again["timings"] == summary["timings"] and set(again["timings"]) >= {"sft", "rm", "ppo", "dpo", "bon"}
+
+    # Given SFT and reward models, only the last stage trains (and PPO needs no comparisons).
+    reuse = _config(tmp_path, out=str(tmp_path / "reuse"), method="ppo", sft_model=str(run / "sft"),
+                    reward_model=str(run / "rm"), data={"eval": str(run / "data" / "eval.jsonl")})
+    assert cli(["pipeline", str(reuse)]) == 0
+    made = sorted(p.name for p in (tmp_path / "reuse").iterdir() if p.is_dir())
+    assert made == ["plots", "ppo"]
 
 
 def test_iterative_rounds_retrain_the_reward_model(tmp_path):

@@ -111,6 +111,7 @@ def test_report_escapes_model_text_and_links_existing_pngs(tmp_path):
     assert "| model | gold | length | win_rate | kl |" in md
     assert "0.740 [0.660, 0.810]" in md
     assert "![ppo](plots/ppo.png)" in md
+    assert "- beta = 0.05 &amp; target KL &lt;6>" in md  # no tag can open; "->" stays readable
     # a response holding ``` sits in a longer fence, so it cannot close the block early
     assert "````\n" + evil + "\n````" in md
 

@@ -214,8 +214,9 @@ def _html_table(rows: Sequence[dict], cols: Sequence[str]) -> str:
 
 
 def _md_cell(s: str) -> str:
-    # Markdown tables: one line per row, pipes escaped, no raw HTML from data.
-    return html.escape(s, quote=False).replace("|", "\\|").replace("\n", " ")
+    # Markdown tables: one line per row, pipes escaped, no raw HTML from data (no tag can open without
+    # "<"; a lone ">" is left as it is, so "0% -> 13%" reads as written)
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(rows: Sequence[dict], cols: Sequence[str]) -> list[str]:
