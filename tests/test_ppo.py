@@ -271,6 +271,10 @@ def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extr
     AutoModelForCausalLM.from_pretrained(out)
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
     assert {s["step"] for s in samples} == {0, 2, 3} and "sft_response" in samples[0]
+    # the alarms see every evaluation, the starting one included (a fall from the start is a fall)
+    history = json.loads((out / "checkpoint" / "state.json").read_text())["monitor"]
+    assert history["eval/proxy"] == [r["eval/proxy"] for r in rows if "eval/proxy" in r]
+    assert len(history["eval/proxy"]) == 3
 
 
 def test_cli_options_ptx_k3_normalisation_early_stop(tiny_model_dir, tiny_rm_dir, second_rm_dir, prompt_file,

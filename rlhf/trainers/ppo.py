@@ -334,6 +334,7 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
     try:
         if state["update"] == 0 and evaluator is not None:
             m = evaluate(0)  # the SFT policy's numbers: the baseline every later row is read against
+            monitor.update(0, m)  # the alarms read later evaluations against it (a gold fall from the start)
             last = logger.log({"step": 0, "episodes": 0, "time": 0.0, "beta": kl_ctl.value, **m})
             log(_line(0, n_updates, last))
         for update in range(state["update"] + 1, n_updates + 1):
