@@ -296,7 +296,7 @@ def test_cli_options_ptx_k3_normalisation_early_stop(tiny_model_dir, tiny_rm_dir
     for a, b in zip(rows, rows[1:]):
         error = min(max(a["kl/ref"] / 0.001 - 1, -0.2), 0.2)
         assert abs(b["beta"] - a["beta"] * (1 + error)) < 1e-9
-    assert rows[0]["beta"] == 0.05 and rows[1]["beta"] != 0.05
+    assert rows[0]["beta"] == 0.2 and rows[1]["beta"] != 0.2
 
 
 def test_resume_continues_exactly(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path):

@@ -96,7 +96,7 @@ class PPOConfig:
     no_eos_penalty: float | None = opt(-1.0, "score given to responses that never emit EOS (none = off)")
 
     kl_estimator: Literal["k1", "k3"] = opt("k1", "per-token KL estimator in the reward")
-    beta: float = opt(0.05, "initial KL coefficient")
+    beta: float = opt(0.2, "initial KL coefficient (TRL's classic PPOConfig default, init_kl_coef)")
     adap_kl_ctrl: bool = opt(True, "adapt beta so KL tracks kl_target (Ziegler et al. 2019)")
     kl_target: float = opt(6.0, "adaptive controller's target KL per sequence (nats)")
     kl_horizon: float = opt(10000.0, "adaptive controller's horizon (episodes)")
