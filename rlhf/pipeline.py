@@ -22,7 +22,7 @@ A config, with every section optional:
     rm: {epochs: 2}          # `rlhf rm` options
     method: ppo              # ppo | dpo | ipo | cdpo | simpo | kto | orpo | bon, or a list
     ppo: {total_episodes: 2048}
-    dpo: {beta: 0.1}
+    dpo: {beta: 0.1}         # each method has its own section: ipo, cdpo, simpo, kto, orpo, bon
     eval: {n: 100, judge: gold}
 """
 
@@ -78,7 +78,10 @@ class PipelineConfig:
     rm: dict = opt({}, "options of `rlhf rm`")
     method: list[str] = opt(["ppo"], "last stage(s): ppo | dpo | ipo | cdpo | simpo | kto | orpo | bon")
     ppo: dict = opt({}, "options of `rlhf ppo`")
-    dpo: dict = opt({}, "options of `rlhf dpo` (also used by ipo, cdpo, simpo)")
+    dpo: dict = opt({}, "options of `rlhf dpo` for method dpo")
+    ipo: dict = opt({}, "options of `rlhf dpo --loss ipo` for method ipo")
+    cdpo: dict = opt({}, "options of `rlhf dpo --loss cdpo` for method cdpo")
+    simpo: dict = opt({}, "options of `rlhf dpo --loss simpo` for method simpo")
     kto: dict = opt({}, "options of `rlhf kto`")
     orpo: dict = opt({}, "options of `rlhf orpo`")
     bon: dict = opt({}, "options of `rlhf bon`")
@@ -232,7 +235,7 @@ class Pipeline:
                 policy_start = last
             for m in cfg.method:
                 target, fixed = _METHOD_COMMANDS[m]
-                section = getattr(cfg, m if m in ("ppo", "kto", "orpo", "bon") else "dpo")
+                section = getattr(cfg, m)  # each method its own options (beta means different things)
                 opts = {**seed, **section, **fixed}
                 folder = out / f"{m}{tag}"
                 if m == "ppo":

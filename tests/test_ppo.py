@@ -136,6 +136,10 @@ def test_no_eos_penalty_replaces_unfinished_scores(tiny_tokenizer):
     assert scores.tolist() == [2.0 if f else -3.0 for f in r.finished.tolist()]
     _, off, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=None), None)
     assert off.tolist() == [2.0] * 4
+    # the length penalty takes 0.1 per response token (EOS included) off the score, after the no-EOS one
+    _, short, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=-3.0, length_penalty=0.1), None)
+    want = [(2.0 if f else -3.0) - 0.1 * n for f, n in zip(r.finished.tolist(), r.response_lengths.tolist())]
+    assert short.tolist() == pytest.approx(want) and len(set(r.response_lengths.tolist())) > 1
 
 
 def test_non_finite_scores_stop_with_a_message(tiny_tokenizer):

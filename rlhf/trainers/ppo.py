@@ -94,6 +94,8 @@ class PPOConfig:
     max_new_tokens: int = opt(48, "longest response, in tokens")
     max_prompt_len: int = opt(256, "prompts keep their last this many tokens")
     no_eos_penalty: float | None = opt(-1.0, "score given to responses that never emit EOS (none = off)")
+    length_penalty: float = opt(0.0, "subtracted from the score per response token: a defence against a reward "
+                                     "model that pays for length (0 = off)")
 
     kl_estimator: Literal["k1", "k3"] = opt("k1", "per-token KL estimator in the reward")
     beta: float = opt(0.2, "initial KL coefficient (TRL's classic PPOConfig default, init_kl_coef)")

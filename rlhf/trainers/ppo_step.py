@@ -47,6 +47,7 @@ class PPOHyper:
     generation_batch_size: int = 32
     forward_batch_size: int = 16
     no_eos_penalty: float | None = None
+    length_penalty: float = 0.0
     kl_estimator: str = "k1"
     reward_norm: bool = False
     reward_clip: float | None = None
@@ -171,6 +172,8 @@ def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: 
     if not torch.isfinite(raw).all():
         raise UserError("the reward model returned NaN/inf scores; check the reward model folder")
     scores = penalize_unfinished(raw, rollout.finished, hp.no_eos_penalty)
+    if hp.length_penalty:  # a defence against a reward model that pays for length
+        scores = scores - hp.length_penalty * rollout.response_lengths.to(scores.dtype)
     if hp.reward_norm:
         scores = normalize_and_clip(scores, moments, hp.reward_clip)
     elif hp.reward_clip is not None:
