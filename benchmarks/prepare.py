@@ -163,7 +163,12 @@ def _write_jsonl(path: Path, rows) -> None:
 
 
 def _hh_pairs():
-    """HH harmless pairs, one per distinct prompt (so our reward batches of G groups hold G pairs)."""
+    """HH harmless pairs, one per distinct prompt (so our reward batches of G groups hold G pairs).
+
+    Pairs with an empty reply are left out: a few HH transcripts end with an empty assistant turn, which
+    the transcript format allows but the explicit {prompt, chosen, rejected} files written for the
+    benchmark reject as an empty field.
+    """
     from rlhf.data.load import load_pairs
     from rlhf.data.records import prompt_key
 
@@ -171,7 +176,7 @@ def _hh_pairs():
     seen, out = set(), []
     for p in load_pairs(HH):
         key = prompt_key(p.prompt)
-        if key not in seen:
+        if key not in seen and p.chosen.strip() and p.rejected.strip():
             seen.add(key)
             out.append(p)
     return out
