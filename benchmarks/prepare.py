@@ -304,13 +304,22 @@ def group_pairs(groups) -> list:
 
 
 def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: int = 20) -> dict:
-    """Every HH comparison, split by prompt as `rlhf rm --val-fraction` does; longer sequences keep their end."""
+    """Every HH comparison, split by prompt as `rlhf rm --val-fraction` does; longer sequences keep their end.
+
+    The 3 of 1825 comparisons with an empty reply (2 training, 1 held out) are left out on both sides:
+    the explicit pair files reject an empty field, though the transcript file that `rlhf rm` reads in
+    examples/hh-harmless-rm.yaml keeps them.
+    """
     from rlhf.data.tokens import encode_all
 
     require_data()
     train_g, held_g = hh_split(val / 100)
     meta = {}
-    for name, part in (("train", group_pairs(train_g)), ("eval", group_pairs(held_g))):
+
+    def nonempty(pairs):
+        return [p for p in pairs if p.chosen.strip() and p.rejected.strip()]
+
+    for name, part in (("train", nonempty(group_pairs(train_g))), ("eval", nonempty(group_pairs(held_g)))):
         enc = encode_all(tok, [(p.prompt, r) for p in part for r in (p.chosen, p.rejected)], max_len,
                          encoder=encoder)
         _write_jsonl(out / f"ours-{name}.jsonl", [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
@@ -323,7 +332,7 @@ def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: 
     # The trivial baseline on the held-out pairs: the shorter reply (in characters) wins, ties count half.
     from benchmarks.rm_report import shorter_wins
 
-    meta["shorter_wins_accuracy"] = shorter_wins((p.chosen, p.rejected) for p in group_pairs(held_g))
+    meta["shorter_wins_accuracy"] = shorter_wins((p.chosen, p.rejected) for p in nonempty(group_pairs(held_g)))
     return meta
 
 
