@@ -162,12 +162,15 @@ def _write_jsonl(path: Path, rows) -> None:
     write_jsonl(path, rows)
 
 
+def _has_replies(pair) -> bool:
+    """Both replies non-empty: a few HH transcripts end with an empty assistant turn, which the
+    transcript format allows but the explicit {prompt, chosen, rejected} files of the benchmark reject."""
+    return bool(pair.chosen.strip() and pair.rejected.strip())
+
+
 def _hh_pairs():
     """HH harmless pairs, one per distinct prompt (so our reward batches of G groups hold G pairs).
-
-    Pairs with an empty reply are left out: a few HH transcripts end with an empty assistant turn, which
-    the transcript format allows but the explicit {prompt, chosen, rejected} files written for the
-    benchmark reject as an empty field.
+    Pairs with an empty reply are left out (`_has_replies`).
     """
     from rlhf.data.load import load_pairs
     from rlhf.data.records import prompt_key
@@ -176,7 +179,7 @@ def _hh_pairs():
     seen, out = set(), []
     for p in load_pairs(HH):
         key = prompt_key(p.prompt)
-        if key not in seen and p.chosen.strip() and p.rejected.strip():
+        if key not in seen and _has_replies(p):
             seen.add(key)
             out.append(p)
     return out
@@ -315,11 +318,8 @@ def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: 
     require_data()
     train_g, held_g = hh_split(val / 100)
     meta = {}
-
-    def nonempty(pairs):
-        return [p for p in pairs if p.chosen.strip() and p.rejected.strip()]
-
-    for name, part in (("train", nonempty(group_pairs(train_g))), ("eval", nonempty(group_pairs(held_g)))):
+    held = [p for p in group_pairs(held_g) if _has_replies(p)]
+    for name, part in (("train", [p for p in group_pairs(train_g) if _has_replies(p)]), ("eval", held)):
         enc = encode_all(tok, [(p.prompt, r) for p in part for r in (p.chosen, p.rejected)], max_len,
                          encoder=encoder)
         _write_jsonl(out / f"ours-{name}.jsonl", [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
@@ -332,7 +332,7 @@ def _hh_split_data(out: Path, tok, max_len: int, *, encoder: bool = False, val: 
     # The trivial baseline on the held-out pairs: the shorter reply (in characters) wins, ties count half.
     from benchmarks.rm_report import shorter_wins
 
-    meta["shorter_wins_accuracy"] = shorter_wins((p.chosen, p.rejected) for p in nonempty(group_pairs(held_g)))
+    meta["shorter_wins_accuracy"] = shorter_wins((p.chosen, p.rejected) for p in held)
     return meta
 
 

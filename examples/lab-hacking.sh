@@ -40,27 +40,21 @@ fi
 "${PYTHON:-python}" - "$OUT" "$BIAS" <<'PY'
 import json, sys
 from pathlib import Path
-from rlhf.lab import gold
+from rlhf.lab.gold import FLAW_NAMES
 
 out, bias = Path(sys.argv[1]), sys.argv[2]
 trait = {"length": "length", "flattery": "flattery", "format": "markup"}[bias]
-print(f"\nbias: {bias}; trait column: share of answers the gold judge marks '{gold.FLAW_NAMES[trait]}'")
+order = ["none", "kl", "ensemble-min", "length-penalty"]
+print(f"\nbias: {bias}; trait column: share of answers the gold judge marks '{FLAW_NAMES[trait]}'")
 print(f"{'defence':<16}{'RM score':>10}{'gold':>9}{'win vs SFT':>24}{'KL':>7}{'length':>8}{'trait':>8}")
-first = True
-for f in sorted(out.glob("*.eval.json"), key=lambda p: ["none", "kl", "ensemble-min", "length-penalty"].index(
-        p.name.split(".")[0])):
+runs = sorted(out.glob("*.eval.json"), key=lambda p: order.index(p.name.split(".")[0]))
+for i, f in enumerate(runs):
     d = json.loads(f.read_text())
-    s = d["samples"]
-    prompts = [x["prompt"] for x in s]
-    a, b = d["models"]["A"], d["models"]["B"]
-    ra = gold.flaw_rates(prompts, [x["response_a"] for x in s], [x["finished_a"] for x in s])
-    if first:
-        rb = gold.flaw_rates(prompts, [x["response_b"] for x in s], [x["finished_b"] for x in s])
+    a, b, c = d["models"]["A"], d["models"]["B"], d["comparison"]
+    if i == 0:
         print(f"{'(SFT)':<16}{b['reward']:>+10.3f}{b['gold']:>+9.3f}{'':>24}{0:>7.2f}{b['length']:>8.1f}"
-              f"{rb[trait]:>8.0%}")
-        first = False
-    c = d["comparison"]
+              f"{b['flaws'][trait]:>8.0%}")
     win = f"{c['win_rate']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
     print(f"{f.name.split('.')[0]:<16}{a['reward']:>+10.3f}{a['gold']:>+9.3f}{win:>24}{a['kl']:>7.2f}"
-          f"{a['length']:>8.1f}{ra[trait]:>8.0%}")
+          f"{a['length']:>8.1f}{a['flaws'][trait]:>8.0%}")
 PY

@@ -55,13 +55,8 @@ def main(argv: list[str]) -> int:
     p("")
     p(format_table(result["table"]))
     p("(win vs SFT: gold-judged wins / (wins + losses), ties excluded, 95% bootstrap interval)")
-    flaws = result.get("flaws") or {}
-    if "sft" in flaws:
-        from rlhf.lab.gold import describe_change
-
-        for name, rates in flaws.items():
-            if name not in ("base", "sft"):
-                p(f"what {name} changed against SFT, by the gold judge: {describe_change(flaws['sft'], rates)}")
+    for name, change in result.get("changes", {}).items():
+        p(f"what {name} changed against SFT, by the gold judge: {change}")
     for s in result["samples"][: args.samples]:
         p(f"\nprompt: {s['prompt']}")
         for name, text in s["responses"].items():

@@ -300,7 +300,10 @@ class Generation:
 
 def answer_metrics(prompts: Sequence, texts: Sequence[str], finished: Sequence[bool], lengths: Sequence[int], *,
                    reward_judge=None, gold: bool | None = None) -> dict:
-    """What can be measured from the answers alone: length, stopping, gold and reward-model scores."""
+    """What can be measured from the answers alone: length, stopping, gold and reward-model scores.
+
+    With gold, `flaws` holds the share of answers with each of the gold judge's flaws (`gold.flaw_rates`).
+    """
     n = len(texts)
     out = {"texts": list(texts), "finished": [bool(f) for f in finished], "lengths": [int(x) for x in lengths],
            "length": sum(lengths) / n, "no_eos_frac": 1.0 - sum(bool(f) for f in finished) / n}
@@ -308,9 +311,10 @@ def answer_metrics(prompts: Sequence, texts: Sequence[str], finished: Sequence[b
         gold = lab_prompts(prompts)
     if gold:
         from rlhf.judges import GoldJudge
+        from rlhf.lab.gold import flaw_rates
 
         scores = GoldJudge().score(prompts, texts, stopped=out["finished"])
-        out.update(gold=sum(scores) / n, gold_scores=scores)
+        out.update(gold=sum(scores) / n, gold_scores=scores, flaws=flaw_rates(prompts, texts, out["finished"]))
     if reward_judge is not None:
         scores = reward_judge.score(prompts, texts)
         out.update(reward=sum(scores) / n, reward_scores=scores)

@@ -558,12 +558,7 @@ class OpenAIJudge(Judge):
                 raise
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = [pool.submit(ask, m) for m in jobs]
-            try:
-                answers = [f.result() for f in futures]
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            answers = list(pool.map(ask, jobs))
         self._invalid = [a is None for a in answers]
         return [0.5 if a is None else float(a) for a in answers]
 

@@ -359,11 +359,13 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
                for i, p in enumerate(prompts[: e.samples])]
     out = {"table": rows, "samples": samples, "judge": e.judge, "n_prompts": len(prompts),
            "rm_gold_accuracy": agree / total if total else None, "rm_gold_pairs": total}
-    if all("gold_scores" in r for r in results.values()):
-        # what each model gets wrong, by the gold judge: names what a policy learned, good or bad
-        from rlhf.lab import gold
+    if all("flaws" in r for r in results.values()):
+        # what each model gets wrong, by the gold judge, and so what each policy learned, good or bad
+        from rlhf.lab.gold import describe_change
 
-        out["flaws"] = {name: gold.flaw_rates(prompts, r["texts"], r["finished"]) for name, r in results.items()}
+        out["flaws"] = {name: r["flaws"] for name, r in results.items()}
+        out["changes"] = {name: describe_change(out["flaws"]["sft"], rates)
+                          for name, rates in out["flaws"].items() if name not in ("base", "sft")}
     return out
 
 
@@ -427,14 +429,8 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], re
         notes.append(f"Reward model against the gold judge: it orders {result['rm_gold_accuracy']:.1%} of "
                      f"{result['rm_gold_pairs']} held-out answer pairs (that gold tells apart) as gold does; "
                      f"validation accuracy on annotator comparisons {result.get('rm_val_accuracy') or float('nan'):.3f}.")
-    flaws = result.get("flaws") or {}
-    if "sft" in flaws:
-        from rlhf.lab.gold import describe_change
-
-        for name, rates in flaws.items():
-            if name not in ("base", "sft"):
-                notes.append(f"What {name} changed against SFT (gold judge, share of held-out answers): "
-                             f"{describe_change(flaws['sft'], rates)}.")
+    for name, change in result.get("changes", {}).items():
+        notes.append(f"What {name} changed against SFT (gold judge, share of held-out answers): {change}.")
     for name, secs in result.get("timings", {}).items():
         notes.append(f"Stage {name}: {secs:.0f} s wall time.")
     alarms_path = out / "ppo" / "alarms.json"

@@ -19,6 +19,8 @@ the same prompts are generated once, the same way, at the start.
 
 from __future__ import annotations
 
+import statistics
+
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -85,7 +87,7 @@ class Evaluator:
             g = ans["gold"]
             m["eval/gold"] = sum(g) / len(g)
             if len(g) > 1:  # standard error of that mean, so that a fall can be told from noise
-                m["eval/gold_se"] = (sum((x - m["eval/gold"]) ** 2 for x in g) / (len(g) - 1) / len(g)) ** 0.5
+                m["eval/gold_se"] = statistics.stdev(g) / len(g) ** 0.5
         if self.baseline is not None:
             w = win_rate(self._outcomes(ans, judge), seed=self.seed)
             m["eval/ties"] = w["ties"] / len(self.prompts)
