@@ -79,12 +79,18 @@ def test_proxy_gold_divergence():
     assert [(a.name, a.step) for a in fired] == [("proxy_gold_divergence", 6)]
     both_rise = [{"reward/score": p, "eval/gold": 0.1 * i} for i, p in enumerate(proxy)]
     assert _run(Monitor(), both_rise) == []
-    # with the evaluation's standard error logged, a fall within two of them is noise: 0.62 -> 0.55 (0.07)
-    # needs se < 0.035; with se 0.04 the alarm waits for 0.5 at step 7 (0.12 > 0.08)
+    # with the evaluation's standard error logged, a fall within two standard errors of a difference of two
+    # means (sqrt(2) se each) is noise: 0.62 -> 0.55 (0.07) needs se < 0.07 / (2 sqrt 2) = 0.0247; with se 0.04
+    # the alarm waits for 0.5 at step 7 (0.12 > 0.113)
     noisy = [dict(s, **{"eval/gold_se": 0.04}) for s in series]
     assert [(a.name, a.step) for a in _run(Monitor(), noisy)] == [("proxy_gold_divergence", 7)]
-    quiet = [dict(s, **{"eval/gold_se": 0.03}) for s in series]
+    quiet = [dict(s, **{"eval/gold_se": 0.02}) for s in series]
     assert [(a.name, a.step) for a in _run(Monitor(), quiet)] == [("proxy_gold_divergence", 6)]
+    # the paired standard error, when logged, is the one used: 0.07 > 2 x 0.03 fires at step 6 despite se 0.04
+    paired = [dict(s, **{"eval/gold_vs_best_se": 0.03}) for s in noisy]
+    assert [(a.name, a.step) for a in _run(Monitor(), paired)] == [("proxy_gold_divergence", 6)]
+    wide = [dict(s, **{"eval/gold_vs_best_se": 0.065}) for s in series]  # 2 x 0.065 = 0.13 > 0.12 at step 7
+    assert [(a.name, a.step) for a in _run(Monitor(), wide)] == [("proxy_gold_divergence", 8)]
 
 
 def test_sample_alarms():

@@ -354,3 +354,22 @@ def test_evaluator_uses_the_gold_judge_on_lab_prompts(tiny_tokenizer):
     assert abs(m["eval/gold"] - sum(want) / 3) < 1e-9
     assert m["eval/ties"] == 1.0 and "eval/win_rate" not in m  # the same model twice: all ties
     assert m["eval/ppl"] > 1.0
+
+
+def test_evaluator_paired_standard_error_against_the_best_evaluation(tiny_tokenizer):
+    from rlhf.trainers.ppo_eval import Evaluator
+
+    golds = iter([[0.0, 1.0, 2.0], [0.0, 0.0, 2.0], [1.0, 1.0, 2.0], [1.0, 1.0, 2.0]])
+    ev = Evaluator(tiny_tokenizer, ["a", "b", "c"], lambda p, t: RewardOut(torch.zeros(len(t))),
+                   gold_fn=lambda p, t, f: next(golds), max_new_tokens=2)
+    lm = tiny_lm(tiny_tokenizer)
+    first, _ = ev(lm)
+    assert "eval/gold_vs_best_se" not in first  # nothing to compare with yet
+    # change against the first [0, -1, 0]: sample sd sqrt(1/3), standard error sqrt(1/3) / sqrt(3) = 1/3
+    second, _ = ev(lm)
+    assert abs(second["eval/gold_vs_best_se"] - 1 / 3) < 1e-9
+    assert ev.best_gold == [0.0, 1.0, 2.0]  # a worse evaluation does not replace the best
+    third, _ = ev(lm)  # [1, 0, 0] against the first, then it becomes the best
+    assert abs(third["eval/gold_vs_best_se"] - 1 / 3) < 1e-9 and ev.best_gold == [1.0, 1.0, 2.0]
+    fourth, _ = ev(lm)  # identical to the best: no change, no noise
+    assert fourth["eval/gold_vs_best_se"] == 0.0

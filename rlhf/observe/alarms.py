@@ -14,8 +14,10 @@ KL penalty trips none; each one is also a rule of thumb from the literature:
   `patience` updates (only with a KL target).
 - `proxy_gold_divergence`: the proxy (reward-model) score rising while the
   gold/judge reward falls `divergence_drop` (relative) below its best, and
-  by more than two standard errors of its mean when `eval/gold_se` is logged
-  (a held-out evaluation's own noise is not a fall); also
+  by more than two standard errors of that fall (a held-out evaluation's
+  own noise is not a fall): of the paired per-prompt change when
+  `eval/gold_vs_best_se` is logged, else of two independent means
+  (`eval/gold_se` x sqrt 2); also
   fires when ensemble members' disagreement rises with the proxy.
 - `repetition`: over `repeat_frac` of samples repeat some word 3-gram.
 - `flattery`: over `flattery_frac` of samples carry flattery or padding phrases.
@@ -164,14 +166,18 @@ class Monitor:
     def _check_divergence(self, out: list[Alarm], step: int) -> None:
         c = self.cfg
         gold = self._series("eval/gold")
-        proxy = self._series("eval/proxy") or self._series("reward/score")
+        # the proxy being optimised: the reward-model score of the rollouts, logged every update (the greedy
+        # evaluation answers' score can stall while the policy's samples still climb)
+        proxy = self._series("reward/score") or self._series("eval/proxy")
         if len(gold) >= 3:
             best = max(gold)
             drop = (best - gold[-1]) / max(abs(best), 1e-8)
             recent_proxy = proxy[-c.window:]
-            # the fall must also exceed the evaluation's own noise: two standard errors of the mean gold
-            se = self._series("eval/gold_se")
-            beyond_noise = not se or best - gold[-1] > 2 * se[-1]
+            # the fall must also exceed the evaluation's own noise: two standard errors of the paired change
+            # against the best evaluation when logged, else of the difference of two independent means
+            paired, se = self._series("eval/gold_vs_best_se"), self._series("eval/gold_se")
+            noise = paired[-1] if paired else (2 ** 0.5 * se[-1] if se else 0.0)
+            beyond_noise = best - gold[-1] > 2 * noise
             if drop >= c.divergence_drop and beyond_noise and _slope(recent_proxy) > 0 and gold[-1] < gold[-2]:
                 self._fire(out, "proxy_gold_divergence", step,
                            f"proxy reward rising while gold fell {drop:.0%} below its best ({best:.3f} -> {gold[-1]:.3f})")

@@ -300,6 +300,8 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
         moments.load_state_dict(state["moments"])
         monitor.history = {k: list(v) for k, v in state.get("monitor", {}).items()}
         monitor.fired = {a["alarm"]: Alarm(a["alarm"], a["step"], a["message"]) for a in state.get("alarms", [])}
+        if evaluator is not None:
+            evaluator.best_gold = state.get("eval_best_gold")
         truncate_after(out / METRICS_FILE, state["update"])
         truncate_after(out / "samples.jsonl", state["update"])
         log(f"ppo: resuming after update {state['update']} of {n_updates}")
@@ -374,7 +376,8 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
             stop = cfg.stop_on_alarm and bool(alarms)
             if (cfg.save_every and update % cfg.save_every == 0) or update == n_updates or stop:
                 state.update({"kl_ctl": kl_ctl.state_dict(), "moments": moments.state_dict(), "alarms": fired,
-                              "monitor": monitor.history, "ptx_used": ptx_batches.used if ptx_batches is not None else 0})
+                              "monitor": monitor.history, "ptx_used": ptx_batches.used if ptx_batches is not None else 0,
+                              "eval_best_gold": evaluator.best_gold if evaluator is not None else None})
                 save_checkpoint(out, actor_critic, optimizer, scheduler, state)
             if stop:
                 log(f"ppo: stopping at update {update} (stop_on_alarm)")

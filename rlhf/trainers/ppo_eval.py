@@ -15,6 +15,12 @@ the same prompts are generated once, the same way, at the start.
 - `eval/ppl`: perplexity of held-out reference responses (SFT data) under the
   policy: a rising value means the policy is forgetting how to write.
 - `eval/length`, `eval/no_eos_frac`: of the evaluation answers.
+- `eval/gold_se`: standard error of the mean gold; `eval/gold_vs_best_se`: standard
+  error of the mean per-prompt change of gold against the best evaluation so far.
+  The second is the one to judge a fall by: with greedy answers to the same
+  prompts, two evaluations of one policy are identical, so a paired difference
+  carries no prompt-to-prompt spread and shows a real fall long before two
+  independent means would.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Evaluator:
     batch_size: int = 32
     seed: int = 0
     baseline: dict | None = None  # the SFT answers and their scores
+    best_gold: list[float] | None = None  # per-prompt gold of the best evaluation so far
 
     def _answer(self, lm) -> dict:
         from rlhf.trainers.ppo_step import RewardOut
@@ -88,6 +95,11 @@ class Evaluator:
             m["eval/gold"] = sum(g) / len(g)
             if len(g) > 1:  # standard error of that mean, so that a fall can be told from noise
                 m["eval/gold_se"] = statistics.stdev(g) / len(g) ** 0.5
+                if self.best_gold is not None:
+                    change = [a - b for a, b in zip(g, self.best_gold)]
+                    m["eval/gold_vs_best_se"] = statistics.stdev(change) / len(change) ** 0.5
+            if self.best_gold is None or m["eval/gold"] > statistics.fmean(self.best_gold):
+                self.best_gold = list(g)
         if self.baseline is not None:
             w = win_rate(self._outcomes(ans, judge), seed=self.seed)
             m["eval/ties"] = w["ties"] / len(self.prompts)
