@@ -51,6 +51,7 @@ from rlhf.config import opt, parse
 from rlhf.errors import UserError
 
 CONSTITUTION_FIELDS = ("name", "rule", "critique", "revision")
+EXAMPLE_FIELDS = ("principle", "prompt", "response", "critique", "revision")
 
 
 # --------------------------------------------------------------------------- constitution
@@ -65,9 +66,20 @@ class Principle:
 
 
 @dataclass(frozen=True)
+class Example:
+    """A worked critique -> revision under one principle, shown to the critic before its own task."""
+    principle: str
+    prompt: str
+    response: str
+    critique: str
+    revision: str
+
+
+@dataclass(frozen=True)
 class Constitution:
     principles: tuple[Principle, ...]
     source: str = ""
+    examples: tuple[Example, ...] = ()
 
     def rules(self) -> list[str]:
         """What the AI judge is asked to weigh, one line per principle."""
@@ -113,8 +125,8 @@ def parse_constitution(root, name: str) -> Constitution:
         raise UserError(f"{name}:{_line(root)}: expected a mapping with the key 'principles'")
     top = {k.value: (k, v) for k, v in root.value}
     for key, (knode, _) in top.items():
-        if key != "principles":
-            raise UserError(f"{name}:{_line(knode)}: unknown key '{key}'; expected 'principles'")
+        if key not in ("principles", "examples"):
+            raise UserError(f"{name}:{_line(knode)}: unknown key '{key}'; expected 'principles' or 'examples'")
     if "principles" not in top:
         raise UserError(f"{name}:{_line(root)}: 'principles' is missing")
     seq = top["principles"][1]
@@ -122,29 +134,46 @@ def parse_constitution(root, name: str) -> Constitution:
         raise UserError(f"{name}:{_line(seq)}: 'principles' must be a non-empty list")
     out, seen = [], {}
     for i, node in enumerate(seq.value, 1):
-        if not isinstance(node, yaml.MappingNode):
-            raise UserError(f"{name}:{_line(node)}: principle {i} must be a mapping with "
-                            f"{', '.join(CONSTITUTION_FIELDS)}")
-        fields = {}
-        for knode, vnode in node.value:
-            key = knode.value
-            if key not in CONSTITUTION_FIELDS:
-                raise UserError(f"{name}:{_line(knode)}: principle {i}: unknown key '{key}'; expected "
-                                f"{', '.join(CONSTITUTION_FIELDS)}")
-            if not isinstance(vnode, yaml.ScalarNode) or vnode.tag != "tag:yaml.org,2002:str":
-                raise UserError(f"{name}:{_line(vnode)}: principle {i}: '{key}' must be text")
-            if not vnode.value.strip():
-                raise UserError(f"{name}:{_line(vnode)}: principle {i}: '{key}' is empty")
-            fields[key] = " ".join(vnode.value.split())
-        missing = [k for k in CONSTITUTION_FIELDS if k not in fields]
-        if missing:
-            raise UserError(f"{name}:{_line(node)}: principle {i}: '{missing[0]}' is missing")
+        fields = _text_fields(node, name, f"principle {i}", CONSTITUTION_FIELDS)
         if fields["name"] in seen:
             raise UserError(f"{name}:{_line(node)}: principle {i}: name '{fields['name']}' is already used "
                             f"by principle {seen[fields['name']]}")
         seen[fields["name"]] = i
         out.append(Principle(**fields))
-    return Constitution(tuple(out), name)
+    examples = []
+    if "examples" in top:
+        ex_seq = top["examples"][1]
+        if not isinstance(ex_seq, yaml.SequenceNode):
+            raise UserError(f"{name}:{_line(ex_seq)}: 'examples' must be a list")
+        for i, node in enumerate(ex_seq.value, 1):
+            fields = _text_fields(node, name, f"example {i}", EXAMPLE_FIELDS)
+            if fields["principle"] not in seen:
+                raise UserError(f"{name}:{_line(node)}: example {i}: principle '{fields['principle']}' is not "
+                                f"in the constitution ({', '.join(seen)})")
+            examples.append(Example(**fields))
+    return Constitution(tuple(out), name, tuple(examples))
+
+
+def _text_fields(node, name: str, what: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """A mapping node whose values are the non-empty texts `keys`, folded to one line each."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        raise UserError(f"{name}:{_line(node)}: {what} must be a mapping with {', '.join(keys)}")
+    fields = {}
+    for knode, vnode in node.value:
+        key = knode.value
+        if key not in keys:
+            raise UserError(f"{name}:{_line(knode)}: {what}: unknown key '{key}'; expected {', '.join(keys)}")
+        if not isinstance(vnode, yaml.ScalarNode) or vnode.tag != "tag:yaml.org,2002:str":
+            raise UserError(f"{name}:{_line(vnode)}: {what}: '{key}' must be text")
+        if not vnode.value.strip():
+            raise UserError(f"{name}:{_line(vnode)}: {what}: '{key}' is empty")
+        fields[key] = " ".join(vnode.value.split())
+    missing = [k for k in keys if k not in fields]
+    if missing:
+        raise UserError(f"{name}:{_line(node)}: {what}: '{missing[0]}' is missing")
+    return fields
 
 
 # --------------------------------------------------------------------------- reading model output
@@ -242,14 +271,32 @@ def parse_openai_spec(spec: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- critique and revision
 
 
-def critique_messages(prompt, response: str, principle: Principle) -> list[dict]:
-    return as_messages(prompt) + [{"role": "assistant", "content": response},
-                                  {"role": "user", "content": principle.critique}]
+def critique_messages(prompt, response: str, principle: Principle, shots: Sequence[dict] = ()) -> list[dict]:
+    """`shots` (from `few_shot_messages`) go first: worked examples, as earlier turns of the same chat."""
+    msgs = as_messages(prompt)
+    head = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
+    return head + list(shots) + msgs[len(head):] + [{"role": "assistant", "content": response},
+                                                    {"role": "user", "content": principle.critique}]
 
 
-def revision_messages(prompt, response: str, principle: Principle, critique: str) -> list[dict]:
-    return critique_messages(prompt, response, principle) + [{"role": "assistant", "content": critique},
-                                                             {"role": "user", "content": principle.revision}]
+def revision_messages(prompt, response: str, principle: Principle, critique: str,
+                      shots: Sequence[dict] = ()) -> list[dict]:
+    return critique_messages(prompt, response, principle, shots) + [
+        {"role": "assistant", "content": critique}, {"role": "user", "content": principle.revision}]
+
+
+def few_shot_messages(constitution: Constitution, n: int) -> list[dict]:
+    """The first `n` worked examples of the constitution as chat turns: the prompt, the response, the
+    principle's critique request, the critique, its revision request, the revision (Bai et al. 2022 put
+    such few-shot examples before every critique and revision request)."""
+    by_name = {p.name: p for p in constitution.principles}
+    out: list[dict] = []
+    for ex in constitution.examples[:n]:
+        p = by_name[ex.principle]
+        out += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response},
+                {"role": "user", "content": p.critique}, {"role": "assistant", "content": ex.critique},
+                {"role": "user", "content": p.revision}, {"role": "assistant", "content": ex.revision}]
+    return out
 
 
 def choose_principles(n: int, rounds: int, constitution: Constitution, seed: int) -> list[list[Principle]]:
@@ -259,22 +306,25 @@ def choose_principles(n: int, rounds: int, constitution: Constitution, seed: int
 
 
 def critique_and_revise(critic, prompts: Sequence, responses: Sequence[str], stopped: Sequence[bool],
-                        constitution: Constitution, *, rounds: int = 1, seed: int = 0, log=None):
+                        constitution: Constitution, *, rounds: int = 1, seed: int = 0, few_shot: int = 0,
+                        log=None):
     """n rounds of critique -> revision for every prompt, batched across prompts.
 
-    Returns (final responses, final stopped flags, trace rows). A revision that
-    comes back empty keeps the response it was meant to replace (`kept: false`
-    in the trace).
+    The first `few_shot` worked examples of the constitution precede every
+    critique and revision request. Returns (final responses, final stopped
+    flags, trace rows). A revision that comes back empty keeps the response it
+    was meant to replace (`kept: false` in the trace).
     """
     current, done = list(responses), list(stopped)
     principles = choose_principles(len(prompts), rounds, constitution, seed)
+    shots = few_shot_messages(constitution, few_shot)
     trace = []
     for r in range(rounds):
         chosen = principles[r]
-        crit = critic.reply([critique_messages(p, x, c) for p, x, c in zip(prompts, current, chosen)],
+        crit = critic.reply([critique_messages(p, x, c, shots) for p, x, c in zip(prompts, current, chosen)],
                             seed=seed + 2 * r + 1)
         critiques = [clean_reply(t) for t, _ in crit]
-        rev = critic.reply([revision_messages(p, x, c, k)
+        rev = critic.reply([revision_messages(p, x, c, k, shots)
                             for p, x, c, k in zip(prompts, current, chosen, critiques)], seed=seed + 2 * r + 2)
         for i, (p, c) in enumerate(zip(prompts, chosen)):
             text, fin = rev[i]
@@ -366,6 +416,8 @@ class CAIConfig:
     n_prompts: int = opt(60, "how many prompts (the first N of --prompts)")
     split: str = opt("train", "lab split of the default prompts: train | eval")
     rounds: int = opt(1, "critique -> revision rounds per prompt")
+    few_shot: int = opt(3, "worked critique -> revision examples of the constitution shown to the critic "
+                           "before each request (0 = none)")
     out: str = opt("runs/cai", "output folder")
     max_new_tokens: int = opt(48, "longest policy response, in tokens")
     critic_max_new_tokens: int = opt(64, "longest critique or revision, in tokens")
@@ -386,6 +438,8 @@ class CAIConfig:
     trust_remote_code: bool = opt(False, "allow model code from model folders")
 
     def __post_init__(self):
+        if self.few_shot < 0:
+            raise UserError(f"few_shot must be >= 0, got {self.few_shot}")
         for name in ("n_prompts", "rounds", "max_new_tokens", "critic_max_new_tokens", "batch_size",
                      "judge_batch_size", "max_prompt_len", "concurrency"):
             if getattr(self, name) < 1:
@@ -503,8 +557,9 @@ def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict
     torch.manual_seed(cfg.seed)
     policy = _load_local(cfg.model, cfg)
     critic = build_critic(cfg, policy)
-    log(f"cai: {len(prompts)} prompts, {cfg.rounds} round(s), {len(constitution.principles)} principles "
-        f"({constitution.source}); policy {cfg.model}, critic {critic.name}")
+    log(f"cai: {len(prompts)} prompts, {cfg.rounds} round(s), {len(constitution.principles)} principles, "
+        f"{min(cfg.few_shot, len(constitution.examples))} worked examples ({constitution.source}); "
+        f"policy {cfg.model}, critic {critic.name}")
 
     ro = generate(policy[0], policy[1], prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   do_sample=cfg.temperature > 0, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -512,7 +567,8 @@ def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict
     originals = [clean_reply(t) for t in ro.texts]
     orig_stopped = [bool(f) for f in ro.finished.tolist()]
     finals, final_stopped, trace = critique_and_revise(critic, prompts, originals, orig_stopped, constitution,
-                                                       rounds=cfg.rounds, seed=cfg.seed, log=log)
+                                                       rounds=cfg.rounds, seed=cfg.seed, few_shot=cfg.few_shot,
+                                                       log=log)
     sft, prefs = sft_rows(prompts, finals), pref_rows(prompts, originals, finals)
 
     rlaif_rows, judge_name, position_bias, samples = [], None, None, None
@@ -528,6 +584,7 @@ def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict
         samples = len(prompts)
 
     summary = {"prompts": len(prompts), "rounds": cfg.rounds, "constitution": constitution.source,
+               "few_shot": min(cfg.few_shot, len(constitution.examples)),
                "policy": cfg.model, "critic": critic.name, "judge": judge_name,
                "sft_rows": len(sft), "pref_rows": len(prefs), "rlaif_rows": len(rlaif_rows),
                "rlaif_prompts": samples, "judge_position_bias": position_bias,
@@ -594,7 +651,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["Principle", "Constitution", "load_constitution", "clean_reply", "LocalChat", "HTTPChat",
+__all__ = ["Principle", "Example", "Constitution", "few_shot_messages", "load_constitution", "clean_reply", "LocalChat", "HTTPChat",
            "critique_and_revise", "label_pairs", "margin_of", "lab_red_team_prompts", "CAIConfig", "run", "main"]
 
 

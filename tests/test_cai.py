@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from rlhf.cai import (CAIConfig, Constitution, Principle, clean_reply, critique_and_revise, label_pairs,
-                      lab_red_team_prompts, load_constitution, margin_of, run)
+from rlhf.cai import (CAIConfig, Constitution, Example, Principle, clean_reply, critique_and_revise,
+                      few_shot_messages, label_pairs, lab_red_team_prompts, load_constitution, margin_of, run)
 from rlhf.cli import main as cli
 from rlhf.data import load_pairs, load_sft
 from rlhf.errors import UserError
@@ -43,6 +43,11 @@ GOOD_PRINCIPLE = "  - name: a\n    rule: r\n    critique: c\n    revision: v\n"
      "c.yaml:4: principle 1: unknown key 'critque'"),
     (f"principles:\n{GOOD_PRINCIPLE}{GOOD_PRINCIPLE}", "c.yaml:6: principle 2: name 'a' is already used by principle 1"),
     ("principles:\n  - name: a\n   bad: [\n", "c.yaml:3:"),
+    (f"principles:\n{GOOD_PRINCIPLE}examples: text\n", "c.yaml:6: 'examples' must be a list"),
+    (f"principles:\n{GOOD_PRINCIPLE}examples:\n  - principle: b\n    prompt: p\n    response: r\n"
+     "    critique: c\n    revision: v\n", "c.yaml:7: example 1: principle 'b' is not in the constitution (a)"),
+    (f"principles:\n{GOOD_PRINCIPLE}examples:\n  - principle: a\n    prompt: p\n    response: r\n"
+     "    critique: c\n", "c.yaml:7: example 1: 'revision' is missing"),
 ])
 def test_constitution_errors_name_file_and_line(tmp_path, text, message):
     path = tmp_path / "c.yaml"
@@ -50,6 +55,17 @@ def test_constitution_errors_name_file_and_line(tmp_path, text, message):
     with pytest.raises(UserError) as info:
         load_constitution(str(path))
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_default_constitution_worked_examples_become_chat_turns():
+    c = load_constitution()
+    assert len(c.examples) >= 3 and {e.principle for e in c.examples} <= {p.name for p in c.principles}
+    shots = few_shot_messages(c, 2)
+    assert [m["role"] for m in shots] == ["user", "assistant"] * 6
+    first, by_name = c.examples[0], {p.name: p for p in c.principles}
+    assert [m["content"] for m in shots[:6]] == [first.prompt, first.response, by_name[first.principle].critique,
+                                                 first.critique, by_name[first.principle].revision, first.revision]
+    assert few_shot_messages(c, 0) == [] and len(few_shot_messages(c, 99)) == 6 * len(c.examples)
 
 
 def test_bad_constitution_on_the_command_line_exits_2_and_writes_nothing(tmp_path, capsys):
@@ -129,6 +145,17 @@ def test_critique_and_revise_rounds_trace_and_empty_revisions():
     again = critique_and_revise(ScriptedCritic(), prompts, ["a1", "a2", "a3"], [True] * 3, constitution,
                                 rounds=2, seed=3)[2]
     assert [t["principle"] for t in again] == [t["principle"] for t in trace]
+    # worked examples come first (after a system message), then the task exactly as without them
+    one = Constitution((P1,), examples=(Example("short", "ex-q", "ex-a", "ex-crit", "ex-rev"),))
+    calls = {}
+    for n in (0, 1):
+        critic = ScriptedCritic()
+        critique_and_revise(critic, prompts[2:], ["a3"], [True], one, seed=3, few_shot=n)
+        calls[n] = critic.calls[1][0]  # the revision request
+    shots = [{"role": "user", "content": "ex-q"}, {"role": "assistant", "content": "ex-a"},
+             {"role": "user", "content": "CRIT-SHORT?"}, {"role": "assistant", "content": "ex-crit"},
+             {"role": "user", "content": "REV-SHORT!"}, {"role": "assistant", "content": "ex-rev"}]
+    assert calls[1] == calls[0][:1] + shots + calls[0][1:] and calls[0][0]["role"] == "system"
     many = critique_and_revise(ScriptedCritic(), ["q"] * 40, ["a"] * 40, [True] * 40, constitution, seed=0)[2]
     assert {t["principle"] for t in many} == {"short", "safe"}  # both drawn among 40 (chance of not: 2^-39)
 
