@@ -18,7 +18,8 @@ SFT=${SFT:-runs/demo/sft}
 EVAL=${EVAL:-runs/demo/data/eval.jsonl}
 OUT=${OUT:-runs/hacking-$BIAS}
 EPISODES=${EPISODES:-2048}
-rlhf() { "${RLHF:-rlhf}" "$@"; }
+mkdir -p "$OUT"
+rlhf() { if [ -n "${RLHF:-}" ]; then "$RLHF" "$@"; else command rlhf "$@"; fi; }  # RLHF=path overrides
 
 rlhf lab data --model "$SFT" --parts prefs --bias "$BIAS" --out "$OUT/data"
 rlhf rm --model "$SFT" --data "$OUT/data/rankings.jsonl" --epochs 2 --out "$OUT/rm" --quiet

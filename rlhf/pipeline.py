@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from rlhf.config import from_dict, load_yaml, opt, parse
 from rlhf.errors import UserError
@@ -88,6 +88,9 @@ class PipelineConfig:
     sft_model: Optional[str] = opt(None, "an SFT model to use instead of training one")
     reward_model: Optional[str] = opt(None, "a reward model to use instead of training one")
     rounds: int = opt(1, "iterative RLHF rounds (label new policy samples, retrain RM, rerun the last stage)")
+    round_samples: Literal["policy", "policy+sft"] = opt(
+        "policy", "who answers the prompts labelled after each round: the new policy alone, or the policy and "
+                  "the SFT model half each (annotators then compare what the policy changed)")
     eval: EvalSection = field(default_factory=EvalSection, metadata={"help": "evaluation options"})
     quiet: bool = opt(False, "less output from the stages")
 
@@ -225,7 +228,8 @@ class Pipeline:
             round_info: dict = {"round": r, "reward_model": str(rm_now)}
             if r > 1:
                 # Iterative RLHF: the last policy's samples, labelled, extend the comparisons.
-                new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs")
+                mix = {"mix_model": str(sft)} if cfg.round_samples == "policy+sft" else {}
+                new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs", **mix)
                 before = _rm_accuracy(rm_now, new / "prefs.jsonl")
                 prefs_now = _concat([prefs_now, str(new / "rankings.jsonl")], out / f"data-round{r}" / "all.jsonl")
                 rm_now = self.stage(f"rm{tag}", out / f"rm{tag}", "rlhf.trainers.rm:main",

@@ -177,3 +177,26 @@ def test_rm_report_end_to_end_on_minilm(tmp_path):
     assert r["held_out_pairs"] == 6  # 25% of 24 distinct prompts
     assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["shorter_wins"] <= 1.0
     assert json.dumps(r)
+
+
+def test_lab_hacking_script_calls_the_rlhf_on_path(tmp_path):
+    """The script's commands reach the `rlhf` on PATH (a recording stand-in here), once each, in order."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "rlhf"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable}
+    env.pop("RLHF", None)
+    done = subprocess.run(["bash", str(ROOT / "examples" / "lab-hacking.sh"), "length"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = [line.split()[0] for line in log.read_text().splitlines()]
+    # data, two reward models, then each of the four PPO runs and its evaluation
+    assert calls == ["lab", "rm", "rm"] + ["ppo", "eval"] * 4
+    assert "bias: length" in done.stdout

@@ -134,3 +134,21 @@ def test_lab_gold_bad_rows(tmp_path, capsys, row, message):
     path.write_text(json.dumps({"prompt": "What is 1 + 1?", "response": "2"}) + "\n" + json.dumps(row) + "\n")
     assert cli.main(["lab", "gold", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_comparisons_mixing_two_models_take_half_the_samples_from_each(tmp_path, monkeypatch):
+    from rlhf.lab import generate
+    from rlhf.lab.annotators import Annotator
+
+    def fake_sample(model, tokenizer, prompts, *, n=1, **kw):
+        return [[(f"{model} reply {j} to {i}.", True) for j in range(n)] for i in range(len(prompts))]
+
+    monkeypatch.setattr(generate, "sample", fake_sample)
+    prompts = ["What is 2 + 3?", "Sort these numbers: 4 1 3."]
+    generate.write_comparisons("A", None, prompts, 5, Annotator(seed=0), out_dir=tmp_path, mix=("B", None))
+    rows = [json.loads(line) for line in (tmp_path / "rankings.jsonl").read_text().splitlines()]
+    for r in rows:  # k = 5: three from the model, two from the mixed-in one
+        assert sorted(x.split()[0] for x in r["responses"]) == ["A", "A", "A", "B", "B"]
+    generate.write_comparisons("A", None, prompts, 4, Annotator(seed=0), out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "rankings.jsonl").read_text().splitlines()]
+    assert all({x.split()[0] for x in r["responses"]} == {"A"} and len(r["responses"]) == 4 for r in rows)

@@ -66,10 +66,13 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
 
 
 def test_iterative_rounds_retrain_the_reward_model(tmp_path):
-    path = _config(tmp_path, method="ppo", rounds=2)
+    path = _config(tmp_path, method="ppo", rounds=2, round_samples="policy+sft")
     assert cli(["pipeline", str(path)]) == 0
     run = tmp_path / "run"
     assert (run / "rm-round2" / "config.json").exists() and (run / "ppo-round2" / "config.json").exists()
+    # round 2's comparisons: half of each prompt's samples from the round-1 policy, half from SFT
+    stamp = json.loads((run / "data-round2" / "lab_data.json").read_text())
+    assert set(stamp) == {"prefs"}
     rounds = json.loads((run / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert 0.0 <= rounds[1]["rm_acc_before"] <= 1.0 and 0.0 <= rounds[1]["rm_acc_after"] <= 1.0

@@ -24,7 +24,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError, bad_row
@@ -150,14 +150,23 @@ def pairs_of(row: dict) -> list[dict]:
 
 def write_comparisons(model, tokenizer, prompts: Sequence, k: int, annotator: Annotator, *, out_dir: str | Path,
                       temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0,
-                      batch_size: int = 32) -> dict:
-    """Sample `k` replies per prompt, rank them with `annotator`, write rankings.jsonl and prefs.jsonl."""
+                      batch_size: int = 32, mix=None) -> dict:
+    """Sample `k` replies per prompt, rank them with `annotator`, write rankings.jsonl and prefs.jsonl.
+
+    `mix`, a second (model, tokenizer), writes the last k // 2 replies of each
+    prompt instead of `model`: the annotators then compare two models' answers.
+    """
     from rlhf.files import write_jsonl
 
     if k < 2:
         raise UserError(f"k must be at least 2 to compare responses, got {k}")
-    samples = sample(model, tokenizer, prompts, n=k, temperature=temperature, top_p=top_p,
-                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    opts = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                batch_size=batch_size)
+    own = k - k // 2 if mix is not None else k
+    samples = sample(model, tokenizer, prompts, n=own, **opts)
+    if mix is not None:
+        other = sample(mix[0], mix[1], prompts, n=k - own, **opts)
+        samples = [a + b for a, b in zip(samples, other)]
     rankings = [r for p, s in zip(prompts, samples) if (r := rank_samples(p, s, annotator)) is not None]
     if not rankings:
         raise UserError("every prompt's samples were identical or empty: nothing to compare "
@@ -185,6 +194,8 @@ class DataConfig:
     n_sft: int = opt(400, "demonstrations in sft.jsonl")
     n_prefs: int = opt(600, "prompts with K ranked responses each")
     k: int = opt(4, "responses sampled per comparison prompt")
+    mix_model: Optional[str] = opt(None, "a second model that writes half of each prompt's K responses (as in "
+                                         "Llama 2, annotators compare answers of different models)")
     n_eval: int = opt(100, "held-out prompts in eval.jsonl")
     seed: int = opt(0, "random seed (prompts, demonstrations, sampling, annotator)")
     bias: Literal["none", "length", "flattery", "format"] = opt("none", "the annotator's bias")
@@ -239,10 +250,13 @@ def run(cfg: DataConfig, log=print) -> dict:
         model = load_causal_lm(cfg.model).eval()
         torch.manual_seed(cfg.seed)
         annotator = Annotator(cfg.annotator_temperature, cfg.bias, cfg.bias_strength, seed=cfg.seed)
+        mix = None
+        if cfg.mix_model:
+            mix = (load_causal_lm(cfg.mix_model).eval(), load_tokenizer(cfg.mix_model, padding_side="left"))
         summary["prefs"] = write_comparisons(
             model, tok, comparison_prompts(cfg.n_prefs, cfg.seed), cfg.k, annotator, out_dir=out,
             temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-            batch_size=cfg.batch_size)
+            batch_size=cfg.batch_size, mix=mix)
     return summary
 
 
@@ -256,7 +270,8 @@ def main(argv: list[str]) -> int:
         s = summary["prefs"]
         print(f"{out / 'rankings.jsonl'}: {s['prompts']} prompts ranked by a "
               f"{'unbiased' if cfg.bias == 'none' else cfg.bias + '-biased'} annotator; "
-              f"{out / 'prefs.jsonl'}: {s['pairs']} pairs (samples of {cfg.model}: gold {s['gold']:.3f}, "
+              f"{out / 'prefs.jsonl'}: {s['pairs']} pairs (samples of {cfg.model}"
+              f"{' and ' + cfg.mix_model if cfg.mix_model else ''}: gold {s['gold']:.3f}, "
               f"{s['stopped']:.0%} stopped)")
     if "eval" in summary:
         print(f"{out / 'eval.jsonl'}: {summary['eval']['rows']} held-out prompts")
@@ -311,6 +326,7 @@ def _stamp(cfg: DataConfig, part: str) -> str:
     d.pop("parts")
     if part != "prefs":
         d.pop("model")
+        d.pop("mix_model")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
