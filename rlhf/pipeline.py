@@ -9,7 +9,9 @@ resumes where it stopped; a stage is also skipped when its model is given
 report compares them on the same held-out prompts. With `rounds: N`, after
 each round the new policy's samples are labelled again, the reward model is
 retrained on the grown comparison set, and the last stage runs again from the
-new policy (iterative RLHF).
+new policy (iterative RLHF); `round_samples: policy+sft` has the annotators
+compare the policy's samples with the SFT model's, and `round_start: sft`
+reruns the last stage from the SFT model with the retrained reward model.
 
 A config, with every section optional:
 
@@ -91,6 +93,9 @@ class PipelineConfig:
     round_samples: Literal["policy", "policy+sft"] = opt(
         "policy", "who answers the prompts labelled after each round: the new policy alone, or the policy and "
                   "the SFT model half each (annotators then compare what the policy changed)")
+    round_start: Literal["last", "sft"] = opt(
+        "last", "where each later round's last stage starts: the previous round's policy, or the SFT model "
+                "again (only the reward model carries over)")
     eval: EvalSection = field(default_factory=EvalSection, metadata={"help": "evaluation options"})
     quiet: bool = opt(False, "less output from the stages")
 
@@ -236,7 +241,7 @@ class Pipeline:
                                     {"model": str(sft), "data": prefs_now, **seed, **cfg.rm})
                 after = _rm_accuracy(rm_now, new / "prefs.jsonl")
                 round_info.update(rm_acc_before=before, rm_acc_after=after, reward_model=str(rm_now))
-                policy_start = last
+                policy_start = last if cfg.round_start == "last" else sft
             for m in cfg.method:
                 target, fixed = _METHOD_COMMANDS[m]
                 section = getattr(cfg, m)  # each method its own options (beta means different things)

@@ -78,6 +78,17 @@ def test_iterative_rounds_retrain_the_reward_model(tmp_path):
     assert 0.0 <= rounds[1]["rm_acc_before"] <= 1.0 and 0.0 <= rounds[1]["rm_acc_after"] <= 1.0
     models = [r["model"] for r in json.loads((run / "summary.json").read_text())["table"]]
     assert models == ["base", "sft", "ppo-round1", "ppo-round2"]
+    policy_of = lambda folder: yaml.safe_load((folder / "config.yaml").read_text())["policy"]  # noqa: E731
+    assert policy_of(run / "ppo-round2") == str(run / "ppo-round1")  # each round goes on from the last
+
+    # round_start: sft starts round 2 from the SFT model again; only the retrained reward model carries over
+    again = _config(tmp_path, out=str(tmp_path / "again"), method="ppo", rounds=2, round_start="sft",
+                    sft_model=str(run / "sft"), reward_model=str(run / "rm"),
+                    data={"prefs": str(run / "data" / "rankings.jsonl"), "eval": str(run / "data" / "eval.jsonl")})
+    assert cli(["pipeline", str(again)]) == 0
+    assert policy_of(tmp_path / "again" / "ppo-round2") == str(run / "sft")
+    assert yaml.safe_load((tmp_path / "again" / "ppo-round2" / "config.yaml").read_text())["reward_model"] == \
+        [str(tmp_path / "again" / "rm-round2")]
 
 
 def test_bad_pipeline_config_is_one_clear_line(tmp_path, capsys):
