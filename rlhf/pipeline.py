@@ -235,11 +235,13 @@ class Pipeline:
                 # Iterative RLHF: the last policy's samples, labelled, extend the comparisons.
                 mix = {"mix_model": str(sft)} if cfg.round_samples == "policy+sft" else {}
                 new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs", **mix)
-                before = _rm_accuracy(rm_now, new / "prefs.jsonl")
-                prefs_now = _concat([prefs_now, str(new / "rankings.jsonl")], out / f"data-round{r}" / "all.jsonl")
+                # a fifth of the new prompts is held out of retraining: the accuracy before and after is on them
+                fresh, held = _hold_out(new / "rankings.jsonl", out / f"data-round{r}")
+                before = _rm_accuracy(rm_now, held)
+                prefs_now = _concat([prefs_now, str(fresh)], out / f"data-round{r}" / "all.jsonl")
                 rm_now = self.stage(f"rm{tag}", out / f"rm{tag}", "rlhf.trainers.rm:main",
                                     {"model": str(sft), "data": prefs_now, **seed, **cfg.rm})
-                after = _rm_accuracy(rm_now, new / "prefs.jsonl")
+                after = _rm_accuracy(rm_now, held)
                 round_info.update(rm_acc_before=before, rm_acc_after=after, reward_model=str(rm_now))
                 policy_start = last if cfg.round_start == "last" else sft
             for m in cfg.method:
@@ -293,8 +295,18 @@ def _concat(paths: list[str], out: Path) -> str:
     return str(out)
 
 
+def _hold_out(rankings: Path, folder: Path, every: int = 5) -> tuple[Path, Path]:
+    """Every `every`-th rankings row (one prompt each) to held.jsonl, the rest to train.jsonl."""
+    from rlhf.files import write_text
+
+    lines = [line for line in rankings.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+    write_text(folder / "train.jsonl", "".join(x for i, x in enumerate(lines) if i % every))
+    write_text(folder / "held.jsonl", "".join(x for i, x in enumerate(lines) if i % every == 0))
+    return folder / "train.jsonl", folder / "held.jsonl"
+
+
 def _rm_accuracy(rm: Path, prefs: Path) -> float:
-    """Share of the new comparisons the reward model orders as the annotators did."""
+    """Share of the held-out new comparisons the reward model orders as the annotators did."""
     from rlhf.data import load_groups
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.trainers.rm import score
@@ -432,8 +444,9 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], re
              "judge, ties excluded, with 95% bootstrap intervals; KL is to the SFT model, on samples at temperature 1."]
     for r in result.get("rounds", []):
         if "rm_acc_before" in r:
-            notes.append(f"Round {r['round']}: reward-model accuracy on the new policy's samples "
-                         f"{r['rm_acc_before']:.3f} before retraining, {r['rm_acc_after']:.3f} after.")
+            notes.append(f"Round {r['round']}: reward-model accuracy on the new samples' comparisons (a fifth of "
+                         f"the new prompts, held out of retraining) {r['rm_acc_before']:.3f} before retraining, "
+                         f"{r['rm_acc_after']:.3f} after.")
     if result.get("rm_gold_accuracy") is not None:
         notes.append(f"Reward model against the gold judge: it orders {result['rm_gold_accuracy']:.1%} of "
                      f"{result['rm_gold_pairs']} held-out answer pairs (that gold tells apart) as gold does; "

@@ -73,6 +73,12 @@ def test_iterative_rounds_retrain_the_reward_model(tmp_path):
     # round 2's comparisons: half of each prompt's samples from the round-1 policy, half from SFT
     stamp = json.loads((run / "data-round2" / "lab_data.json").read_text())
     assert set(stamp) == {"prefs"}
+    # a fifth of the new prompts is held out of retraining (where the accuracy before and after is measured)
+    lines = lambda name: (run / "data-round2" / name).read_text().splitlines()  # noqa: E731
+    assert sorted(lines("train.jsonl") + lines("held.jsonl")) == sorted(lines("rankings.jsonl"))
+    assert lines("held.jsonl") == lines("rankings.jsonl")[::5]
+    trained = (run / "data-round2" / "all.jsonl").read_text()
+    assert all(x not in trained for x in lines("held.jsonl"))
     rounds = json.loads((run / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert 0.0 <= rounds[1]["rm_acc_before"] <= 1.0 and 0.0 <= rounds[1]["rm_acc_after"] <= 1.0
