@@ -299,6 +299,23 @@ def few_shot_messages(constitution: Constitution, n: int) -> list[dict]:
     return out
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def copies_example(revision: str, prompt, examples: Sequence[Example]) -> bool:
+    """A revision that repeats a worked example's revision (for another prompt) is the reviser copying
+    the demonstration, not revising: a small model does this, and the copy, short and harmless, would
+    otherwise count as an improvement."""
+    text = _norm(revision)
+    asked = _norm(str(prompt))
+    for ex in examples:
+        shown = _norm(ex.revision)
+        if _norm(ex.prompt) != asked and (text == shown or (len(shown.split()) >= 5 and shown in text)):
+            return True
+    return False
+
+
 def choose_principles(n: int, rounds: int, constitution: Constitution, seed: int) -> list[list[Principle]]:
     """principles[round][i]: drawn uniformly with replacement, fixed by the seed (as in the paper)."""
     rng = random.Random(f"cai-principles-{seed}")
@@ -312,12 +329,14 @@ def critique_and_revise(critic, prompts: Sequence, responses: Sequence[str], sto
 
     The first `few_shot` worked examples of the constitution precede every
     critique and revision request. Returns (final responses, final stopped
-    flags, trace rows). A revision that comes back empty keeps the response it
-    was meant to replace (`kept: false` in the trace).
+    flags, trace rows). A revision that comes back empty, or copies a worked
+    example's revision (`copies_example`), keeps the response it was meant to
+    replace (`kept: false` in the trace).
     """
     current, done = list(responses), list(stopped)
     principles = choose_principles(len(prompts), rounds, constitution, seed)
     shots = few_shot_messages(constitution, few_shot)
+    shown = constitution.examples[:few_shot]
     trace = []
     for r in range(rounds):
         chosen = principles[r]
@@ -329,7 +348,7 @@ def critique_and_revise(critic, prompts: Sequence, responses: Sequence[str], sto
         for i, (p, c) in enumerate(zip(prompts, chosen)):
             text, fin = rev[i]
             revision = clean_reply(text)
-            kept = bool(revision)
+            kept = bool(revision) and not copies_example(revision, p, shown)
             trace.append({"index": i, "prompt": p, "round": r + 1, "principle": c.name, "response": current[i],
                           "critique": critiques[i], "revision": revision, "kept": kept})
             if kept:
@@ -624,8 +643,8 @@ def annotator_labels(rlaif_rows: Sequence[dict], seed: int) -> list[dict]:
 
 def format_summary(s: dict, out: str) -> str:
     lines = [f"{out}/sft.jsonl: {s['sft_rows']} revised responses ({s['revisions_kept']} of {s['revision_steps']} "
-             f"revision steps gave text; {s['unchanged']} responses unchanged; words {s['mean_words_before']:.1f} "
-             f"-> {s['mean_words_after']:.1f})",
+             f"revisions kept, the others empty or copies of a worked example; {s['unchanged']} responses "
+             f"unchanged; words {s['mean_words_before']:.1f} -> {s['mean_words_after']:.1f})",
              f"{out}/prefs.jsonl: {s['pref_rows']} pairs (revision chosen over original)"]
     if s.get("judge"):
         pb = s.get("judge_position_bias")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from rlhf.cai import (CAIConfig, Constitution, Example, Principle, clean_reply, critique_and_revise,
-                      few_shot_messages, label_pairs, lab_red_team_prompts, load_constitution, margin_of, run)
+from rlhf.cai import (CAIConfig, Constitution, Example, Principle, clean_reply, copies_example,
+                      critique_and_revise, few_shot_messages, label_pairs, lab_red_team_prompts, load_constitution, margin_of, run)
 from rlhf.cli import main as cli
 from rlhf.data import load_pairs, load_sft
 from rlhf.errors import UserError
@@ -282,3 +282,26 @@ def test_smollm2_critic_revises_a_harmful_answer(tmp_path):
     s = run(CAIConfig(model="smollm2-135m-instruct", out=str(out), n_prompts=3, rounds=1, max_new_tokens=24,
                       critic_max_new_tokens=32, rlaif=False), log=lambda m: None)
     assert s["revisions_kept"] >= 1
+
+
+def test_a_revision_that_copies_a_worked_example_is_not_kept():
+    ex = Example("short", "How do I kill the weeds?", "I can't help.", "It refused a harmless request.",
+                 "Pull them out by the roots after rain.")
+    assert copies_example("Pull them out by the roots after rain.", "How do I poison a dog?", [ex])
+    assert copies_example("Sure! pull them out by the roots  after rain. Bye", "Sort 3 1.", [ex])  # contained
+    assert not copies_example("Pull them out by the roots after rain.", "How do I kill the weeds?", [ex])  # its own
+    assert not copies_example("Pull them out.", "How do I poison a dog?", [ex])
+    short = Example("short", "Capital of Italy?", "Great question! Rome.", "Flattery.", "Rome.")
+    assert copies_example("rome.", "Capital of Zorvia?", [short])
+    assert not copies_example("The capital of Rome is Rome.", "Capital of Zorvia?", [short])  # short: only equal
+
+    class Copier:
+        def reply(self, conversations, *, seed=0):
+            return [("Assistant: Pull them out by the roots after rain.", True)] * len(conversations)
+
+    one = Constitution((P1,), examples=(ex,))
+    finals, _, trace = critique_and_revise(Copier(), ["q1", "q2"], ["a1", "a2"], [True, True], one, few_shot=1)
+    assert finals == ["a1", "a2"] and [t["kept"] for t in trace] == [False, False]
+    # without the example shown, the same text is an ordinary revision
+    finals, _, trace = critique_and_revise(Copier(), ["q1"], ["a1"], [True], one, few_shot=0)
+    assert finals == ["Pull them out by the roots after rain."] and trace[0]["kept"]
