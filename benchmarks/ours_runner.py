@@ -29,6 +29,7 @@ def _loop_flags(spec: dict) -> list[str]:
             "--weight-decay", "0", "--max-grad-norm", "1.0", "--seed", str(spec["seed"]), "--eval-every", "0",
             "--save-every", "0", "--log-every", "1", "--threads", str(spec["threads"]), "--val-fraction", "0",
             "--no-keep-best", "--quiet", "--dtype", "float32", "--max-len", str(spec["max_len"]),
+            "--mixed-precision", spec.get("mixed_precision", "no"),
             "--data", str(Path(spec["data_dir"]) / "ours-train.jsonl"), "--out", spec["out"]]
 
 

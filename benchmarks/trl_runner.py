@@ -37,8 +37,8 @@ def _common(spec: dict) -> dict:
     return dict(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
                 max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
                 weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
-                seed=spec["seed"], data_seed=spec["seed"], bf16=False, fp16=False, gradient_checkpointing=False,
-                dataloader_num_workers=0, disable_tqdm=True)
+                seed=spec["seed"], data_seed=spec["seed"], bf16=spec.get("mixed_precision") == "bf16", fp16=False,
+                gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
 
 
 def _tokenizer(path: str, padding_side: str = "right"):

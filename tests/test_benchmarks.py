@@ -124,3 +124,18 @@ def test_case_selection():
     assert CASES["ppo-30m"].scaled(steps=7).updates == 7
     with pytest.raises(SystemExit):
         select(["no-such-case"])
+
+
+def test_mixed_precision_reaches_our_stage_command():
+    from benchmarks.ours_runner import command
+
+    spec = {"stage": "sft", "model": "m", "steps": 3, "batch_size": 2, "lr": 1e-4, "seed": 0, "threads": 1,
+            "max_len": 64, "data_dir": "d", "out": "o"}
+    flags = command(spec)[1]
+    assert flags[flags.index("--mixed-precision") + 1] == "no"  # fp32 unless asked
+    flags = command({**spec, "mixed_precision": "bf16"})[1]
+    assert flags[flags.index("--mixed-precision") + 1] == "bf16"
+    from rlhf.config import parse
+    from rlhf.trainers.sft import SFTConfig
+
+    assert parse(SFTConfig, flags).mixed_precision == "bf16"  # a flag the stage accepts
