@@ -78,6 +78,13 @@ def convert(value: Any, tp, name: str, source: str) -> Any:
                 value = [value]
             return [convert(v, inner, name, source) for v in value]
         if origin is dict or base is dict:
+            if isinstance(value, str):  # from the command line: a YAML mapping, e.g. '{markup: 0.2}'
+                import yaml
+
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise ValueError from None
             if not isinstance(value, dict):
                 raise ValueError
             return value

@@ -18,6 +18,7 @@ class Demo:
     kind: Literal["k1", "k3"] = opt("k1", "estimator")
     tags: list[str] = opt(["a"], "tags")
     out: Optional[str] = opt(None, "output")
+    extra: dict = opt({}, "a mapping")
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -31,6 +32,8 @@ def test_defaults_yaml_then_flags(tmp_path):
     assert (cfg.lr, cfg.steps, cfg.kind, cfg.packing, cfg.tags, cfg.out) == (0.5, 7, "k3", True, ["x", "y"], None)
     assert parse(Demo, ["--no-packing"]).packing is False
     assert parse(Demo, ["--max-len"] if False else ["--steps=4"]).steps == 4
+    # a mapping on the command line is YAML flow syntax
+    assert parse(Demo, ["--extra", "{markup: 0.2, house: 0}"]).extra == {"markup": 0.2, "house": 0}
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -38,6 +41,8 @@ def test_defaults_yaml_then_flags(tmp_path):
     (["--kind", "k9"], "'kind' must be a k1|k3"),
     (["--lr", "-1"], "lr must be positive"),
     (["--nope", "1"], "unrecognized arguments"),
+    (["--extra", "[1, 2]"], "'extra' must be a"),
+    (["--extra", "{a: [1"], "'extra' must be a"),
 ])
 def test_bad_values_are_user_errors(argv, needle):
     with pytest.raises(UserError, match=needle):
