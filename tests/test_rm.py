@@ -222,3 +222,20 @@ def test_default_backbone_is_the_sft_output_when_there_is_one(tmp_path, monkeypa
     (tmp_path / "runs/sft").mkdir(parents=True)
     (tmp_path / "runs/sft/config.json").write_text("{}")
     assert default_backbone() == "runs/sft"
+
+
+def test_group_by_length_can_be_turned_off(tmp_path, monkeypatch, tiny_model_dir):
+    import rlhf.data as data_module
+
+    seen = []
+    real = data_module.RewardBatcher
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("group_by_length", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "RewardBatcher", recording)
+    data = write_prefs(tmp_path / "prefs.jsonl")
+    assert cli_main(rm_args(tiny_model_dir, data, tmp_path / "a", "--epochs", "1")) == 0
+    assert cli_main(rm_args(tiny_model_dir, data, tmp_path / "b", "--epochs", "1", "--no-group-by-length")) == 0
+    assert seen[0] is True and seen[2] is False  # (each run builds a training and a validation batcher)

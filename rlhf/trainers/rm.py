@@ -66,6 +66,7 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
     batch_size: int = opt(8, "prompts (with all their responses) per micro-batch on each process")
     eval_every: int = opt(0, "evaluate every N steps; 0 = at the start and the end only")
     ensemble: int = opt(1, "train K reward models (seeds seed..seed+K-1) into out/member-k, listed in ensemble.json")
+    group_by_length: bool = opt(True, "micro-batches of prompts of similar length (less padding); off: at random")
 
     def __post_init__(self):
         if self.ensemble < 1:
@@ -115,7 +116,7 @@ def run(cfg: RMConfig) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))
     batcher = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                            encoder=encoder)
+                            encoder=encoder, group_by_length=cfg.group_by_length)
     val = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
                         seed=cfg.seed, encoder=encoder) if val_g else None
     if main_process and not cfg.quiet:
