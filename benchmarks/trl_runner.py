@@ -34,10 +34,14 @@ def _dataset(spec: dict, split: str = "train"):
 
 
 def _common(spec: dict) -> dict:
-    return dict(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
+    import torch
+
+    bf16 = spec.get("mixed_precision") == "bf16"
+    return dict(use_cpu=bf16 and not torch.cuda.is_available(),  # transformers' bf16 check needs it said on a CPU
+                output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
                 max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
                 weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
-                seed=spec["seed"], data_seed=spec["seed"], bf16=spec.get("mixed_precision") == "bf16", fp16=False,
+                seed=spec["seed"], data_seed=spec["seed"], bf16=bf16, fp16=False,
                 gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
 
 
