@@ -670,8 +670,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["Principle", "Example", "Constitution", "few_shot_messages", "load_constitution", "clean_reply", "LocalChat", "HTTPChat",
-           "critique_and_revise", "label_pairs", "margin_of", "lab_red_team_prompts", "CAIConfig", "run", "main"]
+__all__ = ["Principle", "Example", "Constitution", "few_shot_messages", "copies_example", "load_constitution",
+           "clean_reply", "LocalChat", "HTTPChat", "critique_and_revise", "label_pairs", "margin_of",
+           "lab_red_team_prompts", "CAIConfig", "run", "main"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rlhf.cai import (CAIConfig, Constitution, Example, Principle, clean_reply, copies_example,
-                      critique_and_revise, few_shot_messages, label_pairs, lab_red_team_prompts, load_constitution, margin_of, run)
+                      critique_and_revise, few_shot_messages, label_pairs, lab_red_team_prompts, load_constitution,
+                      margin_of, run)
 from rlhf.cli import main as cli
 from rlhf.data import load_pairs, load_sft
 from rlhf.errors import UserError

@@ -376,7 +376,8 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
             stop = cfg.stop_on_alarm and bool(alarms)
             if (cfg.save_every and update % cfg.save_every == 0) or update == n_updates or stop:
                 state.update({"kl_ctl": kl_ctl.state_dict(), "moments": moments.state_dict(), "alarms": fired,
-                              "monitor": monitor.history, "ptx_used": ptx_batches.used if ptx_batches is not None else 0,
+                              "monitor": monitor.history,
+                              "ptx_used": ptx_batches.used if ptx_batches is not None else 0,
                               "eval_best_gold": evaluator.best_gold if evaluator is not None else None})
                 save_checkpoint(out, actor_critic, optimizer, scheduler, state)
             if stop:
