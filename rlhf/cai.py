@@ -275,8 +275,8 @@ def critique_messages(prompt, response: str, principle: Principle, shots: Sequen
     """`shots` (from `few_shot_messages`) go first: worked examples, as earlier turns of the same chat."""
     msgs = as_messages(prompt)
     head = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
-    return head + list(shots) + msgs[len(head):] + [{"role": "assistant", "content": response},
-                                                    {"role": "user", "content": principle.critique}]
+    turns = [{"role": "assistant", "content": response}, {"role": "user", "content": principle.critique}]
+    return head + [dict(m) for m in shots] + msgs[len(head):] + turns  # copies: one conversation per prompt
 
 
 def revision_messages(prompt, response: str, principle: Principle, critique: str,

@@ -19,7 +19,7 @@ the same prompts are generated once, the same way, at the start.
   error of the mean per-prompt change of gold against the best evaluation so far.
   The second is the one to judge a fall by: with greedy answers to the same
   prompts, two evaluations of one policy are identical, so a paired difference
-  carries no prompt-to-prompt spread and shows a real fall long before two
+  carries no prompt-to-prompt spread and shows a real fall sooner than two
   independent means would.
 """
 
