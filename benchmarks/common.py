@@ -182,6 +182,19 @@ def rm_eval(model, rows: list[dict], pad: int, batch: int = 16) -> dict:
     return {"eval_accuracy": sum(acc) / len(acc), "eval_bt_loss": sum(losses) / len(losses), "eval_pairs": len(rows)}
 
 
+def matmul_parameters(model) -> int:
+    """Parameters that cost a multiply-add per token: all of them but the embedding tables, which are
+    looked up, not multiplied; an LM head tied to the token embedding is a matmul and counts once.
+    (The 6N of model FLOPs utilisation; MiniLM's embeddings are half its 22.7M parameters.)"""
+    import torch
+
+    embeddings = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    total = sum(p.numel() for p in model.parameters())  # each shared tensor once
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied_head = head.weight.numel() if head is not None and id(head.weight) in embeddings else 0
+    return total - sum(embeddings.values()) + tied_head
+
+
 def peak_rss_mb() -> float | None:
     """This process's resident-set high-water mark so far (Linux), in MiB."""
     try:

@@ -17,8 +17,8 @@ T_START = time.perf_counter()
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.common import (evaluate, load_spec, maybe_profile, peak_rss_mb, read_jsonl,  # noqa: E402
-                               set_threads, tail_mean, write_result)
+from benchmarks.common import (evaluate, load_spec, matmul_parameters, maybe_profile, peak_rss_mb,  # noqa: E402
+                               read_jsonl, set_threads, tail_mean, write_result)
 from benchmarks.probe import Probe  # noqa: E402
 
 
@@ -134,9 +134,11 @@ def main(argv: list[str]) -> int:
     import rlhf
 
     n_params = None if model is None else sum(p.numel() for p in model.parameters())
+    matmul = None if model is None else matmul_parameters(model)
     result = {
         "side": "ours", "version": rlhf.__version__, "stage": spec["stage"], **timing,
-        "peak_rss_train_mb": rss_train, "parameters": n_params, "optimizer": "AdamW(fused)" if spec.get("fused_adamw") else "AdamW",
+        "peak_rss_train_mb": rss_train, "parameters": n_params, "matmul_parameters": matmul,
+        "optimizer": "AdamW(fused)" if spec.get("fused_adamw") else "AdamW",
         **summarise_metrics(spec["stage"], Path(spec["out"])),
         **(evaluate(spec, model, pad) if model is not None else {}),
     }

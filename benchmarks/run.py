@@ -149,7 +149,8 @@ def throughput(case: Case, r: dict) -> dict:
 
 
 def mfu(case: Case, r: dict, peak: float, params: int | None) -> float | None:
-    """6 x parameters x training tokens/s (steady state, real tokens only) over the matmul peak."""
+    """6 x matmul parameters x training tokens/s (steady state, real tokens only) over the matmul peak
+    (`benchmarks.common.matmul_parameters`: embedding tables are looked up, not multiplied)."""
     if case.stage == "ppo" or not r.get("steady_seconds") or not params:
         return None
     return 6 * params * r["steady_train_tokens"] / r["steady_seconds"] / peak
@@ -163,8 +164,8 @@ def aggregate(case: Case, runs: list[dict], peak: float) -> dict:
         row[f"{side}_failed"] = sum(1 for r in runs if r["side"] == side) - len(ok)
         if not ok:
             continue
-        params = next((r.get("parameters") for r in ok if r.get("parameters")), None) or \
-            next((r.get("parameters") for r in runs if r.get("parameters")), None)
+        params = next((r.get(k) for k in ("matmul_parameters", "parameters") for r in [*ok, *runs] if r.get(k)),
+                      None)
         derived = [throughput(case, r) | {"mfu": mfu(case, r, peak, params)} for r in ok]
 
         def med(key, rows=derived):
@@ -177,7 +178,7 @@ def aggregate(case: Case, runs: list[dict], peak: float) -> dict:
             "padding_waste": med("padding_waste"),
             "throughput_runs": [d.get("throughput") for d in derived],
             "peak_rss_mb": med("peak_rss_mb", ok), "peak_rss_train_mb": med("peak_rss_train_mb", ok),
-            "wall_s": med("wall_s", ok), "loop_s": med("loop_seconds", ok), "parameters": params,
+            "wall_s": med("wall_s", ok), "loop_s": med("loop_seconds", ok), "matmul_parameters": params,
             "version": ok[0].get("version"), "optimizer": ok[0].get("optimizer"),
         }
         for key in ("final_loss", "final_train_accuracy", "eval_nll", "eval_accuracy", "eval_dpo_loss",

@@ -22,8 +22,8 @@ T_START = time.perf_counter()
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.common import (evaluate, load_spec, maybe_profile, peak_rss_mb, read_jsonl,  # noqa: E402
-                               set_threads, tail_mean, whole_pairs, write_result)
+from benchmarks.common import (evaluate, load_spec, matmul_parameters, maybe_profile, peak_rss_mb,  # noqa: E402
+                               read_jsonl, set_threads, tail_mean, whole_pairs, write_result)
 from benchmarks.probe import Probe  # noqa: E402
 
 
@@ -165,11 +165,12 @@ def main(argv: list[str]) -> int:
     if spec["stage"] == "ppo":
         model = getattr(model, "policy", model)
     n_params = sum(p.numel() for p in model.parameters())
+    matmul = None if model is None else matmul_parameters(model)
     optimizer = getattr(trainer, "optimizer", None)
     inner = getattr(optimizer, "optimizer", optimizer)
     result = {
         "side": "trl", "version": trl.__version__, "stage": spec["stage"], **timing,
-        "peak_rss_train_mb": rss_train, "parameters": n_params,
+        "peak_rss_train_mb": rss_train, "parameters": n_params, "matmul_parameters": matmul,
         "optimizer": None if inner is None else f"{type(inner).__name__}"
                                                  f"{'(fused)' if inner.defaults.get('fused') else ''}",
         **summarise_log(spec["stage"], trainer.state.log_history),

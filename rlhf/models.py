@@ -135,7 +135,7 @@ def apply_lora(model, lora: LoraOptions | None, *, task: str):
 
 
 def disable_dropout(model) -> None:
-    """PPO and DPO want deterministic log-probabilities: every dropout to p=0."""
+    """Every dropout to p=0: PPO and DPO want deterministic log-probabilities, reward models deterministic scores."""
     import torch
 
     for m in model.modules():

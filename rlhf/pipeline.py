@@ -7,9 +7,10 @@ model folder is already complete is skipped, so an interrupted pipeline
 resumes where it stopped; a stage is also skipped when its model is given
 (`sft_model`, `reward_model`). With several methods (`method: [ppo, dpo]`) the
 report compares them on the same held-out prompts. With `rounds: N`, after
-each round the new policy's samples are labelled again, the reward model is
-retrained on the grown comparison set, and the last stage runs again from the
-new policy (iterative RLHF); `round_samples: policy+sft` has the annotators
+each round the new policy's answers to new prompts (`round_prefs` of them)
+are labelled, the reward model is retrained on the grown comparison set, and
+the last stage runs again from the new policy (iterative RLHF);
+`round_samples: policy+sft` has the annotators
 compare the policy's samples with the SFT model's, and `round_start: sft`
 reruns the last stage from the SFT model with the retrained reward model.
 
@@ -93,6 +94,7 @@ class PipelineConfig:
     round_samples: Literal["policy", "policy+sft"] = opt(
         "policy", "who answers the prompts labelled after each round: the new policy alone, or the policy and "
                   "the SFT model half each (annotators then compare what the policy changed)")
+    round_prefs: int = opt(0, "prompts labelled after each round (new prompts every round); 0 = lab's n_prefs")
     round_start: Literal["last", "sft"] = opt(
         "last", "where each later round's last stage starts: the previous round's policy, or the SFT model "
                 "again (only the reward model carries over)")
@@ -109,6 +111,8 @@ class PipelineConfig:
             raise UserError("pipeline: 'method' is empty")
         if self.rounds < 1:
             raise UserError("pipeline: 'rounds' must be at least 1")
+        if self.round_prefs < 0:
+            raise UserError("pipeline: 'round_prefs' must be >= 0")
         for k in self.data:
             if k not in ("sft", "prefs", "eval"):
                 raise UserError(f"pipeline: unknown data key '{k}' (sft, prefs, eval)")
@@ -198,7 +202,7 @@ class Pipeline:
     def lab_data(self, model: str, folder: Path, **extra) -> Path:
         from rlhf.lab import generate
 
-        return generate.ensure(folder, model=model, seed=self.cfg.seed, **{**self.cfg.lab, **extra})
+        return generate.ensure(folder, model=model, **{"seed": self.cfg.seed, **self.cfg.lab, **extra})
 
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
@@ -233,8 +237,11 @@ class Pipeline:
             round_info: dict = {"round": r, "reward_model": str(rm_now)}
             if r > 1:
                 # Iterative RLHF: the last policy's samples, labelled, extend the comparisons.
-                mix = {"mix_model": str(sft)} if cfg.round_samples == "policy+sft" else {}
-                new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs", **mix)
+                extra = {"mix_model": str(sft)} if cfg.round_samples == "policy+sft" else {}
+                if cfg.round_prefs:
+                    extra["n_prefs"] = cfg.round_prefs
+                # new prompts each round (and a new annotator draw): the lab's seed moves on by the round
+                new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs", seed=cfg.seed + r - 1, **extra)
                 # a fifth of the new prompts is held out of retraining: the accuracy before and after is on them
                 fresh, held = _hold_out(new / "rankings.jsonl", out / f"data-round{r}")
                 before = _rm_accuracy(rm_now, held)

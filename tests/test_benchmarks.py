@@ -93,6 +93,28 @@ def test_throughput_units_per_stage():
     assert mfu(ppo, _result(), peak=1.2e9, params=1_000_000) is None
 
 
+def test_matmul_parameters_leave_out_looked_up_embeddings():
+    from transformers import (BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                              LlamaForSequenceClassification)
+
+    from benchmarks.common import matmul_parameters
+
+    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32,
+                                                    max_position_embeddings=20, type_vocab_size=2, num_labels=1))
+    total = sum(p.numel() for p in bert.parameters())
+    assert matmul_parameters(bert) == total - (100 + 20 + 2) * 16  # word, position and token-type tables
+    small = dict(vocab_size=50, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=2)
+    tied = LlamaForCausalLM(LlamaConfig(**small, tie_word_embeddings=True))
+    untied = LlamaForCausalLM(LlamaConfig(**small, tie_word_embeddings=False))
+    scorer = LlamaForSequenceClassification(LlamaConfig(**small, num_labels=1))
+    body = sum(p.numel() for p in tied.model.parameters()) - 50 * 8
+    assert matmul_parameters(tied) == body + 50 * 8  # the tied head is a matmul: counted once
+    assert matmul_parameters(untied) == body + 50 * 8
+    assert matmul_parameters(scorer) == body + 8  # the score head, no LM head
+
+
 def test_aggregate_takes_medians_and_counts_failures():
     from benchmarks.cases import CASES
     from benchmarks.report import markdown

@@ -66,7 +66,7 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
 
 
 def test_iterative_rounds_retrain_the_reward_model(tmp_path):
-    path = _config(tmp_path, method="ppo", rounds=2, round_samples="policy+sft")
+    path = _config(tmp_path, method="ppo", rounds=2, round_samples="policy+sft", round_prefs=10)
     assert cli(["pipeline", str(path)]) == 0
     run = tmp_path / "run"
     assert (run / "rm-round2" / "config.json").exists() and (run / "ppo-round2" / "config.json").exists()
@@ -77,6 +77,11 @@ def test_iterative_rounds_retrain_the_reward_model(tmp_path):
     lines = lambda name: (run / "data-round2" / name).read_text().splitlines()  # noqa: E731
     assert sorted(lines("train.jsonl") + lines("held.jsonl")) == sorted(lines("rankings.jsonl"))
     assert lines("held.jsonl") == lines("rankings.jsonl")[::5]
+    # round_prefs new prompts, not the first round's again
+    prompts = lambda file: {json.dumps(json.loads(x)["prompt"]) for x in file.read_text().splitlines()}  # noqa: E731
+    first, second = prompts(run / "data" / "rankings.jsonl"), prompts(run / "data-round2" / "rankings.jsonl")
+    assert len(lines("rankings.jsonl")) == 10 and len(first) == 12
+    assert len(second - first) >= 7, (first, second)
     trained = (run / "data-round2" / "all.jsonl").read_text()
     assert all(x not in trained for x in lines("held.jsonl"))
     rounds = json.loads((run / "summary.json").read_text())["rounds"]

@@ -13,7 +13,10 @@ InstructGPT; the loss is the mean over the batch's comparisons. The
 validation split is by prompt, so no prompt is on both sides; evaluation
 reports pairwise accuracy (ties count as wrong) and the Bradley-Terry loss
 on the held-out comparisons; early stopping and the kept weights follow the
-accuracy, ties broken by the loss.
+accuracy, ties broken by the loss. Dropout is off while training (`--dropout`
+keeps it): each comparison is a difference of two scores, and dropout makes
+both noisy; on the HH comparisons it cost about 4 points of held-out
+accuracy (BENCHMARKS.md).
 
 Normalisation. Bradley-Terry only fixes reward differences, so after
 training the mean raw score of the reference responses (every distinct
@@ -67,6 +70,8 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
     eval_every: int = opt(0, "evaluate every N steps; 0 = at the start and the end only")
     ensemble: int = opt(1, "train K reward models (seeds seed..seed+K-1) into out/member-k, listed in ensemble.json")
     group_by_length: bool = opt(True, "micro-batches of prompts of similar length (less padding); off: at random")
+    dropout: bool = opt(False, "keep the backbone's dropout while training; off by default: a comparison is a "
+                               "difference of two scores, and dropout noise in each is noise in the difference")
 
     def __post_init__(self):
         if self.ensemble < 1:
@@ -109,7 +114,7 @@ def run(cfg: RMConfig) -> TrainResult:
 
     from rlhf.chat import is_encoder
     from rlhf.data import RewardBatcher
-    from rlhf.models import REWARD_OFFSET_KEY, load_reward_model, load_tokenizer, resolve
+    from rlhf.models import REWARD_OFFSET_KEY, disable_dropout, load_reward_model, load_tokenizer, resolve
 
     main_process = process_state().is_main_process
     quiet_transformers()
@@ -128,6 +133,8 @@ def run(cfg: RMConfig) -> TrainResult:
     set_seed(cfg.seed)  # the new score head and LoRA start the same in every process and run
     model = load_reward_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
                               pad_token_id=tokenizer.pad_token_id)
+    if not cfg.dropout:
+        disable_dropout(model)
     if main_process:
         write_config(cfg, cfg.out)
 
