@@ -46,6 +46,14 @@ def response_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
+    if "targets" in batch:  # shared-prompt rows (`rlhf.data.batches.collate_shared_pairs`)
+        logits = model(**kwargs, use_cache=False).logits
+        flat = logits.reshape(-1, logits.shape[-1])
+        labels = batch["input_ids"].reshape(-1)[batch["targets"]]
+        logps = token_logprobs(flat[batch["sources"]][None].float(), labels[None], temperature)[0]  # (M,)
+        n = int(batch["n_sequences"])
+        sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, batch["target_seq"], logps)
+        return sums, torch.bincount(batch["target_seq"], minlength=n)
     logits = model(**kwargs, use_cache=False).logits[:, :-1]  # (R, T-1, V)
     labels = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
     mask = labels != -100
@@ -148,7 +156,8 @@ def compute(model, batches: Iterable[dict], n_items: int, k: int, *, temperature
     try:
         for batch in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
             moved = {name: v.to(device) for name, v in batch.items() if name in
-                     ("input_ids", "attention_mask", "labels", "position_ids")}
+                     ("input_ids", "attention_mask", "labels", "position_ids", "targets", "sources",
+                      "target_seq", "n_sequences")}
             sums, _ = response_logps(model, moved, temperature)
             out[batch["index"].cpu().long()] = blocks(sums.float().cpu(), k)
     finally:

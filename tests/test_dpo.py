@@ -120,6 +120,41 @@ def test_concatenated_forward_equals_separate(tiny):
     assert torch.isfinite(pc).all() and torch.isfinite(pr).all()
 
 
+@pytest.mark.parametrize("max_len", [64, 20])
+def test_shared_prompt_rows_equal_separate_rows(tiny, max_len):
+    """Prompt once, then chosen, then rejected: the log-probabilities, counts and gradients of separate rows.
+    At max_len 20 the longer rejected responses cut the prompt short: those pairs fall back to blocks."""
+    from rlhf.data.batches import _shared_blocks
+
+    model, tok = tiny
+    pairs = _pairs(5)
+    kw = dict(max_len=max_len, batch_size=5, shuffle=False)
+    shared_b, plain_b = PairBatcher(tok, pairs, share_prompt=True, **kw), PairBatcher(tok, pairs, **kw)
+    kinds = [len(_shared_blocks(item)) for item in shared_b.items]
+    assert kinds == ([3] * 5 if max_len == 64 else [2] * 5)
+    shared, plain = next(shared_b.batches(0)), next(plain_b.batches(0))
+    assert shared["input_ids"].shape[0] == 5 and plain["input_ids"].shape[0] == 10
+    if max_len == 64:  # a pair's row: its prompt once
+        item = shared_b.items[0]
+        n = item[0].n_prompt
+        assert shared["input_ids"].shape[1] == max(len(a.input_ids) + len(b.input_ids) - n for a, b in shared_b.items)
+    grads = []
+    for batch in (shared, plain):
+        model.zero_grad()
+        pc, pr, ct, rt = dpo.pair_logps(model, batch)
+        (pc.sum() - 0.5 * pr.sum()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        order = torch.argsort(batch["index"])  # item order (the two layouts sort items by other lengths)
+        pc, pr, ct, rt = pc[order], pr[order], ct[order], rt[order]
+        if batch is shared:
+            want = (pc.detach(), pr.detach(), ct, rt)
+    assert torch.allclose(want[0], pc.detach(), atol=1e-4) and torch.allclose(want[1], pr.detach(), atol=1e-4)
+    assert torch.equal(want[2], ct) and torch.equal(want[3], rt)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+    model.zero_grad()
+    assert dpo.shared_logps_agree(model, shared_b)
+
+
 def _margin(model, batch) -> float:
     with torch.no_grad():
         pc, pr, _, _ = dpo.pair_logps(model, batch)

@@ -239,3 +239,87 @@ def test_group_by_length_can_be_turned_off(tmp_path, monkeypatch, tiny_model_dir
     assert cli_main(rm_args(tiny_model_dir, data, tmp_path / "a", "--epochs", "1")) == 0
     assert cli_main(rm_args(tiny_model_dir, data, tmp_path / "b", "--epochs", "1", "--no-group-by-length")) == 0
     assert seen[0] is True and seen[2] is False  # (each run builds a training and a validation batcher)
+
+
+def _groups():
+    from rlhf.data import Preference, Ranking, as_groups
+
+    u = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    return as_groups([
+        Ranking(u("Name a colour, any colour you like."), ["Blue.", "Red, I think.", "Potato."], [1, 0, 2]),
+        Preference(u("What is 2 + 3?"), "5.", "It is six."),
+        Preference(u("Sort 4 1 3 for me please, quickly."), "1 3 4.", "4 3 1 is sorted."),
+    ])
+
+
+def test_shared_prompt_rows_layout(tiny_tokenizer):
+    """Prompt once, then each response: positions continue from the prompt, the mask hides siblings."""
+    from rlhf.chat import encode
+    from rlhf.data import RewardBatcher
+
+    groups = _groups()
+    (b,) = list(RewardBatcher(tiny_tokenizer, groups[:1], max_len=64, batch_size=1, shuffle=False,
+                              share_prompt=True).batches())
+    seqs = [encode(tiny_tokenizer, groups[0].prompt, r, 64) for r in groups[0].responses]
+    n = seqs[0].n_prompt
+    lens = [len(s.input_ids) - n for s in seqs]
+    assert b["input_ids"].shape == (1, n + sum(lens))
+    assert b["input_ids"][0].tolist() == seqs[0].input_ids + [t for s in seqs[1:] for t in s.input_ids[n:]]
+    ends = [n + sum(lens[:k + 1]) - 1 for k in range(3)]
+    assert b["score_index"].tolist() == ends  # one row: flat index = column
+    pos = b["position_ids"][0].tolist()
+    assert pos[:n] == list(range(n)) and pos[ends[1] - lens[1] + 1:ends[1] + 1] == list(range(n, n + lens[1]))
+    sees = (b["attention_mask"][0, 0] == 0)
+    second = ends[1]  # the second response's last token: the prompt, itself, not the first response
+    assert sees[second, :n].all() and not sees[second, n:n + lens[0]].any()
+    assert sees[second, n + lens[0]:second + 1].all() and not sees[second, second + 1:].any()
+    assert b["pairs"].tolist() == [[i, j] for i, j, _ in groups[0].pairs]
+
+
+def test_shared_prompt_scores_equal_separate_rows(tiny_tokenizer, tiny_model_dir):
+    from rlhf.data import RewardBatcher
+    from rlhf.data.batches import _shared_blocks
+    from rlhf.models import load_reward_model
+    from rlhf.trainers.rm import rewards_of, shared_prompt_agrees
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_model_dir, pad_token_id=tiny_tokenizer.pad_token_id).eval()
+    groups = _groups()
+    # max_len 14 truncates the long prompts' responses differently: those groups fall back to blocks
+    for max_len in (64, 14):
+        kw = dict(max_len=max_len, batch_size=3, shuffle=False)
+        (shared,) = list(RewardBatcher(tiny_tokenizer, groups, share_prompt=True, **kw).batches())
+        (plain,) = list(RewardBatcher(tiny_tokenizer, groups, **kw).batches())
+        assert shared["input_ids"].shape[0] == 3 and plain["input_ids"].shape[0] == 7
+        with torch.no_grad():
+            a, b = rewards_of(model, shared), rewards_of(model, plain)
+        assert [len(_shared_blocks(seqs)) for seqs in RewardBatcher(tiny_tokenizer, groups, share_prompt=True,
+                                                                      **kw).seqs] == \
+            ([4, 3, 3] if max_len == 64 else [3, 2, 2])  # prompt + responses, or one block per response
+        assert a.shape == (7,) and torch.allclose(a, b, atol=1e-5), (max_len, a, b)
+        assert shared["pairs"].tolist() == plain["pairs"].tolist()
+    assert shared_prompt_agrees(model, RewardBatcher(tiny_tokenizer, groups, max_len=64, batch_size=3,
+                                                     share_prompt=True))
+
+    class Blind(torch.nn.Module):  # a model whose attention ignores the 4D mask: the check must say no
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.score = inner, inner.score
+
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            mask = (input_ids != tiny_tokenizer.pad_token_id).long()
+            return self.inner(input_ids=input_ids, attention_mask=mask)
+
+    assert not shared_prompt_agrees(Blind(model), RewardBatcher(tiny_tokenizer, groups, max_len=64, batch_size=3,
+                                                                share_prompt=True))
+
+
+def test_shared_prompt_training_matches_separate_rows(tmp_path, tiny_model_dir):
+    data = write_prefs(tmp_path / "prefs.jsonl", n=24)
+    common = ("--epochs", "1", "--no-group-by-length", "--dropout")
+    assert cli_main(rm_args(tiny_model_dir, data, tmp_path / "shared", *common)) == 0
+    assert cli_main(rm_args(tiny_model_dir, data, tmp_path / "plain", *common, "--no-share-prompt")) == 0
+    a, b = read_metrics(tmp_path / "shared" / "metrics.jsonl"), read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    losses = lambda rows: [r["loss"] for r in rows if "loss" in r]  # noqa: E731
+    assert len(losses(a)) == len(losses(b)) >= 4
+    assert losses(a) == pytest.approx(losses(b), rel=1e-3, abs=1e-4)

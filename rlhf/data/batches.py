@@ -20,10 +20,19 @@ Batch dict keys (tensors; B items, T the longest row of the batch):
 |                  | each other; `n_examples` (R,)                                                      |
 | `RewardBatcher`  | `input_ids`, `attention_mask` (N, T): every response of G whole groups;            |
 |                  | `pairs` (P, 2) (better row, worse row) into those N rows; `margins` (P,) float     |
-|                  | (0 where none was given); `has_margin` (P,) bool; `group` (N,) the row's group     |
-|                  | position in the batch; `index` (G,) group indices                                  |
+|                  | (0 where none was given); `has_margin` (P,) bool; `group` (N,) the response's      |
+|                  | group position in the batch; `index` (G,) group indices                            |
+| ... `share_prompt`| one row per group (G, T): the prompt once, then each response, which attends to    |
+|                  | the prompt and itself only (`attention_mask` (G, 1, T, T) float as in packing;     |
+|                  | `position_ids` (G, T): every response continues from the prompt's end);            |
+|                  | `score_index` (N,) flat index into (G*T) of each response's last token; `pairs`    |
+|                  | etc. as above, into those N responses                                              |
 | `PairBatcher`    | `input_ids`, `attention_mask`, `labels` (2B, T): rows [0, B) chosen, [B, 2B)       |
 |                  | rejected of the same pairs; `index` (B,); `margins` (B,); `has_margin` (B,)        |
+| ... `share_prompt`| one row per pair (B, T): prompt, chosen, rejected, each response seeing the prompt |
+|                  | and itself (mask and `position_ids` as above); `targets`, `sources`, `target_seq`  |
+|                  | (M,) per response token: its flat index into (B*T), the flat index of the         |
+|                  | position whose logits predict it, and its sequence in the 2B blocks; `n_sequences` |
 | `LabelBatcher`   | `input_ids`, `attention_mask`, `labels` (2B, T): rows [0, B) the rated completions, |
 |                  | [B, 2B) their KL pairs (prompt i with another row's completion, fixed once by      |
 |                  | the seed: KTO's reference point); `index` (B,); `desirable` (B,) bool             |
@@ -214,11 +223,20 @@ class RewardBatcher:
     `batch_size` counts groups (prompts); a batch holds all K responses of
     each. Pairs index rows of the batch, so the reward model scores the N
     rows once and the Bradley-Terry loss reads `scores[pairs]`.
+
+    `share_prompt` (decoder backbones only): a group's prompt is forwarded
+    once, not K times. Its row holds the prompt and then the K responses, each
+    masked to see the prompt and itself, with positions that continue from the
+    prompt, so every response's last hidden state, hence its score, is the
+    one its own row would give. A group whose responses were truncated to
+    different prompt prefixes keeps one block per response in its row.
     """
 
     def __init__(self, tokenizer, groups: Sequence[Group], *, max_len: int, batch_size: int,
                  group_by_length: bool = True, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
-                 encoder: bool = False):
+                 encoder: bool = False, share_prompt: bool = False):
+        if share_prompt and encoder:
+            raise ValueError("share_prompt needs a causal backbone: an encoder's prompt tokens see the response")
         self.groups = list(groups)
         flat = encode_all(tokenizer, [(g.prompt, r) for g in self.groups for r in g.responses], max_len,
                           encoder=encoder)
@@ -232,8 +250,11 @@ class RewardBatcher:
         self.pad = pad_id(tokenizer)
         self.batch_size, self.seed = batch_size, seed
         self.group_by_length, self.shuffle, self.drop_last = group_by_length, shuffle, drop_last
-        # a group costs its longest response times its size, once padded
-        self.lengths = [max(len(s.input_ids) for s in seqs) * len(seqs) for seqs in self.seqs]
+        self.share_prompt = share_prompt
+        if share_prompt:  # a group costs its row: the prompt once, then the responses
+            self.lengths = [sum(len(b) for b in _shared_blocks(seqs)) for seqs in self.seqs]
+        else:  # a group costs its longest response times its size, once padded
+            self.lengths = [max(len(s.input_ids) for s in seqs) * len(seqs) for seqs in self.seqs]
 
     def __len__(self) -> int:
         n = len(self.groups)
@@ -254,8 +275,11 @@ class RewardBatcher:
                     pairs.append((base + better, base + worse))
                     margins.append(0.0 if margin is None else margin)
                     has_margin.append(margin is not None)
-            batch = pad_sequences(seqs, self.pad)
-            del batch["labels"]  # a reward model has no token targets
+            if self.share_prompt:
+                batch = collate_shared([self.seqs[g] for g in idx], self.pad)
+            else:
+                batch = pad_sequences(seqs, self.pad)
+                del batch["labels"]  # a reward model has no token targets
             batch.update(pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
                          margins=torch.tensor(margins, dtype=torch.float32),
                          has_margin=torch.tensor(has_margin, dtype=torch.bool),
@@ -264,6 +288,92 @@ class RewardBatcher:
 
     def __iter__(self):
         return self.batches(0)
+
+
+def _shared_blocks(seqs: Sequence[Encoded]) -> list[list[int]]:
+    """A group's row as blocks: [prompt, response 1, ..., response K] when every response has the same
+    prompt ids, else [sequence 1, ..., sequence K] (truncation cut the prompt differently)."""
+    n = seqs[0].n_prompt
+    prompt = seqs[0].input_ids[:n]
+    if n > 0 and all(s.n_prompt == n and s.input_ids[:n] == prompt and len(s.input_ids) > n for s in seqs):
+        return [prompt] + [s.input_ids[n:] for s in seqs]
+    return [s.input_ids for s in seqs]
+
+
+def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
+    """One row per group, the prompt forwarded once (`RewardBatcher(share_prompt=True)`)."""
+    import torch
+
+    layouts = [_shared_blocks(seqs) for seqs in groups]
+    width = max(sum(len(b) for b in blocks) for blocks in layouts)
+    g_count = len(groups)
+    input_ids = torch.full((g_count, width), pad, dtype=torch.long)
+    position_ids = torch.zeros((g_count, width), dtype=torch.long)
+    segment = torch.arange(width).neg().sub(1).repeat(g_count, 1)  # padding: its own segment, -1 - t
+    parent = torch.full((g_count, width), -(width + 1), dtype=torch.long)  # the segment it may also see
+    score_index = []
+    for r, (seqs, blocks) in enumerate(zip(groups, layouts)):
+        shared = len(blocks) == len(seqs) + 1
+        at, start = 0, 0
+        for k, block in enumerate(blocks):
+            n = len(block)
+            input_ids[r, at:at + n] = torch.tensor(block, dtype=torch.long)
+            start = len(blocks[0]) if shared and k > 0 else 0
+            position_ids[r, at:at + n] = torch.arange(start, start + n)
+            segment[r, at:at + n] = k
+            if shared and k > 0:
+                parent[r, at:at + n] = 0
+                score_index.append(r * width + at + n - 1)
+            elif not shared:
+                score_index.append(r * width + at + n - 1)
+            at += n
+    visible = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == parent[:, :, None])
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    attention_mask = torch.zeros((g_count, 1, width, width), dtype=torch.float32)
+    attention_mask.masked_fill_(~(visible & causal)[:, None], torch.finfo(torch.float32).min)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "score_index": torch.tensor(score_index, dtype=torch.long)}
+
+
+def collate_shared_pairs(items: Sequence[Sequence[Encoded]], pad: int) -> dict:
+    """One row per item (B, T): its prompt once, then its K responses, each seeing the prompt and itself.
+
+    A response token's log-probability comes from the logits of the token
+    before it in its own sequence: for a response's first token that is the
+    prompt's last token, not the previous response's last. `sources` says
+    where, per target token; `target_seq` numbers the sequences in the K
+    blocks of B of `rlhf.refcache` (k * B + item). Items whose responses were
+    truncated to different prompts keep one block per sequence, as packing does.
+    """
+    import torch
+
+    shared_batch = collate_shared(items, pad)
+    width = shared_batch["input_ids"].shape[1]
+    b_count = len(items)
+    targets, sources, target_seq = [], [], []
+    for r, seqs in enumerate(items):
+        blocks = _shared_blocks(seqs)
+        shared = len(blocks) == len(seqs) + 1
+        at = len(blocks[0]) if shared else 0
+        for k, s in enumerate(seqs):
+            n = len(blocks[k + 1]) if shared else len(s.input_ids)
+            base = r * width
+            if shared:  # every token of the response block is a target
+                for j in range(n):
+                    targets.append(base + at + j)
+                    sources.append(base + (len(blocks[0]) - 1 if j == 0 else at + j - 1))
+            else:  # the response part of a whole sequence; its first token never is a target
+                for j in range(max(s.n_prompt, 1), n):
+                    targets.append(base + at + j)
+                    sources.append(base + at + j - 1)
+            target_seq += [k * b_count + r] * (len(targets) - len(target_seq))
+            at += n
+    del shared_batch["score_index"]
+    shared_batch.update(targets=torch.tensor(targets, dtype=torch.long),
+                        sources=torch.tensor(sources, dtype=torch.long),
+                        target_seq=torch.tensor(target_seq, dtype=torch.long),
+                        n_sequences=torch.tensor(len(items[0]) * b_count))
+    return shared_batch
 
 
 class _Blocks:
@@ -300,20 +410,33 @@ class _Blocks:
 
 
 class PairBatcher(_Blocks):
-    """Preference pairs for DPO, IPO, cDPO, SimPO, ORPO: chosen rows then rejected rows, one tensor."""
+    """Preference pairs for DPO, IPO, cDPO, SimPO, ORPO: chosen rows then rejected rows, one tensor.
+
+    `share_prompt`: one row per pair, the prompt forwarded once for both
+    responses (see `collate_shared_pairs`); the log-probabilities are those of
+    the two separate rows.
+    """
 
     def __init__(self, tokenizer, pairs: Sequence[Preference], *, max_len: int, batch_size: int,
-                 group_by_length: bool = True, shuffle: bool = True, drop_last: bool = False, seed: int = 0):
+                 group_by_length: bool = True, shuffle: bool = True, drop_last: bool = False, seed: int = 0,
+                 share_prompt: bool = False):
         self.pairs = list(pairs)
         flat = encode_all(tokenizer, [(p.prompt, r) for p in self.pairs for r in (p.chosen, p.rejected)], max_len)
         super().__init__(list(zip(flat[0::2], flat[1::2])), pad_id(tokenizer), batch_size, seed,
                          group_by_length, shuffle, drop_last)
+        self.share_prompt = share_prompt
+        if share_prompt:
+            self.lengths = [sum(len(b) for b in _shared_blocks(item)) for item in self.items]
 
     def batches(self, epoch: int = 0) -> Iterator[dict]:
         import torch
 
         for idx in self.order(epoch):
-            batch = self.collate(idx)
+            if self.share_prompt:
+                batch = collate_shared_pairs([self.items[i] for i in idx], self.pad)
+                batch["index"] = torch.tensor(idx, dtype=torch.long)
+            else:
+                batch = self.collate(idx)
             margins = [self.pairs[i].margin for i in idx]
             batch["margins"] = torch.tensor([0.0 if m is None else m for m in margins], dtype=torch.float32)
             batch["has_margin"] = torch.tensor([m is not None for m in margins], dtype=torch.bool)

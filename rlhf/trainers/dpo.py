@@ -3,9 +3,13 @@
 Each objective is a loss in `rlhf.losses` on sequence log-probabilities; this
 module supplies those log-probabilities and runs the shared training loop.
 
-- One forward per step: the B chosen and B rejected responses of a batch are
-  one (2B, T) tensor (chosen rows first), so the policy runs once and both
-  halves share padding, kernels and the KV-free attention.
+- One forward per step, and each prompt forwarded once (`--share-prompt`, on
+  by default): a pair is one row, the prompt then the chosen then the rejected
+  response, each response masked to see the prompt and itself and positioned
+  as if it followed the prompt alone, which gives exactly the log-probabilities
+  of two separate rows (checked on two pairs before training; a model that
+  disagrees falls back). With `--no-share-prompt` the B chosen and B rejected
+  responses are one (2B, T) tensor (chosen rows first).
 - The reference model runs once, before training: its summed log-probability
   of every response is computed in one no-grad pass and cached (memory, and
   `ref_logps.safetensors` in the run folder, keyed by a hash of the tokenised
@@ -222,7 +226,13 @@ class _OfflineConfig(TrainOptions, ModelOptions, _PrefData):
 
 
 @dataclass
-class DPOConfig(_OfflineConfig):
+class _SharePrompt:
+    share_prompt: bool = opt(True, "forward each prompt once for both responses (each sees the prompt and itself): "
+                                   "the same log-probabilities from fewer tokens")
+
+
+@dataclass
+class DPOConfig(_SharePrompt, _OfflineConfig):
     """DPO and its relatives (IPO, cDPO, SimPO) straight from comparisons."""
 
     command = "dpo"
@@ -284,7 +294,7 @@ class KTOConfig(_OfflineConfig):
 
 
 @dataclass
-class ORPOConfig(_OfflineConfig):
+class ORPOConfig(_SharePrompt, _OfflineConfig):
     """ORPO: SFT on the chosen responses plus an odds-ratio preference term; no reference model."""
 
     command = "orpo"
@@ -305,6 +315,31 @@ class ORPOConfig(_OfflineConfig):
 
 def _note(message: str) -> None:
     print(f"rlhf: {message}", file=sys.stderr, flush=True)
+
+
+def shared_logps_agree(model, batcher, items: int = 2, tol: float = 1e-3) -> bool:
+    """Do shared-prompt rows give the log-probabilities separate rows give? Checked on the first items
+    before training, so an architecture that ignores a 4D attention mask falls back instead of training wrong."""
+    import torch
+
+    from rlhf.data import pad_sequences
+    from rlhf.data.batches import collate_shared_pairs
+
+    picked = batcher.items[:items]
+    device = next(model.parameters()).device
+    shared = collate_shared_pairs(picked, batcher.pad)
+    plain = pad_sequences([item[k] for k in range(2) for item in picked], batcher.pad)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            a, ca = response_logps(model, {k: v.to(device) for k, v in shared.items()})
+            b, cb = response_logps(model, {k: v.to(device) for k, v in plain.items()})
+    except (ValueError, TypeError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    return torch.equal(ca, cb) and bool(((a - b).abs() <= tol * (1 + b.abs())).all())
 
 
 def reference_logps(cfg, model, batchers: list, kind: str, *, write: bool = True):
@@ -356,10 +391,17 @@ def run(cfg, kind: str) -> TrainResult:
     show = main_process and not cfg.quiet
 
     tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
-    train_b = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed)
-    val_b = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
-                    seed=cfg.seed) if val_recs else None
+
+    def batchers(share: bool):
+        Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
+        extra = {"share_prompt": True} if share else {}
+        train = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed, **extra)
+        val = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
+                      seed=cfg.seed, **extra) if val_recs else None
+        return train, val
+
+    share = kind != "kto" and cfg.share_prompt
+    train_b, val_b = batchers(share)
     unit = "rows" if kind == "kto" else "pairs"
     if show:
         truncated = train_b.n_truncated + (val_b.n_truncated if val_b else 0)
@@ -375,6 +417,11 @@ def run(cfg, kind: str) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
                            dropout_off=True)
+    if share and not shared_logps_agree(model, train_b):
+        if show:
+            _note(f"{cfg.command}: {cfg.model} gives shared-prompt rows other log-probabilities than separate "
+                  "rows (its attention ignores a custom mask?); forwarding every sequence separately")
+        train_b, val_b = batchers(False)
     if main_process:
         write_config(cfg, cfg.out)
     cache = train_ref = val_ref = None

@@ -18,6 +18,13 @@ keeps it): each comparison is a difference of two scores, and dropout makes
 both noisy; on the HH comparisons it cost about 4 points of held-out
 accuracy (BENCHMARKS.md).
 
+On a causal backbone each prompt is forwarded once for all its responses
+(`--share-prompt`, on by default): the group's row is the prompt and then
+every response, each masked to see only the prompt and itself, which gives
+the scores separate rows give (checked on two groups before training; a
+model that disagrees falls back to separate rows) with far fewer tokens when
+prompts are long or K is large.
+
 Normalisation. Bradley-Terry only fixes reward differences, so after
 training the mean raw score of the reference responses (every distinct
 response of the training data, or `--reference FILE` of prompt/response
@@ -70,6 +77,8 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
     eval_every: int = opt(0, "evaluate every N steps; 0 = at the start and the end only")
     ensemble: int = opt(1, "train K reward models (seeds seed..seed+K-1) into out/member-k, listed in ensemble.json")
     group_by_length: bool = opt(True, "micro-batches of prompts of similar length (less padding); off: at random")
+    share_prompt: bool = opt(True, "forward each prompt once for all its responses (causal backbones; each "
+                                   "response sees the prompt and itself): same scores, fewer tokens")
     dropout: bool = opt(False, "keep the backbone's dropout while training; off by default: a comparison is a "
                                "difference of two scores, and dropout noise in each is noise in the difference")
 
@@ -120,10 +129,15 @@ def run(cfg: RMConfig) -> TrainResult:
     quiet_transformers()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))
-    batcher = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                            encoder=encoder, group_by_length=cfg.group_by_length)
-    val = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
-                        seed=cfg.seed, encoder=encoder) if val_g else None
+    def batchers(share: bool):
+        train_b = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
+                                encoder=encoder, group_by_length=cfg.group_by_length, share_prompt=share)
+        val_b = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
+                              seed=cfg.seed, encoder=encoder, share_prompt=share) if val_g else None
+        return train_b, val_b
+
+    share = cfg.share_prompt and not encoder
+    batcher, val = batchers(share)
     if main_process and not cfg.quiet:
         truncated = batcher.n_truncated + (val.n_truncated if val else 0)
         note = f"; {truncated} responses cut to max_len={cfg.max_len}" if truncated else ""
@@ -135,6 +149,11 @@ def run(cfg: RMConfig) -> TrainResult:
                               pad_token_id=tokenizer.pad_token_id)
     if not cfg.dropout:
         disable_dropout(model)
+    if share and not shared_prompt_agrees(model, batcher):
+        if main_process:
+            print(f"rlhf rm: {cfg.model} scores a shared-prompt row differently from separate rows (its "
+                  "attention ignores a custom mask?); forwarding every response separately", file=sys.stderr)
+        batcher, val = batchers(False)
     if main_process:
         write_config(cfg, cfg.out)
 
@@ -168,9 +187,65 @@ def _config(path: str, trust_remote_code: bool):
 
 
 def rewards_of(model, batch: dict):
-    """Scalar score of every row of a reward batch, (N,) float32."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out.logits.squeeze(-1).float()
+    """Scalar score of every response of a reward batch, (N,) float32.
+
+    A shared-prompt batch (`score_index`) reads each response's score at its
+    own last token: the score head's output at every position is caught on
+    its way out (a forward hook, so a DDP- or PEFT-wrapped model runs its
+    ordinary forward), since the model itself returns one score per row.
+    """
+    if "score_index" not in batch:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.logits.squeeze(-1).float()
+    caught = []
+    handle = score_head(model).register_forward_hook(lambda _m, _args, output: caught.append(output))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              position_ids=batch["position_ids"])
+    finally:
+        handle.remove()
+    return caught[-1].reshape(-1).float()[batch["score_index"]]
+
+
+def shared_prompt_agrees(model, batcher, groups: int = 2, tol: float = 1e-3) -> bool:
+    """Do shared-prompt rows give the scores separate rows give? Checked on the first groups, before
+    training, so an architecture that ignores a 4D attention mask falls back instead of training wrong."""
+    import torch
+
+    from rlhf.data import pad_sequences
+    from rlhf.data.batches import collate_shared
+
+    picked = batcher.seqs[:groups]
+    device = next(model.parameters()).device
+    shared = collate_shared(picked, batcher.pad)
+    plain = pad_sequences([s for seqs in picked for s in seqs], batcher.pad)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            a = rewards_of(model, {k: v.to(device) for k, v in shared.items()})
+            b = rewards_of(model, {k: plain[k].to(device) for k in ("input_ids", "attention_mask")})
+    except (ValueError, TypeError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    return a.shape == b.shape and bool(((a - b).abs() <= tol * (1 + b.abs())).all())
+
+
+def score_head(model):
+    """The `score` linear head of a causal-LM reward model, under any DDP, compile or PEFT wrapper."""
+    import torch
+
+    inner = model
+    for _ in range(4):
+        if isinstance(getattr(inner, "score", None), torch.nn.Module):
+            return inner.score
+        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None) or \
+            (inner.get_base_model() if hasattr(inner, "get_base_model") else None)
+        if inner is None:
+            break
+    raise ValueError(f"{type(model).__name__}: no `score` head to read per-token scores from; "
+                     "train with --no-share-prompt")
 
 
 def rm_step(model, batch: dict, *, use_margins: bool = True, center_coef: float = 0.0):
