@@ -300,6 +300,17 @@ def test_shared_prompt_scores_equal_separate_rows(tiny_tokenizer, tiny_model_dir
         assert shared["pairs"].tolist() == plain["pairs"].tolist()
     assert shared_prompt_agrees(model, RewardBatcher(tiny_tokenizer, groups, max_len=64, batch_size=3,
                                                      share_prompt=True))
+    # pad = EOS (as SmolLM2's tokenizer has it): the model reads a row before its trailing EOS; so must a shared row
+    eos = tiny_tokenizer.eos_token_id
+    model.config.pad_token_id = eos
+    shared_b = RewardBatcher(tiny_tokenizer, groups, max_len=64, batch_size=3, shuffle=False, share_prompt=True)
+    plain_b = RewardBatcher(tiny_tokenizer, groups, max_len=64, batch_size=3, shuffle=False)
+    assert all(s.input_ids[-1] == eos for seqs in shared_b.seqs for s in seqs)
+    shared_b.pad = plain_b.pad = eos
+    (shared,), (plain,) = list(shared_b.batches()), list(plain_b.batches())
+    with torch.no_grad():
+        assert torch.allclose(rewards_of(model, shared), rewards_of(model, plain), atol=1e-5)
+    assert shared_prompt_agrees(model, shared_b)
 
     class Blind(torch.nn.Module):  # a model whose attention ignores the 4D mask: the check must say no
         def __init__(self, inner):

@@ -300,6 +300,13 @@ def _shared_blocks(seqs: Sequence[Encoded]) -> list[list[int]]:
     return [s.input_ids for s in seqs]
 
 
+def _score_position(ids: Sequence[int], pad: int) -> int:
+    """Where `AutoModelForSequenceClassification` reads a row's score: its last token that is not the pad
+    id (0 if all are). When pad is also EOS (SmolLM2), that is before a trailing EOS, and a shared row
+    must read the same place for its scores to be the model's."""
+    return max((j for j, t in enumerate(ids) if t != pad), default=0)
+
+
 def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
     """One row per group, the prompt forwarded once (`RewardBatcher(share_prompt=True)`)."""
     import torch
@@ -314,7 +321,7 @@ def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
     score_index = []
     for r, (seqs, blocks) in enumerate(zip(groups, layouts)):
         shared = len(blocks) == len(seqs) + 1
-        at, start = 0, 0
+        at = 0
         for k, block in enumerate(blocks):
             n = len(block)
             input_ids[r, at:at + n] = torch.tensor(block, dtype=torch.long)
@@ -323,9 +330,9 @@ def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
             segment[r, at:at + n] = k
             if shared and k > 0:
                 parent[r, at:at + n] = 0
-                score_index.append(r * width + at + n - 1)
-            elif not shared:
-                score_index.append(r * width + at + n - 1)
+            if not shared or k > 0:  # where its own row would be read (in the prompt block if it is all pad)
+                j = _score_position(seqs[k - 1 if shared else k].input_ids, pad)
+                score_index.append(r * width + (j if j < start else at + j - start))
             at += n
     visible = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == parent[:, :, None])
     causal = torch.ones(width, width, dtype=torch.bool).tril()
