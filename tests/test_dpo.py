@@ -333,3 +333,21 @@ def test_dpo_resume_reads_the_cache_and_ends_with_the_same_weights(tiny_model_di
     assert "read from ref_logps.safetensors" in err and "resuming from" in err
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(part / "model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_dpo_command_shares_prompts_without_changing_the_run(tiny_model_dir, tmp_path):
+    from rlhf.cli import main as cli_main
+    from rlhf.metrics import read_metrics
+
+    data = tmp_path / "prefs.jsonl"
+    _write_prefs(data, 16)
+    args = ["dpo", "--model", tiny_model_dir, "--data", str(data), "--epochs", "1", "--batch-size", "4",
+            "--lr", "1e-3", "--val-fraction", "0.25", "--save-every", "0", "--threads", "1", "--quiet"]
+    assert cli_main([*args, "--out", str(tmp_path / "shared")]) == 0
+    assert cli_main([*args, "--out", str(tmp_path / "plain"), "--no-share-prompt"]) == 0
+    a, b = read_metrics(tmp_path / "shared" / "metrics.jsonl"), read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 3
+    for x, y in zip(a, b):
+        for key in ("loss", "eval_loss", "logps/chosen", "eval_rewards/accuracy"):
+            if key in y:
+                assert x[key] == pytest.approx(y[key], rel=1e-3, abs=1e-4), (key, x, y)

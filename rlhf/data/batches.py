@@ -251,10 +251,9 @@ class RewardBatcher:
         self.batch_size, self.seed = batch_size, seed
         self.group_by_length, self.shuffle, self.drop_last = group_by_length, shuffle, drop_last
         self.share_prompt = share_prompt
-        if share_prompt:  # a group costs its row: the prompt once, then the responses
-            self.lengths = [sum(len(b) for b in _shared_blocks(seqs)) for seqs in self.seqs]
-        else:  # a group costs its longest response times its size, once padded
-            self.lengths = [max(len(s.input_ids) for s in seqs) * len(seqs) for seqs in self.seqs]
+        # Batches group by a group's padded cost in separate rows, shared or not: the same batches either
+        # way, so sharing changes how much is computed, not what a run learns.
+        self.lengths = [max(len(s.input_ids) for s in seqs) * len(seqs) for seqs in self.seqs]
 
     def __len__(self) -> int:
         n = len(self.groups)
@@ -431,9 +430,7 @@ class PairBatcher(_Blocks):
         flat = encode_all(tokenizer, [(p.prompt, r) for p in self.pairs for r in (p.chosen, p.rejected)], max_len)
         super().__init__(list(zip(flat[0::2], flat[1::2])), pad_id(tokenizer), batch_size, seed,
                          group_by_length, shuffle, drop_last)
-        self.share_prompt = share_prompt
-        if share_prompt:
-            self.lengths = [sum(len(b) for b in _shared_blocks(item)) for item in self.items]
+        self.share_prompt = share_prompt  # batches as without it (see RewardBatcher)
 
     def batches(self, epoch: int = 0) -> Iterator[dict]:
         import torch
