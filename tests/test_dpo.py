@@ -133,11 +133,12 @@ def test_shared_prompt_rows_equal_separate_rows(tiny, max_len):
     kinds = [len(_shared_blocks(item)) for item in shared_b.items]
     assert kinds == ([3] * 5 if max_len == 64 else [2] * 5)
     shared, plain = next(shared_b.batches(0)), next(plain_b.batches(0))
-    assert shared["input_ids"].shape[0] == 5 and plain["input_ids"].shape[0] == 10
-    if max_len == 64:  # a pair's row: its prompt once
-        item = shared_b.items[0]
-        n = item[0].n_prompt
-        assert shared["input_ids"].shape[1] == max(len(a.input_ids) + len(b.input_ids) - n for a, b in shared_b.items)
+    assert plain["input_ids"].shape[0] == 10
+    if max_len == 64:  # a pair's segment: its prompt once; short pairs share a row
+        longest = max(len(a.input_ids) + len(b.input_ids) - a.n_prompt for a, b in shared_b.items)
+        assert shared["input_ids"].shape[1] == longest
+        assert int(shared["position_ids"].ne(0).sum()) + 5 == \
+            sum(len(a.input_ids) + len(b.input_ids) - a.n_prompt for a, b in shared_b.items)
     grads = []
     for batch in (shared, plain):
         model.zero_grad()
@@ -351,3 +352,19 @@ def test_dpo_command_shares_prompts_without_changing_the_run(tiny_model_dir, tmp
         for key in ("loss", "eval_loss", "logps/chosen", "eval_rewards/accuracy"):
             if key in y:
                 assert x[key] == pytest.approx(y[key], rel=1e-3, abs=1e-4), (key, x, y)
+
+
+def test_short_pairs_share_a_row_and_keep_their_log_probabilities(tiny):
+    model, tok = tiny
+    u = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    pairs = [Preference(u("Tell me a long story about a cat, a dog and a tree, please."),
+                        "Once there was a cat who lived under a tree with a dog.", "No."),
+             Preference(u("Hi"), "Hello!", "Go away."), Preference(u("Yes?"), "Yes.", "No.")]
+    kw = dict(max_len=64, batch_size=3, shuffle=False)
+    shared = next(PairBatcher(tok, pairs, share_prompt=True, **kw).batches(0))
+    plain = next(PairBatcher(tok, pairs, **kw).batches(0))
+    assert shared["input_ids"].shape[0] == 2
+    with torch.no_grad():
+        got = [torch.stack(x)[:, torch.argsort(b["index"])] for x, b in
+               ((dpo.pair_logps(model, shared), shared), (dpo.pair_logps(model, plain), plain))]
+    assert torch.allclose(got[0].float(), got[1].float(), atol=1e-4)

@@ -290,7 +290,8 @@ def test_shared_prompt_scores_equal_separate_rows(tiny_tokenizer, tiny_model_dir
         kw = dict(max_len=max_len, batch_size=3, shuffle=False)
         (shared,) = list(RewardBatcher(tiny_tokenizer, groups, share_prompt=True, **kw).batches())
         (plain,) = list(RewardBatcher(tiny_tokenizer, groups, **kw).batches())
-        assert shared["input_ids"].shape[0] == 3 and plain["input_ids"].shape[0] == 7
+        # 3 groups in at most 3 rows (short groups share a row), against 7 rows of one response each
+        assert shared["input_ids"].shape[0] <= 3 and plain["input_ids"].shape[0] == 7
         with torch.no_grad():
             a, b = rewards_of(model, shared), rewards_of(model, plain)
         assert [len(_shared_blocks(seqs)) for seqs in RewardBatcher(tiny_tokenizer, groups, share_prompt=True,
@@ -334,3 +335,28 @@ def test_shared_prompt_training_matches_separate_rows(tmp_path, tiny_model_dir):
     losses = lambda rows: [r["loss"] for r in rows if "loss" in r]  # noqa: E731
     assert len(losses(a)) == len(losses(b)) >= 4
     assert losses(a) == pytest.approx(losses(b), rel=1e-3, abs=1e-4)
+
+
+def test_short_groups_share_a_row_and_keep_their_scores(tiny_tokenizer, tiny_model_dir):
+    """Groups are packed into rows as wide as the longest; each stays isolated, so scores do not move."""
+    from rlhf.data import Preference, Ranking, RewardBatcher, as_groups
+    from rlhf.models import load_reward_model
+    from rlhf.trainers.rm import rewards_of
+
+    u = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    groups = as_groups([
+        Ranking(u("Tell me a long story about a cat, a dog and a tree."),
+                ["Once there was a cat who lived under a tree.", "A dog barked at a cat.", "No.", "The end."],
+                [0, 1, 3, 2]),
+        Preference(u("Hi"), "Hello!", "Go away."),
+        Preference(u("Yes?"), "Yes.", "No."),
+    ])
+    kw = dict(max_len=64, batch_size=3, shuffle=False)
+    (shared,) = list(RewardBatcher(tiny_tokenizer, groups, share_prompt=True, **kw).batches())
+    (plain,) = list(RewardBatcher(tiny_tokenizer, groups, **kw).batches())
+    assert shared["input_ids"].shape[0] == 2  # the two short pairs in one row beside the ranking's
+    sees = shared["attention_mask"][:, 0] == 0
+    assert sees.sum(-1).gt(0).all()  # every position sees at least itself
+    model = load_reward_model(tiny_model_dir, pad_token_id=tiny_tokenizer.pad_token_id).eval()
+    with torch.no_grad():
+        assert torch.allclose(rewards_of(model, shared), rewards_of(model, plain), atol=1e-5)

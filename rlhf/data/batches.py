@@ -25,8 +25,9 @@ Batch dict keys (tensors; B items, T the longest row of the batch):
 | ... `share_prompt`| one row per group (G, T): the prompt once, then each response, which attends to    |
 |                  | the prompt and itself only (`attention_mask` (G, 1, T, T) float as in packing;     |
 |                  | `position_ids` (G, T): every response continues from the prompt's end);            |
-|                  | `score_index` (N,) flat index into (G*T) of each response's last token; `pairs`    |
-|                  | etc. as above, into those N responses                                              |
+|                  | `score_index` (N,) flat index into (G*T) where each response's score is read (as   |
+|                  | its own row would be: its last token that is not the pad id); `pairs` etc. as      |
+|                  | above, into those N responses                                                      |
 | `PairBatcher`    | `input_ids`, `attention_mask`, `labels` (2B, T): rows [0, B) chosen, [B, 2B)       |
 |                  | rejected of the same pairs; `index` (B,); `margins` (B,); `has_margin` (B,)        |
 | ... `share_prompt`| one row per pair (B, T): prompt, chosen, rejected, each response seeing the prompt |
@@ -306,43 +307,98 @@ def _score_position(ids: Sequence[int], pad: int) -> int:
     return max((j for j, t in enumerate(ids) if t != pad), default=0)
 
 
-def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
-    """One row per group, the prompt forwarded once (`RewardBatcher(share_prompt=True)`)."""
+def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, list[tuple[int, int]]]:
+    """The rows of a shared-prompt batch, and where each group's row segment starts: (row, column).
+
+    Groups are packed into as few rows as fit the longest group (best fit,
+    longest first, as `pack_rows` does), each group isolated from the others
+    by the mask like packed SFT examples: the batch's groups stay the same,
+    only the padding goes.
+    """
     import torch
 
     layouts = [_shared_blocks(seqs) for seqs in groups]
-    width = max(sum(len(b) for b in blocks) for blocks in layouts)
-    g_count = len(groups)
-    input_ids = torch.full((g_count, width), pad, dtype=torch.long)
-    position_ids = torch.zeros((g_count, width), dtype=torch.long)
-    segment = torch.arange(width).neg().sub(1).repeat(g_count, 1)  # padding: its own segment, -1 - t
-    parent = torch.full((g_count, width), -(width + 1), dtype=torch.long)  # the segment it may also see
-    score_index = []
-    for r, (seqs, blocks) in enumerate(zip(groups, layouts)):
-        shared = len(blocks) == len(seqs) + 1
-        at = 0
-        for k, block in enumerate(blocks):
-            n = len(block)
-            input_ids[r, at:at + n] = torch.tensor(block, dtype=torch.long)
-            start = len(blocks[0]) if shared and k > 0 else 0
-            position_ids[r, at:at + n] = torch.arange(start, start + n)
-            segment[r, at:at + n] = k
-            if shared and k > 0:
-                parent[r, at:at + n] = 0
-            if not shared or k > 0:  # where its own row would be read (in the prompt block if it is all pad)
-                j = _score_position(seqs[k - 1 if shared else k].input_ids, pad)
-                score_index.append(r * width + (j if j < start else at + j - start))
-            at += n
+    sizes = [sum(len(b) for b in blocks) for blocks in layouts]
+    width = max(sizes)
+    rows = pack_rows(sizes, width)
+    place: list[tuple[int, int]] = [(0, 0)] * len(groups)
+    r_count = len(rows)
+    input_ids = torch.full((r_count, width), pad, dtype=torch.long)
+    position_ids = torch.zeros((r_count, width), dtype=torch.long)
+    segment = torch.arange(width).neg().sub(1).repeat(r_count, 1)  # padding: its own segment, -1 - t
+    parent = torch.full((r_count, width), -(width + 1), dtype=torch.long)  # the segment it may also see
+    for r, members in enumerate(rows):
+        at, next_segment = 0, 0
+        for g in sorted(members):
+            place[g] = (r, at)
+            blocks = layouts[g]
+            shared = len(blocks) == len(groups[g]) + 1
+            prompt_segment = next_segment
+            for k, block in enumerate(blocks):
+                n = len(block)
+                input_ids[r, at:at + n] = torch.tensor(block, dtype=torch.long)
+                start = len(blocks[0]) if shared and k > 0 else 0
+                position_ids[r, at:at + n] = torch.arange(start, start + n)
+                segment[r, at:at + n] = next_segment
+                if shared and k > 0:
+                    parent[r, at:at + n] = prompt_segment
+                next_segment += 1
+                at += n
     visible = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == parent[:, :, None])
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    attention_mask = torch.zeros((g_count, 1, width, width), dtype=torch.float32)
+    attention_mask = torch.zeros((r_count, 1, width, width), dtype=torch.float32)
     attention_mask.masked_fill_(~(visible & causal)[:, None], torch.finfo(torch.float32).min)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "score_index": torch.tensor(score_index, dtype=torch.long)}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}, place
+
+
+def _response_spans(seqs: Sequence[Encoded]) -> list[tuple[int, int, int]]:
+    """Per sequence of a group, in its row segment: (start column of its response tokens, their count,
+    column whose logits predict the first of them); sequences are laid out as `_shared_blocks` says."""
+    blocks = _shared_blocks(seqs)
+    out = []
+    if len(blocks) == len(seqs) + 1:  # prompt, then each whole response
+        at = len(blocks[0])
+        for block in blocks[1:]:
+            out.append((at, len(block), len(blocks[0]) - 1))
+            at += len(block)
+    else:  # one block per sequence; its first token has nothing before it to predict it
+        at = 0
+        for s in seqs:
+            first = max(s.n_prompt, 1)
+            out.append((at + first, len(s.input_ids) - first, at + first - 1))
+            at += len(s.input_ids)
+    return out
+
+
+def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
+    """The prompt of each group forwarded once (`RewardBatcher(share_prompt=True)`); `score_index` in
+    group order, then response order."""
+    import torch
+
+    batch, place = _place_shared(groups, pad)
+    width = batch["input_ids"].shape[1]
+    score_index = []
+    for g, seqs in enumerate(groups):
+        r, at = place[g]
+        blocks = _shared_blocks(seqs)
+        shared = len(blocks) == len(seqs) + 1
+        for (start, n, _), s in zip(_response_spans(seqs), seqs):
+            # where its own row would be read (its last token that is not the pad id): in the prompt if
+            # the response is all pad
+            j = _score_position(s.input_ids, pad)
+            prompt_end = s.n_prompt if shared else start + n - len(s.input_ids)  # (unshared: block start)
+            if shared:
+                col = j if j < prompt_end else start + (j - prompt_end)
+            else:
+                col = prompt_end + j
+            score_index.append(r * width + at + col)
+    batch["score_index"] = torch.tensor(score_index, dtype=torch.long)
+    return batch
 
 
 def collate_shared_pairs(items: Sequence[Sequence[Encoded]], pad: int) -> dict:
-    """One row per item (B, T): its prompt once, then its K responses, each seeing the prompt and itself.
+    """Each item's prompt once, then its K responses, each seeing the prompt and itself (several items per
+    row when they fit, as in `collate_shared`).
 
     A response token's log-probability comes from the logits of the token
     before it in its own sequence: for a response's first token that is the
@@ -353,33 +409,25 @@ def collate_shared_pairs(items: Sequence[Sequence[Encoded]], pad: int) -> dict:
     """
     import torch
 
-    shared_batch = collate_shared(items, pad)
-    width = shared_batch["input_ids"].shape[1]
+    batch, place = _place_shared(items, pad)
+    width = batch["input_ids"].shape[1]
     b_count = len(items)
     targets, sources, target_seq = [], [], []
-    for r, seqs in enumerate(items):
-        blocks = _shared_blocks(seqs)
-        shared = len(blocks) == len(seqs) + 1
-        at = len(blocks[0]) if shared else 0
-        for k, s in enumerate(seqs):
-            n = len(blocks[k + 1]) if shared else len(s.input_ids)
-            base = r * width
-            if shared:  # every token of the response block is a target
-                for j in range(n):
-                    targets.append(base + at + j)
-                    sources.append(base + (len(blocks[0]) - 1 if j == 0 else at + j - 1))
-            else:  # the response part of a whole sequence; its first token never is a target
-                for j in range(max(s.n_prompt, 1), n):
-                    targets.append(base + at + j)
-                    sources.append(base + at + j - 1)
-            target_seq += [k * b_count + r] * (len(targets) - len(target_seq))
-            at += n
-    del shared_batch["score_index"]
-    shared_batch.update(targets=torch.tensor(targets, dtype=torch.long),
-                        sources=torch.tensor(sources, dtype=torch.long),
-                        target_seq=torch.tensor(target_seq, dtype=torch.long),
-                        n_sequences=torch.tensor(len(items[0]) * b_count))
-    return shared_batch
+    for i, seqs in enumerate(items):
+        r, at = place[i]
+        base = r * width + at
+        for k, (start, n, before) in enumerate(_response_spans(seqs)):
+            if n <= 0:
+                continue
+            targets += range(base + start, base + start + n)
+            sources += [base + before, *range(base + start, base + start + n - 1)]
+            target_seq += [k * b_count + i] * n
+    if len(sources) != len(targets):
+        raise AssertionError("shared-prompt targets and sources out of step")
+    batch.update(targets=torch.tensor(targets, dtype=torch.long), sources=torch.tensor(sources, dtype=torch.long),
+                 target_seq=torch.tensor(target_seq, dtype=torch.long),
+                 n_sequences=torch.tensor(len(items[0]) * b_count))
+    return batch
 
 
 class _Blocks:
