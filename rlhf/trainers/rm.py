@@ -15,8 +15,8 @@ reports pairwise accuracy (ties count as wrong) and the Bradley-Terry loss
 on the held-out comparisons; early stopping and the kept weights follow the
 accuracy, ties broken by the loss. Dropout is off while training (`--dropout`
 keeps it): each comparison is a difference of two scores, and dropout makes
-both noisy; on the HH comparisons it cost about 4 points of held-out
-accuracy (BENCHMARKS.md).
+both noisy; on the HH comparisons it cost about 3 points of held-out
+accuracy over three seeds (BENCHMARKS.md).
 
 On a causal backbone each prompt is forwarded once for all its responses
 (`--share-prompt`, on by default): the group's row is the prompt and then
@@ -189,10 +189,10 @@ def _config(path: str, trust_remote_code: bool):
 def rewards_of(model, batch: dict):
     """Scalar score of every response of a reward batch, (N,) float32.
 
-    A shared-prompt batch (`score_index`) reads each response's score at its
-    own last token: the score head's output at every position is caught on
-    its way out (a forward hook, so a DDP- or PEFT-wrapped model runs its
-    ordinary forward), since the model itself returns one score per row.
+    A shared-prompt batch (`score_index`) reads each response's score where
+    its own row's would be read: the score head's output at every position
+    is caught on its way out (a forward hook, so a DDP- or PEFT-wrapped model
+    runs its ordinary forward), since the model itself returns one per row.
     """
     if "score_index" not in batch:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
