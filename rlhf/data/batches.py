@@ -136,6 +136,21 @@ def pack_rows(lengths: Sequence[int], max_len: int, seed: int = 0) -> list[list[
     return rows
 
 
+def segment_mask(segment, parent=None):
+    """(R, 1, T, T) float attention mask from per-position segment ids (R, T): a position sees the earlier
+    positions of its own segment, and of segment `parent` (R, T) when given; 0 where it may attend, the
+    dtype's minimum elsewhere."""
+    import torch
+
+    visible = segment[:, :, None] == segment[:, None, :]  # (R, T query, T key)
+    if parent is not None:
+        visible |= segment[:, None, :] == parent[:, :, None]
+    width = segment.shape[1]
+    visible &= torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros((segment.shape[0], 1, width, width), dtype=torch.float32)
+    return mask.masked_fill_(~visible[:, None], torch.finfo(torch.float32).min)
+
+
 def collate_packed(rows: Sequence[Sequence[Encoded]], pad: int) -> dict:
     """Several examples per row, isolated by a block-diagonal causal mask and restarting positions.
 
@@ -165,10 +180,7 @@ def collate_packed(rows: Sequence[Sequence[Encoded]], pad: int) -> dict:
             position_ids[r, at:at + n] = torch.arange(n)
             segment[r, at:at + n] = k
             at += n
-    same = segment[:, :, None] == segment[:, None, :]  # (R, T, T)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    attention_mask = torch.zeros((r_count, 1, width, width), dtype=torch.float32)
-    attention_mask.masked_fill_(~(same & causal)[:, None], torch.finfo(torch.float32).min)
+    attention_mask = segment_mask(segment)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "position_ids": position_ids, "n_examples": torch.tensor([len(row) for row in rows])}
 
@@ -344,11 +356,8 @@ def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, 
                     parent[r, at:at + n] = prompt_segment
                 next_segment += 1
                 at += n
-    visible = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == parent[:, :, None])
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    attention_mask = torch.zeros((r_count, 1, width, width), dtype=torch.float32)
-    attention_mask.masked_fill_(~(visible & causal)[:, None], torch.finfo(torch.float32).min)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}, place
+    return {"input_ids": input_ids, "attention_mask": segment_mask(segment, parent),
+            "position_ids": position_ids}, place
 
 
 def _response_spans(seqs: Sequence[Encoded]) -> list[tuple[int, int, int]]:
