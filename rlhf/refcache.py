@@ -155,9 +155,7 @@ def compute(model, batches: Iterable[dict], n_items: int, k: int, *, temperature
     out = torch.full((n_items, k), float("nan"))
     try:
         for batch in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
-            moved = {name: v.to(device) for name, v in batch.items() if name in
-                     ("input_ids", "attention_mask", "labels", "position_ids", "targets", "sources",
-                      "target_seq", "n_sequences")}
+            moved = {name: v.to(device) for name, v in batch.items() if torch.is_tensor(v)}
             sums, _ = response_logps(model, moved, temperature)
             out[batch["index"].cpu().long()] = blocks(sums.float().cpu(), k)
     finally:

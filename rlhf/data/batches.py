@@ -268,35 +268,44 @@ class RewardBatcher:
         # way, so sharing changes how much is computed, not what a run learns.
         self.lengths = [max(len(s.input_ids) for s in seqs) * len(seqs) for seqs in self.seqs]
 
+    @property
+    def n_items(self) -> int:
+        return len(self.groups)
+
     def __len__(self) -> int:
         n = len(self.groups)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def batches(self, epoch: int = 0) -> Iterator[dict]:
-        import torch
-
         order = epoch_order(self.lengths, self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             group_by_length=self.group_by_length, drop_last=self.drop_last)
         for idx in order:
-            seqs, pairs, margins, has_margin, group = [], [], [], [], []
-            for pos, g in enumerate(idx):
-                base = len(seqs)
-                seqs += self.seqs[g]
-                group += [pos] * len(self.seqs[g])
-                for better, worse, margin in self.groups[g].pairs:
-                    pairs.append((base + better, base + worse))
-                    margins.append(0.0 if margin is None else margin)
-                    has_margin.append(margin is not None)
-            if self.share_prompt:
-                batch = collate_shared([self.seqs[g] for g in idx], self.pad)
-            else:
-                batch = pad_sequences(seqs, self.pad)
-                del batch["labels"]  # a reward model has no token targets
-            batch.update(pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
-                         margins=torch.tensor(margins, dtype=torch.float32),
-                         has_margin=torch.tensor(has_margin, dtype=torch.bool),
-                         group=torch.tensor(group, dtype=torch.long), index=torch.tensor(idx, dtype=torch.long))
-            yield batch
+            yield self.collate(idx)
+
+    def collate(self, idx: Sequence[int]) -> dict:
+        """The batch of groups `idx`, in the layout `share_prompt` says (it may be switched off at any time:
+        the batches hold the same groups either way)."""
+        import torch
+
+        seqs, pairs, margins, has_margin, group = [], [], [], [], []
+        for pos, g in enumerate(idx):
+            base = len(seqs)
+            seqs += self.seqs[g]
+            group += [pos] * len(self.seqs[g])
+            for better, worse, margin in self.groups[g].pairs:
+                pairs.append((base + better, base + worse))
+                margins.append(0.0 if margin is None else margin)
+                has_margin.append(margin is not None)
+        if self.share_prompt:
+            batch = collate_shared([self.seqs[g] for g in idx], self.pad)
+        else:
+            batch = pad_sequences(seqs, self.pad)
+            del batch["labels"]  # a reward model has no token targets
+        batch.update(pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
+                     margins=torch.tensor(margins, dtype=torch.float32),
+                     has_margin=torch.tensor(has_margin, dtype=torch.bool),
+                     group=torch.tensor(group, dtype=torch.long), index=torch.tensor(list(idx), dtype=torch.long))
+        return batch
 
     def __iter__(self):
         return self.batches(0)
@@ -319,13 +328,16 @@ def _score_position(ids: Sequence[int], pad: int) -> int:
     return max((j for j, t in enumerate(ids) if t != pad), default=0)
 
 
-def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, list[tuple[int, int]]]:
-    """The rows of a shared-prompt batch, and where each group's row segment starts: (row, column).
+def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, list[list[tuple[int, int, int]]]]:
+    """The rows of a shared-prompt batch, and where each sequence of each group lies in them.
 
     Groups are packed into as few rows as fit the longest group (best fit,
     longest first, as `pack_rows` does), each group isolated from the others
     by the mask like packed SFT examples: the batch's groups stay the same,
-    only the padding goes.
+    only the padding goes. Per group and sequence the second result gives
+    `(prompt_at, response_at, n_prompt)`, flat indices into (R*T): token j of
+    the sequence sits at `prompt_at + j` for j < n_prompt, else at
+    `response_at + j - n_prompt` (`_column`).
     """
     import torch
 
@@ -333,7 +345,7 @@ def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, 
     sizes = [sum(len(b) for b in blocks) for blocks in layouts]
     width = max(sizes)
     rows = pack_rows(sizes, width)
-    place: list[tuple[int, int]] = [(0, 0)] * len(groups)
+    where: list[list[tuple[int, int, int]]] = [[] for _ in groups]
     r_count = len(rows)
     input_ids = torch.full((r_count, width), pad, dtype=torch.long)
     position_ids = torch.zeros((r_count, width), dtype=torch.long)
@@ -342,10 +354,9 @@ def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, 
     for r, members in enumerate(rows):
         at, next_segment = 0, 0
         for g in sorted(members):
-            place[g] = (r, at)
-            blocks = layouts[g]
-            shared = len(blocks) == len(groups[g]) + 1
-            prompt_segment = next_segment
+            blocks, seqs = layouts[g], groups[g]
+            shared = len(blocks) == len(seqs) + 1
+            prompt_segment, prompt_at = next_segment, r * width + at
             for k, block in enumerate(blocks):
                 n = len(block)
                 input_ids[r, at:at + n] = torch.tensor(block, dtype=torch.long)
@@ -354,54 +365,31 @@ def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, 
                 segment[r, at:at + n] = next_segment
                 if shared and k > 0:
                     parent[r, at:at + n] = prompt_segment
+                    where[g].append((prompt_at, r * width + at, len(blocks[0])))
+                elif not shared:
+                    n_prompt = seqs[k].n_prompt
+                    where[g].append((r * width + at, r * width + at + n_prompt, n_prompt))
                 next_segment += 1
                 at += n
     return {"input_ids": input_ids, "attention_mask": segment_mask(segment, parent),
-            "position_ids": position_ids}, place
+            "position_ids": position_ids}, where
 
 
-def _response_spans(seqs: Sequence[Encoded]) -> list[tuple[int, int, int]]:
-    """Per sequence of a group, in its row segment: (start column of its response tokens, their count,
-    column whose logits predict the first of them); sequences are laid out as `_shared_blocks` says."""
-    blocks = _shared_blocks(seqs)
-    out = []
-    if len(blocks) == len(seqs) + 1:  # prompt, then each whole response
-        at = len(blocks[0])
-        for block in blocks[1:]:
-            out.append((at, len(block), len(blocks[0]) - 1))
-            at += len(block)
-    else:  # one block per sequence; its first token has nothing before it to predict it
-        at = 0
-        for s in seqs:
-            first = max(s.n_prompt, 1)
-            out.append((at + first, len(s.input_ids) - first, at + first - 1))
-            at += len(s.input_ids)
-    return out
+def _column(place: tuple[int, int, int], j: int) -> int:
+    """Flat index of token j of a sequence placed at `place` (see `_place_shared`)."""
+    prompt_at, response_at, n_prompt = place
+    return prompt_at + j if j < n_prompt else response_at + j - n_prompt
 
 
 def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
     """The prompt of each group forwarded once (`RewardBatcher(share_prompt=True)`); `score_index` in
-    group order, then response order."""
+    group order, then response order, each where its own row's score is read (`_score_position`)."""
     import torch
 
-    batch, place = _place_shared(groups, pad)
-    width = batch["input_ids"].shape[1]
-    score_index = []
-    for g, seqs in enumerate(groups):
-        r, at = place[g]
-        blocks = _shared_blocks(seqs)
-        shared = len(blocks) == len(seqs) + 1
-        for (start, n, _), s in zip(_response_spans(seqs), seqs):
-            # where its own row would be read (its last token that is not the pad id): in the prompt if
-            # the response is all pad
-            j = _score_position(s.input_ids, pad)
-            prompt_end = s.n_prompt if shared else start + n - len(s.input_ids)  # (unshared: block start)
-            if shared:
-                col = j if j < prompt_end else start + (j - prompt_end)
-            else:
-                col = prompt_end + j
-            score_index.append(r * width + at + col)
-    batch["score_index"] = torch.tensor(score_index, dtype=torch.long)
+    batch, where = _place_shared(groups, pad)
+    batch["score_index"] = torch.tensor([_column(place, _score_position(s.input_ids, pad))
+                                         for seqs, places in zip(groups, where) for s, place in zip(seqs, places)],
+                                        dtype=torch.long)
     return batch
 
 
@@ -414,25 +402,20 @@ def collate_shared_pairs(items: Sequence[Sequence[Encoded]], pad: int) -> dict:
     prompt's last token, not the previous response's last. `sources` says
     where, per target token; `target_seq` numbers the sequences in the K
     blocks of B of `rlhf.refcache` (k * B + item). Items whose responses were
-    truncated to different prompts keep one block per sequence, as packing does.
+    truncated to different prompts keep one block per sequence, as packing
+    does; there a sequence's first token has nothing before it and is no target.
     """
     import torch
 
-    batch, place = _place_shared(items, pad)
-    width = batch["input_ids"].shape[1]
+    batch, where = _place_shared(items, pad)
     b_count = len(items)
     targets, sources, target_seq = [], [], []
-    for i, seqs in enumerate(items):
-        r, at = place[i]
-        base = r * width + at
-        for k, (start, n, before) in enumerate(_response_spans(seqs)):
-            if n <= 0:
-                continue
-            targets += range(base + start, base + start + n)
-            sources += [base + before, *range(base + start, base + start + n - 1)]
-            target_seq += [k * b_count + i] * n
-    if len(sources) != len(targets):
-        raise AssertionError("shared-prompt targets and sources out of step")
+    for i, (seqs, places) in enumerate(zip(items, where)):
+        for k, (s, place) in enumerate(zip(seqs, places)):
+            tokens = range(max(s.n_prompt, 1), len(s.input_ids))
+            targets += [_column(place, j) for j in tokens]
+            sources += [_column(place, j - 1) for j in tokens]
+            target_seq += [k * b_count + i] * len(tokens)
     batch.update(targets=torch.tensor(targets, dtype=torch.long), sources=torch.tensor(sources, dtype=torch.long),
                  target_seq=torch.tensor(target_seq, dtype=torch.long),
                  n_sequences=torch.tensor(len(items[0]) * b_count))
@@ -449,6 +432,10 @@ class _Blocks:
         self.group_by_length, self.shuffle, self.drop_last = group_by_length, shuffle, drop_last
         self.n_truncated = sum(s.truncated for item in items for s in item)
         self.lengths = [max(len(s.input_ids) for s in item) for item in items]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
 
     def __len__(self) -> int:
         n = len(self.items)
@@ -489,15 +476,22 @@ class PairBatcher(_Blocks):
                          group_by_length, shuffle, drop_last)
         self.share_prompt = share_prompt  # batches as without it (see RewardBatcher)
 
+    def collate(self, idx: Sequence[int]) -> dict:
+        """Pairs `idx` as shared-prompt rows or as chosen then rejected rows (`share_prompt`, which may be
+        switched off at any time: the batches hold the same pairs either way)."""
+        if not self.share_prompt:
+            return super().collate(idx)
+        import torch
+
+        batch = collate_shared_pairs([self.items[i] for i in idx], self.pad)
+        batch["index"] = torch.tensor(list(idx), dtype=torch.long)
+        return batch
+
     def batches(self, epoch: int = 0) -> Iterator[dict]:
         import torch
 
         for idx in self.order(epoch):
-            if self.share_prompt:
-                batch = collate_shared_pairs([self.items[i] for i in idx], self.pad)
-                batch["index"] = torch.tensor(idx, dtype=torch.long)
-            else:
-                batch = self.collate(idx)
+            batch = self.collate(idx)
             margins = [self.pairs[i].margin for i in idx]
             batch["margins"] = torch.tensor([0.0 if m is None else m for m in margins], dtype=torch.float32)
             batch["has_margin"] = torch.tensor([m is not None for m in margins], dtype=torch.bool)

@@ -46,7 +46,8 @@ from typing import Literal
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
 from rlhf.refcache import CACHE_FILE, blocks, response_logps
-from rlhf.trainers.loop import ModelOptions, TrainOptions, TrainResult, train, train_options
+from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, share_prompt_or_fall_back, train,
+                                train_options)
 
 # Per-loss default beta: DPO-style losses scale a log-ratio of whole
 # sequences (0.1, Rafailov et al.); SimPO scales a per-token average (2.0, Meng et al.).
@@ -317,29 +318,10 @@ def _note(message: str) -> None:
     print(f"rlhf: {message}", file=sys.stderr, flush=True)
 
 
-def shared_logps_agree(model, batcher, items: int = 2, tol: float = 1e-3) -> bool:
-    """Do shared-prompt rows give the log-probabilities separate rows give? Checked on the first items
-    before training, so an architecture that ignores a 4D attention mask falls back instead of training wrong."""
-    import torch
-
-    from rlhf.data import pad_sequences
-    from rlhf.data.batches import collate_shared_pairs
-
-    picked = batcher.items[:items]
-    device = next(model.parameters()).device
-    shared = collate_shared_pairs(picked, batcher.pad)
-    plain = pad_sequences([item[k] for k in range(2) for item in picked], batcher.pad)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            a, ca = response_logps(model, {k: v.to(device) for k, v in shared.items()})
-            b, cb = response_logps(model, {k: v.to(device) for k, v in plain.items()})
-    except (ValueError, TypeError, RuntimeError):
-        return False
-    finally:
-        model.train(was_training)
-    return torch.equal(ca, cb) and bool(((a - b).abs() <= tol * (1 + b.abs())).all())
+def shared_logps_agree(model, batcher) -> bool:
+    """Does `model` give the batcher's shared-prompt rows the log-probabilities of separate rows? (Leaves
+    the batcher sharing only if so; `rlhf.trainers.loop.share_prompt_or_fall_back`.)"""
+    return share_prompt_or_fall_back(model, [batcher], response_logps)
 
 
 def reference_logps(cfg, model, batchers: list, kind: str, *, write: bool = True):
@@ -391,17 +373,11 @@ def run(cfg, kind: str) -> TrainResult:
     show = main_process and not cfg.quiet
 
     tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-
-    def batchers(share: bool):
-        Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
-        extra = {"share_prompt": True} if share else {}
-        train = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed, **extra)
-        val = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
-                      seed=cfg.seed, **extra) if val_recs else None
-        return train, val
-
-    share = kind != "kto" and cfg.share_prompt
-    train_b, val_b = batchers(share)
+    Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
+    share = {"share_prompt": True} if kind != "kto" and cfg.share_prompt else {}
+    train_b = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed, **share)
+    val_b = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
+                    seed=cfg.seed, **share) if val_recs else None
     unit = "rows" if kind == "kto" else "pairs"
     if show:
         truncated = train_b.n_truncated + (val_b.n_truncated if val_b else 0)
@@ -417,11 +393,9 @@ def run(cfg, kind: str) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
                            dropout_off=True)
-    if share and not shared_logps_agree(model, train_b):
-        if show:
-            _note(f"{cfg.command}: {cfg.model} gives shared-prompt rows other log-probabilities than separate "
-                  "rows (its attention ignores a custom mask?); forwarding every sequence separately")
-        train_b, val_b = batchers(False)
+    if share and not share_prompt_or_fall_back(model, [train_b, val_b], response_logps) and show:
+        _note(f"{cfg.command}: {cfg.model} gives shared-prompt rows other log-probabilities than separate "
+              "rows (its attention ignores a custom mask?); forwarding every sequence separately")
     if main_process:
         write_config(cfg, cfg.out)
     cache = train_ref = val_ref = None

@@ -355,6 +355,47 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
 # --- pieces -----------------------------------------------------------------------------------------------
 
 
+def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, items: int = 2,
+                              tol: float = 1e-3) -> bool:
+    """Keep shared-prompt batches only if the model gives them what it gives separate rows.
+
+    `outputs(model, batch)` is a tensor or a tuple of tensors per sequence
+    (scores; log-probabilities and token counts). Checked on the first
+    `items` of the first batcher, before training, so an architecture whose
+    attention ignores a 4D mask falls back instead of training on wrong
+    numbers. On disagreement every batcher is switched to separate rows (the
+    same batches: only the layout changes). Returns whether sharing stays on.
+    """
+    import torch
+
+    probe = batchers[0]
+    idx = list(range(min(items, probe.n_items)))
+    device = next(model.parameters()).device
+    results = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for share in (True, False):
+                probe.share_prompt = share
+                batch = {k: v.to(device) for k, v in probe.collate(idx).items() if torch.is_tensor(v)}
+                out = outputs(model, batch)
+                results.append(out if isinstance(out, tuple) else (out,))
+        agree = True
+        for shared, separate in zip(*results):
+            shared, separate = shared.double(), separate.double()
+            agree &= shared.shape == separate.shape and bool(
+                ((shared - separate).abs() <= tol * (1 + separate.abs())).all())
+    except (ValueError, TypeError, RuntimeError):
+        agree = False
+    finally:
+        model.train(was_training)
+    for b in batchers:
+        if b is not None:
+            b.share_prompt = agree
+    return agree
+
+
 def multi_cpu() -> bool:
     """Several processes (torchrun, accelerate launch) on a machine with no GPU.
 

@@ -45,8 +45,8 @@ from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, train,
-                                train_options)
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state,
+                                share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.sft import quiet_transformers, summary, write_config
 
 DEFAULT_SFT = "runs/sft"
@@ -129,15 +129,11 @@ def run(cfg: RMConfig) -> TrainResult:
     quiet_transformers()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))
-    def batchers(share: bool):
-        train_b = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                                encoder=encoder, group_by_length=cfg.group_by_length, share_prompt=share)
-        val_b = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
-                              seed=cfg.seed, encoder=encoder, share_prompt=share) if val_g else None
-        return train_b, val_b
-
     share = cfg.share_prompt and not encoder
-    batcher, val = batchers(share)
+    batcher = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
+                            encoder=encoder, group_by_length=cfg.group_by_length, share_prompt=share)
+    val = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
+                        seed=cfg.seed, encoder=encoder, share_prompt=share) if val_g else None
     if main_process and not cfg.quiet:
         truncated = batcher.n_truncated + (val.n_truncated if val else 0)
         note = f"; {truncated} responses cut to max_len={cfg.max_len}" if truncated else ""
@@ -149,11 +145,9 @@ def run(cfg: RMConfig) -> TrainResult:
                               pad_token_id=tokenizer.pad_token_id)
     if not cfg.dropout:
         disable_dropout(model)
-    if share and not shared_prompt_agrees(model, batcher):
-        if main_process:
-            print(f"rlhf rm: {cfg.model} scores a shared-prompt row differently from separate rows (its "
-                  "attention ignores a custom mask?); forwarding every response separately", file=sys.stderr)
-        batcher, val = batchers(False)
+    if share and not share_prompt_or_fall_back(model, [batcher, val], rewards_of) and main_process:
+        print(f"rlhf rm: {cfg.model} scores a shared-prompt row differently from separate rows (its "
+              "attention ignores a custom mask?); forwarding every response separately", file=sys.stderr)
     if main_process:
         write_config(cfg, cfg.out)
 
@@ -207,29 +201,10 @@ def rewards_of(model, batch: dict):
     return caught[-1].reshape(-1).float()[batch["score_index"]]
 
 
-def shared_prompt_agrees(model, batcher, groups: int = 2, tol: float = 1e-3) -> bool:
-    """Do shared-prompt rows give the scores separate rows give? Checked on the first groups, before
-    training, so an architecture that ignores a 4D attention mask falls back instead of training wrong."""
-    import torch
-
-    from rlhf.data import pad_sequences
-    from rlhf.data.batches import collate_shared
-
-    picked = batcher.seqs[:groups]
-    device = next(model.parameters()).device
-    shared = collate_shared(picked, batcher.pad)
-    plain = pad_sequences([s for seqs in picked for s in seqs], batcher.pad)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            a = rewards_of(model, {k: v.to(device) for k, v in shared.items()})
-            b = rewards_of(model, {k: plain[k].to(device) for k in ("input_ids", "attention_mask")})
-    except (ValueError, TypeError, RuntimeError):
-        return False
-    finally:
-        model.train(was_training)
-    return a.shape == b.shape and bool(((a - b).abs() <= tol * (1 + b.abs())).all())
+def shared_prompt_agrees(model, batcher) -> bool:
+    """Does `model` score the batcher's shared-prompt rows as it scores separate rows? (Leaves the batcher
+    sharing only if so; `rlhf.trainers.loop.share_prompt_or_fall_back`.)"""
+    return share_prompt_or_fall_back(model, [batcher], rewards_of)
 
 
 def score_head(model):
