@@ -291,20 +291,101 @@ def _assemble(tokenizer, prompts, prompt_texts, q_rows, results, pad_id, eos_ids
         query_lengths=q_mask.sum(1), response_lengths=r_mask.sum(1), temperature=float(temperature))
 
 
+@dataclass
+class Episodes:
+    """Episodes (query + response) laid out for one forward, and where to read each response token's state.
+
+    `lay_out` builds it. Padded: one episode per row, as given (left-padded
+    query, right-padded response). Packed: each episode's real tokens only,
+    several episodes to a row, each isolated by a block-diagonal causal mask
+    and positions restarting at 0, so every logit equals its padded row's.
+    Either way `gather` reads, for response token t of episode b, the output
+    of the position that predicts it (the token before it, which is also where
+    a value function reads V(s_t)); packed, `at[b, t]` is that position's flat
+    index (row * width + column).
+    """
+
+    inputs: dict  # input_ids (R, W), attention_mask (R, W) or (R, 1, W, W), position_ids (R, W)
+    at: "torch.Tensor | None"  # (B, Lr) long; None when padded (then a slice from n_query - 1 does)
+    n_query: int = 0
+
+    def gather(self, x):
+        """(R, W, ...) per-position outputs -> (B, Lr, ...) at the response positions."""
+        if self.at is None:
+            return x[:, self.n_query - 1:-1]
+        return x.flatten(0, 1)[self.at]
+
+    def forward(self, model, *, output_hidden_states: bool = False):
+        inputs = dict(self.inputs)
+        mask = inputs["attention_mask"]
+        dtype = next(model.parameters()).dtype
+        if mask.dim() == 4 and dtype.is_floating_point and mask.dtype != dtype:
+            inputs["attention_mask"] = mask.to(dtype)  # sdpa wants the query's dtype; the minimum stays finite
+        return model(**inputs, use_cache=False, output_hidden_states=output_hidden_states)
+
+
+def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capacity: int | None = None) -> Episodes:
+    """`Episodes` for rows of [left-padded query (n_query columns) | right-padded response].
+
+    `pack=True` packs the episodes' real tokens (best-fit decreasing) into rows
+    of `capacity` tokens (default: the given width, so never more rows or
+    columns than padding would use). Every query needs at least one token.
+    """
+    import torch
+
+    from rlhf.data.batches import pack_rows, segment_mask
+
+    if not pack:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": position_ids_from_mask(attention_mask)}
+        return Episodes(inputs, None, n_query)
+    B, width = input_ids.shape
+    t = torch.arange(width - n_query)
+    q_len = attention_mask[:, :n_query].sum(1)
+    r_len = attention_mask[:, n_query:].sum(1)
+    if bool((q_len < 1).any()):
+        raise ValueError("every episode needs at least one query token")
+    lengths = (q_len + r_len).tolist()
+    rows = pack_rows(lengths, capacity or width)
+    width_p = max(sum(lengths[b] for b in row) for row in rows)
+    ids = torch.zeros((len(rows), width_p), dtype=input_ids.dtype)
+    pos = torch.zeros((len(rows), width_p), dtype=torch.long)
+    segment = torch.arange(width_p).neg().sub(1).repeat(len(rows), 1)  # padding: its own segment
+    at = torch.zeros((B, len(t)), dtype=torch.long)
+    for r, row in enumerate(rows):
+        col = 0
+        for b in row:
+            q, n = int(q_len[b]), lengths[b]
+            ids[r, col:col + q] = input_ids[b, n_query - q:n_query]
+            ids[r, col + q:col + n] = input_ids[b, n_query:n_query + n - q]
+            pos[r, col:col + n] = torch.arange(n)
+            segment[r, col:col + n] = b
+            # response token t is predicted at the segment's position q - 1 + t; past the response's end,
+            # read the last position (any real one will do: those slots are masked out by the caller)
+            at[b] = r * width_p + col + (q - 1 + t).clamp(max=n - 1)
+            col += n
+    inputs = {"input_ids": ids, "attention_mask": segment_mask(segment), "position_ids": pos}
+    return Episodes(inputs, at, n_query)
+
+
 def response_logits(model, input_ids, attention_mask, n_query: int, *, output_hidden_states: bool = False):
-    """One forward over query + response; the logits that predict each response token.
+    """One forward over query + response (padded rows); the logits that predict each response token.
 
     Returns logits (B, Lr, V) and, when asked, the last hidden states at the same
     positions (B, Lr, H): the position before each response token, which is
     where a value head reads V(s_t).
     """
-    pos = position_ids_from_mask(attention_mask)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
-                output_hidden_states=output_hidden_states)
-    logits = out.logits[:, n_query - 1:-1, :]
+    return episode_logits(model, lay_out(input_ids, attention_mask, n_query),
+                          output_hidden_states=output_hidden_states)
+
+
+def episode_logits(model, episodes: Episodes, *, output_hidden_states: bool = False):
+    """`response_logits` for any layout: logits (B, Lr, V) and the last hidden states (B, Lr, H) or None."""
+    out = episodes.forward(model, output_hidden_states=output_hidden_states)
+    logits = episodes.gather(out.logits)
     if not output_hidden_states:
         return logits, None
-    return logits, out.hidden_states[-1][:, n_query - 1:-1, :]
+    return logits, episodes.gather(out.hidden_states[-1])
 
 
 def sequence_logprobs(model, input_ids, attention_mask, response_mask, temperature: float = 1.0):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlhf.rollout import response_logits
+from rlhf.rollout import Episodes, episode_logits
 
 
 def hidden_size(model) -> int:
@@ -45,9 +45,9 @@ class PolicyWithValueHead(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.value_head.to(next(lm.parameters()).dtype)
 
-    def forward(self, input_ids, attention_mask, n_query: int):
-        """-> logits (B, Lr, V), values (B, Lr) for the response part of input_ids."""
-        logits, hidden = response_logits(self.lm, input_ids, attention_mask, n_query, output_hidden_states=True)
+    def forward(self, episodes: Episodes):
+        """-> logits (B, Lr, V), values (B, Lr) for the episodes' response tokens (`rlhf.rollout.lay_out`)."""
+        logits, hidden = episode_logits(self.lm, episodes, output_hidden_states=True)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return logits, values
 
@@ -80,14 +80,10 @@ class Critic(nn.Module):
         self.model = reward_model
         self.head = _score_head(reward_model)
 
-    def forward(self, input_ids, attention_mask, n_query: int):
-        """-> values (B, Lr) for the response part of input_ids."""
-        from rlhf.rollout import position_ids_from_mask
-
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
-        hidden = out.hidden_states[-1][:, n_query - 1:-1, :]
-        return self.head(hidden).squeeze(-1).float()
+    def forward(self, episodes: Episodes):
+        """-> values (B, Lr) for the episodes' response tokens."""
+        out = episodes.forward(self.model, output_hidden_states=True)
+        return self.head(episodes.gather(out.hidden_states[-1])).squeeze(-1).float()
 
 
 class PolicyAndCritic(nn.Module):
@@ -98,7 +94,7 @@ class PolicyAndCritic(nn.Module):
         self.lm = lm
         self.critic = critic
 
-    def forward(self, input_ids, attention_mask, n_query: int):
+    def forward(self, episodes: Episodes):
         """-> logits (B, Lr, V), values (B, Lr)."""
-        logits, _ = response_logits(self.lm, input_ids, attention_mask, n_query)
-        return logits, self.critic(input_ids, attention_mask, n_query)
+        logits, _ = episode_logits(self.lm, episodes)
+        return logits, self.critic(episodes)

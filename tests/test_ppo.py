@@ -10,9 +10,9 @@ import torch
 
 from conftest import build_tiny_llama
 from rlhf.errors import UserError
-from rlhf.rollout import generate, response_logits
+from rlhf.rollout import episode_logits, generate, lay_out, response_logits
 from rlhf.trainers.ppo import PPOConfig, main, prompt_batch, train
-from rlhf.trainers.ppo_step import PPOHyper, RewardOut, reference_mode, score_rollout, trim
+from rlhf.trainers.ppo_step import PPOHyper, RewardOut, packing_agrees, reference_mode, score_rollout, trim
 from rlhf.value import Critic, PolicyAndCritic, PolicyWithValueHead
 
 PROMPTS = ["What is 2 + 3?", "Sort these numbers: 4 1 3.", "hi", "Reverse the words: red blue cat."]
@@ -59,7 +59,7 @@ def digit_reward(tok):
 def test_value_head_shapes_and_zero_start(tiny_tokenizer):
     ac = PolicyWithValueHead(tiny_lm(tiny_tokenizer))
     r = generate(ac.lm, tiny_tokenizer, PROMPTS, max_new_tokens=5, batch_size=4, seed=0)
-    logits, values = ac(r.input_ids, r.attention_mask, r.query_ids.size(1))
+    logits, values = ac(lay_out(r.input_ids, r.attention_mask, r.query_ids.size(1)))
     B, T = r.response_ids.shape
     assert logits.shape == (B, T, len(tiny_tokenizer)) and values.shape == (B, T)
     assert (values == 0).all()  # zero-initialised head
@@ -67,15 +67,18 @@ def test_value_head_shapes_and_zero_start(tiny_tokenizer):
     assert ac.value_head.weight.grad.abs().sum() > 0
 
 
-def test_critic_values_are_reward_model_scores_of_prefixes(tiny_tokenizer):
-    """V(s_t) from the critic = the reward model's score of query + response[:t] (t >= 1)."""
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_critic_values_are_reward_model_scores_of_prefixes(tiny_tokenizer, pack):
+    """V(s_t) from the critic = the reward model's score of query + response[:t] (t >= 1), in either layout."""
     rm = tiny_rm(tiny_tokenizer)
     critic = Critic(rm)
     lm = tiny_lm(tiny_tokenizer)
     ac = PolicyAndCritic(lm, critic)
     r = generate(lm, tiny_tokenizer, PROMPTS[:2], max_new_tokens=4, batch_size=2, seed=0)
     nq = r.query_ids.size(1)
-    logits, values = ac(r.input_ids, r.attention_mask, nq)
+    episodes = lay_out(r.input_ids, r.attention_mask, nq, pack=pack, capacity=int(r.attention_mask.sum()))
+    assert episodes.inputs["input_ids"].size(0) == (1 if pack else 2)
+    logits, values = ac(episodes)
     assert logits.shape[:2] == values.shape == r.response_ids.shape
     with torch.no_grad():
         for b in range(2):
@@ -84,6 +87,84 @@ def test_critic_values_are_reward_model_scores_of_prefixes(tiny_tokenizer):
                 prefix = torch.cat([q, r.response_ids[b, :t]])[None]
                 score = rm(input_ids=prefix).logits[0, 0]
                 assert abs(float(score) - float(values[b, t])) < 1e-5
+
+
+@pytest.mark.parametrize("value_model", ["head", "critic"])
+def test_packed_episodes_give_the_padded_logits_values_and_gradients(tiny_tokenizer, value_model):
+    """Several episodes per row (block-diagonal mask, restarting positions) = one per row, forward and backward."""
+    tok = tiny_tokenizer
+    lm = tiny_lm(tok)
+    ac = PolicyWithValueHead(lm) if value_model == "head" else PolicyAndCritic(lm, Critic(tiny_rm(tok)))
+    if value_model == "head":
+        torch.nn.init.normal_(ac.value_head.weight)  # a zero head would hide the values
+    r = generate(lm, tok, PROMPTS, max_new_tokens=6, batch_size=4, seed=3, temperature=1.0)
+    i, a, nq, rc = trim(r.input_ids, r.attention_mask, r.query_ids.size(1))
+    mask = r.response_mask[:, rc].bool()
+    assert len(set((r.query_lengths + r.response_lengths).tolist())) > 2  # episodes of different lengths
+    results = {}
+    for pack in (False, True):
+        episodes = lay_out(i, a, nq, pack=pack, capacity=int(a.sum()))  # packed: all four in one row
+        ac.zero_grad()
+        logits, values = ac(episodes)
+        lp = torch.log_softmax(logits, -1).gather(-1, i[:, nq:, None]).squeeze(-1)
+        ((lp * mask).sum() + (values * mask).sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in ac.parameters() if p.grad is not None])
+        results[pack] = (lp[mask], values[mask], grads, episodes.inputs["input_ids"].numel())
+    (lp0, v0, g0, area0), (lp1, v1, g1, area1) = results[False], results[True]
+    assert area1 < area0  # packing saved positions
+    assert torch.allclose(lp0, lp1, atol=1e-5) and torch.allclose(v0, v1, atol=1e-5)
+    assert torch.allclose(g0, g1, atol=1e-4, rtol=1e-4)
+
+
+class IgnoresCustomMasks(torch.nn.Module):
+    """A causal LM whose attention only knows 2D padding masks: given a 4D mask it attends causally across the
+    whole row (transformers would still isolate sequences by restarting position ids, so those go too)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.config, self.generation_config = lm, lm.config, lm.generation_config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kw):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = position_ids = None
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
+
+    def save_pretrained(self, *args, **kw):
+        return self.lm.save_pretrained(*args, **kw)
+
+
+def test_packing_is_checked_on_the_model_and_falls_back(tiny_tokenizer, tmp_path):
+    tok = tiny_tokenizer
+    lm = tiny_lm(tok)
+    r = generate(lm, tok, PROMPTS[:2], max_new_tokens=4, batch_size=2, seed=0)
+    ref = tiny_lm(tok).eval()
+    assert packing_agrees(PolicyWithValueHead(lm), ref, r)
+    assert packing_agrees(PolicyAndCritic(lm, Critic(tiny_rm(tok))), ref, r)
+    assert not packing_agrees(PolicyWithValueHead(IgnoresCustomMasks(lm)), ref, r)
+    # train() runs the check and says so when it switches packing off
+    said = []
+    cfg = PPOConfig(out=str(tmp_path / "ppo"), rollout_batch_size=4, minibatch_size=2, total_episodes=4,
+                    max_new_tokens=4, eval_prompts=None, save_every=0)
+    train(cfg, PolicyWithValueHead(IgnoresCustomMasks(tiny_lm(tok))), ref, tok, digit_reward(tok), PROMPTS,
+          log=said.append)
+    assert any("pack_episodes off" in s for s in said), said
+
+
+def test_packing_changes_no_training_number(tiny_tokenizer, tmp_path):
+    """The same PPO run packed and padded: every logged loss, KL and value agrees (the layout is not a setting)."""
+    tok = tiny_tokenizer
+    rows = {}
+    for pack in (False, True):
+        cfg = PPOConfig(out=str(tmp_path / str(pack)), rollout_batch_size=8, minibatch_size=4, total_episodes=8 * 3,
+                        lr=1e-2, max_new_tokens=8, beta=0.1, eval_prompts=None, lr_schedule="constant",
+                        save_every=0, pack_episodes=pack)
+        train(cfg, PolicyWithValueHead(tiny_lm(tok)), tiny_lm(tok).eval().requires_grad_(False), tok,
+              digit_reward(tok), PROMPTS * 2, log=lambda s: None)
+        rows[pack] = [json.loads(line) for line in open(tmp_path / str(pack) / "metrics.jsonl")]
+    assert (tmp_path / "True" / "config.yaml").read_text().count("pack_episodes: true") == 1
+    for padded, packed in zip(rows[False], rows[True]):
+        for k in ("reward/score", "kl/ref", "policy/loss", "value/loss", "entropy", "policy/approx_kl"):
+            assert packed[k] == pytest.approx(padded[k], rel=1e-3, abs=1e-5), k
 
 
 def test_critic_rejects_an_encoder():

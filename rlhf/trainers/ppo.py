@@ -126,6 +126,8 @@ class PPOConfig:
     ptx_coef: float = opt(0.0, "PPO-ptx: weight of the LM loss on ptx_data (0 = off)")
     ptx_data: str | None = opt(None, "SFT data for PPO-ptx ('lab' or a file)")
     ptx_batch_size: int = opt(8, "SFT examples per PPO-ptx micro-batch")
+    pack_episodes: bool = opt(True, "forward a minibatch's episodes packed into rows without padding (the same "
+                                    "numbers, less compute; checked on the model first)")
 
     eval_every: int = opt(10, "evaluate every this many updates (0 = only at the start and end)")
     eval_temperature: float = opt(0.0, "evaluation sampling temperature (0 = greedy)")
@@ -310,6 +312,16 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     write_text(out / "config.yaml", _yaml(to_dict(cfg)))
+    if hp.pack_episodes:
+        from rlhf.rollout import generate
+        from rlhf.trainers.ppo_step import packing_agrees
+
+        probe = generate(actor_critic.lm, tokenizer, prompts[:2], max_new_tokens=4, temperature=hp.temperature,
+                         seed=cfg.seed, max_prompt_len=hp.max_prompt_len)
+        hp.pack_episodes = packing_agrees(actor_critic, reference, probe)
+        if not hp.pack_episodes:
+            log("ppo: this model does not give packed episodes the numbers of separate rows; "
+                "forwarding one episode per row (pack_episodes off)")
     fired = list(state.get("alarms", []))
     if ptx_batches is not None:
         ptx_batches = _Counted(ptx_batches, skip=state.get("ptx_used", 0))

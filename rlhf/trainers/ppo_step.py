@@ -24,7 +24,7 @@ from rlhf.errors import UserError
 from rlhf.losses import entropy_from_logits, ppo_policy_loss, sft_loss, token_logprobs, value_loss
 from rlhf.rewards import (RunningMoments, explained_variance, gae, kl_shaped_rewards, masked_mean,
                           normalize_and_clip, penalize_unfinished, whiten)
-from rlhf.rollout import Rollout, generate, response_logits
+from rlhf.rollout import Rollout, episode_logits, generate, lay_out
 
 
 @dataclass
@@ -63,6 +63,7 @@ class PPOHyper:
     max_grad_norm: float | None = 1.0
     target_kl: float | None = None
     ptx_coef: float = 0.0
+    pack_episodes: bool = True
 
     @classmethod
     def from_config(cls, cfg) -> "PPOHyper":
@@ -149,18 +150,53 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
             rows = slice(s, s + hp.forward_batch_size)
             i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
             labels = i[:, nq:]
+            episodes = lay_out(i, a, nq, pack=hp.pack_episodes)
             if separate_critic:
-                values[rows, rc] = actor_critic.critic(i, a, nq).float()
+                values[rows, rc] = actor_critic.critic(episodes).float()
             else:
-                logits, v = actor_critic(i, a, nq)
+                logits, v = actor_critic(episodes)
                 old[rows, rc] = _lp(logits, labels, hp.temperature)
                 values[rows, rc] = v.float()
             with reference_mode(actor_critic.lm, reference) as ref_model:
-                ref_logits, _ = response_logits(ref_model, i, a, nq)
+                ref_logits, _ = episode_logits(ref_model, episodes)
             ref[rows, rc] = _lp(ref_logits, labels, hp.temperature)
     finally:
         actor_critic.train(was)
     return old * mask, values * mask, ref * mask
+
+
+def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e-3) -> bool:
+    """Whether packed episodes give this model's padded-row numbers (values, policy and reference logits).
+
+    Checked on the rollout's first two episodes packed into one row, before
+    training: a model whose attention ignores a 4D mask (or rejects one)
+    would otherwise train on wrong numbers. PPO falls back to padded rows
+    when this is False.
+    """
+    from rlhf.value import PolicyAndCritic
+
+    n_query = rollout.query_ids.size(1)
+    i, a, nq, _ = trim(rollout.input_ids[:2], rollout.attention_mask[:2], n_query)
+    mask = rollout.response_mask[:2, :i.size(1) - nq].bool()
+    was = actor_critic.training
+    actor_critic.eval()
+    results = []
+    try:
+        with torch.no_grad():
+            for pack in (False, True):
+                episodes = lay_out(i, a, nq, pack=pack, capacity=int(a.sum()))
+                if isinstance(actor_critic, PolicyAndCritic):
+                    logits, values = episode_logits(actor_critic.lm, episodes)[0], actor_critic.critic(episodes)
+                else:
+                    logits, values = actor_critic(episodes)
+                with reference_mode(actor_critic.lm, reference) as ref_model:
+                    ref_logits, _ = episode_logits(ref_model, episodes)
+                results.append([logits[mask].double(), values[mask].double(), ref_logits[mask].double()])
+    except (ValueError, TypeError, RuntimeError):
+        return False
+    finally:
+        actor_critic.train(was)
+    return all(bool(((p - q).abs() <= tol * (1 + q.abs())).all()) for p, q in zip(*results))
 
 
 def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):
@@ -258,7 +294,7 @@ def ppo_update(actor_critic, optimizer, exp: Experience, hp: PPOHyper, *, genera
             for rows in chunks:
                 i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
                 mask = exp.mask[rows][:, rc]
-                logits, values = actor_critic(i, a, nq)
+                logits, values = actor_critic(lay_out(i, a, nq, pack=hp.pack_episodes))
                 logprobs = _lp(logits, i[:, nq:], hp.temperature)
                 pg_loss, pm = ppo_policy_loss(logprobs, exp.logprobs[rows][:, rc], exp.advantages[rows][:, rc],
                                               mask, hp.clip_eps)
