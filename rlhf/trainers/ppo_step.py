@@ -173,8 +173,6 @@ def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e
     would otherwise train on wrong numbers. PPO falls back to padded rows
     when this is False.
     """
-    from rlhf.value import PolicyAndCritic
-
     n_query = rollout.query_ids.size(1)
     i, a, nq, _ = trim(rollout.input_ids[:2], rollout.attention_mask[:2], n_query)
     mask = rollout.response_mask[:2, :i.size(1) - nq].bool()
@@ -185,10 +183,7 @@ def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e
         with torch.no_grad():
             for pack in (False, True):
                 episodes = lay_out(i, a, nq, pack=pack, capacity=int(a.sum()))
-                if isinstance(actor_critic, PolicyAndCritic):
-                    logits, values = episode_logits(actor_critic.lm, episodes)[0], actor_critic.critic(episodes)
-                else:
-                    logits, values = actor_critic(episodes)
+                logits, values = actor_critic(episodes)
                 with reference_mode(actor_critic.lm, reference) as ref_model:
                     ref_logits, _ = episode_logits(ref_model, episodes)
                 results.append([logits[mask].double(), values[mask].double(), ref_logits[mask].double()])
