@@ -326,6 +326,38 @@ def test_shared_prompt_scores_equal_separate_rows(tiny_tokenizer, tiny_model_dir
                                                                 share_prompt=True))
 
 
+def test_scoring_shares_prompts_and_falls_back_on_a_model_that_ignores_masks(tiny_tokenizer, tiny_model_dir):
+    """`score` forwards each prompt once for all its responses (best-of-N's case), with every score equal to
+    the model's score of that sequence alone; a model that ignores 4D masks is caught and scored row by row."""
+    from rlhf.chat import encode
+    from rlhf.models import load_reward_model
+    from rlhf.trainers.rm import _SHARED_CHECKED, score
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_model_dir, pad_token_id=tiny_tokenizer.pad_token_id).eval()
+    prompts = ["Tell me thing 3."] * 3 + ["Tell me thing 5.", "hi"]
+    responses = ["cat dog blue", "sun", "cat dog red tree hat", "sun hat blue tree", "dog"]
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([encode(tiny_tokenizer, p, r, 512).input_ids])).logits[0, 0].item()
+                 for p, r in zip(prompts, responses)]
+    got = score(model, tiny_tokenizer, prompts, responses, batch_size=4, raw=True)
+    assert _SHARED_CHECKED[model] is True
+    assert got == pytest.approx(alone, abs=1e-5)
+
+    class Blind(torch.nn.Module):  # attention that ignores the 4D mask (and the positions that come with it)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.score, self.config = inner, inner.score, inner.config
+
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            mask = (input_ids != tiny_tokenizer.pad_token_id).long()
+            return self.inner(input_ids=input_ids, attention_mask=mask)
+
+    blind = Blind(model)
+    assert score(blind, tiny_tokenizer, prompts, responses, batch_size=4, raw=True) == pytest.approx(alone, abs=1e-5)
+    assert _SHARED_CHECKED[blind] is False
+
+
 def test_shared_prompt_training_matches_separate_rows(tmp_path, tiny_model_dir):
     data = write_prefs(tmp_path / "prefs.jsonl", n=24)
     common = ("--epochs", "1")  # the same batches either way: the same losses

@@ -39,6 +39,7 @@ since a shift changes no difference.
 from __future__ import annotations
 
 import sys
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -272,12 +273,18 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     """Reward of each (prompt, response), normalised by the model's stored offset (`raw=True`: without it).
 
     Prompts are strings or message lists; sequences are encoded exactly as in
-    training (`rlhf.chat.encode`, same truncation) and batched by length.
+    training (`rlhf.chat.encode`, same truncation) and batched by length. On
+    a causal reward model the responses to one prompt (best-of-N's N, an
+    evaluation's two models) share one forward of it, and short sequences
+    are packed beside long ones (`rlhf.data.collate_shared`), once
+    `scores_shared_agree` has found that this model scores such rows as it
+    scores separate ones; `batch_size` counts responses either way.
     """
     import torch
 
     from rlhf.chat import as_messages, is_encoder
     from rlhf.data import encode_all, pad_id, pad_sequences
+    from rlhf.data.batches import collate_shared
     from rlhf.models import reward_offset, unwrap_config
 
     if len(prompts) != len(responses):
@@ -285,25 +292,69 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     if not responses:
         return []
     encoder = is_encoder(unwrap_config(model))
-    seqs = encode_all(tokenizer, [(as_messages(p), r) for p, r in zip(prompts, responses)], max_len, encoder=encoder)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))
-    device = next(model.parameters()).device
+    messages = [as_messages(p) for p in prompts]
+    seqs = encode_all(tokenizer, list(zip(messages, responses)), max_len, encoder=encoder)
     pad = pad_id(tokenizer)
+    by_prompt: dict[str, list[int]] = {}
+    for i, m in enumerate(messages):
+        by_prompt.setdefault(repr(m), []).append(i)
+    # members in a canonical order, so a row's layout (hence every last digit) does not depend on the
+    # order responses came in: a judge's p(A > B) and p(B > A) then add up to exactly 1
+    groups = [sorted(g, key=lambda i: (-len(seqs[i].input_ids), seqs[i].input_ids)) for g in by_prompt.values()]
+    groups.sort(key=lambda g: -len(seqs[g[0]].input_ids) * len(g))
+    device = next(model.parameters()).device
     out = [0.0] * len(seqs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                batch = pad_sequences([seqs[i] for i in chunk], pad)
-                values = rewards_of(model, {k: v.to(device) for k, v in batch.items()})
-                for i, v in zip(chunk, values.tolist()):
+            shared = not encoder and scores_shared_agree(model, seqs, pad)
+            if not shared:  # one response per group: separate rows, longest first
+                groups = [[i] for g in groups for i in g]
+                groups.sort(key=lambda g: -len(seqs[g[0]].input_ids))
+            chunk: list[list[int]] = []
+            for k, g in enumerate(groups):
+                chunk.append(g)
+                if k + 1 < len(groups) and sum(map(len, chunk)) + len(groups[k + 1]) <= batch_size:
+                    continue
+                rows = [i for g_ in chunk for i in g_]
+                batch = collate_shared([[seqs[i] for i in g_] for g_ in chunk], pad) if shared else \
+                    pad_sequences([seqs[i] for i in rows], pad)
+                values = rewards_of(model, {k_: v.to(device) for k_, v in batch.items()})
+                for i, v in zip(rows, values.tolist()):
                     out[i] = v
+                chunk = []
     finally:
         model.train(was_training)
     offset = 0.0 if raw else reward_offset(model)
     return [v - offset for v in out]
+
+
+_SHARED_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def scores_shared_agree(model, seqs: Sequence, pad: int, tol: float = 1e-3) -> bool:
+    """Does this causal reward model give shared-prompt, packed rows the scores of separate rows?
+
+    Checked once per model object, on its first scoring call: the first
+    sequence twice as one group (its prompt shared) beside the second one,
+    against the three as separate rows. A model whose attention ignores a 4D
+    mask, or without a `score` head to read, scores in separate rows.
+    """
+    from rlhf.data import pad_sequences
+    from rlhf.data.batches import collate_shared
+
+    if model not in _SHARED_CHECKED:
+        s0, s1 = seqs[0], seqs[min(1, len(seqs) - 1)]
+        try:
+            device = next(model.parameters()).device
+            shared = rewards_of(model, {k: v.to(device) for k, v in collate_shared([[s0, s0], [s1]], pad).items()})
+            separate = rewards_of(model, {k: v.to(device) for k, v in pad_sequences([s0, s0, s1], pad).items()})
+            agree = bool(((shared.double() - separate.double()).abs() <= tol * (1 + separate.double().abs())).all())
+        except (ValueError, TypeError, RuntimeError):
+            agree = False
+        _SHARED_CHECKED[model] = agree
+    return _SHARED_CHECKED[model]
 
 
 # --- rlhf rm score ---------------------------------------------------------------------------------------
