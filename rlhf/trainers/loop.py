@@ -355,6 +355,12 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
 # --- pieces -----------------------------------------------------------------------------------------------
 
 
+def same_numbers(got, want, tol: float = 1e-3) -> bool:
+    """Whether a cheaper layout's outputs equal the plain layout's: same shape, each within tol * (1 + |want|)."""
+    got, want = got.double(), want.double()
+    return got.shape == want.shape and bool(((got - want).abs() <= tol * (1 + want.abs())).all())
+
+
 def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, items: int = 2,
                               tol: float = 1e-3) -> bool:
     """Keep shared-prompt batches only if the model gives them what it gives separate rows.
@@ -381,11 +387,7 @@ def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, i
                 batch = {k: v.to(device) for k, v in probe.collate(idx).items() if torch.is_tensor(v)}
                 out = outputs(model, batch)
                 results.append(out if isinstance(out, tuple) else (out,))
-        agree = True
-        for shared, separate in zip(*results):
-            shared, separate = shared.double(), separate.double()
-            agree &= shared.shape == separate.shape and bool(
-                ((shared - separate).abs() <= tol * (1 + separate.abs())).all())
+        agree = all(same_numbers(shared, separate, tol) for shared, separate in zip(*results))
     except (ValueError, TypeError, RuntimeError):
         agree = False
     finally:

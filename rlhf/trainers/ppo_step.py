@@ -25,6 +25,7 @@ from rlhf.losses import entropy_from_logits, ppo_policy_loss, sft_loss, token_lo
 from rlhf.rewards import (RunningMoments, explained_variance, gae, kl_shaped_rewards, masked_mean,
                           normalize_and_clip, penalize_unfinished, whiten)
 from rlhf.rollout import Rollout, episode_logits, generate, lay_out
+from rlhf.trainers.loop import same_numbers
 
 
 @dataclass
@@ -186,12 +187,12 @@ def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e
                 logits, values = actor_critic(episodes)
                 with reference_mode(actor_critic.lm, reference) as ref_model:
                     ref_logits, _ = episode_logits(ref_model, episodes)
-                results.append([logits[mask].double(), values[mask].double(), ref_logits[mask].double()])
+                results.append([logits[mask], values[mask], ref_logits[mask]])
     except (ValueError, TypeError, RuntimeError):
         return False
     finally:
         actor_critic.train(was)
-    return all(bool(((p - q).abs() <= tol * (1 + q.abs())).all()) for p, q in zip(*results))
+    return all(same_numbers(packed, padded, tol) for packed, padded in zip(results[1], results[0]))
 
 
 def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):

@@ -46,7 +46,7 @@ from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state,
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, same_numbers,
                                 share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.sft import quiet_transformers, summary, write_config
 
@@ -313,14 +313,14 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
                 groups = [[i] for g in groups for i in g]
                 groups.sort(key=lambda g: -len(seqs[g[0]].input_ids))
             chunk: list[list[int]] = []
-            for k, g in enumerate(groups):
-                chunk.append(g)
-                if k + 1 < len(groups) and sum(map(len, chunk)) + len(groups[k + 1]) <= batch_size:
+            for n, group in enumerate(groups):
+                chunk.append(group)
+                if n + 1 < len(groups) and sum(map(len, chunk)) + len(groups[n + 1]) <= batch_size:
                     continue
-                rows = [i for g_ in chunk for i in g_]
-                batch = collate_shared([[seqs[i] for i in g_] for g_ in chunk], pad) if shared else \
+                rows = [i for g in chunk for i in g]
+                batch = collate_shared([[seqs[i] for i in g] for g in chunk], pad) if shared else \
                     pad_sequences([seqs[i] for i in rows], pad)
-                values = rewards_of(model, {k_: v.to(device) for k_, v in batch.items()})
+                values = rewards_of(model, {k: v.to(device) for k, v in batch.items()})
                 for i, v in zip(rows, values.tolist()):
                     out[i] = v
                 chunk = []
@@ -350,7 +350,7 @@ def scores_shared_agree(model, seqs: Sequence, pad: int, tol: float = 1e-3) -> b
             device = next(model.parameters()).device
             shared = rewards_of(model, {k: v.to(device) for k, v in collate_shared([[s0, s0], [s1]], pad).items()})
             separate = rewards_of(model, {k: v.to(device) for k, v in pad_sequences([s0, s0, s1], pad).items()})
-            agree = bool(((shared.double() - separate.double()).abs() <= tol * (1 + separate.double().abs())).all())
+            agree = same_numbers(shared, separate, tol)
         except (ValueError, TypeError, RuntimeError):
             agree = False
         _SHARED_CHECKED[model] = agree
