@@ -327,45 +327,33 @@ class Episodes:
 def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capacity: int | None = None) -> Episodes:
     """`Episodes` for rows of [left-padded query (n_query columns) | right-padded response].
 
-    `pack=True` packs the episodes' real tokens (best-fit decreasing) into rows
-    of `capacity` tokens (default: the given width, so never more rows or
-    columns than padding would use). Every query needs at least one token.
+    `pack=True` packs the episodes' real tokens into rows as long as the
+    longest episode, or `capacity` tokens if that is more, with the layout
+    of shared-prompt reward batches (`rlhf.data.batches.place_shared`, each
+    episode a group of one). Every query needs at least one token.
     """
     import torch
 
-    from rlhf.data.batches import pack_rows, segment_mask
+    from rlhf.chat import Encoded
+    from rlhf.data.batches import column_of, place_shared
 
     if not pack:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                   "position_ids": position_ids_from_mask(attention_mask)}
         return Episodes(inputs, None, n_query)
-    B, width = input_ids.shape
-    t = torch.arange(width - n_query)
-    q_len = attention_mask[:, :n_query].sum(1)
-    r_len = attention_mask[:, n_query:].sum(1)
-    if bool((q_len < 1).any()):
+    q_len = attention_mask[:, :n_query].sum(1).tolist()
+    r_len = attention_mask[:, n_query:].sum(1).tolist()
+    if min(q_len) < 1:
         raise ValueError("every episode needs at least one query token")
-    lengths = (q_len + r_len).tolist()
-    rows = pack_rows(lengths, capacity or width)
-    width_p = max(sum(lengths[b] for b in row) for row in rows)
-    ids = torch.zeros((len(rows), width_p), dtype=input_ids.dtype)
-    pos = torch.zeros((len(rows), width_p), dtype=torch.long)
-    segment = torch.arange(width_p).neg().sub(1).repeat(len(rows), 1)  # padding: its own segment
-    at = torch.zeros((B, len(t)), dtype=torch.long)
-    for r, row in enumerate(rows):
-        col = 0
-        for b in row:
-            q, n = int(q_len[b]), lengths[b]
-            ids[r, col:col + q] = input_ids[b, n_query - q:n_query]
-            ids[r, col + q:col + n] = input_ids[b, n_query:n_query + n - q]
-            pos[r, col:col + n] = torch.arange(n)
-            segment[r, col:col + n] = b
-            # response token t is predicted at the segment's position q - 1 + t; past the response's end,
-            # read the last position (any real one will do: those slots are masked out by the caller)
-            at[b] = r * width_p + col + (q - 1 + t).clamp(max=n - 1)
-            col += n
-    inputs = {"input_ids": ids, "attention_mask": segment_mask(segment), "position_ids": pos}
-    return Episodes(inputs, at, n_query)
+    episodes = [[Encoded(row[n_query - q:n_query + r].tolist(), q, False)]
+                for row, q, r in zip(input_ids, q_len, r_len)]
+    inputs, where = place_shared(episodes, pad=0, width=capacity)
+    # response token t is predicted at the episode's position q - 1 + t; past the response's end, read its
+    # last position (any real one will do: those slots are masked out by the caller)
+    n_resp = input_ids.size(1) - n_query
+    at = torch.tensor([[column_of(place[0], min(q - 1 + t, q + r - 1)) for t in range(n_resp)]
+                       for place, q, r in zip(where, q_len, r_len)], dtype=torch.long)
+    return Episodes(inputs, at.view(len(episodes), n_resp), n_query)
 
 
 def response_logits(model, input_ids, attention_mask, n_query: int, *, output_hidden_states: bool = False):

@@ -328,22 +328,24 @@ def _score_position(ids: Sequence[int], pad: int) -> int:
     return max((j for j, t in enumerate(ids) if t != pad), default=0)
 
 
-def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, list[list[tuple[int, int, int]]]]:
+def place_shared(groups: Sequence[Sequence[Encoded]], pad: int,
+                 width: int | None = None) -> tuple[dict, list[list[tuple[int, int, int]]]]:
     """The rows of a shared-prompt batch, and where each sequence of each group lies in them.
 
-    Groups are packed into as few rows as fit the longest group (best fit,
+    Groups are packed into as few rows as fit the longest group, or `width`
+    tokens if that is more (best fit,
     longest first, as `pack_rows` does), each group isolated from the others
     by the mask like packed SFT examples: the batch's groups stay the same,
     only the padding goes. Per group and sequence the second result gives
     `(prompt_at, response_at, n_prompt)`, flat indices into (R*T): token j of
     the sequence sits at `prompt_at + j` for j < n_prompt, else at
-    `response_at + j - n_prompt` (`_column`).
+    `response_at + j - n_prompt` (`column_of`).
     """
     import torch
 
     layouts = [_shared_blocks(seqs) for seqs in groups]
     sizes = [sum(len(b) for b in blocks) for blocks in layouts]
-    width = max(sizes)
+    width = max(max(sizes), width or 0)
     rows = pack_rows(sizes, width)
     where: list[list[tuple[int, int, int]]] = [[] for _ in groups]
     r_count = len(rows)
@@ -375,8 +377,8 @@ def _place_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> tuple[dict, 
             "position_ids": position_ids}, where
 
 
-def _column(place: tuple[int, int, int], j: int) -> int:
-    """Flat index of token j of a sequence placed at `place` (see `_place_shared`)."""
+def column_of(place: tuple[int, int, int], j: int) -> int:
+    """Flat index of token j of a sequence placed at `place` (see `place_shared`)."""
     prompt_at, response_at, n_prompt = place
     return prompt_at + j if j < n_prompt else response_at + j - n_prompt
 
@@ -386,8 +388,8 @@ def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
     group order, then response order, each where its own row's score is read (`_score_position`)."""
     import torch
 
-    batch, where = _place_shared(groups, pad)
-    batch["score_index"] = torch.tensor([_column(place, _score_position(s.input_ids, pad))
+    batch, where = place_shared(groups, pad)
+    batch["score_index"] = torch.tensor([column_of(place, _score_position(s.input_ids, pad))
                                          for seqs, places in zip(groups, where) for s, place in zip(seqs, places)],
                                         dtype=torch.long)
     return batch
@@ -407,14 +409,14 @@ def collate_shared_pairs(items: Sequence[Sequence[Encoded]], pad: int) -> dict:
     """
     import torch
 
-    batch, where = _place_shared(items, pad)
+    batch, where = place_shared(items, pad)
     b_count = len(items)
     targets, sources, target_seq = [], [], []
     for i, (seqs, places) in enumerate(zip(items, where)):
         for k, (s, place) in enumerate(zip(seqs, places)):
             tokens = range(max(s.n_prompt, 1), len(s.input_ids))
-            targets += [_column(place, j) for j in tokens]
-            sources += [_column(place, j - 1) for j in tokens]
+            targets += [column_of(place, j) for j in tokens]
+            sources += [column_of(place, j - 1) for j in tokens]
             target_seq += [k * b_count + i] * len(tokens)
     batch.update(targets=torch.tensor(targets, dtype=torch.long), sources=torch.tensor(sources, dtype=torch.long),
                  target_seq=torch.tensor(target_seq, dtype=torch.long),
