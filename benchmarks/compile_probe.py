@@ -31,7 +31,6 @@ def one(mode: str, steps: int) -> dict:
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.trainers.sft import sft_step
 
-    torch.set_num_threads(torch.get_num_threads())
     tok = load_tokenizer(f"{WORK}/models/bench-30m")
     model = load_causal_lm(f"{WORK}/models/bench-30m", dropout_off=True)
     batches = list(SFTBatcher(tok, load_sft(f"{WORK}/data/sft-bench-30m-256/ours-train.jsonl"), max_len=256,
@@ -59,13 +58,11 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args.one, args.steps)))
         return 0
-    rows = []
     for _ in range(args.reps):
         for mode in ("eager", "compiled"):
             out = subprocess.run([sys.executable, "-m", "benchmarks.compile_probe", "--one", mode, "--steps",
                                   str(args.steps)], capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
+            r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{r['mode']:>8}: first step {r['first_s']:.1f} s, steady {r['steady_s']:.3f} s/step, "
                   f"final loss {r['loss']:.4f}", flush=True)
     return 0

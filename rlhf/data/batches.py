@@ -333,8 +333,8 @@ def place_shared(groups: Sequence[Sequence[Encoded]], pad: int,
     """The rows of a shared-prompt batch, and where each sequence of each group lies in them.
 
     Groups are packed into as few rows as fit the longest group, or `width`
-    tokens if that is more (best fit,
-    longest first, as `pack_rows` does), each group isolated from the others
+    tokens if that is more (best fit, longest first, as `pack_rows` does),
+    each group isolated from the others
     by the mask like packed SFT examples: the batch's groups stay the same,
     only the padding goes. Per group and sequence the second result gives
     `(prompt_at, response_at, n_prompt)`, flat indices into (R*T): token j of

@@ -355,10 +355,33 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
 # --- pieces -----------------------------------------------------------------------------------------------
 
 
-def same_numbers(got, want, tol: float = 1e-3) -> bool:
-    """Whether a cheaper layout's outputs equal the plain layout's: same shape, each within tol * (1 + |want|)."""
-    got, want = got.double(), want.double()
-    return got.shape == want.shape and bool(((got - want).abs() <= tol * (1 + want.abs())).all())
+def layouts_agree(model, outputs: Callable[[bool], Any], tol: float = 1e-3) -> bool:
+    """Whether a cheaper layout gives `model` the numbers of the plain one.
+
+    `outputs(cheap)` computes a tensor or a tuple of tensors in the cheaper
+    layout (shared prompts, packed rows) when `cheap` is True, else in the
+    plain one (separate padded rows). Run without gradients, in eval mode;
+    equal means the same shapes and every entry within tol * (1 + |plain|).
+    An error in either layout (a model that rejects a 4D mask) is a no: the
+    caller keeps the plain layout rather than train on wrong numbers.
+    """
+    import torch
+
+    def as_tuple(out):
+        return out if isinstance(out, tuple) else (out,)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            cheap, plain = as_tuple(outputs(True)), as_tuple(outputs(False))
+    except (ValueError, TypeError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    return len(cheap) == len(plain) and all(
+        a.shape == b.shape and bool(((a.double() - b.double()).abs() <= tol * (1 + b.double().abs())).all())
+        for a, b in zip(cheap, plain))
 
 
 def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, items: int = 2,
@@ -377,21 +400,12 @@ def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, i
     probe = batchers[0]
     idx = list(range(min(items, probe.n_items)))
     device = next(model.parameters()).device
-    results = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for share in (True, False):
-                probe.share_prompt = share
-                batch = {k: v.to(device) for k, v in probe.collate(idx).items() if torch.is_tensor(v)}
-                out = outputs(model, batch)
-                results.append(out if isinstance(out, tuple) else (out,))
-        agree = all(same_numbers(shared, separate, tol) for shared, separate in zip(*results))
-    except (ValueError, TypeError, RuntimeError):
-        agree = False
-    finally:
-        model.train(was_training)
+
+    def layout(share: bool):
+        probe.share_prompt = share
+        return outputs(model, {k: v.to(device) for k, v in probe.collate(idx).items() if torch.is_tensor(v)})
+
+    agree = layouts_agree(model, layout, tol)
     for b in batchers:
         if b is not None:
             b.share_prompt = agree

@@ -25,7 +25,7 @@ from rlhf.losses import entropy_from_logits, ppo_policy_loss, sft_loss, token_lo
 from rlhf.rewards import (RunningMoments, explained_variance, gae, kl_shaped_rewards, masked_mean,
                           normalize_and_clip, penalize_unfinished, whiten)
 from rlhf.rollout import Rollout, episode_logits, generate, lay_out
-from rlhf.trainers.loop import same_numbers
+from rlhf.trainers.loop import layouts_agree
 
 
 @dataclass
@@ -177,22 +177,15 @@ def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e
     n_query = rollout.query_ids.size(1)
     i, a, nq, _ = trim(rollout.input_ids[:2], rollout.attention_mask[:2], n_query)
     mask = rollout.response_mask[:2, :i.size(1) - nq].bool()
-    was = actor_critic.training
-    actor_critic.eval()
-    results = []
-    try:
-        with torch.no_grad():
-            for pack in (False, True):
-                episodes = lay_out(i, a, nq, pack=pack, capacity=int(a.sum()))
-                logits, values = actor_critic(episodes)
-                with reference_mode(actor_critic.lm, reference) as ref_model:
-                    ref_logits, _ = episode_logits(ref_model, episodes)
-                results.append([logits[mask], values[mask], ref_logits[mask]])
-    except (ValueError, TypeError, RuntimeError):
-        return False
-    finally:
-        actor_critic.train(was)
-    return all(same_numbers(packed, padded, tol) for packed, padded in zip(results[1], results[0]))
+
+    def layout(pack: bool):
+        episodes = lay_out(i, a, nq, pack=pack, capacity=int(a.sum()))
+        logits, values = actor_critic(episodes)
+        with reference_mode(actor_critic.lm, reference) as ref_model:
+            ref_logits, _ = episode_logits(ref_model, episodes)
+        return logits[mask], values[mask], ref_logits[mask]
+
+    return layouts_agree(actor_critic, layout, tol)
 
 
 def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):

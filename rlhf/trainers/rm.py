@@ -46,8 +46,8 @@ from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, same_numbers,
-                                share_prompt_or_fall_back, train, train_options)
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, layouts_agree,
+                                process_state, share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.sft import quiet_transformers, summary, write_config
 
 DEFAULT_SFT = "runs/sft"
@@ -276,7 +276,7 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     training (`rlhf.chat.encode`, same truncation) and batched by length. On
     a causal reward model the responses to one prompt (best-of-N's N, an
     evaluation's two models) share one forward of it, and short sequences
-    are packed beside long ones (`rlhf.data.collate_shared`), once
+    are packed beside long ones (`rlhf.data.batches.collate_shared`), once
     `scores_shared_agree` has found that this model scores such rows as it
     scores separate ones; `batch_size` counts responses either way.
     """
@@ -309,9 +309,8 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     try:
         with torch.no_grad():
             shared = not encoder and scores_shared_agree(model, seqs, pad)
-            if not shared:  # one response per group: separate rows, longest first
-                groups = [[i] for g in groups for i in g]
-                groups.sort(key=lambda g: -len(seqs[g[0]].input_ids))
+            if not shared:  # separate rows, longest first
+                groups = [[i] for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))]
             chunk: list[list[int]] = []
             for n, group in enumerate(groups):
                 chunk.append(group)
@@ -346,14 +345,13 @@ def scores_shared_agree(model, seqs: Sequence, pad: int, tol: float = 1e-3) -> b
 
     if model not in _SHARED_CHECKED:
         s0, s1 = seqs[0], seqs[min(1, len(seqs) - 1)]
-        try:
-            device = next(model.parameters()).device
-            shared = rewards_of(model, {k: v.to(device) for k, v in collate_shared([[s0, s0], [s1]], pad).items()})
-            separate = rewards_of(model, {k: v.to(device) for k, v in pad_sequences([s0, s0, s1], pad).items()})
-            agree = same_numbers(shared, separate, tol)
-        except (ValueError, TypeError, RuntimeError):
-            agree = False
-        _SHARED_CHECKED[model] = agree
+        device = next(model.parameters()).device
+
+        def layout(shared: bool):
+            batch = collate_shared([[s0, s0], [s1]], pad) if shared else pad_sequences([s0, s0, s1], pad)
+            return rewards_of(model, {k: v.to(device) for k, v in batch.items()})
+
+        _SHARED_CHECKED[model] = layouts_agree(model, layout, tol)
     return _SHARED_CHECKED[model]
 
 
