@@ -74,15 +74,22 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | None = None):
-    """Token-mean cross-entropy of the next token, Hugging Face style.
+    """Token-mean cross-entropy of the next token.
 
-    `labels` are NOT shifted: labels[:, t] is input_ids[:, t] (or -100 for
-    prompt and padding), and logits[:, t] predicts labels[:, t + 1], so the
-    shift happens here. `num_tokens` overrides the denominator, for gradient
-    accumulation where the mean is over every micro-batch's tokens.
+    Hugging Face style, logits (B, T, V) and labels (B, T) NOT shifted:
+    labels[:, t] is input_ids[:, t] (or -100 for prompt and padding), and
+    logits[:, t] predicts labels[:, t + 1], so the shift happens here. Or
+    logits (M, V) already read at the M positions that predict labels (M,)
+    (`rlhf.trainers.sft.label_logits`). `num_tokens` overrides the
+    denominator, for gradient accumulation where the mean is over every
+    micro-batch's tokens.
     """
-    lp = token_logprobs(logits[:, :-1], labels[:, 1:])  # (B, T-1)
-    n = int((labels[:, 1:] != IGNORE).sum())
+    if logits.dim() == 2:
+        logits, labels = logits[None], labels[None]
+    else:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    lp = token_logprobs(logits, labels)  # (B, T-1)
+    n = int((labels != IGNORE).sum())
     denom = num_tokens if num_tokens is not None else max(n, 1)
     loss = -lp.sum() / denom
     mean_nll = -lp.detach().sum().item() / max(n, 1)

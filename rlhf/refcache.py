@@ -41,24 +41,24 @@ def response_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.
     being the input ids with -100 on prompt and padding (HF convention:
     unshifted; the shift happens here). Returns `(sums (R,), counts (R,))`.
     """
-    from rlhf.losses import token_logprobs
+    from rlhf.losses import IGNORE, token_logprobs
+    from rlhf.models import logits_at
 
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
     if "targets" in batch:  # shared-prompt rows (`rlhf.data.batches.collate_shared_pairs`)
-        logits = model(**kwargs, use_cache=False).logits
-        flat = logits.reshape(-1, logits.shape[-1])
+        index, seq, n = batch["sources"], batch["target_seq"], int(batch["n_sequences"])
         labels = batch["input_ids"].reshape(-1)[batch["targets"]]
-        logps = token_logprobs(flat[batch["sources"]][None].float(), labels[None], temperature)[0]  # (M,)
-        n = int(batch["n_sequences"])
-        sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, batch["target_seq"], logps)
-        return sums, torch.bincount(batch["target_seq"], minlength=n)
-    logits = model(**kwargs, use_cache=False).logits[:, :-1]  # (R, T-1, V)
-    labels = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
-    mask = labels != -100
-    logps = token_logprobs(logits.float(), labels, temperature)  # (R, T-1), 0 where masked
-    return (logps * mask).sum(-1), mask.sum(-1)
+    else:  # one sequence per row: position t predicts the label at t + 1
+        width = batch["input_ids"].size(1)
+        rows, cols = (batch["labels"][:, 1:] != IGNORE).nonzero(as_tuple=True)
+        index, seq, n = rows * width + cols, rows, batch["labels"].size(0)
+        labels = batch["labels"][rows, cols + 1]
+    _, logits = logits_at(model, kwargs, index)  # (M, V): only the response tokens' predictions
+    logps = token_logprobs(logits[None].float(), labels[None], temperature)[0]  # (M,)
+    sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, seq.to(logps.device), logps)
+    return sums, torch.bincount(seq, minlength=n)
 
 
 def blocks(x: torch.Tensor, k: int) -> torch.Tensor:

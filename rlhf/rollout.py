@@ -309,19 +309,31 @@ class Episodes:
     at: "torch.Tensor | None"  # (B, Lr) long; None when padded (then a slice from n_query - 1 does)
     n_query: int = 0
 
+    def positions(self):
+        """(B, Lr) flat indices (row * width + column) of the positions that predict each response token."""
+        if self.at is not None:
+            return self.at
+        import torch
+
+        rows, width = self.inputs["input_ids"].shape
+        return torch.arange(rows)[:, None] * width + torch.arange(self.n_query - 1, width - 1)
+
     def gather(self, x):
         """(R, W, ...) per-position outputs -> (B, Lr, ...) at the response positions."""
         if self.at is None:
             return x[:, self.n_query - 1:-1]
-        return x.flatten(0, 1)[self.at]
+        return x.flatten(0, 1)[self.at.to(x.device)]
 
-    def forward(self, model, *, output_hidden_states: bool = False):
-        inputs = dict(self.inputs)
+    def model_inputs(self, model) -> dict:
+        inputs = dict(self.inputs, use_cache=False)
         mask = inputs["attention_mask"]
         dtype = next(model.parameters()).dtype
         if mask.dim() == 4 and dtype.is_floating_point and mask.dtype != dtype:
             inputs["attention_mask"] = mask.to(dtype)  # sdpa wants the query's dtype; the minimum stays finite
-        return model(**inputs, use_cache=False, output_hidden_states=output_hidden_states)
+        return inputs
+
+    def forward(self, model, *, output_hidden_states: bool = False):
+        return model(**self.model_inputs(model), output_hidden_states=output_hidden_states)
 
 
 def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capacity: int | None = None) -> Episodes:
@@ -368,9 +380,14 @@ def response_logits(model, input_ids, attention_mask, n_query: int, *, output_hi
 
 
 def episode_logits(model, episodes: Episodes, *, output_hidden_states: bool = False):
-    """`response_logits` for any layout: logits (B, Lr, V) and the last hidden states (B, Lr, H) or None."""
-    out = episodes.forward(model, output_hidden_states=output_hidden_states)
-    logits = episodes.gather(out.logits)
+    """`response_logits` for any layout: logits (B, Lr, V) and the last hidden states (B, Lr, H) or None.
+
+    The output layer runs at the response positions only (`rlhf.models.logits_at`), not over the queries.
+    """
+    from rlhf.models import logits_at
+
+    out, logits = logits_at(model, episodes.model_inputs(model), episodes.positions(),
+                            output_hidden_states=output_hidden_states)
     if not output_hidden_states:
         return logits, None
     return logits, episodes.gather(out.hidden_states[-1])

@@ -40,6 +40,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from rlhf.config import opt
 from rlhf.errors import UserError
+from rlhf.models import layouts_agree
 
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "best.safetensors"
@@ -353,35 +354,6 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
 
 
 # --- pieces -----------------------------------------------------------------------------------------------
-
-
-def layouts_agree(model, outputs: Callable[[bool], Any], tol: float = 1e-3) -> bool:
-    """Whether a cheaper layout gives `model` the numbers of the plain one.
-
-    `outputs(cheap)` computes a tensor or a tuple of tensors in the cheaper
-    layout (shared prompts, packed rows) when `cheap` is True, else in the
-    plain one (separate padded rows). Run without gradients, in eval mode;
-    equal means the same shapes and every entry within tol * (1 + |plain|).
-    An error in either layout (a model that rejects a 4D mask) is a no: the
-    caller keeps the plain layout rather than train on wrong numbers.
-    """
-    import torch
-
-    def as_tuple(out):
-        return out if isinstance(out, tuple) else (out,)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            cheap, plain = as_tuple(outputs(True)), as_tuple(outputs(False))
-    except (ValueError, TypeError, RuntimeError):
-        return False
-    finally:
-        model.train(was_training)
-    return len(cheap) == len(plain) and all(
-        a.shape == b.shape and bool(((a.double() - b.double()).abs() <= tol * (1 + b.double().abs())).all())
-        for a, b in zip(cheap, plain))
 
 
 def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, items: int = 2,

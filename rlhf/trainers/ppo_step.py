@@ -22,10 +22,11 @@ import torch
 
 from rlhf.errors import UserError
 from rlhf.losses import entropy_from_logits, ppo_policy_loss, sft_loss, token_logprobs, value_loss
+from rlhf.models import layouts_agree
 from rlhf.rewards import (RunningMoments, explained_variance, gae, kl_shaped_rewards, masked_mean,
                           normalize_and_clip, penalize_unfinished, whiten)
 from rlhf.rollout import Rollout, episode_logits, generate, lay_out
-from rlhf.trainers.loop import layouts_agree
+from rlhf.trainers.sft import label_logits
 
 
 @dataclass
@@ -298,8 +299,7 @@ def ppo_update(actor_critic, optimizer, exp: Experience, hp: PPOHyper, *, genera
                     m["entropy"] = float(masked_mean(ent, mask))
                 if hp.ptx_coef > 0 and ptx_batches is not None:
                     ptx = next(ptx_batches)
-                    out = actor_critic.lm(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"])
-                    p_loss, p_m = sft_loss(out.logits, ptx["labels"])
+                    p_loss, p_m = sft_loss(*label_logits(actor_critic.lm, ptx))
                     loss = loss + hp.ptx_coef * p_loss
                     m["ptx/loss"] = p_m["loss"]
                 _finite(loss, "loss", update)

@@ -46,7 +46,8 @@ from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, layouts_agree,
+from rlhf.models import layouts_agree
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult,
                                 process_state, share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.sft import quiet_transformers, summary, write_config
 

@@ -102,9 +102,23 @@ def sft_step(model, batch: dict):
     """One micro-batch: token-mean cross-entropy on the response tokens. Works for padded and packed batches."""
     from rlhf.losses import sft_loss
 
-    logits = model(**model_inputs(batch)).logits  # (B, T, V)
-    loss, metrics = sft_loss(logits, batch["labels"])
+    loss, metrics = sft_loss(*label_logits(model, batch))
     return loss, {"tokens": n_input_tokens(batch)}
+
+
+def label_logits(model, batch: dict):
+    """-> logits (M, V) at the M positions whose next token is a label, and those labels (M,).
+
+    The output layer runs only there (`rlhf.models.logits_at`): not over the
+    prompt, the padding, or the last token of each example.
+    """
+    from rlhf.losses import IGNORE
+    from rlhf.models import logits_at
+
+    labels = batch["labels"]
+    rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
+    _, logits = logits_at(model, model_inputs(batch), rows * labels.size(1) + cols)
+    return logits, labels[rows, cols + 1]
 
 
 def model_inputs(batch: dict) -> dict:
@@ -131,7 +145,7 @@ def evaluate(model, val) -> dict:
     nll, n = 0.0, 0.0
     for batch in val.batches(0):
         batch = send_to_device(batch, device)
-        loss, metrics = sft_loss(model(**model_inputs(batch)).logits, batch["labels"])
+        loss, metrics = sft_loss(*label_logits(model, batch))
         nll += float(loss) * metrics["tokens"]
         n += metrics["tokens"]
     mean = nll / max(n, 1.0)
