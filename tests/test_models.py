@@ -72,15 +72,17 @@ def test_logits_at_runs_the_output_layer_only_there_with_the_full_logits_numbers
         assert torch.allclose(g, grads[1][name], atol=1e-5, rtol=1e-4), name
 
 
-class _MixesPositions(torch.nn.Module):
-    """Logits centred over the sequence: each position's logits depend on every other's."""
-
+class _Wrapper(torch.nn.Module):
     def __init__(self, lm):
         super().__init__()
         self.lm = lm
 
     def get_output_embeddings(self):
         return self.lm.get_output_embeddings()
+
+
+class _MixesPositions(_Wrapper):
+    """Logits centred over the sequence: each position's logits depend on every other's."""
 
     def forward(self, **kwargs):
         out = self.lm(**kwargs)
@@ -88,15 +90,8 @@ class _MixesPositions(torch.nn.Module):
         return out
 
 
-class _NoLayerCall(torch.nn.Module):
+class _NoLayerCall(_Wrapper):
     """Logits from the output layer's weight directly: the layer module is never called."""
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def get_output_embeddings(self):
-        return self.lm.get_output_embeddings()
 
     def forward(self, **kwargs):
         out = self.lm.model(**kwargs)
