@@ -95,33 +95,10 @@ def _trained_model(spec: dict):
     return AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), pad
 
 
-def use_fused_adamw() -> None:
-    """`--fused-adamw` runs: every AdamW our stages create is torch's fused one (what TRL's default uses).
-
-    A what-if, applied here and not in `rlhf`: it shows what the one-argument
-    change in `rlhf.trainers.loop.make_optimizer` (and `rlhf.trainers.ppo`) gives.
-    """
-    import functools
-
-    import torch
-
-    original = torch.optim.AdamW.__init__
-
-    @functools.wraps(original)
-    def init(self, params, *args, **kwargs):
-        if not kwargs.get("foreach"):
-            kwargs.setdefault("fused", True)
-        original(self, params, *args, **kwargs)
-
-    torch.optim.AdamW.__init__ = init
-
-
 def main(argv: list[str]) -> int:
     import importlib
 
     spec, result_path = load_spec(argv)
-    if spec.get("fused_adamw"):
-        use_fused_adamw()
     set_threads(spec)
     probe = Probe().install()
     target, args = command(spec)
@@ -138,7 +115,7 @@ def main(argv: list[str]) -> int:
     result = {
         "side": "ours", "version": rlhf.__version__, "stage": spec["stage"], **timing,
         "peak_rss_train_mb": rss_train, "parameters": n_params, "matmul_parameters": matmul,
-        "optimizer": "AdamW(fused)" if spec.get("fused_adamw") else "AdamW",
+        "optimizer": probe.optimizer,
         **summarise_metrics(spec["stage"], Path(spec["out"])),
         **(evaluate(spec, model, pad) if model is not None else {}),
     }

@@ -45,6 +45,7 @@ class Probe:
         self.other_tokens = 0
         self.other_padded = 0
         self.train_forwards = 0
+        self.optimizer = ""  # the class of the last optimizer stepped, "(fused)" when it ran the fused kernel
         self._depth = 0
         self._handles: list = []
 
@@ -106,6 +107,7 @@ class Probe:
         return None
 
     def _on_step(self, optimizer, args, kwargs):
+        self.optimizer = type(optimizer).__name__ + ("(fused)" if optimizer.defaults.get("fused") else "")
         self.steps.append((time.perf_counter(), self.train_tokens, self.train_padded, time.process_time()))
 
     # --- summary ----------------------------------------------------------------------------------

@@ -90,12 +90,11 @@ def build_spec(case: Case, side: str, threads: int, seed: int, workdir: Path) ->
 
 
 def run_one(case: Case, side: str, threads: int, seed: int, log, profile: Path | None = None,
-            fused_adamw: bool = False, mixed_precision: str = "no") -> dict:
+            mixed_precision: str = "no") -> dict:
     """One fresh subprocess; returns the runner's result plus wall time, peak RSS and the exit status."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{case.name}-{side}-") as tmp:
         workdir = Path(tmp)
         spec = build_spec(case, side, threads, seed, workdir)
-        spec["fused_adamw"] = fused_adamw and side == "ours"
         spec["mixed_precision"] = mixed_precision
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
@@ -208,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sides", default="ours,trl", help="which sides to run, in order within a repetition")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON and markdown tables")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
-    p.add_argument("--fused-adamw", action="store_true", help="what-if: our stages with torch's fused AdamW "
-                   "(patched in the benchmark process only; TRL's default optimizer is the fused one)")
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
                    help="both sides train the SFT, RM and DPO cases under bf16 autocast (fp32 master weights): "
                         "ours with --mixed-precision bf16, TRL's with bf16=True; PPO cases stay fp32")
@@ -235,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             for side in sides:
                 r = run_one(case, side, threads, args.seed, log, profile=Path(args.profile),
-                            fused_adamw=args.fused_adamw, mixed_precision=args.mixed_precision)
+                            mixed_precision=args.mixed_precision)
                 log(f"{case.name} {side}: exit {r['exit']}, profile in {args.profile}/{case.name}-{side}.*")
         return 0
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -252,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(case.reps):
             for side in sides:
                 log(f"{case.name} rep {rep + 1}/{case.reps} {side}")
-                r = run_one(case, side, threads, args.seed, log, fused_adamw=args.fused_adamw,
-                            mixed_precision=args.mixed_precision)
+                r = run_one(case, side, threads, args.seed, log, mixed_precision=args.mixed_precision)
                 r["rep"] = rep
                 runs.append(r)
         raw[case.name] = {"case": case.as_dict(), "runs": runs}

@@ -166,13 +166,10 @@ def main(argv: list[str]) -> int:
         model = getattr(model, "policy", model)
     n_params = sum(p.numel() for p in model.parameters())
     matmul = None if model is None else matmul_parameters(model)
-    optimizer = getattr(trainer, "optimizer", None)
-    inner = getattr(optimizer, "optimizer", optimizer)
     result = {
         "side": "trl", "version": trl.__version__, "stage": spec["stage"], **timing,
         "peak_rss_train_mb": rss_train, "parameters": n_params, "matmul_parameters": matmul,
-        "optimizer": None if inner is None else f"{type(inner).__name__}"
-                                                 f"{'(fused)' if inner.defaults.get('fused') else ''}",
+        "optimizer": probe.optimizer,
         **summarise_log(spec["stage"], trainer.state.log_history),
         **evaluate(spec, model, tok.pad_token_id),
     }

@@ -272,6 +272,7 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
     from rlhf.metrics import METRICS_FILE, MetricsLogger, truncate_after
     from rlhf.observe.alarms import Monitor
     from rlhf.rewards import RunningMoments
+    from rlhf.trainers.loop import adamw
     from rlhf.trainers.ppo_step import (PPOHyper, experience_metrics, make_experience, ppo_update,
                                         reference_mode)
 
@@ -284,7 +285,7 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
     hp = PPOHyper.from_config(cfg)
     n_updates = cfg.n_updates
     params = [p for p in actor_critic.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    optimizer = adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     decay = (lambda u: max(0.0, 1.0 - u / n_updates)) if cfg.lr_schedule == "linear" else (lambda u: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     kl_ctl = kl_controller(cfg)
