@@ -132,3 +132,18 @@ def test_sft_loss_and_response_logps_read_at_the_labels_equal_full_logits_by_han
     sums, counts = response_logps(model, batch)
     assert counts.tolist() == [6, 4, 2]
     assert torch.allclose(sums.double(), torch.tensor(by_hand, dtype=torch.double), atol=1e-4)
+
+
+def test_layouts_agree_allows_the_rounding_of_the_outputs_dtype_and_nothing_more():
+    from rlhf.models import layouts_agree
+
+    model = torch.nn.Linear(2, 2)
+    plain = torch.tensor([1.0, 10.0, -3.0], dtype=torch.bfloat16)
+    one_step = plain + torch.tensor([2 ** -7, 2 ** -4, 0.0]).to(torch.bfloat16)  # one bf16 rounding step each
+    assert torch.equal(one_step.float() - plain.float(), torch.tensor([2 ** -7, 2 ** -4, 0.0]))
+    assert layouts_agree(model, lambda cheap: one_step if cheap else plain)
+    assert not layouts_agree(model, lambda cheap: plain * 1.1 if cheap else plain)
+    # float32 keeps the given tolerance: 1e-3 of the value passes, 1e-2 does not
+    plain32 = plain.float()
+    assert layouts_agree(model, lambda cheap: plain32 * (1 + 5e-4) if cheap else plain32)
+    assert not layouts_agree(model, lambda cheap: plain32 * 1.01 if cheap else plain32)
