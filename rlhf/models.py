@@ -203,8 +203,8 @@ def layouts_agree(model, outputs: Callable[[bool], Any], tol: float = 1e-3) -> b
     """Whether a cheaper layout gives `model` the numbers of the plain one.
 
     `outputs(cheap)` computes a tensor or a tuple of tensors in the cheaper
-    layout (shared prompts, packed rows, logits only where read) when `cheap` is True, else in the
-    plain one (separate padded rows). Run without gradients, in eval mode;
+    layout (shared prompts, packed rows, logits only where read) when `cheap`
+    is True, else in the plain one (separate padded rows, full logits). Run without gradients, in eval mode;
     equal means the same shapes and every entry within tol * (1 + |plain|),
     tol being at least four rounding steps of the outputs' dtype (bf16
     products of other shapes may round differently: that is not a wrong layout).
@@ -225,6 +225,7 @@ def layouts_agree(model, outputs: Callable[[bool], Any], tol: float = 1e-3) -> b
         return False
     finally:
         model.train(was_training)
+
     def close(a, b) -> bool:
         slack = max(tol, 4 * torch.finfo(b.dtype).eps) if b.dtype.is_floating_point else tol
         return a.shape == b.shape and bool(((a.double() - b.double()).abs() <= slack * (1 + b.double().abs())).all())
