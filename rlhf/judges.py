@@ -235,15 +235,6 @@ class RewardModelJudge(Judge):
 # --------------------------------------------------------------------------- local LLM
 
 
-def _accepts(model, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False
-
-
 def letter_token_ids(tokenizer, letter: str) -> list[int]:
     """Ids of single tokens that spell `letter` (bare, or with a leading space)."""
     ids = set()
@@ -310,7 +301,7 @@ class LLMJudge(Judge):
         """(N, V) log-softmax of the next token after each row of ids, in batches with left padding."""
         import torch
 
-        from rlhf.rollout import position_ids_from_mask
+        from rlhf.rollout import accepts_keyword, position_ids_from_mask
 
         try:
             device = next(self.model.parameters()).device
@@ -320,7 +311,7 @@ class LLMJudge(Judge):
         # Similar lengths together: less padding.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         results: dict[int, torch.Tensor] = {}
-        extra = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}
+        extra = {"logits_to_keep": 1} if accepts_keyword(self.model, "logits_to_keep") else {}
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]

@@ -116,11 +116,22 @@ def position_ids_from_mask(attention_mask):
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _accepts(model, name: str) -> bool:
+def accepts_keyword(model, name: str) -> bool:
+    """Whether the model's forward (under a peft wrapper: the wrapped model's) takes the keyword `name`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
+        return name in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError, AttributeError):
         return False
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.24 renamed the decoders' `past_key_values` argument `cache` (the old name warns)."""
+    return "cache" if accepts_keyword(model, "cache") else "past_key_values"
+
+
+def _kv_cache(out):
+    return out.cache if hasattr(out, "cache") else out.past_key_values
 
 
 def _top_p_filter(probs, top_p: float):
@@ -175,9 +186,9 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     eos = torch.tensor(list(eos_ids), dtype=torch.long)
     attn = query_mask.long()
     pos = position_ids_from_mask(attn)
-    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    kwargs = {"logits_to_keep": 1} if accepts_keyword(model, "logits_to_keep") else {}
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
-    cache = out.past_key_values
+    cache, cache_keyword = _kv_cache(out), _cache_keyword(model)
     can_prune = prune and hasattr(cache, "batch_select_indices")
     next_pos = pos[:, -1:] + 1  # (b, 1)
     response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
@@ -215,9 +226,9 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
             cache.batch_select_indices(keep)
             attn, next_pos, tok, rows, live = attn[keep], next_pos[keep], tok[keep], rows[keep], live[keep]
         attn = torch.cat([attn, torch.ones((attn.size(0), 1), dtype=attn.dtype)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                    **{cache_keyword: cache})
+        cache = _kv_cache(out)
         next_pos = next_pos + 1
     return response[:, :length], mask[:, :length], logprobs[:, :length], finished
 
