@@ -67,6 +67,11 @@ class Encoded:
     truncated: bool
 
 
+def _ids(tokenizer, text: str) -> list[int]:
+    # verbose=False: no "longer than the maximum sequence length" warning, the truncation below is ours
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
 def encode(tokenizer, prompt, response: str | None, max_len: int, *, encoder: bool = False,
            add_eos: bool = True) -> Encoded:
     """Token ids of prompt + response, truncated by the policy above.
@@ -75,8 +80,8 @@ def encode(tokenizer, prompt, response: str | None, max_len: int, *, encoder: bo
     example (SFT `{text}`), pass `prompt=None`: the text is the response.
     """
     if encoder:
-        p_ids = tokenizer(render_prompt(tokenizer, prompt) if prompt else "", add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(response or "", add_special_tokens=False)["input_ids"]
+        p_ids = _ids(tokenizer, render_prompt(tokenizer, prompt) if prompt else "")
+        r_ids = _ids(tokenizer, response or "")
         cls = [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else []
         sep = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
         full = p_ids + sep + r_ids + sep if response is not None else p_ids + sep
@@ -84,14 +89,13 @@ def encode(tokenizer, prompt, response: str | None, max_len: int, *, encoder: bo
         removed = max(0, len(full) - budget)
         n_prompt = len(cls) + max(0, len(p_ids) + len(sep) - removed)
         return Encoded(cls + full[removed:], n_prompt, removed > 0)
-    p_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"] if prompt else []
+    p_ids = _ids(tokenizer, render_prompt(tokenizer, prompt)) if prompt else []
     if prompt and getattr(tokenizer, "bos_token_id", None) is not None and not has_chat_template(tokenizer) \
             and getattr(tokenizer, "add_bos_token", False):
         p_ids = [tokenizer.bos_token_id] + p_ids
     r_ids: list[int] = []
     if response is not None:
-        r_ids = tokenizer(render_response(tokenizer, response) if prompt else response,
-                          add_special_tokens=False)["input_ids"]
+        r_ids = _ids(tokenizer, render_response(tokenizer, response) if prompt else response)
         if add_eos and tokenizer.eos_token_id is not None:
             r_ids = r_ids + [tokenizer.eos_token_id]
     ids = p_ids + r_ids
