@@ -125,13 +125,13 @@ def accepts_keyword(model, name: str) -> bool:
         return False
 
 
-def _cache_keyword(model) -> str:
-    """transformers 5.24 renamed the decoders' `past_key_values` argument `cache` (the old name warns)."""
-    return "cache" if accepts_keyword(model, "cache") else "past_key_values"
+def _kv_cache(out) -> tuple:
+    """The KV cache a forward returned, and the keyword that passes it back in.
 
-
-def _kv_cache(out):
-    return out.cache if hasattr(out, "cache") else out.past_key_values
+    transformers 5.24 renamed `past_key_values` `cache`, in outputs and
+    arguments (the old argument name warns); the output says which a model speaks.
+    """
+    return (out.cache, "cache") if hasattr(out, "cache") else (out.past_key_values, "past_key_values")
 
 
 def _top_p_filter(probs, top_p: float):
@@ -188,7 +188,7 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     pos = position_ids_from_mask(attn)
     kwargs = {"logits_to_keep": 1} if accepts_keyword(model, "logits_to_keep") else {}
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
-    cache, cache_keyword = _kv_cache(out), _cache_keyword(model)
+    cache, cache_keyword = _kv_cache(out)
     can_prune = prune and hasattr(cache, "batch_select_indices")
     next_pos = pos[:, -1:] + 1  # (b, 1)
     response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
@@ -228,7 +228,7 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
         attn = torch.cat([attn, torch.ones((attn.size(0), 1), dtype=attn.dtype)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
                     **{cache_keyword: cache})
-        cache = _kv_cache(out)
+        cache, _ = _kv_cache(out)
         next_pos = next_pos + 1
     return response[:, :length], mask[:, :length], logprobs[:, :length], finished
 
