@@ -73,6 +73,15 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return torch.stack(rows)
 
 
+def label_positions(labels: torch.Tensor):
+    """Where HF-style labels (B, T), unshifted, are predicted: flat positions (row * T + column), rows, labels.
+
+    Position t predicts the label at t + 1; -100 marks what no loss reads. Each (M,).
+    """
+    rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
+    return rows * labels.size(1) + cols, rows, labels[rows, cols + 1]
+
+
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | None = None):
     """Token-mean cross-entropy of the next token.
 

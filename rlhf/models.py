@@ -262,20 +262,19 @@ def logits_at(model, inputs: dict, index, **kwargs):
 def _forward_at(model, inputs: dict, index, only_there: bool, kwargs: dict):
     find = getattr(getattr(model, "module", model), "get_output_embeddings", None)
     head = find() if only_there and find is not None else None
-    if head is None:
-        out = model(**inputs, **kwargs)
-        return out, out.logits.flatten(0, 1)[index.to(out.logits.device)]
     calls = []
 
     def keep(_module, args):
         calls.append(1)
         return (args[0].flatten(0, 1)[index.to(args[0].device)],) + tuple(args[1:])
 
-    handle = head.register_forward_pre_hook(keep)
+    handle = head.register_forward_pre_hook(keep) if head is not None else None
     try:
         out = model(**inputs, **kwargs)
     finally:
-        handle.remove()
-    if not calls:  # the model computed its logits without calling the layer: they are whole
-        return out, out.logits.flatten(0, 1)[index.to(out.logits.device)]
-    return out, out.logits
+        if handle is not None:
+            handle.remove()
+    if calls:
+        return out, out.logits
+    # full logits (asked for, or the model computed them without calling the layer): read them at `index`
+    return out, out.logits.flatten(0, 1)[index.to(out.logits.device)]

@@ -41,7 +41,7 @@ def response_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.
     being the input ids with -100 on prompt and padding (HF convention:
     unshifted; the shift happens here). Returns `(sums (R,), counts (R,))`.
     """
-    from rlhf.losses import IGNORE, token_logprobs
+    from rlhf.losses import label_positions, token_logprobs
     from rlhf.models import logits_at
 
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
@@ -50,11 +50,9 @@ def response_logps(model, batch: dict, temperature: float = 1.0) -> tuple[torch.
     if "targets" in batch:  # shared-prompt rows (`rlhf.data.batches.collate_shared_pairs`)
         index, seq, n = batch["sources"], batch["target_seq"], int(batch["n_sequences"])
         labels = batch["input_ids"].reshape(-1)[batch["targets"]]
-    else:  # one sequence per row: position t predicts the label at t + 1
-        width = batch["input_ids"].size(1)
-        rows, cols = (batch["labels"][:, 1:] != IGNORE).nonzero(as_tuple=True)
-        index, seq, n = rows * width + cols, rows, batch["labels"].size(0)
-        labels = batch["labels"][rows, cols + 1]
+    else:  # one sequence per row
+        index, seq, labels = label_positions(batch["labels"])
+        n = batch["labels"].size(0)
     _, logits = logits_at(model, kwargs, index)  # (M, V): only the response tokens' predictions
     logps = token_logprobs(logits[None].float(), labels[None], temperature)[0]  # (M,)
     sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, seq.to(logps.device), logps)

@@ -112,13 +112,12 @@ def label_logits(model, batch: dict):
     The output layer runs only there (`rlhf.models.logits_at`): not over the
     prompt, the padding, or the last token of each example.
     """
-    from rlhf.losses import IGNORE
+    from rlhf.losses import label_positions
     from rlhf.models import logits_at
 
-    labels = batch["labels"]
-    rows, cols = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
-    _, logits = logits_at(model, model_inputs(batch), rows * labels.size(1) + cols)
-    return logits, labels[rows, cols + 1]
+    index, _, labels = label_positions(batch["labels"])
+    _, logits = logits_at(model, model_inputs(batch), index)
+    return logits, labels
 
 
 def model_inputs(batch: dict) -> dict:
