@@ -326,6 +326,22 @@ def test_encode_all_equals_encode(tiny_tokenizer):
                 [encode(tok, p, r, max_len, encoder=encoder) for p, r in items]
 
 
+def test_encode_all_tokenizes_each_text_once_in_one_batched_call(tiny_tokenizer):
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tiny_tokenizer, name)
+
+        def __call__(self, text, **kwargs):
+            calls.append(text)
+            return tiny_tokenizer(text, **kwargs)
+
+    items = [(ex.prompt, ex.response) for ex in _examples()] * 3  # every prompt and response three times
+    assert data.encode_all(Counting(), items, 64) == [encode(tiny_tokenizer, p, r, 64) for p, r in items]
+    assert len(calls) == 1 and isinstance(calls[0], list)  # the prefill; encode's calls all hit the memo
+
+
 def test_sft_batch_labels_mask_prompt_and_padding(tiny_tokenizer):
     tok = tiny_tokenizer
     exs = _examples()

@@ -18,7 +18,11 @@ _CHUNK = 2048  # texts per batched tokenizer call
 
 
 class MemoTokenizer:
-    """A tokenizer proxy: `tok(text, add_special_tokens=False)` and prompt rendering are memoised."""
+    """A tokenizer proxy: `tok(text, add_special_tokens=False)` and prompt rendering are memoised.
+
+    Memoised ids are whole texts, never truncated, so the tokenizer's "longer than the model's maximum" warning
+    is off for them: `rlhf.chat.encode` truncates afterwards.
+    """
 
     def __init__(self, tokenizer):
         self._tok = tokenizer
@@ -28,13 +32,13 @@ class MemoTokenizer:
     def __getattr__(self, name):
         return getattr(self._tok, name)
 
-    def __call__(self, text, add_special_tokens: bool = True, **kwargs):
+    def __call__(self, text, add_special_tokens: bool = True, verbose: bool = True, **kwargs):
         if isinstance(text, str) and not add_special_tokens and not kwargs:
             ids = self._ids.get(text)
             if ids is None:
-                ids = self._ids[text] = list(self._tok(text, add_special_tokens=False)["input_ids"])
+                ids = self._ids[text] = list(self._tok(text, add_special_tokens=False, verbose=False)["input_ids"])
             return {"input_ids": ids}
-        return self._tok(text, add_special_tokens=add_special_tokens, **kwargs)
+        return self._tok(text, add_special_tokens=add_special_tokens, verbose=verbose, **kwargs)
 
     def apply_chat_template(self, conversation, tokenize: bool = True, add_generation_prompt: bool = False,
                             **kwargs):
@@ -53,7 +57,7 @@ class MemoTokenizer:
         todo = [t for t in dict.fromkeys(texts) if t not in self._ids]
         for start in range(0, len(todo), _CHUNK):
             chunk = todo[start:start + _CHUNK]
-            for text, ids in zip(chunk, self._tok(chunk, add_special_tokens=False)["input_ids"]):
+            for text, ids in zip(chunk, self._tok(chunk, add_special_tokens=False, verbose=False)["input_ids"]):
                 self._ids[text] = list(ids)
 
 
