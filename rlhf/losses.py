@@ -93,11 +93,10 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | None 
     denominator, for gradient accumulation where the mean is over every
     micro-batch's tokens.
     """
-    if logits.dim() == 2:
-        logits, labels = logits[None], labels[None]
-    else:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    lp = token_logprobs(logits, labels)  # (B, T-1)
+    if logits.dim() == 3:  # read the (M, V) rows that predict a label
+        index, _, labels = label_positions(labels)
+        logits = logits.flatten(0, 1)[index]
+    lp = token_logprobs(logits[None], labels[None])[0]  # (M,)
     n = int((labels != IGNORE).sum())
     denom = num_tokens if num_tokens is not None else max(n, 1)
     loss = -lp.sum() / denom

@@ -204,12 +204,13 @@ def layouts_agree(model, outputs: Callable[[bool], Any], tol: float = 1e-3) -> b
 
     `outputs(cheap)` computes a tensor or a tuple of tensors in the cheaper
     layout (shared prompts, packed rows, logits only where read) when `cheap`
-    is True, else in the plain one (separate padded rows, full logits). Run without gradients, in eval mode;
-    equal means the same shapes and every entry within tol * (1 + |plain|),
-    tol being at least four rounding steps of the outputs' dtype (bf16
-    products of other shapes may round differently: that is not a wrong layout).
-    An error in either layout (a model that rejects a 4D mask) is a no: the
-    caller keeps the plain layout rather than train on wrong numbers.
+    is True, else in the plain one (separate padded rows, full logits). Run
+    without gradients, in eval mode; equal means the same shapes and every
+    entry within tol * (1 + |plain|), tol being at least four rounding steps
+    of the outputs' dtype (bf16 products of other shapes may round
+    differently: that is not a wrong layout). An error in either layout (a
+    model that rejects a 4D mask) is a no: the caller keeps the plain layout
+    rather than train on wrong numbers.
     """
     import torch
 
