@@ -528,8 +528,11 @@ def lab_measurements(prompts, originals, orig_stopped, finals, final_stopped, rl
     before = gold.score(prompts, originals, orig_stopped)
     after = gold.score(prompts, finals, final_stopped)
     outcomes = gold.compare(prompts, finals, originals, stopped_a=final_stopped, stopped_b=orig_stopped)
+    # The same with every reply judged as if it had finished: a revision must not win only by stopping
+    # where the original ran into the token limit.
+    content = gold.compare(prompts, finals, originals)
     out = {"gold_before": _mean(before), "gold_after": _mean(after),
-           "revision_vs_original": win_rate(outcomes)}
+           "revision_vs_original": win_rate(outcomes), "revision_vs_original_content": win_rate(content)}
     if rlaif_rows:
         g = gold.compare([r["prompt"] for r in rlaif_rows], [r["chosen"] for r in rlaif_rows],
                          [r["rejected"] for r in rlaif_rows])
@@ -656,6 +659,10 @@ def format_summary(s: dict, out: str) -> str:
         lines.append(f"gold: original {lab['gold_before']:+.3f} -> revision {lab['gold_after']:+.3f}; revision beats "
                      f"original {w['win_rate']:.1%} [{w['ci_low']:.1%}, {w['ci_high']:.1%}] "
                      f"({w['wins']} wins, {w['losses']} losses, {w['ties']} ties)")
+        c = lab["revision_vs_original_content"]
+        lines.append(f"  on content alone (every reply judged as finished): {c['win_rate']:.1%} "
+                     f"[{c['ci_low']:.1%}, {c['ci_high']:.1%}] ({c['wins']} wins, {c['losses']} losses, "
+                     f"{c['ties']} ties)")
         if lab.get("rlaif_gold_agreement") is not None:
             lines.append(f"AI labels agree with gold on {lab['rlaif_gold_agreement']:.1%} of "
                          f"{lab['rlaif_gold_decided_pairs']} pairs gold decides (simulated annotator: "

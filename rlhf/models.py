@@ -24,6 +24,7 @@ from rlhf.errors import UserError
 PRESETS: dict[str, str] = {
     "lab": "rlhf.lab.pretrain:base_model_path",
     "lab-small": "rlhf.lab.pretrain:base_model_path_small",
+    "lab-critic": "rlhf.lab.critic:critic_model_path",
     "smollm2-135m-instruct": "rlhf.presets:smollm2_path",
     "minilm-l6": "rlhf.presets:minilm_path",
 }

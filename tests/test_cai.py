@@ -11,6 +11,7 @@ from rlhf.cai import (CAIConfig, Constitution, Example, Principle, clean_reply, 
 from rlhf.cli import main as cli
 from rlhf.data import load_pairs, load_sft
 from rlhf.errors import UserError
+from rlhf.judges import GoldJudge
 
 # --------------------------------------------------------------------------- constitution
 
@@ -249,6 +250,10 @@ def test_cai_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     lab = json.loads((out / "summary.json").read_text())["lab"]
     w = lab["revision_vs_original"]
     assert w["wins"] + w["losses"] + w["ties"] == 6 and -2.0 <= lab["gold_before"] <= 1.5
+    # content alone: the final revisions against the originals, every reply counted as finished
+    by_hand = GoldJudge().compare(*zip(*[(p, f, o) for p, o, f in final.values()]))
+    c = lab["revision_vs_original_content"]
+    assert (c["wins"], c["losses"], c["ties"]) == (by_hand.count(1), by_hand.count(0), by_hand.count(0.5))
     # the same seed gives the same files
     out2 = tmp_path / "cai2"
     run(_cfg(tiny_model_dir, out2), log=lambda m: None)

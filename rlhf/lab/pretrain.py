@@ -101,12 +101,13 @@ def _train_task(rng: random.Random) -> world.Task:
             return task
 
 
-def build_blocks(tokenizer, n_blocks: int, block: int, seed: int):
-    """(n_blocks, block) token ids; every block starts at the beginning of a dialogue."""
+def build_blocks(tokenizer, n_blocks: int, block: int, seed: int, item=dialogue, item_tokens: int = 20):
+    """(n_blocks, block) token ids; every block starts at the beginning of an item (`item(rng)`: one
+    dialogue; `item_tokens`: about how long one is, to budget how many to draw)."""
     import torch
 
     rng = random.Random(f"pretrain-{seed}")
-    items = [dialogue(rng) for _ in range(n_blocks * (block // 20 + 2))]
+    items = [item(rng) for _ in range(n_blocks * (block // item_tokens + 2))]
     ids = tokenizer(items, add_special_tokens=False)["input_ids"]
     out = torch.empty(n_blocks, block, dtype=torch.long)
     it = iter(ids)
@@ -147,8 +148,13 @@ def _bf16_ok() -> bool:
         return False
 
 
-def train(size: str = "lab", steps: int | None = None, seed: int = 0, log=print):
-    """Train the base model; returns (model, tokenizer, stats)."""
+def train(size: str = "lab", steps: int | None = None, seed: int = 0, log=print, *, tokenizer=None,
+          item=dialogue, item_tokens: int = 20):
+    """Train the base model; returns (model, tokenizer, stats).
+
+    `tokenizer` (default: the lab tokenizer), `item` and `item_tokens` (see
+    `build_blocks`) let another corpus of world text use the same recipe.
+    """
     import torch
 
     from rlhf.lab.tokenizer import build_tokenizer
@@ -160,8 +166,8 @@ def train(size: str = "lab", steps: int | None = None, seed: int = 0, log=print)
     torch.set_num_threads(s["threads"])
     try:
         t0, c0 = time.time(), time.process_time()
-        tok = build_tokenizer(seed=seed)
-        data = build_blocks(tok, steps * s["batch"], s["block"], seed)  # (steps * batch, block)
+        tok = tokenizer or build_tokenizer(seed=seed)
+        data = build_blocks(tok, steps * s["batch"], s["block"], seed, item, item_tokens)  # (steps * batch, block)
         model = make_model(size, len(tok), tok, seed)
         opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], betas=(0.9, 0.95), weight_decay=0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, s["warmup"], steps))
@@ -224,13 +230,20 @@ STATS_FILE = "pretrain.json"
 def build(size: str = "lab", steps: int | None = None, seed: int = 0, out: str | Path | None = None,
           force: bool = False, log=print) -> Path:
     """The base model folder, trained first when it is missing (or when `force`)."""
+    if size not in SIZES:
+        raise UserError(f"unknown lab model size '{size}'; expected one of {', '.join(SIZES)}")
+    path = Path(out) if out else model_path(size, steps, seed)
+    return build_at(path, lambda: train(size, steps, seed, log=log), f"the lab base model ({size})", force, log)
+
+
+def build_at(path: Path, train_fn, what: str, force: bool = False, log=print) -> Path:
+    """`path`, filled by `train_fn() -> (model, tokenizer, stats)` when missing (or `force`): under a file
+    lock, so that two processes never train the same model twice, and written atomically."""
     from filelock import FileLock
 
     from rlhf.files import atomic_dir, write_json
 
-    if size not in SIZES:
-        raise UserError(f"unknown lab model size '{size}'; expected one of {', '.join(SIZES)}")
-    path = Path(out) if out else model_path(size, steps, seed)
+    path = Path(path)
     if not force and (path / "config.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +251,8 @@ def build(size: str = "lab", steps: int | None = None, seed: int = 0, out: str |
         if not force and (path / "config.json").exists():  # another process built it while we waited
             return path
         if log:
-            log(f"pretraining the lab base model ({size}) into {path}")
-        model, tok, stats = train(size, steps, seed, log=log)
+            log(f"pretraining {what} into {path}")
+        model, tok, stats = train_fn()
         with atomic_dir(path) as tmp, _quiet_progress():
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
