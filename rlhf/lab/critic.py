@@ -39,11 +39,11 @@ from pathlib import Path
 from rlhf.lab import pretrain, world
 
 SIZE = "lab-critic"
-pretrain.SIZES.setdefault(SIZE, dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=256,
+pretrain.SIZES.setdefault(SIZE, dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=320,
                                      batch=32, steps=600, lr=2e-3, warmup=30, threads=2))
 VOCAB_SIZE = 2048
 # What the critic's text is made of; critique sessions are most of it.
-MIX = {"critique": 0.55, "compare": 0.2, "dialogue": 0.25}
+MIX = {"critique": 0.45, "compare": 0.35, "dialogue": 0.2}
 REVISION_SLIPS = 0.1  # share of corpus revisions that change nothing (an imperfect critic)
 # How often a corpus draft has each flaw: more than the base model's habits, so that every principle's
 # critique has something to find about half the time.
