@@ -11,6 +11,8 @@
 - `tokenizer`   a small byte-level BPE tokenizer with a chat template.
 - `pretrain`    the base model, a small Llama trained from scratch on world text
                 with a base model's habits (presets `lab` and `lab-small`).
+- `critic`      the lab critic (preset `lab-critic`): pretrained on world text that also
+                holds critiques, revisions and comparisons, for `rlhf cai`.
 - `generate`    `rlhf lab data` (demonstrations, ranked comparisons, eval prompts)
                 and `rlhf lab gold`.
 
