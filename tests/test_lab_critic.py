@@ -131,3 +131,17 @@ def test_the_trained_critic_improves_unseen_responses_to_unseen_prompts():
     finals, _, _ = critique_and_revise(chat, prompts, originals, stopped, load_constitution(), rounds=2, seed=1)
     w = win_rate(GoldJudge().compare(prompts, finals, originals))  # content only: both counted as stopped
     assert w["ci_low"] > 0.5, w
+
+
+def test_the_critic_trains_with_the_base_models_recipe_on_its_own_text():
+    """A few steps of the critic's training at the test size: its tokenizer, its items, the shared loop."""
+    from rlhf.lab import pretrain
+
+    tok = critic.build_tokenizer()
+    # the constitution's requests, seen in every session, are a few tokens per word
+    request = PRINCIPLES["harmless"].critique
+    assert len(tok(request, add_special_tokens=False)["input_ids"]) < 1.5 * len(request.split())
+    model, tok2, stats = pretrain.train("lab-small", steps=3, log=None, tokenizer=tok, item=critic.Corpus(0),
+                                        item_tokens=critic.ITEM_TOKENS)
+    assert tok2 is tok and model.config.vocab_size == len(tok)
+    assert stats["steps"] == 3 and stats["final_loss"] < stats["first_loss"]
