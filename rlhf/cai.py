@@ -435,8 +435,9 @@ class CAIConfig:
     n_prompts: int = opt(60, "how many prompts (the first N of --prompts)")
     split: str = opt("train", "lab split of the default prompts: train | eval")
     rounds: int = opt(1, "critique -> revision rounds per prompt")
-    few_shot: int = opt(3, "worked critique -> revision examples of the constitution shown to the critic "
-                           "before each request (0 = none)")
+    few_shot: Optional[int] = opt(None, "worked critique -> revision examples of the constitution shown to the "
+                                        "critic before each request (0 = none); default 3, or 0 for the lab "
+                                        "critic, which learned from sessions without them")
     out: str = opt("runs/cai", "output folder")
     max_new_tokens: int = opt(48, "longest policy response, in tokens")
     critic_max_new_tokens: int = opt(64, "longest critique or revision, in tokens")
@@ -457,6 +458,8 @@ class CAIConfig:
     trust_remote_code: bool = opt(False, "allow model code from model folders")
 
     def __post_init__(self):
+        if self.few_shot is None:
+            self.few_shot = 0 if self.critic == "lab-critic" else 3
         if self.few_shot < 0:
             raise UserError(f"few_shot must be >= 0, got {self.few_shot}")
         for name in ("n_prompts", "rounds", "max_new_tokens", "critic_max_new_tokens", "batch_size",

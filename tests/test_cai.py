@@ -274,6 +274,12 @@ def test_cai_on_a_prompt_file_with_a_separate_critic_and_judge(tiny_model_dir, t
     assert s["judge"] == f"llm:{tiny_model_dir}"
 
 
+def test_worked_examples_are_shown_unless_the_critic_learned_without_them():
+    assert CAIConfig().few_shot == 3 and CAIConfig(critic="runs/x").few_shot == 3
+    assert CAIConfig(critic="lab-critic").few_shot == 0
+    assert CAIConfig(critic="lab-critic", few_shot=2).few_shot == 2
+
+
 def test_cai_config_rejects_bad_values():
     with pytest.raises(UserError, match="rounds must be at least 1"):
         CAIConfig(rounds=0)

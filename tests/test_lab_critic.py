@@ -113,7 +113,7 @@ def test_the_critic_reads_only_train_split_prompts():
 
 @pytest.mark.slow
 def test_the_trained_critic_improves_unseen_responses_to_unseen_prompts():
-    """The lab base model answers eval-split prompts; the critic (about ten minutes to train, cached)
+    """The lab base model answers eval-split prompts; the critic (about fifteen minutes to train, cached)
     critiques and revises; the gold judge prefers the revisions in most decided cases."""
     from rlhf.cai import LocalChat, clean_reply, critique_and_revise, lab_red_team_prompts
     from rlhf.evaluate import win_rate

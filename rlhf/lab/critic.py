@@ -25,7 +25,7 @@ whether its revisions help. This measures the CAI machinery with a critic
 that has the ability, not whether the ability emerges: it was put there.
 
 Built once per version (a hash of this file, the lab's code and the
-constitution), like the base model, in about ten minutes on two cores.
+constitution), like the base model, in about fifteen minutes on two cores.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from pathlib import Path
 
 from rlhf.lab import pretrain, world
 
-SIZE = "lab-critic"
-pretrain.SIZES.setdefault(SIZE, dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=320,
-                                     batch=32, steps=600, lr=2e-3, warmup=30, threads=2))
+SIZE = "lab-critic"  # its model and training settings: pretrain.SIZES
 VOCAB_SIZE = 2048
 # What the critic's text is made of; critique sessions are most of it.
 MIX = {"critique": 0.45, "compare": 0.35, "dialogue": 0.2}
@@ -157,7 +155,7 @@ def critique(d: Draft, principle: str) -> str:
 def revise(d: Draft, principle: str, rng: random.Random) -> Draft:
     """`d` with the flaws `critique(d, principle)` names fixed, and only those."""
     family = d.task.family
-    polite = rng.choice((world.REFUSAL, "Sorry, I can't help with that.", "I'm sorry, but I won't help with that."))
+    polite = world.refusal_variant(rng)
     if principle == "harmless" and d.kind == "comply":
         return replace(d, content=polite, kind="refuse")
     if principle == "helpful":
@@ -176,7 +174,7 @@ def revise(d: Draft, principle: str, rng: random.Random) -> Draft:
 
 def session(rng: random.Random, principles: dict) -> str:
     """One critique session, rendered as the lab chat template renders `rlhf cai`'s conversation."""
-    task = pretrain._train_task(rng) if rng.random() < 0.5 else _red_team_task(rng)
+    task = _task(rng)
     d = draft(task, rng)
     name = rng.choice(sorted(principles))
     p = principles[name]
@@ -186,8 +184,11 @@ def session(rng: random.Random, principles: dict) -> str:
             f"{critique(d, name)}{eos}\nUser: {p.revision}\nAssistant:\n{fixed.text()}{eos}\n")
 
 
-def _red_team_task(rng: random.Random) -> world.Task:
-    """A harmful or benign-but-alarming train prompt (half of the sessions, as in `rlhf cai`'s prompt mix)."""
+def _task(rng: random.Random) -> world.Task:
+    """A train-split task: half as the base model's text draws them, half harmful or benign-but-alarming
+    requests (`rlhf cai`'s lab prompts are two thirds red-team)."""
+    if rng.random() < 0.5:
+        return pretrain.train_task(rng)
     while True:
         task = world.random_task(rng, rng.choice(("harmful", "benign")))
         if task.split == "train":
@@ -198,7 +199,7 @@ def comparison(rng: random.Random, rules: list[str], annotator) -> str:
     """One question in the LLM judge's format, answered the way a simulated annotator prefers."""
     from rlhf.judges import PAIRWISE_TEMPLATE, format_principles
 
-    task = pretrain._train_task(rng) if rng.random() < 0.5 else _red_team_task(rng)
+    task = _task(rng)
     a, b = draft(task, rng).text(), draft(task, rng).text()
     while b == a:
         b = draft(task, rng).text()
@@ -261,5 +262,5 @@ def build(steps: int | None = None, seed: int = 0, log=print) -> Path:
 
 
 def critic_model_path() -> Path:
-    """Preset `lab-critic` (trained on first use, about ten minutes on two cores)."""
+    """Preset `lab-critic` (trained on first use, about fifteen minutes on two cores)."""
     return build()

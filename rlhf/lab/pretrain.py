@@ -40,6 +40,9 @@ SIZES: dict[str, dict] = {
     # one thread: its matrices are too small for a second one to help
     "lab-small": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, block=96, batch=16, steps=120,
                       lr=3e-3, warmup=10, threads=1),
+    # the lab critic (rlhf.lab.critic): the base size on longer text (critique sessions, comparisons)
+    "lab-critic": dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=320, batch=32, steps=600,
+                       lr=2e-3, warmup=30, threads=2),
 }
 MAX_POSITIONS = 512
 
@@ -73,9 +76,9 @@ def dialogue(rng: random.Random, eos: str = "<eos>") -> str:
     if rng.random() < h["facts"]:
         facts = world.fact_sentences()
         return " ".join(rng.sample(facts, rng.randint(2, 4))) + "\n"
-    task = _train_task(rng)
+    task = train_task(rng)
     if rng.random() < h["echo"]:  # continues the user's text instead of answering
-        reply = _train_task(rng).prompt
+        reply = train_task(rng).prompt
     else:
         reply = base_reply(task, rng)
     head = f"User: {task.prompt}\nAssistant:\n{reply}"
@@ -93,7 +96,7 @@ def dialogue(rng: random.Random, eos: str = "<eos>") -> str:
 PRETRAIN_WEIGHTS = {"arithmetic": 0.25, "sort": 0.2, "reverse": 0.25, "lookup": 0.1, "harmful": 0.1, "benign": 0.1}
 
 
-def _train_task(rng: random.Random) -> world.Task:
+def train_task(rng: random.Random) -> world.Task:
     fams = list(PRETRAIN_WEIGHTS)
     while True:
         task = world.random_task(rng, rng.choices(fams, weights=[PRETRAIN_WEIGHTS[f] for f in fams])[0])
