@@ -200,3 +200,25 @@ def test_lab_hacking_script_calls_the_rlhf_on_path(tmp_path):
     # data, two reward models, then each of the four PPO runs and its evaluation
     assert calls == ["lab", "rm", "rm"] + ["ppo", "eval"] * 4
     assert "bias: length" in done.stdout
+
+
+def test_lab_rlaif_script_calls_the_rlhf_on_path(tmp_path):
+    """AI labels and human labels of the same pairs: a reward model and PPO on each, then three evaluations."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "rlhf"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    env.pop("RLHF", None)
+    done = subprocess.run(["bash", str(ROOT / "examples" / "lab-rlaif.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["cai", "rm", "ppo", "rm", "ppo", "eval", "eval", "eval"]
+    assert "--critic lab-critic" in calls[0]
+    # each PPO run uses the reward model trained on its own labels
+    assert f"--reward-model {tmp_path}/out/rm-rlaif" in calls[2] and "rm-lab_labels" in calls[4]
