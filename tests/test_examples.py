@@ -179,8 +179,8 @@ def test_rm_report_end_to_end_on_minilm(tmp_path):
     assert json.dumps(r)
 
 
-def test_lab_hacking_script_calls_the_rlhf_on_path(tmp_path):
-    """The script's commands reach the `rlhf` on PATH (a recording stand-in here), once each, in order."""
+def run_recording_rlhf(tmp_path, script: str, *args: str):
+    """Run an example script with a stand-in `rlhf` on PATH that records its arguments; (result, calls)."""
     import os
     import subprocess
     import sys
@@ -193,10 +193,16 @@ def test_lab_hacking_script_calls_the_rlhf_on_path(tmp_path):
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
            "PYTHON": sys.executable}
     env.pop("RLHF", None)
-    done = subprocess.run(["bash", str(ROOT / "examples" / "lab-hacking.sh"), "length"], env=env, cwd=ROOT,
+    done = subprocess.run(["bash", str(ROOT / "examples" / script), *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    calls = [line.split()[0] for line in log.read_text().splitlines()]
+    return done, log.read_text().splitlines()
+
+
+def test_lab_hacking_script_calls_the_rlhf_on_path(tmp_path):
+    """The script's commands reach the `rlhf` on PATH (a recording stand-in here), once each, in order."""
+    done, lines = run_recording_rlhf(tmp_path, "lab-hacking.sh", "length")
+    calls = [line.split()[0] for line in lines]
     # data, two reward models, then each of the four PPO runs and its evaluation
     assert calls == ["lab", "rm", "rm"] + ["ppo", "eval"] * 4
     assert "bias: length" in done.stdout
@@ -204,20 +210,7 @@ def test_lab_hacking_script_calls_the_rlhf_on_path(tmp_path):
 
 def test_lab_rlaif_script_calls_the_rlhf_on_path(tmp_path):
     """AI labels and human labels of the same pairs: a reward model and PPO on each, then three evaluations."""
-    import os
-    import subprocess
-
-    log = tmp_path / "calls.txt"
-    fake = tmp_path / "bin" / "rlhf"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
-    env.pop("RLHF", None)
-    done = subprocess.run(["bash", str(ROOT / "examples" / "lab-rlaif.sh")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    calls = log.read_text().splitlines()
+    _, calls = run_recording_rlhf(tmp_path, "lab-rlaif.sh")
     assert [c.split()[0] for c in calls] == ["cai", "rm", "ppo", "rm", "ppo", "eval", "eval", "eval"]
     assert "--critic lab-critic" in calls[0]
     # each PPO run uses the reward model trained on its own labels
