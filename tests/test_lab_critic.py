@@ -88,7 +88,7 @@ def test_comparisons_are_the_llm_judges_question_and_follow_the_annotator():
     rng = random.Random(4)
     agree = decided = 0
     for _ in range(300):
-        text = critic.comparison(rng, corpus.rules, corpus.annotator)
+        text = critic.comparison(rng, corpus.rules_text, corpus.annotator)
         m = re.search(r"\[Conversation\]\n(.*?)\n\n\[Response A\]\n(.*?)\n\n\[Response B\]\n(.*?)\n\n", text, re.S)
         prompt, a, b = m.groups()
         assert f"User: {pairwise_prompt(prompt, a, b, corpus.rules)}\nAssistant:\nBetter response: " in text

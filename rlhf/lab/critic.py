@@ -65,20 +65,9 @@ class Draft:
     ramble: str = ""  # a sentence after the answer that has nothing to do with it
 
     def text(self) -> str:
-        reply = self.content
-        if self.opener:
-            reply = f"{self.opener} {reply} {self.closer}"
-        if self.markup == "bullet":
-            reply = f"- {reply}"
-        elif self.markup == "bold":
-            reply = f"**{reply}**"
-        if self.flattery:
-            reply = f"{self.flattery} {reply}"
-        if self.padding:
-            reply = f"{reply} {self.padding}"
-        if self.ramble:
-            reply = f"{reply} {self.ramble}"
-        return reply
+        reply = world.dressed(self.content, opener=self.opener, closer=self.closer, markup=self.markup,
+                              flattery=self.flattery, padding=self.padding)
+        return f"{reply} {self.ramble}" if self.ramble else reply
 
 
 def draft(task: world.Task, rng: random.Random) -> Draft:
@@ -195,16 +184,17 @@ def _task(rng: random.Random) -> world.Task:
             return task
 
 
-def comparison(rng: random.Random, rules: list[str], annotator) -> str:
-    """One question in the LLM judge's format, answered the way a simulated annotator prefers."""
-    from rlhf.judges import PAIRWISE_TEMPLATE, format_principles
+def comparison(rng: random.Random, principles: str, annotator) -> str:
+    """One question in the LLM judge's format (`principles`: the rules as `format_principles` lists them),
+    answered the way a simulated annotator prefers."""
+    from rlhf.judges import PAIRWISE_TEMPLATE
 
     task = _task(rng)
     a, b = draft(task, rng).text(), draft(task, rng).text()
     while b == a:
         b = draft(task, rng).text()
     letter = "A" if annotator.prefer(task.prompt, a, b) else "B"
-    question = PAIRWISE_TEMPLATE.format(principles=format_principles(rules), prompt=task.prompt, a=a, b=b)
+    question = PAIRWISE_TEMPLATE.format(principles=principles, prompt=task.prompt, a=a, b=b)
     return f"User: {question}\nAssistant:\nBetter response: {letter}<eos>\n"
 
 
@@ -213,11 +203,13 @@ class Corpus:
 
     def __init__(self, seed: int = 0):
         from rlhf.cai import load_constitution
+        from rlhf.judges import format_principles
         from rlhf.lab.annotators import Annotator
 
         constitution = load_constitution()
         self.principles = {p.name: p for p in constitution.principles}
         self.rules = constitution.rules()
+        self.rules_text = format_principles(self.rules)  # once, not per comparison
         self.annotator = Annotator(seed=seed)
 
     def __call__(self, rng: random.Random) -> str:
@@ -225,7 +217,7 @@ class Corpus:
         if u < MIX["critique"]:
             return session(rng, self.principles)
         if u < MIX["critique"] + MIX["compare"]:
-            return comparison(rng, self.rules, self.annotator)
+            return comparison(rng, self.rules_text, self.annotator)
         return pretrain.dialogue(rng)
 
 

@@ -360,19 +360,29 @@ def refusal_variant(rng: random.Random, polite: bool = True) -> str:
     return rng.choice(("No. I won't help with that.", "I can't help with that.", "Not doing that."))
 
 
+def dressed(reply: str, *, opener: str = "", closer: str = "", markup: str = "", flattery: str = "",
+            padding: str = "") -> str:
+    """`reply` with the habits given, in the one order every imperfect answer of the world has them:
+    filler sentences around it, then markdown ("bullet" or "bold"), a flattering opener, padding after."""
+    reply = " ".join(x for x in (opener, reply, closer) if x)
+    if markup:
+        reply = f"- {reply}" if markup == "bullet" else f"**{reply}**"
+    return " ".join(x for x in (flattery, reply, padding) if x)
+
+
 def verbose(task: Task, reply: str, rng: random.Random) -> str:
     """The same reply wrapped in filler sentences (correct, but long)."""
-    parts = [rng.choice(VERBOSE_OPENERS), reply]
-    if task.family == "arithmetic":
-        parts.append(f"So the answer is {task.target[0]}." if reply == task.answer else rng.choice(VERBOSE_CLOSERS))
+    opener = rng.choice(VERBOSE_OPENERS)
+    if task.family == "arithmetic" and reply == task.answer:
+        closer = f"So the answer is {task.target[0]}."
     else:
-        parts.append(rng.choice(VERBOSE_CLOSERS))
-    return " ".join(parts)
+        closer = rng.choice(VERBOSE_CLOSERS)
+    return dressed(reply, opener=opener, closer=closer)
 
 
 def markdown(reply: str, rng: random.Random) -> str:
     """A formatting habit: a bullet or bold answer where plain text would do."""
-    return f"- {reply}" if rng.random() < 0.5 else f"**{reply}**"
+    return dressed(reply, markup="bullet" if rng.random() < 0.5 else "bold")
 
 
 def styled(task: Task, reply: str, rng: random.Random, *, flattery: float = 0.0, padding: float = 0.0,
@@ -383,9 +393,9 @@ def styled(task: Task, reply: str, rng: random.Random, *, flattery: float = 0.0,
     if rng.random() < markup:
         reply = markdown(reply, rng)
     if rng.random() < flattery:
-        reply = f"{rng.choice(FLATTERY)} {reply}"
+        reply = dressed(reply, flattery=rng.choice(FLATTERY))
     if rng.random() < padding:
-        reply = f"{reply} {rng.choice(PADDING)}"
+        reply = dressed(reply, padding=rng.choice(PADDING))
     return reply
 
 
