@@ -13,7 +13,7 @@ set -euo pipefail
 OUT=${OUT:-runs/lab-cai}
 mkdir -p "$OUT"
 rlhf() { if [ -n "${RLHF:-}" ]; then "$RLHF" "$@"; else command rlhf "$@"; fi; }  # RLHF=path overrides
-PY=${PY:-python}
+PYTHON=${PYTHON:-python}
 cai=(rlhf cai --model lab --critic lab-critic --few-shot 0 --seed 0)
 
 for rounds in 1 2; do
@@ -24,7 +24,7 @@ echo "== 2 rounds, 300 train-split prompts"
 "${cai[@]}" --split train --n-prompts 300 --rounds 2 --out "$OUT/train" 2>/dev/null
 
 # The originals the revisions replaced (round 1's `response` in the trace), as SFT data.
-"$PY" - "$OUT/train" <<'EOF'
+"$PYTHON" - "$OUT/train" <<'EOF'
 import json, sys
 from pathlib import Path
 from rlhf.files import write_jsonl
@@ -44,7 +44,7 @@ for labels in rlaif lab_labels; do
   rlhf rm --model lab --data "$OUT/train/$labels.jsonl" --epochs 2 --val-fraction 0 --seed 0 \
       --out "$OUT/rm-$labels" --quiet
 done
-"$PY" - "$OUT" <<'EOF'
+"$PYTHON" - "$OUT" <<'EOF'
 import sys
 from pathlib import Path
 from rlhf.files import read_jsonl
