@@ -1,9 +1,10 @@
 """The labeling web app (Flask): login, the task page, my labels, the admin page, a JSON API.
 
 Security model, for annotators on a shared network and responses from models:
-- every page and API call needs a login (sessions in a signed, HttpOnly,
-  SameSite=Strict cookie; the secret lives in the database, never in logs);
-  a changed password or a disabled account ends existing sessions;
+- every page and API call needs a login. Sessions live in the database
+  (the HttpOnly, SameSite=Strict cookie carries a random token, the table
+  only its hash), so logout, a disabled account, a new password and "sign
+  out everywhere" end them for good;
 - every state change is a POST carrying the session's CSRF token (form field
   `csrf_token` or header `X-CSRF-Token`); GET never changes anything, so the
   next item is leased by the POST that submits the previous one;
@@ -23,7 +24,6 @@ JSON API (same session cookie; send `X-CSRF-Token` on POST):
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import threading
@@ -32,10 +32,11 @@ from collections import defaultdict, deque
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import (Flask, Response, flash, g, jsonify, redirect, render_template, request, session,
                    url_for)
+from werkzeug.routing import BaseConverter
 
 from rlhf.labeling import agreement, display
 from rlhf.labeling.store import Project, Refused, Store
@@ -48,9 +49,20 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-def _pw_tag(user: dict) -> str:
-    """Changes when the password does, so old sessions stop working."""
-    return hashlib.sha256(user["password_hash"].encode()).hexdigest()[:16]
+SESSION_HOURS = 12
+MAX_ID = 2**63 - 1  # SQL's BIGINT: a larger id names nothing (and overflows the driver)
+
+
+class IdConverter(BaseConverter):
+    """A database id in a URL: 1-18 digits, so no id overflows SQL's integers (longer ones are 404)."""
+
+    regex = r"[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value) -> str:
+        return str(int(value))
 
 
 def create_app(store: Store, project: str | None = None, *, secure_cookies: bool = False) -> Flask:
@@ -63,11 +75,12 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=secure_cookies,
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
     )
     app.extensions["store"] = store
+    app.url_map.converters["id"] = IdConverter
     app.jinja_env.globals["LETTERS"] = display.LETTERS
     app.jinja_env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
@@ -92,12 +105,12 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         g.user = None
         if request.endpoint == "static":
             return  # public files: no session, no database
-        uid = session.get("uid")
-        if uid is not None:
-            user = store.user(uid)
-            if user and user["active"] and hmac.compare_digest(session.get("pw", ""), _pw_tag(user)):
+        sid = session.get("sid")
+        if sid is not None:
+            user = store.session_user(sid) if isinstance(sid, str) else None
+            if user is not None:
                 g.user = user
-            else:
+            else:  # ended (logout, disabled, new password, signed out everywhere) or expired
                 session.clear()
         if "csrf" not in session:
             session["csrf"] = secrets.token_urlsafe(32)
@@ -146,26 +159,29 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     def login():
         return render_template("login.html", next=_safe_next(request.args.get("next")))
 
-    # Guessing: 10 failures per account, or 50 per address (annotators may share one), per 5 minutes.
-    by_name, by_addr = LoginThrottle(limit=10), LoginThrottle(limit=50)
+    # Guessing: 10 failures per (address, account), or 50 per address (annotators may share one), per
+    # 5 minutes. Not per account alone: then anyone who knows a name could lock its owner out.
+    by_pair, by_addr = LoginThrottle(limit=10), LoginThrottle(limit=50)
 
     @app.post("/login")
     def login_post():
         name = request.form.get("name", "")
-        name_key, addr_key = name.lower(), request.remote_addr or ""
-        if by_name.blocked(name_key) or by_addr.blocked(addr_key):
+        addr_key = request.remote_addr or ""
+        pair_key = f"{addr_key} {name.lower()}"
+        if by_pair.blocked(pair_key) or by_addr.blocked(addr_key):
             flash("Too many failed logins; wait a few minutes.")
             return render_template("login.html", next=_safe_next(request.form.get("next"))), 429
         user = store.check_login(name, request.form.get("password", ""))
         if user is None:
-            by_name.failed(name_key)
+            by_pair.failed(pair_key)
             by_addr.failed(addr_key)
             flash("Wrong name or password.")
             return render_template("login.html", next=_safe_next(request.form.get("next"))), 401
-        by_name.reset(name_key)
+        by_pair.reset(pair_key)
         session.clear()  # a fresh session (and CSRF token) at login: no fixation
         session.permanent = True
-        session.update(uid=user["id"], pw=_pw_tag(user), csrf=secrets.token_urlsafe(32))
+        sid = store.start_session(user["id"], lifetime=SESSION_HOURS * 3600, address=request.remote_addr)
+        session.update(sid=sid, csrf=secrets.token_urlsafe(32))
         store.lease_next(proj, user["id"])
         return redirect(_safe_next(request.form.get("next")) or url_for("task"))
 
@@ -175,6 +191,16 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
 
     @app.post("/logout")
     def logout():
+        sid = session.get("sid")
+        if isinstance(sid, str):
+            store.end_session(sid)
+        session.clear()
+        return redirect(url_for("login"))
+
+    @app.post("/logout/everywhere")
+    @login_required()
+    def logout_everywhere():
+        store.end_sessions(g.user["name"], actor=g.user["name"])
         session.clear()
         return redirect(url_for("login"))
 
@@ -191,7 +217,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
             return render_template("next.html", progress=store.progress(proj, g.user["id"]))
         return _task_page(item_id, revisit=False)
 
-    @app.get("/task/<int:item_id>")
+    @app.get("/task/<id:item_id>")
     @login_required()
     def task_item(item_id: int):
         return _task_page(item_id, revisit=True)
@@ -266,7 +292,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         rows = export_project(store, proj.name, include_ties=request.args.get("ties") == "1")
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         return Response(body, mimetype="application/x-ndjson",
-                        headers={"Content-Disposition": f'attachment; filename="{proj.name}-preferences.jsonl"'})
+                        headers={"Content-Disposition": content_disposition(f"{proj.name}-preferences.jsonl")})
 
     # -- JSON API --------------------------------------------------------------
     @app.get("/api/session")
@@ -308,7 +334,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     def api_labels():
         return jsonify({"labels": [_label_json(x) for x in store.labels_of(proj, g.user["id"])]})
 
-    @app.get("/api/labels/<int:label_id>")
+    @app.get("/api/labels/<id:label_id>")
     @login_required()
     def api_label_get(label_id: int):
         label = store.label(label_id)
@@ -389,14 +415,37 @@ class LoginThrottle:
 
 
 def _int(value, name: str) -> int:
+    """A database id from a form or JSON: an integer in SQL's range, else 400."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise Refused(400, f"{name} must be an integer")
     try:
-        return int(value)
+        n = int(value)
     except (TypeError, ValueError):
         raise Refused(400, f"{name} must be an integer") from None
+    if not 0 <= n <= MAX_ID:
+        raise Refused(400, f"{name} is out of range")
+    return n
 
 
 def _safe_next(target: str | None) -> str | None:
-    """Only same-site paths after login: no open redirect."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return None
+    """Only same-origin paths after login: no open redirect.
+
+    Browsers drop tabs and newlines from URLs and read `\\` as `/`, so
+    `/\t/evil.example` would become `//evil.example`: a path with any control
+    character, space or backslash is refused outright, then it must be a
+    plain absolute path (`/...`, not `//...`) with no scheme or host.
+    """
+    if not target or len(target) > 2000:
+        return None
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header for any file name (RFC 6266): an ASCII fallback and the exact name as filename*."""
+    fallback = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -81,11 +81,11 @@ class ServeConfig:
 
 @dataclass
 class UserConfig:
-    """Add or change an annotator account: add | passwd | admin | disable | enable | list."""
+    """Add or change an annotator account: add | passwd | admin | disable | enable | signout | list."""
 
     command = "label user"
-    action: Literal["add", "passwd", "admin", "disable", "enable", "list"] = opt(
-        help="add | passwd | admin | disable | enable | list", positional=True)
+    action: Literal["add", "passwd", "admin", "disable", "enable", "signout", "list"] = opt(
+        help="add | passwd | admin | disable | enable | signout (end every session) | list", positional=True)
     name: Optional[str] = opt(None, "user name", positional=True)
     db: str = opt("project.db", "database file or URL")
     admin: bool = opt(False, "with add: an admin (sees stats and export); with admin: grant (or --no-admin: revoke)")
@@ -229,12 +229,16 @@ def user_main(argv: list[str]) -> int:
     elif cfg.action == "passwd":
         store.update_user(cfg.name, password=_password(cfg))
         print(f"rlhf: password of {cfg.name} changed (their sessions are logged out)")
+    elif cfg.action == "signout":
+        n = store.end_sessions(cfg.name)
+        print(f"rlhf: {cfg.name} signed out everywhere ({n} session{'s' if n != 1 else ''} ended)")
     elif cfg.action == "admin":
         store.update_user(cfg.name, admin=cfg.admin)
         print(f"rlhf: {cfg.name} is {'now' if cfg.admin else 'no longer'} an admin")
     else:
         store.update_user(cfg.name, active=cfg.action == "enable")
-        print(f"rlhf: {cfg.name} {cfg.action}d")
+        ended = " (their sessions are logged out)" if cfg.action == "disable" else ""
+        print(f"rlhf: {cfg.name} {cfg.action}d{ended}")
     return 0
 
 

@@ -68,8 +68,10 @@ def answer_from_form(mode: str, shown: list[int], choice: str, order: str | None
             s = _strength(strength)
             return Answer(choice="a" if picked == 0 else "b", strength=s)
         if choice in ("tie", "both_bad", "skip"):
+            _no_strength(strength, f"a choice of {choice}")
             return Answer(choice=choice)
         raise Refused(400, "choice must be A, B, tie, both_bad or skip")
+    _no_strength(strength, "a ranking")
     if choice == "skip":
         return Answer(choice="skip")
     if choice != "rank":
@@ -79,6 +81,12 @@ def answer_from_form(mode: str, shown: list[int], choice: str, order: str | None
     if sorted(letters) != list(LETTERS[:k]):
         raise Refused(400, f"order must list each of the letters {', '.join(LETTERS[:k])} once")
     return Answer(choice="rank", ranking=[shown[LETTERS.index(x)] for x in letters])
+
+
+def _no_strength(value: str | None, what: str) -> None:
+    # Refused rather than dropped: a client that sends one believes it was stored.
+    if value not in (None, ""):
+        raise Refused(400, f"strength goes only with a choice of A or B, not with {what}")
 
 
 def _strength(value: str | None) -> int | None:

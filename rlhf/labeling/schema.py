@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 metadata = MetaData()
 
@@ -31,6 +31,19 @@ users = Table(
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
+)
+
+# Logged-in sessions, server side so they can be ended: logout, a disabled
+# account, a new password and "sign out everywhere" delete rows here. The
+# browser's cookie holds the token; the table holds only its SHA-256.
+sessions = Table(
+    "sessions", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("address", String(64), nullable=True),
+    Index("ix_sessions_user", "user_id"),
 )
 
 projects = Table(
@@ -97,6 +110,8 @@ labels = Table(
     Column("strength", Integer, nullable=True),  # 1 slightly, 2 clearly, 3 much better
     Column("shown", Text, nullable=False),  # JSON list of response idx in the order shown
     Column("seconds", Float, nullable=True),  # time from page load to answer, as the browser measured
+    Column("comment", Text, nullable=True),  # the annotator's note; for a skip, why
+    Column("flagged", Boolean, nullable=False, default=False),  # "flag this item" for an admin to look at
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("item_id", "user_id"),

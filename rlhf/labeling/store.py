@@ -19,6 +19,7 @@ No torch here: the web app and the reward-model loader import this module.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -71,6 +72,8 @@ U_STATE = update(_a).where(_a.c.item_id == P("iid"), _a.c.user_id == P("uid"))
 U_DONE = update(_i).where(_i.c.id == P("iid")).values(done_count=_i.c.done_count + P("delta"))
 I_AUDIT = insert(S.audit)
 Q_USER = select(S.users).where(S.users.c.id == P("user_id"))
+Q_SESSION_USER = (select(S.users).join(S.sessions, S.sessions.c.user_id == S.users.c.id)
+                  .where(S.sessions.c.token_hash == P("h"), S.sessions.c.expires_at > P("now"), S.users.c.active))
 
 
 class Refused(Exception):
@@ -187,6 +190,23 @@ class Store:
                                                {"key": "secret_key", "value": secrets.token_hex(32)}])
         elif not inspect(self.engine).has_table("meta"):
             raise UserError(f"{db}: not a labeling database (no 'meta' table)")
+        else:
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a database made by an older version up to this schema (new tables and columns only)."""
+        with self.read() as c:
+            version = c.execute(select(S.meta.c.value).where(S.meta.c.key == "schema")).scalar()
+        if version == S.SCHEMA_VERSION:
+            return
+        S.metadata.create_all(self.engine)  # tables that are missing, e.g. sessions
+        have = {col["name"] for col in inspect(self.engine).get_columns("labels")}
+        with self.write() as c:
+            if "comment" not in have:
+                c.exec_driver_sql("ALTER TABLE labels ADD COLUMN comment TEXT")
+            if "flagged" not in have:
+                c.exec_driver_sql("ALTER TABLE labels ADD COLUMN flagged BOOLEAN NOT NULL DEFAULT FALSE")
+            c.execute(update(S.meta).where(S.meta.c.key == "schema").values(value=S.SCHEMA_VERSION))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -248,13 +268,48 @@ class Store:
         if active is not None:
             values["active"] = active
         with self.write() as c:
-            n = c.execute(update(S.users).where(S.users.c.name == name).values(**values)).rowcount
-            if not n:
+            uid = c.execute(select(S.users.c.id).where(S.users.c.name == name)).scalar()
+            if uid is None:
                 raise UserError(f"no user named '{name}'")
+            c.execute(update(S.users).where(S.users.c.id == uid).values(**values))
+            if password is not None or active is not None:
+                # A new password or a disabled account ends every session; enabling brings none back.
+                c.execute(delete(S.sessions).where(S.sessions.c.user_id == uid))
             shown = {k: v for k, v in values.items() if k != "password_hash"}
             if password is not None:
                 shown["password"] = "changed"
             self._audit(c, actor, "user.update", {"name": name, **shown})
+
+    # -- sessions ----------------------------------------------------------
+    def start_session(self, user_id: int, *, lifetime: float, address: str | None = None) -> str:
+        """A new login session: the token for the cookie (only its hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self.write() as c:
+            c.execute(delete(S.sessions).where(S.sessions.c.expires_at <= now))
+            c.execute(insert(S.sessions).values(token_hash=_token_hash(token), user_id=user_id, created_at=now,
+                                                expires_at=now + lifetime, address=(address or "")[:64]))
+        return token
+
+    def session_user(self, token: str) -> Optional[dict]:
+        """The active user a live session token belongs to, else None."""
+        with self.read() as c:
+            r = c.execute(Q_SESSION_USER, {"h": _token_hash(token), "now": time.time()}).first()
+        return dict(r._mapping) if r else None
+
+    def end_session(self, token: str) -> None:
+        with self.write() as c:
+            c.execute(delete(S.sessions).where(S.sessions.c.token_hash == _token_hash(token)))
+
+    def end_sessions(self, name: str, *, actor: str = "cli") -> int:
+        """Sign a user out everywhere: every session of theirs ends. Returns how many did."""
+        with self.write() as c:
+            uid = c.execute(select(S.users.c.id).where(S.users.c.name == name)).scalar()
+            if uid is None:
+                raise UserError(f"no user named '{name}'")
+            n = c.execute(delete(S.sessions).where(S.sessions.c.user_id == uid)).rowcount
+            self._audit(c, actor, "user.signout", {"name": name, "sessions": n})
+        return n
 
     def users(self) -> list[dict]:
         with self.read() as c:
@@ -539,6 +594,10 @@ class Store:
         with self.read() as c:
             rows = c.execute(select(S.audit).order_by(S.audit.c.id.desc()).limit(limit)).all()
         return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _label_dict(r) -> dict:

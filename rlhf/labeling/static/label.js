@@ -15,6 +15,11 @@
     form.addEventListener("submit", function (ev) {
       if (form.dataset.sent) { ev.preventDefault(); return; }
       form.dataset.sent = "1";
+      // Strength belongs to "A/B is better" only; the server refuses it with anything else.
+      const by = ev.submitter ? ev.submitter.value : "";
+      if (by !== "A" && by !== "B") {
+        form.querySelectorAll('input[name="strength"]').forEach(function (r) { r.disabled = true; });
+      }
       const secs = form.querySelector("#seconds");
       if (secs) secs.value = ((performance.now() - started) / 1000).toFixed(2);
     });
