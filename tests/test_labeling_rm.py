@@ -62,3 +62,38 @@ def test_reward_model_trained_from_the_database_agrees_with_the_labels(tmp_path,
     assert accuracy > 0.8, accuracy
     blue_wins = [(c > r) == row["chosen"].endswith("blue") for c, r, row in zip(chosen, rejected, rows)]
     assert sum(blue_wins) / len(rows) > 0.9
+
+
+def test_ties_are_refused_by_reward_model_training_and_the_export_agrees_with_the_database(tmp_path, capsys,
+                                                                                            tiny_model_dir):
+    """A `--ties` row is not a preference: `rlhf rm` names the file, line and field instead of reading
+    response 0 as chosen; without --ties the file and `--data sqlite:///` give the same pairs."""
+    from rlhf.data.load import load_pairs
+    from rlhf.errors import UserError
+
+    db = tmp_path / "ties.db"
+    store = Store(str(db), create=True)
+    items = [ItemSpec(f"i{n}", f"g{n}", f"Say {n}.", [f"{n} first", f"{n} second"]) for n in range(3)]
+    project = store.create_project("t", mode="pairwise", overlap=1, lease_seconds=600, strength=False,
+                                   render="text", guidelines="", items=items)
+    store.add_user("ann", "password1", hash_method="pbkdf2:sha256:1000")
+    ann = store.users()[0]
+    for choice in ("a", "tie", "b"):
+        store.submit(project, ann, store.lease_next(project, ann["id"]), Answer(choice), shown=[0, 1])
+    with_ties, without = tmp_path / "with-ties.jsonl", tmp_path / "prefs.jsonl"
+    assert cli_main(["label", "export", str(db), "-o", str(with_ties), "--ties"]) == 0
+    assert cli_main(["label", "export", str(db), "-o", str(without)]) == 0
+    tie_line = 1 + [json.loads(x).get("tie", False) for x in with_ties.read_text().splitlines()].index(True)
+    try:
+        load_pairs(str(with_ties))
+        raise AssertionError("a tie row was read as a preference")
+    except UserError as e:
+        assert str(e).startswith(f"with-ties.jsonl:{tie_line}: ") and '"tie"' in str(e), str(e)
+    capsys.readouterr()
+    assert cli_main(["rm", "--model", tiny_model_dir, "--data", str(with_ties), "--out", str(tmp_path / "rm"),
+                     "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"with-ties.jsonl:{tie_line}" in err[0] and '"tie"' in err[0], err
+    from_file = [(p.chosen, p.rejected) for p in load_pairs(str(without))]
+    from_db = [(p.chosen, p.rejected) for p in load_pairs(f"sqlite:///{db}")]
+    assert from_file == from_db == [("0 first", "0 second"), ("2 second", "2 first")]

@@ -225,6 +225,9 @@ def split_transcripts(row: Row, chosen: str, rejected: str) -> tuple[list[Messag
 # ---- row formats -----------------------------------------------------------------------------------
 
 def parse_preference(row: Row) -> Preference | Ranking:
+    if row.row.get("tie") not in (None, False):  # `rlhf label export --ties`: chosen is not better than rejected
+        raise row.fail('"tie": a tie says neither response is better; preference training reads strict '
+                       'comparisons only (export without --ties)')
     if row.has("responses") or row.has("ranking"):
         return _parse_ranking(row)
     if not (row.has("chosen") or row.has("rejected")):
