@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from rlhf.errors import UserError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -22,22 +26,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """A full disk or a read-only file system while writing `path` as one line (`UserError`), not a traceback."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield
+    except Exception as e:
+        # torch and safetensors report a full disk in their own words ("unexpected pos", "No space left")
+        full = (e.errno in DISK_FULL) if isinstance(e, OSError) else "No space left on device" in str(e)
+        if full:
+            raise UserError(f"{path}: no space left on the device (nothing of what was there before was "
+                            "changed; free some space and run again)") from None
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise UserError(f"{path}: cannot write here ({e.strerror})") from None
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `path` via a temporary file in the same folder and a rename (a full disk: `UserError`)."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -48,36 +72,127 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, keep: Iterable[str] = ()) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `path` whole.
+# A folder `NAME` is replaced in three steps, each a rename in its parent, so that a crash at any moment
+# leaves what `recover` can finish or undo:
+#   .NAME.<random>.tmp   being written (incomplete: deleted by `recover`)
+#   .NAME.new            complete, with every entry of NAME it keeps (`recover` swaps it in)
+#   .NAME.old            NAME before the swap (deleted once NAME is the new one; put back only when
+#                        there is neither NAME nor .NAME.new, a crash between the renames of earlier versions)
+def _new(path: Path) -> Path:
+    return path.parent / f".{path.name}.new"
 
-    Used for checkpoints and model folders: a reader (or `--resume`) only ever
-    sees a complete folder. Entries of the old folder named in `keep` (a run's
-    metrics and checkpoints beside its model files) are carried over as hard
-    links, so the old folder stays whole until the swap.
+
+def _old(path: Path) -> Path:
+    return path.parent / f".{path.name}.old"
+
+
+def recover(path: str | os.PathLike) -> str | None:
+    """Finish or undo an interrupted `atomic_dir` swap of `path` and remove its temporary folders.
+
+    Returns what was done ("completed", "rolled back", "cleaned") or None when nothing was left over.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        for name in keep:
-            src, dst = path / name, tmp / name
-            if src.exists() and not dst.exists():
-                _link_tree(src, dst)
-        old = None
+    parent = path.parent
+    if not parent.is_dir():
+        return None
+    done = None
+    for tmp in parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        _remove(tmp)
+        done = "cleaned"
+    new, old = _new(path), _old(path)
+    if new.is_dir():
         if path.exists():
-            old = path.parent / f".{path.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        os.replace(new, path)
+        _fsync_dir(parent)
+        _remove(old)
+        return "completed"
+    if old.exists():
+        if path.exists():
+            _remove(old)
+            return done or "cleaned"
+        os.replace(old, path)
+        _fsync_dir(parent)
+        return "rolled back"
+    return done
+
+
+def _temporary(name: str) -> bool:
+    """A name `atomic_dir`, `write_text` or a checkpoint save gives a folder or file while it is written."""
+    return name.startswith(".") and name.endswith((".tmp", ".new", ".old"))
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def recover_all(folder: str | os.PathLike) -> list[str]:
+    """`recover` every entry of `folder` that an interrupted swap or write left behind (`.X.new`, `.X.old`,
+    `.X.*.tmp`). Returns the names of the entries it finished, undid or cleaned."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = set()
+    for p in folder.iterdir():
+        m = re.fullmatch(r"\.(.+)\.(new|old)", p.name) or re.fullmatch(r"\.(.+?)\.[^.]*\.tmp", p.name)
+        if m:
+            names.add(m.group(1))
+    return [name for name in sorted(names) if recover(folder / name)]
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, keep: Iterable[str] = (), replace: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a temporary folder; on success its entries replace those of `path` in one swap.
+
+    Used for checkpoints and model folders: a reader (or `--resume`) only ever
+    sees a complete folder. Every entry of the old folder that the new one
+    does not have is carried over (as hard links, so the old folder stays
+    whole until the swap): a run's metrics and checkpoints beside its model
+    files, and anything else that was there. Entries matching a pattern of
+    `replace` (e.g. `model*.safetensors`: weight shards of an older save) are
+    not carried over. `keep` is accepted for older callers: everything is kept now.
+
+    A crash leaves the old folder or the new one, never neither: the next
+    `atomic_dir` of the same path (or `recover`) completes or undoes the swap.
+    A full disk raises `UserError` with the temporary folder removed and the
+    old folder untouched.
+    """
+    import fnmatch
+
+    path = Path(path)
+    del keep
+    drop = list(replace)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        with disk_errors(path):
+            yield tmp
+            if path.is_dir():
+                for entry in path.iterdir():
+                    dst = tmp / entry.name
+                    if (dst.exists() or dst.is_symlink() or _temporary(entry.name)
+                            or any(fnmatch.fnmatch(entry.name, p) for p in drop)):
+                        continue
+                    _link_tree(entry, dst)
+            _fsync_dir(tmp)
+            os.replace(tmp, _new(path))  # complete: from here on `recover` finishes the swap
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    recover(path)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

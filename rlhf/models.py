@@ -161,24 +161,39 @@ def unwrap(model):
     return inner
 
 
+# Files of an earlier save that a new save replaces even when it does not write them itself (weight shards of
+# another size, an index, an adapter): a folder mixing two saves' weights would load wrong.
+MODEL_WEIGHTS = ("model*.safetensors", "model.safetensors.index.json", "adapter_model*.safetensors",
+                 "adapter_config.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
 def save_model(model, tokenizer, out_dir: str | os.PathLike, *, extra: dict | None = None,
                keep: tuple[str, ...] = ()) -> Path:
     """Save a complete Hugging Face model folder atomically (LoRA merged in).
 
-    `keep`: entries of an existing `out_dir` to carry over (a run's metrics.jsonl, checkpoints).
+    The model's files replace those of an earlier save in one swap
+    (`rlhf.files.atomic_dir`); every other entry of `out_dir` (a run's
+    metrics.jsonl, checkpoints, manifest) stays. The files written are
+    recorded in the folder's run manifest when it has one. `keep` is
+    accepted for older callers (everything else is kept anyway).
     """
     from rlhf.files import atomic_dir, write_json
+    from rlhf.runfolder import RunFolder
 
     plain = unwrap(model)
     if extra:
         for k, v in extra.items():
             setattr(plain.config, k, v)
-    with atomic_dir(out_dir, keep=keep) as tmp:
+    with atomic_dir(out_dir, replace=MODEL_WEIGHTS) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if extra:
             write_json(Path(tmp) / "rlhf.json", extra)
+        names = sorted(p.name for p in Path(tmp).iterdir())
+    run = RunFolder.existing(out_dir)
+    if run is not None:
+        run.wrote(*names)
     return Path(out_dir)
 
 

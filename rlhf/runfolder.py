@@ -1,0 +1,394 @@
+"""The output folder of a run: what a command may write into, and the manifest that says what it wrote.
+
+A command writes only into a folder it may call its own:
+
+- a missing or empty folder (a new run);
+- a folder holding the manifest (`run.json`) of an earlier run of the same
+  command: `--resume` continues it (refusing changed options other than
+  those the command lets change), `--overwrite` replaces it, deleting only
+  the files the manifest lists.
+
+Anything else is refused with one line before anything is loaded: a folder
+with other files (the user's own), a model folder without a manifest,
+another command's run, an output folder equal to, inside or holding one of
+the inputs, a path that cannot be written (`/proc/x`, a path under a file).
+A run never deletes a file it did not write.
+
+    folder = RunFolder.claim(cfg.out, command="sft", options=to_dict(cfg), inputs=[cfg.model, cfg.data],
+                             resume=cfg.resume, overwrite=cfg.overwrite, may_change=TRAIN_MAY_CHANGE)
+    ...validate the data...
+    folder.start()                    # creates the folder, writes run.json
+    folder.wrote("config.yaml")       # before (or after) writing it
+    folder.update(status="finished")
+
+This module imports no torch: a refusal takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rlhf.errors import UserError
+
+MANIFEST = "run.json"
+# Options that never change what a run means: a resume may give other values.
+ALWAYS_MAY_CHANGE = frozenset({"resume", "overwrite", "quiet", "out"})
+PACKAGES = ("torch", "transformers", "accelerate", "peft", "rlhf")
+
+
+def read_manifest(out: str | os.PathLike) -> dict | None:
+    """The manifest of a run folder, None when there is none; `UserError` when it is damaged."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged run manifest ({e.__class__.__name__}); move the folder aside or "
+                        "choose another --out") from None
+    if not isinstance(data, dict) or not isinstance(data.get("command"), str):
+        raise UserError(f"{path}: not a run manifest of rlhf; choose another --out")
+    return data
+
+
+def _is_main_process() -> bool:
+    """Under torchrun / accelerate launch only the main process claims and writes the folder."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _ours(name: str) -> bool:
+    """Entries a run of ours leaves while writing (temporary files and folders, an unfinished swap)."""
+    return name.startswith(".") and name.endswith((".tmp", ".new", ".old"))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value) -> str:
+    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+
+
+def _plain(options: dict) -> dict:
+    """Options as JSON would give them back (tuples -> lists, paths -> strings)."""
+    return json.loads(json.dumps(options, default=str))
+
+
+class RunFolder:
+    """A claimed output folder. Build it with `RunFolder.claim`; nothing is written before `start`."""
+
+    def __init__(self, path: Path, command: str, options: dict, *, resuming: bool = False,
+                 overwrite: bool = False, manifest: dict | None = None, changed: dict | None = None,
+                 main: bool = True):
+        self.path = path
+        self.command = command
+        self.options = options
+        self.resuming = resuming
+        self.overwrite = overwrite
+        self.main = main
+        self.manifest: dict = manifest or {}
+        self.changed = changed or {}
+
+    # --- claiming -----------------------------------------------------------------------------------
+
+    @classmethod
+    def claim(cls, out, *, command: str, options: dict, inputs: Sequence[str | None] = (), resume: bool = False,
+              overwrite: bool = False, may_change: Iterable[str] = ()) -> "RunFolder":
+        """May `command` write into `out`? Raises `UserError` (one line) to refuse; writes nothing.
+
+        Allowed: `out` missing or empty; or `out` holding the manifest of an
+        earlier run of `command`, continued with `resume` (options other than
+        `may_change` must be those of that run) or replaced with `overwrite`
+        (`start` deletes the files it lists). Refused: anything else (see the
+        module docstring).
+        """
+        if resume and overwrite:
+            raise UserError("--resume continues the run in the output folder and --overwrite replaces it: "
+                            "give one of them")
+        if not str(out).strip():
+            raise UserError("--out is empty: name an output folder")
+        path = Path(os.path.abspath(Path(out).expanduser()))
+        options = _plain(options)
+        _check_inputs(path, inputs)
+        _check_writable(path)
+        main = _is_main_process()
+        entries = sorted(p.name for p in path.iterdir() if not _ours(p.name)) if path.is_dir() else []
+        manifest = read_manifest(path) if entries else None
+        if not entries:
+            return cls(path, command, options, main=main)
+        if manifest is None:
+            raise UserError(_occupied(path, entries, command))
+        if manifest["command"] != command:
+            raise UserError(f"{path} holds a run of `rlhf {manifest['command']}`, not of `rlhf {command}`; "
+                            "choose another --out")
+        if overwrite:
+            return cls(path, command, options, overwrite=True, manifest=manifest, main=main)
+        if not resume:
+            raise UserError(f"{path} holds an earlier run of `rlhf {command}`: pass --resume to continue it or "
+                            "--overwrite to replace it (deletes only the files that run wrote), or choose "
+                            "another --out")
+        before = manifest.get("options") or {}
+        free = ALWAYS_MAY_CHANGE | set(may_change)
+        changed = {k: [before.get(k), options.get(k)] for k in sorted(set(before) | set(options))
+                   if before.get(k) != options.get(k)}
+        fixed = [k for k in changed if k not in free]
+        if fixed:
+            k = fixed[0]
+            more = f" (and {len(fixed) - 1} other option{'s' if len(fixed) > 2 else ''})" if len(fixed) > 1 else ""
+            raise UserError(f"cannot resume {path}: {_flag(k)} was {_show(changed[k][0])}, now "
+                            f"{_show(changed[k][1])}{more}; a resume keeps the options of the run (those it "
+                            f"may change: {', '.join(_flag(f) for f in sorted(free - {'resume', 'out'}))}); "
+                            "use --overwrite to start over")
+        return cls(path, command, options, resuming=True, manifest=manifest,
+                   changed={k: v for k, v in changed.items() if k not in ("resume", "overwrite", "out")}, main=main)
+
+    @classmethod
+    def existing(cls, out) -> "RunFolder | None":
+        """The run in `out` (to record more files into its manifest), None when it holds no manifest."""
+        path = Path(os.path.abspath(Path(out).expanduser()))
+        manifest = read_manifest(path)
+        if manifest is None:
+            return None
+        return cls(path, manifest["command"], manifest.get("options") or {}, manifest=manifest,
+                   main=_is_main_process())
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def start(self, *, extra: dict | None = None, step: int | None = None) -> None:
+        """Create the folder and write the manifest; finish or undo what an interrupted run left.
+
+        On `overwrite` first deletes the files the earlier manifest lists; on
+        a resume appends `{time, step, changed}` to the manifest's `resumes`
+        (`step`: the step it continues from, by default that of the newest
+        checkpoint in `checkpoints/`).
+        """
+        if not self.main:
+            return
+        from rlhf.files import disk_errors, recover, recover_all
+
+        with disk_errors(self.path):
+            recover(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            recover_all(self.path)
+            now = _now()
+            if self.overwrite:
+                for name in self.manifest.get("files", []):
+                    _delete_inside(self.path, name)
+            if self.resuming:
+                manifest = dict(self.manifest)
+                manifest["options"] = self.options
+                resumes = list(manifest.get("resumes", []))
+                resumes.append({"time": now, "step": step if step is not None else _newest_step(self.path),
+                                "changed": self.changed, "environment": _environment(self.options)})
+                manifest.update(resumes=resumes, status="running")
+            else:
+                manifest = {"command": self.command, "options": self.options, "status": "running",
+                            "started": now, **_environment(self.options), "files": [MANIFEST], "resumes": []}
+            if extra:
+                manifest.update(_plain(extra))
+            self.manifest = manifest
+            self._write()
+
+    def wrote(self, *names: str) -> None:
+        """Record entries (relative to the folder) that this run writes; `--overwrite` deletes only these."""
+        if not self.main:
+            return
+        files = list(self.manifest.get("files", []))
+        new = [n for n in (str(Path(n)) for n in names) if n not in files]
+        if new:
+            self.manifest["files"] = files + new
+            self._write()
+
+    def update(self, **fields) -> None:
+        """Set manifest fields (status="finished", heartbeat, device, processes, ...) and rewrite it."""
+        if not self.main:
+            return
+        self.manifest.update(_plain(fields))
+        self._write()
+
+    def _write(self) -> None:
+        from rlhf.files import write_json
+
+        self.manifest["updated"] = _now()
+        write_json(self.path / MANIFEST, self.manifest)
+
+
+# --- checks -----------------------------------------------------------------------------------------------
+
+def _occupied(path: Path, entries: list[str], command: str) -> str:
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    if "config.json" in entries:
+        what = "a model folder that is not a run of rlhf (no run.json)"
+    else:
+        what = f"files that no rlhf run wrote ({shown})"
+    return (f"{path} holds {what}; `rlhf {command}` writes only into a new or empty folder or its own earlier "
+            "run: choose another --out")
+
+
+def _check_inputs(out: Path, inputs: Sequence[str | None]) -> None:
+    """`out` must not be an input, inside one, or hold one (its files would be replaced or deleted)."""
+    real_out = Path(os.path.realpath(out))
+    for name in inputs:
+        if not name:
+            continue
+        name = str(name)
+        for prefix in ("rm:", "llm:", "human:"):  # judge specs name a path after their prefix
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        p = Path(name).expanduser()
+        if not p.exists():
+            continue
+        real_in = Path(os.path.realpath(p))
+        if real_in == real_out:
+            raise UserError(f"--out {out} is the input {name}: write the result into another folder")
+        if real_out in real_in.parents:
+            raise UserError(f"--out {out} holds the input {name}: write the result into another folder")
+        if real_in in real_out.parents:
+            raise UserError(f"--out {out} is inside the input {name}: write the result into another folder")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a path under a regular file, in a file system that takes no new folders, or not writable."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {path}: {existing} is a file, so no folder can be made under it")
+    for kernel in ("/proc", "/sys", "/dev"):
+        if existing == Path(kernel) or Path(kernel) in existing.parents:
+            raise UserError(f"--out {path}: {kernel} is not a place for files; choose another folder")
+    try:  # the one sure test: make (and remove) a folder where the run would write
+        probe = tempfile.mkdtemp(dir=existing, prefix=".rlhf-write-test.")
+        os.rmdir(probe)
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+def _delete_inside(folder: Path, name: str) -> None:
+    """Delete `folder/name` if it is really inside `folder` (a manifest is data: never follow it out)."""
+    import shutil
+
+    target = folder / name
+    try:
+        inside = Path(os.path.realpath(target.parent)) == Path(os.path.realpath(folder)) or \
+            Path(os.path.realpath(folder)) in Path(os.path.realpath(target)).parents
+    except OSError:
+        return
+    if not inside or name in ("", ".", "..") or Path(name).is_absolute():
+        return
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
+
+
+def _newest_step(folder: Path) -> int | None:
+    steps = [int(m.group(1)) for p in (folder / "checkpoints").glob("step-*")
+             if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    return max(steps, default=None)
+
+
+# --- what the manifest records about the machine ----------------------------------------------------------
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _environment(options: dict) -> dict:
+    return {"versions": _versions(), "commit": _git_commit(), "python": platform.python_version(),
+            "machine": {"cpu": _cpu_model(), "cores": _cores(), "gpu": _gpu_name(), "host": platform.node()},
+            "threads": _threads(options), "seeds": {k: v for k, v in options.items() if k == "seed" or
+                                                     k.endswith("_seed")}}
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    if out.get("rlhf") is None:
+        from rlhf import __version__
+
+        out["rlhf"] = __version__
+    return out
+
+
+def _git_commit() -> str | None:
+    """The commit of the source tree rlhf runs from, read from .git (no git process), None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    for root in (here, *here.parents):
+        git = root / ".git"
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            text = git.read_text().strip()
+            git = (root / text.split(":", 1)[1].strip()) if text.startswith("gitdir:") else git
+        if git.is_dir():
+            try:
+                head = (git / "HEAD").read_text().strip()
+                if not head.startswith("ref:"):
+                    return head
+                ref = head.split(":", 1)[1].strip()
+                for base in (git, _common_dir(git)):
+                    if (base / ref).is_file():
+                        return (base / ref).read_text().strip()
+                    packed = base / "packed-refs"
+                    if packed.is_file():
+                        for line in packed.read_text().splitlines():
+                            if line.endswith(" " + ref):
+                                return line.split()[0]
+            except OSError:
+                return None
+            return None
+    return None
+
+
+def _common_dir(git: Path) -> Path:
+    common = git / "commondir"
+    return (git / common.read_text().strip()).resolve() if common.is_file() else git
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _gpu_name() -> str | None:
+    """The GPU's name when torch is already loaded and sees one (the runtime records the device it uses)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:  # a broken driver is not this module's business
+        return None
+    return None
+
+
+def _threads(options: dict) -> dict:
+    torch = sys.modules.get("torch")
+    return {"option": options.get("threads"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.get_num_threads() if torch is not None else None}
