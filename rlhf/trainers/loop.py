@@ -76,6 +76,7 @@ class TrainOptions:
     keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
     log_every: int = opt(1, "write a metrics row every N steps")
     resume: bool = opt(False, "continue from the last checkpoint in the output folder")
+    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the files it wrote)")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
     threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
