@@ -46,9 +46,14 @@ def servers(tmp_path_factory):
     store.create_project("ranks", mode="ranking", overlap=1, lease_seconds=600, strength=False, render="markdown",
                          guidelines="", items=[ItemSpec("sort", "sort", "Sort 3 1 2.",
                                                         ["1 2 3", "3 2 1", "1 3 2", "no idea"])])
+    flow = [ItemSpec("md", "md", "Show me a picture.",
+                     ["Here:\n![cat](http://img.example/cat.png)\nand [the docs](https://docs.example/)", "No."]),
+            ItemSpec("two", "two", "Say two.", ["two", "2"])]
+    store.create_project("flow", mode="pairwise", overlap=1, lease_seconds=600, strength=True, render="markdown",
+                         guidelines="Read carefully.", items=flow)
     store.add_user("ann", "password1", hash_method="pbkdf2:sha256:1000")
     out, stop, threads = {}, threading.Event(), []
-    for name in ("pairs", "ranks"):
+    for name in ("pairs", "ranks", "flow"):
         srv = make_server(ServeConfig(db=db, project=name, port=0, threads=4))
         threads.append(threading.Thread(target=run_until, args=(srv, stop), daemon=True))
         threads[-1].start()
@@ -96,6 +101,8 @@ def test_pairwise_with_mouse_and_keyboard(browser, servers):
     store, urls = servers
     page = new_page(browser, urls["pairs"])
 
+    # nothing is preselected: the strength is the annotator's to give
+    assert page.locator("input[name=strength]:checked").count() == 0
     # 1. the hostile response: visible as text, nothing ran, no <img> was made
     texts = shown(page)
     assert any("<script>window.__pwned = 1</script>" in t for t in texts.values())
@@ -130,7 +137,7 @@ def test_pairwise_with_mouse_and_keyboard(browser, servers):
 
     # my labels: the annotator sees their three labels
     page.goto("/labels")
-    assert page.locator("#my-labels tbody tr").count() == 3
+    assert page.locator("#my-labels .my-label").count() == 3
 
 
 def test_ranking_by_drag_keys_and_buttons(browser, servers):
@@ -143,7 +150,11 @@ def test_ranking_by_drag_keys_and_buttons(browser, servers):
     def order():
         return page.locator("#order").input_value()
 
-    assert order() == "A,B,C,D"
+    # untouched: Enter does not store the order shown
+    assert order() == ""
+    page.locator("body").click(position={"x": 2, "y": 2})
+    page.keyboard.press("Enter")
+    assert page.locator("#untouched.error").is_visible() and page.locator("#label-form").count() == 1
     # mouse drag: D onto the top half of A -> D first
     page.drag_and_drop("#card-D", "#card-A", target_position={"x": 40, "y": 5})
     assert order() == "D,A,B,C"
@@ -155,12 +166,62 @@ def test_ranking_by_drag_keys_and_buttons(browser, servers):
     page.click("#card-D button[data-move='1']")
     assert order() == "B,D,A,C"
     assert page.locator("#card-B .place").inner_text() == "1"
+    # a tie: select place 4 (C) and press "=": level with A above it
+    page.keyboard.press("4")
+    page.keyboard.press("=")
+    assert order() == "B,D,A=C"
+    assert page.locator("#card-C .place").inner_text() == "3"
     page.locator("body").click(position={"x": 2, "y": 2})  # focus off the button: Enter submits the ranking
     submit_and_wait(page, lambda: page.keyboard.press("Enter"))
     page.wait_for_selector("#all-done")
     assert page.errors == []
 
-    best_first = [text[x] for x in "BDAC"]
-    expected = {(best_first[i], best_first[j]) for i in range(4) for j in range(i + 1, 4)}
+    b, d, a, c = (text[x] for x in "BDAC")
+    expected = {(b, d), (b, a), (b, c), (d, a), (d, c)}
     rows = export_project(store, "ranks")
-    assert len(rows) == 6 and {(r["chosen"], r["rejected"]) for r in rows} == expected
+    assert len(rows) == 5 and {(r["chosen"], r["rejected"]) for r in rows} == expected
+    (tie,) = [r for r in export_project(store, "ranks", include_ties=True) if r.get("tie")]
+    assert {tie["chosen"], tie["rejected"]} == {a, c}
+
+
+def test_annotator_flow_raw_view_comment_flag_undo_skip_reason(browser, servers):
+    store, urls = servers
+    page = new_page(browser, urls["flow"])
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.reload()
+    assert page.locator('#guidelines[open]').count() == 1  # open before the first label
+    assert page.locator("#left-count").inner_text() == "2"
+    assert "Show me a picture" in page.locator(".prompt").inner_text()  # items go out by position
+    # the model's text: line breaks kept, no <img>, the link opens in a new tab without an opener
+    body = page.locator("section.response", has_text="cat").locator(".rendered")
+    assert body.locator("img").count() == 0 and body.locator("br").count() == 2
+    link = body.locator("a")
+    assert link.get_attribute("target") == "_blank" and "noopener" in link.get_attribute("rel")
+    assert not any("img.example" in u for u in requests)
+    # V shows exactly what the model wrote, V again the formatted view
+    page.keyboard.press("v")
+    raw = page.locator("section.response", has_text="cat").locator("pre.raw")
+    assert raw.is_visible() and "![cat](http://img.example/cat.png)" in raw.inner_text()
+    assert not body.is_visible()
+    page.keyboard.press("v")
+    assert body.is_visible() and not raw.is_visible()
+    # a comment (typing "t" and "2" in it answers nothing) and a flag, then A is better with no strength
+    page.click(".extra summary")
+    page.fill("#comment", "the picture never loads, t2")
+    page.check("#flag")
+    page.locator("body").click(position={"x": 2, "y": 2})
+    letter = "A" if "cat" in page.locator("#response-A").inner_text() else "B"
+    submit_and_wait(page, lambda: page.keyboard.press("1" if letter == "A" else "2"))
+    (label,) = [x for x in store.project_labels(store.project("flow")) if x["choice"] != "skip"]
+    assert label["comment"] == "the picture never loads, t2" and label["flagged"] and label["strength"] is None
+    # U takes it back: the same item is the task again; then skip it with a reason
+    submit_and_wait(page, lambda: page.keyboard.press("u"))
+    assert "Show me a picture" in page.locator(".prompt").inner_text()
+    page.select_option("#reason", "broken")
+    submit_and_wait(page, lambda: page.click("#choose-skip"))
+    labels = store.labels_of(store.project("flow"), label["user_id"])
+    assert ("skip", "broken") in [(x["choice"], x["reason"]) for x in labels]
+    page.goto("/labels")
+    assert "Show me a picture." in page.locator("#my-labels").inner_text()
+    assert page.errors == []

@@ -96,8 +96,9 @@ def test_resubmission_is_idempotent_and_changes_are_audited(tmp_path):
     assert len(labels) == 1 and store.item(item).done_count == 1
     log = [e for e in store.audit_log() if e["action"].startswith("label.")]
     assert [e["action"] for e in log] == ["label.update", "label.create"]  # newest first; no row for the no-op
-    assert log[0]["detail"] == {"before": {"choice": "a", "ranking": None, "strength": 2},
-                                "after": {"choice": "tie", "ranking": None, "strength": None}}
+    none = {"comment": None, "flagged": False, "reason": None}
+    assert log[0]["detail"] == {"before": {"choice": "a", "ranking": None, "strength": 2, **none},
+                                "after": {"choice": "tie", "ranking": None, "strength": None, **none}}
     assert log[0]["actor"] == "ann"
 
 

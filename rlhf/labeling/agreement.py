@@ -4,8 +4,9 @@ Everything works on *units*: `{unit: {annotator: value}}`, a nominal value per
 annotator per thing judged. A pairwise item is one unit whose values are
 `a`, `b`, `tie` or `both_bad` (skips are not judgements and are left out).
 A ranking of K responses is C(K, 2) units, one per pair of responses (i < j),
-valued `a` when i is ranked above j and `b` otherwise, so rankings are
-compared in the same currency as pairwise labels.
+valued `a` when i is ranked above j, `b` when below and `tie` when the
+annotator put them in one place, so rankings are compared in the same
+currency as pairwise labels; "all bad" is `both_bad` on every pair.
 
 Definitions (Artstein & Poesio 2008; Krippendorff 2011):
 - percent agreement: agreeing pairs of annotators on the same unit over all such pairs;
@@ -23,6 +24,8 @@ import itertools
 from collections import Counter, defaultdict
 from typing import Hashable, Mapping
 
+from rlhf.labeling.store import places
+
 Units = Mapping[Hashable, Mapping[str, str]]
 
 
@@ -32,13 +35,16 @@ def label_values(label: dict, mode: str) -> dict[Hashable, str]:
         return {}
     if mode == "pairwise":
         return {label["item_id"]: label["choice"]}
+    if label["choice"] == "all_bad":
+        k = len(label["shown"]) if label.get("shown") else 0
+        return {(label["item_id"], i, j): "both_bad" for i, j in itertools.combinations(range(k), 2)}
     return ranking_values(label["item_id"], label["ranking"])
 
 
-def ranking_values(item_id, ranking: list[int]) -> dict[Hashable, str]:
-    place = {r: n for n, r in enumerate(ranking)}
-    return {(item_id, i, j): "a" if place[i] < place[j] else "b"
-            for i, j in itertools.combinations(sorted(ranking), 2)}
+def ranking_values(item_id, ranking: list) -> dict[Hashable, str]:
+    place = {r: n for n, tied in enumerate(places(ranking)) for r in tied}
+    return {(item_id, i, j): "tie" if place[i] == place[j] else "a" if place[i] < place[j] else "b"
+            for i, j in itertools.combinations(sorted(place), 2)}
 
 
 def units_from_labels(labels: list[dict], mode: str) -> dict[Hashable, dict[str, str]]:

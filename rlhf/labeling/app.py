@@ -17,7 +17,9 @@ JSON API (same session cookie; send `X-CSRF-Token` on POST):
     GET  /api/session          -> {user, admin, project, mode, csrf_token}
     GET  /api/task             -> the task leased to you, or {"task": null}
     POST /api/next             -> lease (or renew) your next task
-    POST /api/labels           {item_id, choice, order?, strength?, seconds?, next?} -> {label, task?}
+    POST /api/labels           {item_id, choice, order?, strength?, comment?, flag?, reason?, seconds?, next?}
+                               -> {label, task?}
+    POST /api/undo             -> take back your latest label: {item_id} (its task is yours again)
     GET  /api/labels           -> your labels;  GET /api/labels/<id> -> one of yours
     GET  /api/stats            -> agreement and progress (admin)
 """
@@ -39,7 +41,7 @@ from flask import (Flask, Response, flash, g, jsonify, redirect, render_template
 from werkzeug.routing import BaseConverter
 
 from rlhf.labeling import agreement, display
-from rlhf.labeling.store import Project, Refused, Store
+from rlhf.labeling.store import SKIP_REASONS, Project, Refused, Store
 
 HERE = Path(__file__).parent
 
@@ -228,14 +230,18 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         if item is None or (mine is None and store.current_task(proj, g.user["id"]) != item_id):
             return fail(403, "this item is not assigned to you")
         shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
-        responses = [{"letter": display.LETTERS[n], "html": display.to_html(item.responses[i], proj.render)}
-                     for n, i in enumerate(shown)]
-        prompt = [{"role": m["role"], "html": display.to_html(m["content"], proj.render)}
+        responses = [{"letter": display.LETTERS[n], "html": display.to_html(item.responses[i], proj.render),
+                      "raw": item.responses[i]} for n, i in enumerate(shown)]
+        prompt = [{"role": m["role"], "html": display.to_html(m["content"], proj.render), "raw": m["content"]}
                   for m in display.prompt_messages(item.prompt)]
         previous = display.answer_in_display_terms(mine, proj.mode, shown)
+        progress = store.progress(proj, g.user["id"])
         return render_template("task.html", item=item, responses=responses, prompt=prompt, previous=previous,
-                               revisit=revisit and mine is not None, progress=store.progress(proj, g.user["id"]),
-                               guidelines=display.to_html(proj.guidelines, "markdown") if proj.guidelines else "")
+                               mine=mine or {}, revisit=revisit and mine is not None, progress=progress,
+                               reasons=SKIP_REASONS, can_undo=progress["labelled"] > 0,
+                               guidelines=display.to_html(proj.guidelines, "markdown") if proj.guidelines else "",
+                               # open until the annotator's first label, folded after
+                               guidelines_open=progress["labelled"] == 0)
 
     @app.post("/next")
     @login_required()
@@ -249,9 +255,12 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     def label_post():
         item_id = _int(request.form.get("item_id"), "item_id")
         revisit = request.form.get("return") == "labels"
+        f = request.form
+        extra = {"comment": f.get("comment"), "flag": f.get("flag") == "1",
+                 "reason": f.get("reason") if f.get("choice") == "skip" else None}
         try:
-            _, nxt = _submit(item_id, request.form.get("choice"), request.form.get("order"),
-                             request.form.get("strength"), request.form.get("seconds"), lease=not revisit)
+            _, nxt = _submit(item_id, f.get("choice"), f.get("order"), f.get("strength"), f.get("seconds"),
+                             lease=not revisit, **extra)
         except Refused as e:
             if e.status != 409:
                 raise
@@ -261,6 +270,15 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
             flash("Label updated.")
             return redirect(url_for("my_labels"))
         return redirect(url_for("task") if nxt is not None else url_for("done"))
+
+    @app.post("/undo")
+    @login_required()
+    def undo():
+        if store.undo_last(proj, g.user) is None:
+            flash("Nothing to undo.")
+        else:
+            flash("Your last label was taken back; label the item again.")
+        return redirect(url_for("task"))
 
     @app.get("/done")
     @login_required()
@@ -273,6 +291,9 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         labels = store.labels_of(proj, g.user["id"])
         for lab in labels:  # as the annotator saw it: letters, not the item's own response order
             lab["seen"] = display.answer_in_display_terms(lab, proj.mode, lab["shown"])
+            item = store.item_view(lab["item_id"])
+            lab["prompt"] = display.prompt_messages(item.prompt)[-1]["content"]
+            lab["texts"] = [(display.LETTERS[n], item.responses[i]) for n, i in enumerate(lab["shown"])]
         return render_template("labels.html", labels=labels, progress=store.progress(proj, g.user["id"]))
 
     @app.get("/admin")
@@ -319,15 +340,24 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
             raise Refused(400, "send a JSON object")
         item_id = _int(body.get("item_id"), "item_id")
         order = body.get("order")
-        if isinstance(order, list):
-            order = ",".join(map(str, order))
+        if isinstance(order, list):  # ["C", ["A", "D"], "B"] or ["C", "A=D", "B"]: A and D tied
+            order = ",".join("=".join(map(str, x)) if isinstance(x, list) else str(x) for x in order)
         strength = body.get("strength")
         label, nxt = _submit(item_id, body.get("choice"), order, None if strength is None else str(strength),
-                             body.get("seconds"), lease=bool(body.get("next")))
+                             body.get("seconds"), lease=bool(body.get("next")), comment=body.get("comment"),
+                             flag=body.get("flag", False), reason=body.get("reason"))
         out = {"label": _label_json(label)}
         if body.get("next"):
             out["task"] = _task_json(nxt)
         return jsonify(out)
+
+    @app.post("/api/undo")
+    @login_required()
+    def api_undo():
+        item_id = store.undo_last(proj, g.user)
+        if item_id is None:
+            return fail(404, "nothing to undo")
+        return jsonify({"item_id": item_id})
 
     @app.get("/api/labels")
     @login_required()
@@ -351,13 +381,23 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                         "agreement": agreement.summarize(store.project_labels(proj), proj.mode)})
 
     # -- helpers ---------------------------------------------------------------
-    def _submit(item_id: int, choice, order, strength, seconds, lease: bool) -> tuple[dict, int | None]:
+    def _submit(item_id: int, choice, order, strength, seconds, lease: bool, *, comment=None, flag=False,
+                reason=None) -> tuple[dict, int | None]:
         """Store the label; with `lease`, also lease the next task in the same transaction."""
         item = store.item_view(item_id)
         if item is None:
             raise Refused(404, "no such item")
         shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
         answer = display.answer_from_form(proj.mode, shown, str(choice or ""), order, strength)
+        if comment is not None and not isinstance(comment, str):
+            raise Refused(400, "comment must be text")
+        if not isinstance(flag, bool):
+            raise Refused(400, "flag must be true or false")
+        if reason is not None and not isinstance(reason, str):
+            raise Refused(400, "reason must be text")
+        answer.comment = (comment or "").strip() or None
+        answer.flagged = flag
+        answer.reason = reason or None
         secs = None
         if seconds not in (None, ""):
             try:
@@ -378,7 +418,8 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     def _label_json(label: dict) -> dict:
         shown = label["shown"]
         return {"id": label["id"], "item_id": label["item_id"], "changed": label.get("changed"),
-                **display.answer_in_display_terms(label, proj.mode, shown), "updated_at": label["updated_at"]}
+                **display.answer_in_display_terms(label, proj.mode, shown), "comment": label.get("comment"),
+                "flag": bool(label.get("flagged")), "reason": label.get("reason"), "updated_at": label["updated_at"]}
 
     return app
 

@@ -8,7 +8,12 @@ sent to the browser).
 
 Response text is untrusted. `to_html` either escapes it or renders it as
 CommonMark with raw HTML disabled (markdown-it-py `html=False`): a `<script>`
-in a response arrives in the page as the text `&lt;script&gt;`.
+in a response arrives in the page as the text `&lt;script&gt;`. Rendering
+keeps the model's line breaks, never makes an `<img>` (an image is shown as
+its alt text and address, so nothing is fetched from anywhere), and opens
+links in a new tab with `rel="noopener noreferrer"`; the page also carries
+the raw text, escaped, for the annotator who wants to see exactly what the
+model wrote.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from functools import lru_cache
 
 from markupsafe import Markup, escape
 
-from rlhf.labeling.store import Answer, Refused
+from rlhf.labeling.store import Answer, Refused, places
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -38,7 +43,23 @@ def _markdown():
     from markdown_it import MarkdownIt
 
     # commonmark preset with raw HTML off; markdown-it also refuses javascript:/vbscript:/data: links.
-    return MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    # breaks: a newline in the text is a line break on the page, as the model wrote it.
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True})
+
+    def image(self, tokens, idx, options, env):
+        t = tokens[idx]
+        alt = "".join(c.content for c in (t.children or []))
+        return (f'<span class="image">[image: {escape(alt)}]'
+                f' <code>{escape(t.attrGet("src") or "")}</code></span>')
+
+    def link_open(self, tokens, idx, options, env):
+        tokens[idx].attrSet("target", "_blank")
+        tokens[idx].attrSet("rel", "noopener noreferrer")
+        return self.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("image", image)
+    md.add_render_rule("link_open", link_open)
+    return md
 
 
 def to_html(text: str, render: str = "markdown") -> Markup:
@@ -59,7 +80,8 @@ def answer_from_form(mode: str, shown: list[int], choice: str, order: str | None
     """Map what the page posted (display positions) to an `Answer` in item terms.
 
     Pairwise: `choice` is A (left), B (right), tie, both_bad or skip.
-    Ranking: `order` lists display letters best first, e.g. "C,A,D,B".
+    Ranking: `choice` rank, all_bad or skip; `order` lists display letters
+    best first, tied ones joined by "=": "C,A=D,B" (C best, A and D tied).
     """
     choice = (choice or "").strip()
     if mode == "pairwise":
@@ -72,15 +94,18 @@ def answer_from_form(mode: str, shown: list[int], choice: str, order: str | None
             return Answer(choice=choice)
         raise Refused(400, "choice must be A, B, tie, both_bad or skip")
     _no_strength(strength, "a ranking")
-    if choice == "skip":
-        return Answer(choice="skip")
+    if choice in ("skip", "all_bad"):
+        return Answer(choice=choice)
     if choice != "rank":
-        raise Refused(400, "choice must be rank or skip")
-    letters = [x.strip() for x in (order or "").split(",") if x.strip()]
+        raise Refused(400, "choice must be rank, all_bad or skip")
     k = len(shown)
-    if sorted(letters) != list(LETTERS[:k]):
+    groups = [[x.strip() for x in part.split("=")] for part in (order or "").split(",") if part.strip()]
+    if not groups:
+        raise Refused(400, "order is empty: put the responses in order (or confirm the order shown) first")
+    if sorted(x for g in groups for x in g) != list(LETTERS[:k]):
         raise Refused(400, f"order must list each of the letters {', '.join(LETTERS[:k])} once")
-    return Answer(choice="rank", ranking=[shown[LETTERS.index(x)] for x in letters])
+    ranking = [[shown[LETTERS.index(x)] for x in g] for g in groups]
+    return Answer(choice="rank", ranking=[g[0] if len(g) == 1 else sorted(g) for g in ranking])
 
 
 def _no_strength(value: str | None, what: str) -> None:
@@ -108,5 +133,6 @@ def answer_in_display_terms(label: dict | None, mode: str, shown: list[int]) -> 
             return {"choice": LETTERS[pos], "strength": label.get("strength")}
         return {"choice": c}
     if label["choice"] == "rank" and label.get("ranking"):
-        return {"choice": "rank", "order": [LETTERS[shown.index(i)] for i in label["ranking"]]}
+        return {"choice": "rank", "order": ["=".join(sorted(LETTERS[shown.index(i)] for i in tied))
+                                            for tied in places(label["ranking"])]}
     return {"choice": label["choice"]}

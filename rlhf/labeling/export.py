@@ -7,11 +7,13 @@ A string prompt gives TRL's standard format (strings); a prompt given as
 messages gives its conversational format (`chosen` is `[{"role":
 "assistant", "content": ...}]`).
 
-A ranking of K responses becomes C(K, 2) pairs, better over worse. Ties and
-"both bad" stay in the database and are left out of pairs; `include_ties`
-writes ties as rows with `"tie": true` and margin 0 (for losses that model
-ties). `aggregate="majority"` writes one row per comparison instead, the
-majority of its annotators (comparisons without a strict majority for one
+A ranking of K responses becomes C(K, 2) pairs, better over worse; two
+responses the annotator tied in a ranking are a tie. Ties, "both bad" and
+"all bad" stay in the database and are left out of pairs; `include_ties`
+writes ties as rows with `"tie": true` and margin 0, for losses that model
+ties (`rlhf rm` refuses such rows rather than read one as a preference).
+`aggregate="majority"` writes one row per comparison instead, the majority
+of its annotators (comparisons without a strict majority for one
 side are left out), with `votes` = "for/total".
 """
 
@@ -21,7 +23,7 @@ import itertools
 from collections import Counter, defaultdict
 
 from rlhf.errors import UserError
-from rlhf.labeling.store import Item, Store
+from rlhf.labeling.store import Item, Store, places
 
 
 def _side(prompt, text: str):
@@ -44,9 +46,10 @@ def comparisons(label: dict, mode: str) -> list[tuple[int, int, str]]:
             return [(0, 1, label["choice"])]
         return []  # skip, both_bad: no preference between the two
     if label["choice"] != "rank":
-        return []
-    place = {r: n for n, r in enumerate(label["ranking"])}
-    return [(i, j, "a" if place[i] < place[j] else "b") for i, j in itertools.combinations(sorted(place), 2)]
+        return []  # skip, all_bad
+    place = {r: n for n, tied in enumerate(places(label["ranking"])) for r in tied}
+    return [(i, j, "tie" if place[i] == place[j] else "a" if place[i] < place[j] else "b")
+            for i, j in itertools.combinations(sorted(place), 2)]
 
 
 def preference_rows(items: dict[int, Item], labels: list[dict], mode: str, *, include_ties: bool = False,

@@ -3,8 +3,10 @@
 Times are UNIX seconds (floats) so every backend stores them the same way.
 Answers are stored in the item's own terms, never in the order an annotator
 saw: response `idx` 0, 1, ... as created. A pairwise choice is `a` (response 0
-better), `b` (response 1 better), `tie`, `both_bad` or `skip`; a ranking is a
-JSON list of response indices, best first, with choice `rank`.
+better), `b` (response 1 better), `tie`, `both_bad` or `skip`. A ranking has
+choice `rank` and a JSON list of places, best first: a place is a response
+index, or a list of indices the annotator tied (`[2, [0, 1], 3]`); a ranking
+whose responses are all bad is choice `all_bad` with no list.
 """
 
 from __future__ import annotations
@@ -105,13 +107,14 @@ labels = Table(
     Column("id", Integer, primary_key=True),
     Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
-    Column("choice", String(16), nullable=False),  # a | b | tie | both_bad | skip | rank
-    Column("ranking", Text, nullable=True),  # JSON list of response idx, best first
+    Column("choice", String(16), nullable=False),  # a | b | tie | both_bad | skip | rank | all_bad
+    Column("ranking", Text, nullable=True),  # JSON list of places, best first: idx, or a list of tied idx
     Column("strength", Integer, nullable=True),  # 1 slightly, 2 clearly, 3 much better
     Column("shown", Text, nullable=False),  # JSON list of response idx in the order shown
     Column("seconds", Float, nullable=True),  # time from page load to answer, as the browser measured
     Column("comment", Text, nullable=True),  # the annotator's note; for a skip, why
     Column("flagged", Boolean, nullable=False, default=False),  # "flag this item" for an admin to look at
+    Column("reason", String(16), nullable=True),  # why skipped: one of store.SKIP_REASONS
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("item_id", "user_id"),

@@ -37,6 +37,9 @@ from rlhf.labeling import schema as S
 
 MODES = ("pairwise", "ranking")
 PAIR_CHOICES = ("a", "b", "tie", "both_bad", "skip")
+RANK_CHOICES = ("rank", "all_bad", "skip")
+SKIP_REASONS = ("unsure", "expertise", "harmful", "broken", "other")
+MAX_COMMENT = 2000
 
 
 
@@ -127,8 +130,16 @@ class Answer:
     """A label in item terms (see `schema`)."""
 
     choice: str
-    ranking: Optional[list[int]] = None
+    ranking: Optional[list] = None  # places best first: an index, or a list of tied indices
     strength: Optional[int] = None
+    comment: Optional[str] = None
+    flagged: bool = False
+    reason: Optional[str] = None  # with a skip: one of SKIP_REASONS
+
+
+def places(ranking: list) -> list[list[int]]:
+    """A stored ranking as places best first, each a list of the (tied) response indices in it."""
+    return [list(p) if isinstance(p, list) else [p] for p in ranking]
 
 
 def database_url(db: str) -> str:
@@ -206,6 +217,8 @@ class Store:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN comment TEXT")
             if "flagged" not in have:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN flagged BOOLEAN NOT NULL DEFAULT FALSE")
+            if "reason" not in have:
+                c.exec_driver_sql("ALTER TABLE labels ADD COLUMN reason VARCHAR(16)")
             c.execute(update(S.meta).where(S.meta.c.key == "schema").values(value=S.SCHEMA_VERSION))
 
     def close(self) -> None:
@@ -499,13 +512,16 @@ class Store:
             if old is None:
                 c.execute(D_LEASE, {"aid": lease.id})
             return Refused(409, "your lease on this item expired and it has been labelled by others")
-        after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength}
+        after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength,
+                 "comment": answer.comment, "flagged": bool(answer.flagged), "reason": answer.reason}
         values = {"choice": answer.choice, "ranking": None if answer.ranking is None else _dumps(answer.ranking),
-                  "strength": answer.strength, "shown": _dumps(shown), "seconds": seconds, "updated_at": now}
+                  "strength": answer.strength, "comment": answer.comment, "flagged": bool(answer.flagged),
+                  "reason": answer.reason, "shown": _dumps(shown), "seconds": seconds, "updated_at": now}
         before = None
         if old is not None:
             before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
-                      "strength": old.strength}
+                      "strength": old.strength, "comment": old.comment, "flagged": bool(old.flagged),
+                      "reason": old.reason}
             if before == after:
                 return {**_label_dict(old), "changed": False}
             c.execute(U_LABEL, {"lid": old.id, **values})
@@ -520,6 +536,30 @@ class Store:
                             "label_id": label_id, "detail": _dumps({"before": before, "after": after})})
         return {"id": label_id, **key, **values, "ranking": answer.ranking, "shown": list(shown),
                 "created_at": created, "changed": True}
+
+    def undo_last(self, project: Project, user: dict, *, now: float | None = None) -> Optional[int]:
+        """Take back this user's latest label in the project: it is deleted (audited) and its item is
+        leased to them again, first in line. Returns that item's id, or None when there is nothing to undo."""
+        now = time.time() if now is None else now
+        with self.write() as c:
+            self._lock_project(c, project.id)
+            last = c.execute(select(_l).join(_i, _i.c.id == _l.c.item_id)
+                             .where(_l.c.user_id == user["id"], _i.c.project_id == project.id)
+                             .order_by(_l.c.updated_at.desc(), _l.c.id.desc()).limit(1)).first()
+            if last is None:
+                return None
+            c.execute(delete(_l).where(_l.c.id == last.id))
+            if last.choice != "skip":
+                c.execute(U_DONE, {"iid": last.item_id, "delta": -1})
+            # Back to a live lease, newest, so it is the task shown next; it holds the slot the vote held.
+            c.execute(U_STATE.values(state="leased", leased_at=now, expires_at=now + project.lease_seconds),
+                      {"iid": last.item_id, "uid": user["id"]})
+            before = {"choice": last.choice, "ranking": json.loads(last.ranking) if last.ranking else None,
+                      "strength": last.strength, "comment": last.comment, "flagged": bool(last.flagged),
+                      "reason": last.reason}
+            c.execute(I_AUDIT, {"at": now, "actor": user["name"], "action": "label.undo", "item_id": last.item_id,
+                                "label_id": last.id, "detail": _dumps({"before": before, "after": None})})
+            return last.item_id
 
     def label(self, label_id: int) -> Optional[dict]:
         with self.read() as c:
@@ -585,9 +625,18 @@ class Store:
             out = {"items": regular[0], "gold_items": gold, "complete": complete, "votes": int(regular[1]),
                    "target_votes": regular[0] * project.overlap, "active_leases": leased}
             if user_id is not None:
-                out["mine"] = c.execute(select(func.count()).select_from(lab).join(i, i.c.id == lab.c.item_id)
-                                        .where(i.c.project_id == project.id, lab.c.user_id == user_id,
-                                               lab.c.choice != "skip")).scalar_one()
+                # Items this user may still be given: gold or not yet full, and not had before.
+                out["left"] = c.execute(select(func.count()).where(
+                    i.c.project_id == project.id, or_(i.c.is_gold, i.c.done_count < project.overlap),
+                    ~exists().where(a.c.item_id == i.c.id, a.c.user_id == user_id, a.c.state != "leased"))
+                ).scalar_one()
+                by_choice = c.execute(select(lab.c.choice == "skip", func.count()).select_from(lab)
+                                      .join(i, i.c.id == lab.c.item_id)
+                                      .where(i.c.project_id == project.id, lab.c.user_id == user_id)
+                                      .group_by(lab.c.choice == "skip")).all()
+                counts = {bool(skip): n for skip, n in by_choice}
+                out["mine"] = counts.get(False, 0)  # votes
+                out["labelled"] = out["mine"] + counts.get(True, 0)  # with skips
         return out
 
     def audit_log(self, limit: int = 1000) -> list[dict]:
@@ -646,6 +695,10 @@ def check_item(spec: ItemSpec, mode: str) -> None:
 
 def check_answer(project: Project, k: int, ans: Answer) -> None:
     """Raise `Refused(400)` unless the answer fits the project's mode."""
+    if ans.comment is not None and (not isinstance(ans.comment, str) or len(ans.comment) > MAX_COMMENT):
+        raise Refused(400, f"comment: text of at most {MAX_COMMENT} characters")
+    if ans.reason is not None and (ans.choice != "skip" or ans.reason not in SKIP_REASONS):
+        raise Refused(400, f"reason goes only with a skip and is one of {', '.join(SKIP_REASONS)}")
     if project.mode == "pairwise":
         if ans.choice not in PAIR_CHOICES:
             raise Refused(400, f"choice must be one of {', '.join(PAIR_CHOICES)}")
@@ -656,12 +709,21 @@ def check_answer(project: Project, k: int, ans: Answer) -> None:
         if ans.strength is not None and ans.strength not in (1, 2, 3):
             raise Refused(400, "strength must be 1, 2 or 3")
         return
-    if ans.choice == "skip":
+    if ans.choice in ("skip", "all_bad"):
         if ans.ranking is not None:
-            raise Refused(400, "a skip has no ranking")
+            raise Refused(400, f"{ans.choice} has no ranking")
     elif ans.choice != "rank":
-        raise Refused(400, "choice must be rank or skip")
-    elif not isinstance(ans.ranking, list) or sorted(ans.ranking) != list(range(k)):
-        raise Refused(400, f"ranking must list each of the {k} responses once")
+        raise Refused(400, f"choice must be one of {', '.join(RANK_CHOICES)}")
+    elif not _valid_ranking(ans.ranking, k):
+        raise Refused(400, f"ranking must list each of the {k} responses once (tied ones together in a list)")
     if ans.strength is not None:
         raise Refused(400, "a ranking has no strength")
+
+
+def _valid_ranking(ranking, k: int) -> bool:
+    if not isinstance(ranking, list) or not ranking:
+        return False
+    ok = all((isinstance(p, int) and not isinstance(p, bool)) or
+             (isinstance(p, list) and len(p) >= 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in p))
+             for p in ranking)
+    return ok and sorted(x for p in places(ranking) for x in p) == list(range(k))

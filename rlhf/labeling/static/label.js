@@ -1,4 +1,4 @@
-// Keyboard shortcuts, drag-to-rank and answer timing for the labeling pages.
+// Keyboard shortcuts, drag-to-rank with ties, the raw/formatted view and answer timing for the labeling pages.
 // Loaded as a file (the Content-Security-Policy allows no inline script).
 "use strict";
 
@@ -7,12 +7,13 @@
 
   function typing(ev) {
     const t = ev.target;
-    return t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName) && t.type !== "radio");
+    return t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName) && !["radio", "checkbox"].includes(t.type));
   }
 
   function onceOnly(form) {
     // One submission per page: a double key press must not send two labels.
     form.addEventListener("submit", function (ev) {
+      if (ev.defaultPrevented) return;  // held back (an untouched ranking): not sent
       if (form.dataset.sent) { ev.preventDefault(); return; }
       form.dataset.sent = "1";
       // Strength belongs to "A/B is better" only; the server refuses it with anything else.
@@ -59,18 +60,37 @@
   }
 
   // --- ranking --------------------------------------------------------------
+  // The order field stays empty until the annotator has ranked (moved a card, tied two, or confirmed
+  // the order shown): an untouched page cannot store the shown order by accident.
   function ranking(form) {
     const list = document.getElementById("ranking");
     const order = document.getElementById("order");
+    const untouched = document.getElementById("untouched");
     let selected = null;
     let dragged = null;
+    let touched = false;
 
     function cards() { return Array.from(list.querySelectorAll(".card")); }
 
     function sync() {
-      cards().forEach(function (c, n) { c.querySelector(".place").textContent = String(n + 1); });
-      order.value = cards().map(function (c) { return c.dataset.letter; }).join(",");
+      const all = cards();
+      let place = 0;
+      const groups = [];
+      all.forEach(function (c, n) {
+        const tied = n > 0 && c.dataset.tied === "1";
+        if (!tied) { place += 1; groups.push([]); }
+        groups[groups.length - 1].push(c.dataset.letter);
+        c.classList.toggle("tied", tied);
+        c.querySelector(".place").textContent = String(place);
+        const b = c.querySelector("button.tie");
+        b.setAttribute("aria-pressed", tied ? "true" : "false");
+        b.disabled = n === 0;
+      });
+      order.value = touched ? groups.map(function (g) { return g.join("="); }).join(",") : "";
+      if (untouched) untouched.hidden = touched;
     }
+
+    function touch() { touched = true; sync(); }
 
     function select(card) {
       cards().forEach(function (c) { c.classList.toggle("selected", c === card); });
@@ -85,21 +105,38 @@
       if (j < 0 || j >= all.length) return;
       if (step < 0) list.insertBefore(card, all[j]);
       else list.insertBefore(card, all[j].nextSibling);
-      sync();
+      touch();
       select(card);
     }
 
-    // Restore a previous ranking when an annotator revisits an item.
+    function toggleTie(card) {
+      if (cards().indexOf(card) === 0) return;
+      card.dataset.tied = card.dataset.tied === "1" ? "" : "1";
+      touch();
+    }
+
+    // Restore a previous ranking when an annotator revisits an item: "C,A=D,B".
     const prev = (order.dataset.previous || "").split(",").filter(Boolean);
-    if (prev.length === cards().length) {
-      prev.forEach(function (letter) { list.appendChild(document.getElementById("card-" + letter)); });
+    if (prev.length) {
+      prev.forEach(function (group) {
+        group.split("=").forEach(function (letter, n) {
+          const c = document.getElementById("card-" + letter);
+          if (!c) return;
+          c.dataset.tied = n > 0 ? "1" : "";
+          list.appendChild(c);
+        });
+      });
+      touched = true;
     }
     sync();
 
+    document.getElementById("keep-order").addEventListener("click", touch);
     list.addEventListener("click", function (ev) {
       const btn = ev.target.closest("button.move");
+      const tie = ev.target.closest("button.tie");
       const card = ev.target.closest(".card");
       if (btn && card) { move(card, Number(btn.dataset.move)); return; }
+      if (tie && card) { toggleTie(card); return; }
       if (card) select(card);
     });
 
@@ -123,8 +160,16 @@
     list.addEventListener("dragend", function () {
       if (dragged) dragged.classList.remove("dragging");
       dragged = null;
-      sync();
+      touch();
     });
+
+    form.addEventListener("submit", function (ev) {
+      const by = ev.submitter ? ev.submitter.value : "";
+      if (by === "rank" && !touched) {
+        ev.preventDefault();
+        if (untouched) { untouched.classList.add("error"); untouched.focus(); }
+      }
+    }, true);
 
     document.addEventListener("keydown", function (ev) {
       if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev)) return;
@@ -133,8 +178,29 @@
       if (/^[1-9]$/.test(k) && Number(k) <= all.length) { ev.preventDefault(); select(all[Number(k) - 1]); return; }
       if ((k === "ArrowUp" || k === "k") && selected) { ev.preventDefault(); move(selected, -1); return; }
       if ((k === "ArrowDown" || k === "j") && selected) { ev.preventDefault(); move(selected, 1); return; }
+      if (k === "=" && selected) { ev.preventDefault(); toggleTie(selected); return; }
       if (k === "Enter" && !(ev.target && ev.target.tagName === "BUTTON")) { ev.preventDefault(); click("submit-rank"); return; }
+      if (k === "x") { ev.preventDefault(); click("choose-all_bad"); return; }
       if (k === "s") { ev.preventDefault(); click("choose-skip"); }
+    });
+  }
+
+  // --- every task page ------------------------------------------------------
+  function common() {
+    const toggle = document.getElementById("toggle-raw");
+    function flip() {
+      const raw = toggle.getAttribute("aria-pressed") !== "true";
+      toggle.setAttribute("aria-pressed", raw ? "true" : "false");
+      toggle.firstChild.textContent = raw ? "Show formatted " : "Show raw text ";
+      document.querySelectorAll(".rendered").forEach(function (e) { e.hidden = raw; });
+      document.querySelectorAll("pre.raw").forEach(function (e) { e.hidden = !raw; });
+    }
+    if (toggle) toggle.addEventListener("click", flip);
+    document.addEventListener("keydown", function (ev) {
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev)) return;
+      const k = ev.key.toLowerCase();
+      if (k === "v" && toggle) { ev.preventDefault(); flip(); }
+      if (k === "u") { ev.preventDefault(); click("undo"); }
     });
   }
 
@@ -148,9 +214,10 @@
   document.addEventListener("DOMContentLoaded", function () {
     const form = document.getElementById("label-form");
     if (form) {
-      onceOnly(form);
       if (form.dataset.mode === "ranking") ranking(form);
       else pairwise(form);
+      onceOnly(form);
+      common();
     } else if (document.getElementById("next-form")) {
       nextPage();
     }
