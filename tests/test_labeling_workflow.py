@@ -130,3 +130,11 @@ def test_my_labels_shows_texts_not_item_ids(store):
     assert "gold-answer-is-a" not in page and "Gold prompt?" in page
     assert "right" in page and "wrong" in page
     assert "gold" not in c.get("/api/labels").text.replace("Gold prompt?", "")
+
+
+def test_an_undone_label_id_is_not_reused(app, store):
+    c = login(app, "ann")
+    item = c.get("/api/task").json["task"]["item_id"]
+    first = api_label(c, item, "A").json["label"]["id"]
+    c.post("/api/undo", headers={"X-CSRF-Token": c.csrf})
+    assert api_label(c, item, "B").json["label"]["id"] != first

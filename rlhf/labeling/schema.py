@@ -118,6 +118,8 @@ labels = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("item_id", "user_id"),
+    # An undone label's id is never reused, so the audit log's label ids stay unambiguous.
+    sqlite_autoincrement=True,
 )
 
 # Every change to labels, accounts and projects, with the values before and after.
