@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rlhf.rewards import masked_mean
+from rlhf.rewards import kl_estimate, masked_mean
 
 IGNORE = -100
 
@@ -122,16 +122,15 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
                   "rejected_reward": _f(rejected_rewards), "margin": _f(diff)}
 
 
-def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None,
-                    dual_clip: float | None = None):
-    """PPO's clipped surrogate (Schulman et al. 2017), masked mean over response tokens.
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      clip_eps: float = 0.2, clip_eps_high: float | None = None, dual_clip: float | None = None):
+    """PPO's clipped surrogate per token (Schulman et al. 2017): a dict of (B, T) tensors.
 
-    loss = mean max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = pi / pi_old per token.
+    loss = max(-A r, -A clip(r, 1 - eps, 1 + eps_high)), r = pi / pi_old.
     `clip_eps_high` makes the upper bound asymmetric (DAPO's clip-higher);
     `dual_clip` = c > 1 also caps the loss of negative-advantage tokens at
-    -c A (Ye et al. 2020). Metrics: `approx_kl` is k3 = (r - 1) - log r,
-    `approx_kl_k1` is -log r, both estimating KL(pi_old || pi).
+    -c A (Ye et al. 2020). Also: `clipped` (1 where the clipped term was
+    taken), `ratio`, and `approx_kl` = (r - 1) - log r (k3, KL(pi_old || pi)).
     """
     log_ratio = logprobs.float() - old_logprobs.float()  # (B, T)
     ratio = torch.exp(log_ratio)
@@ -142,33 +141,69 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     per_token = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * dual_clip), per_token)
-    loss = masked_mean(per_token, mask)
+    with torch.no_grad():
+        extra = {"clipped": (clipped > unclipped).float(), "ratio": ratio.detach(),
+                 "approx_kl": (ratio - 1).detach() - log_ratio.detach()}
+    return {"loss": per_token, **extra}
+
+
+def token_total(x: torch.Tensor, mask: torch.Tensor, num_tokens=None) -> torch.Tensor:
+    """Masked mean of `x`, or with `num_tokens` its masked sum over that count.
+
+    The count is how a loss is normalised by the tokens of a whole minibatch
+    when the minibatch is split over micro-batches or processes: each part
+    divides by the same global count, and the parts' gradients add up to the
+    whole minibatch's.
+    """
+    if num_tokens is None:
+        return masked_mean(x, mask)
+    return (x * mask).sum() / num_tokens
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None,
+                    dual_clip: float | None = None, num_tokens=None):
+    """PPO's clipped surrogate (`clipped_surrogate`), masked mean over response tokens (see `token_total`).
+
+    Metrics: `approx_kl` is k3 = (r - 1) - log r, `approx_kl_k1` is -log r,
+    both estimating KL(pi_old || pi); detached tensors, so a caller reads them
+    once per logging step rather than waiting on the device at every step.
+    """
+    t = clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high, dual_clip)
+    loss = token_total(t["loss"], mask, num_tokens)
     with torch.no_grad():
         metrics = {
-            "policy_loss": _f(loss),
-            "clipfrac": _f(masked_mean((clipped > unclipped).float(), mask)),
-            "approx_kl": _f(masked_mean((ratio - 1) - log_ratio, mask)),
-            "approx_kl_k1": _f(masked_mean(-log_ratio, mask)),
-            "ratio": _f(masked_mean(ratio, mask)),
+            "policy_loss": loss.detach(),
+            "clipfrac": masked_mean(t["clipped"], mask),
+            "approx_kl": masked_mean(t["approx_kl"], mask),
+            "approx_kl_k1": masked_mean(-torch.log(t["ratio"]), mask),
+            "ratio": masked_mean(t["ratio"], mask),
         }
     return loss, metrics
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_range: float | None = 0.2):
-    """Clipped value loss: 0.5 * mean max((v - R)^2, (clip(v) - R)^2), where
+def value_loss_per_token(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                         clip_range: float | None = 0.2):
+    """Clipped value loss per token: 0.5 max((v - R)^2, (clip(v) - R)^2), where
     clip(v) = v_old + clip(v - v_old, -c, c) keeps the critic near its
-    rollout-time values. `clip_range=None` is the plain squared error."""
+    rollout-time values; `clip_range=None` is the plain squared error.
+    Returns (loss (B, T), clipped (B, T) float)."""
     v, R = values.float(), returns.float().detach()
     err = (v - R) ** 2
     if clip_range is None:
-        loss = 0.5 * masked_mean(err, mask)
-        return loss, {"value_loss": _f(loss), "vf_clipfrac": 0.0}
+        return 0.5 * err, torch.zeros_like(err)
     old = old_values.float().detach()
     v_clip = old + (v - old).clamp(-clip_range, clip_range)
     err_clip = (v_clip - R) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clip), mask)
-    return loss, {"value_loss": _f(loss), "vf_clipfrac": _f(masked_mean((err_clip > err).float(), mask))}
+    return 0.5 * torch.maximum(err, err_clip), (err_clip > err).float().detach()
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float | None = 0.2, num_tokens=None):
+    """`value_loss_per_token`, masked mean over response tokens (see `token_total`)."""
+    per_token, clipped = value_loss_per_token(values, old_values, returns, clip_range)
+    loss = token_total(per_token, mask, num_tokens)
+    return loss, {"value_loss": loss.detach(), "vf_clipfrac": masked_mean(clipped, mask)}
 
 
 # --- preference losses -------------------------------------------------------
@@ -317,3 +352,114 @@ def _orpo(pc, pr, rc, rr, ct, rt, beta=0.1):
 PREFERENCE_LOSSES = {"dpo": _dpo, "cdpo": _cdpo, "ipo": _ipo, "simpo": _simpo, "orpo": _orpo}
 # which entries need reference log-probs (the trainer can skip the reference model otherwise)
 NEEDS_REFERENCE = {"dpo": True, "cdpo": True, "ipo": True, "simpo": False, "orpo": False}
+
+
+# --- critic-free policy gradient (GRPO family) ---------------------------------
+#
+# One per-token loss (B, T), several ways to reduce it to a scalar. They differ in how
+# much each token weighs: per sequence, a long response's tokens each count less under
+# `seq-mean-token-mean` (GRPO), which favours long wrong answers and short right ones
+# (Liu et al. 2025); `token-mean` (DAPO) weighs every token of the batch alike;
+# `seq-mean-token-sum-norm` (Dr. GRPO) divides by a constant, so no length bias at all.
+# `num_tokens` / `num_sequences` replace the local counts by the whole minibatch's when it
+# is split over micro-batches or processes, so the parts' gradients add up to the whole's.
+
+
+def _masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    x = torch.where(mask != 0, x, 0.0)  # not x * mask: inf * 0 in padding is NaN
+    return x.sum() if dim is None else x.sum(dim)
+
+
+def _sequences(mask: torch.Tensor, num_sequences) -> torch.Tensor | float:
+    """Rows with at least one response token, or the caller's global count."""
+    if num_sequences is not None:
+        return num_sequences
+    return ((mask != 0).sum(-1) > 0).sum().clamp(min=1)
+
+
+def token_mean(per_token, mask, *, max_len=None, num_tokens=None, num_sequences=None):
+    """DAPO (Yu et al. 2025): sum over every response token of the batch / number of those tokens."""
+    if num_tokens is None:
+        return masked_mean(per_token, mask)
+    return _masked_sum(per_token, mask) / num_tokens
+
+
+def seq_mean_token_mean(per_token, mask, *, max_len=None, num_tokens=None, num_sequences=None):
+    """GRPO (Shao et al. 2024): 1/N sum_i 1/|o_i| sum_t l_it, the mean over sequences of each one's token mean."""
+    return masked_mean(per_token, mask, dim=-1).sum() / _sequences(mask, num_sequences)
+
+
+def seq_mean_token_sum_norm(per_token, mask, *, max_len=None, num_tokens=None, num_sequences=None):
+    """Dr. GRPO (Liu et al. 2025): 1/N sum_i 1/L sum_t l_it, each sequence's token sum over a constant L = `max_len`.
+
+    L must not depend on the batch (the generation limit is the usual choice), or the
+    length bias comes back through the normaliser."""
+    if max_len is None:
+        raise ValueError("seq-mean-token-sum-norm divides by a constant max_len; pass the generation limit")
+    return (_masked_sum(per_token, mask, dim=-1) / max_len).sum() / _sequences(mask, num_sequences)
+
+
+LOSS_AGGREGATIONS = {"token-mean": token_mean, "seq-mean-token-mean": seq_mean_token_mean,
+                     "seq-mean-token-sum-norm": seq_mean_token_sum_norm}
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", *,
+                   max_len: int | None = None, num_tokens=None, num_sequences=None) -> torch.Tensor:
+    """Reduce a per-token loss (B, T) over the response tokens (mask 1) to a scalar, as `mode` says
+    (`LOSS_AGGREGATIONS`: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm).
+
+    `num_tokens` (token-mean) and `num_sequences` (the seq- modes) are the global counts
+    when the batch is split; by default, this batch's response tokens and the rows that
+    have any. `max_len` is Dr. GRPO's constant."""
+    if mode not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
+    return LOSS_AGGREGATIONS[mode](per_token, mask, max_len=max_len, num_tokens=num_tokens,
+                                   num_sequences=num_sequences)
+
+
+def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                         mask: torch.Tensor, clip_eps_low: float = 0.2, clip_eps_high: float | None = None,
+                         aggregation: str = "token-mean", *, ref_logprobs: torch.Tensor | None = None,
+                         kl_coef: float = 0.0, kl_estimator: str = "k3", kl_clamp: float | None = None,
+                         dual_clip: float | None = None, max_len: int | None = None, num_tokens=None,
+                         num_sequences=None):
+    """The GRPO-family objective: PPO's clipped surrogate without a critic, plus an optional KL loss.
+
+        l_t = max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high)) + kl_coef * KL_t
+        r_t = pi(o_t) / pi_old(o_t);  KL_t = ref/pi - log(ref/pi) - 1   (k3, GRPO's estimator)
+
+    reduced by `aggregate_loss(aggregation)`. `advantages` are per sequence (B,) (GRPO,
+    RLOO) or per token (B, T) (REINFORCE++); `clip_eps_high` > `clip_eps_low` is DAPO's
+    clip-higher (default: symmetric). The KL term (GRPO's in-loss KL to the reference)
+    needs `ref_logprobs` and kl_coef > 0; with the KL in the reward instead, leave it off.
+
+    Metrics (detached tensors): policy/loss (the surrogate alone), policy/clipfrac and its
+    parts policy/clipfrac_low (A < 0, ratio below 1 - eps_low) and policy/clipfrac_high
+    (A > 0, ratio above 1 + eps_high), policy/approx_kl (k3 estimate of KL(pi_old || pi)),
+    policy/ratio, and with a reference policy/kl_ref (mean KL_t per token).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logprobs)  # (B,) -> (B, T)
+    t = clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps_low, clip_eps_high, dual_clip)
+    agg = dict(max_len=max_len, num_tokens=num_tokens, num_sequences=num_sequences)
+    pg_loss = aggregate_loss(t["loss"], mask, aggregation, **agg)
+    loss = pg_loss
+    kl = None
+    if ref_logprobs is not None and kl_coef:
+        kl = kl_estimate(logprobs, ref_logprobs.detach(), kl_estimator, kl_clamp)  # (B, T), grad through logprobs
+        loss = pg_loss + kl_coef * aggregate_loss(kl, mask, aggregation, **agg)
+    with torch.no_grad():
+        adv = advantages.detach()
+        metrics = {
+            "policy/loss": pg_loss.detach(),
+            "policy/clipfrac": masked_mean(t["clipped"], mask),
+            "policy/clipfrac_low": masked_mean(t["clipped"] * (adv < 0), mask),
+            "policy/clipfrac_high": masked_mean(t["clipped"] * (adv > 0), mask),
+            "policy/approx_kl": masked_mean(t["approx_kl"], mask),
+            "policy/ratio": masked_mean(t["ratio"], mask),
+        }
+        if ref_logprobs is not None:
+            if kl is None:
+                kl = kl_estimate(logprobs.detach(), ref_logprobs.detach(), kl_estimator, kl_clamp)
+            metrics["policy/kl_ref"] = masked_mean(kl.detach(), mask)
+    return loss, metrics

@@ -67,6 +67,16 @@ def _dtype(name: str):
             "float16": torch.float16, "fp16": torch.float16}[name]
 
 
+def quiet_transformers(quiet: bool = False) -> None:
+    """No weight-loading and shard-writing bars from transformers (the stage's own progress is the one shown);
+    with `quiet` also none of its load reports and warnings, only errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if quiet:
+        hf_logging.set_verbosity_error()
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
@@ -144,11 +154,14 @@ def disable_dropout(model) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    for key in ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-                "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-        cfg = getattr(model, "config", None)
-        if cfg is not None and isinstance(getattr(cfg, key, None), float):
-            setattr(cfg, key, 0.0)
+    keys = ("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+            "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout_p")
+    # The config, and every module's own copy: Llama-family attention reads `self.attention_dropout`, a float
+    # taken from the config when it was built, so zeroing the config alone leaves attention dropout on.
+    for holder in [getattr(model, "config", None), *model.modules()]:
+        for key in keys:
+            if holder is not None and isinstance(getattr(holder, key, None), float):
+                setattr(holder, key, 0.0)
 
 
 def unwrap(model):

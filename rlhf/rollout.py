@@ -27,7 +27,7 @@ log-probabilities at temperature 1.
 
 The sampler is a plain loop over `model(...)` calls rather than
 `model.generate`: it needs explicit position ids for left padding, the
-un-truncated log-probabilities, a seeded generator and an early exit when
+un-truncated log-probabilities, per-row random streams and an early exit when
 every row has finished; it is also faster per step on CPU for small models
 (see `benchmark_generate`).
 """
@@ -80,6 +80,16 @@ class Rollout:
 
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
+    def to(self, device) -> "Rollout":
+        """The same rollout with its tensors on `device`."""
+        import dataclasses
+
+        import torch
+
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if torch.is_tensor(getattr(self, f.name))}
+        return dataclasses.replace(self, **moved)
+
     def select(self, index) -> "Rollout":
         """The rows in `index` (a list or tensor of row numbers), same column layout."""
         import torch
@@ -93,6 +103,35 @@ class Rollout:
             finished=self.finished[idx], query_lengths=self.query_lengths[idx],
             response_lengths=self.response_lengths[idx], temperature=self.temperature,
             extras={k: v[idx] if hasattr(v, "shape") else [v[i] for i in rows] for k, v in self.extras.items()})
+
+
+def pad_columns(x, width: int, value=0, *, left: bool = False):
+    """(B, T) -> (B, width), T <= width: `value` added on the right (or the left)."""
+    import torch.nn.functional as F
+
+    extra = width - x.size(1)
+    return F.pad(x, (extra, 0) if left else (0, extra), value=value) if extra else x
+
+
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Rollouts of other batches as one, in the order given (queries re-padded on the left, responses on the right)."""
+    import torch
+
+    lq = max(p.query_ids.size(1) for p in parts)
+    lr = max(p.response_ids.size(1) for p in parts)
+
+    def cat(name, width, value=0, left=False):
+        return torch.cat([pad_columns(getattr(p, name), width, value, left=left) for p in parts])
+
+    return Rollout(
+        prompts=[x for p in parts for x in p.prompts], prompt_texts=[x for p in parts for x in p.prompt_texts],
+        query_ids=cat("query_ids", lq, pad_id, left=True), query_mask=cat("query_mask", lq, left=True),
+        response_ids=cat("response_ids", lr, pad_id), response_mask=cat("response_mask", lr),
+        logprobs=cat("logprobs", lr), texts=[x for p in parts for x in p.texts],
+        finished=torch.cat([p.finished for p in parts]), query_lengths=torch.cat([p.query_lengths for p in parts]),
+        response_lengths=torch.cat([p.response_lengths for p in parts]), temperature=parts[0].temperature,
+        extras={k: (torch.cat([p.extras[k] for p in parts]) if hasattr(v, "shape") else
+                    [x for p in parts for x in p.extras[k]]) for k, v in parts[0].extras.items()})
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -167,36 +206,80 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = No
     return ids, mask
 
 
-def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperature: float, top_p: float,
-                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, generator=None, prune: bool = True):
-    """KV-cached sampling for one left-padded batch.
+def row_seed(seed: int, index: int, sample: int = 0) -> int:
+    """The sampling seed of one response: a function of (run seed, prompt key, sample number) alone.
 
-    Returns (response_ids (B, L), response_mask (B, L), logprobs (B, L), finished (B,)),
-    L <= max_new_tokens (the loop stops once every row has emitted EOS).
+    Keyed per prompt, not per process or batch, so that N processes sharing a
+    batch of prompts draw exactly what one process would.
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(f"{int(seed)}:{int(index)}:{int(sample)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def row_uniforms(seeds: Sequence[int], steps: int, device=None):
+    """(B, steps) uniforms in [0, 1), row b drawn from its own generator seeded with `seeds[b]`."""
+    import torch
+
+    u = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+                     for s in seeds])
+    return u.to(device) if device is not None else u
+
+
+def draw(probs, u):
+    """Sample one token per row by inverting the CDF of `probs` (b, V) at the uniforms `u` (b,).
+
+    The same distribution as `torch.multinomial`, but the randomness is the
+    caller's per-row numbers, so a row's draw does not depend on which other
+    rows share its batch. Zero-probability tokens are never drawn.
+    """
+    import torch
+
+    cdf = probs.double().cumsum(-1)  # float64: 49k-token vocabularies sum without drift
+    tok = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return tok.clamp_(max=probs.size(-1) - 1)
+
+
+def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperature: float, top_p: float,
+                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, uniforms=None, prune: bool = True):
+    """KV-cached sampling for one left-padded batch, on the model's device.
+
+    `uniforms` (B, max_new_tokens): the random numbers of each row's draws
+    (`row_uniforms`); required when sampling. Returns (response_ids (B, L),
+    response_mask (B, L), logprobs (B, L), finished (B,)) on the model's
+    device, L <= max_new_tokens (the loop stops once every row has emitted EOS).
 
     With `prune`, rows that have finished leave the batch (and the KV cache)
     once they are an eighth of it, so a few long responses do not keep every
-    short one stepping to the end.
+    short one stepping to the end. On an accelerator the host reads "is every
+    row done?" only every 8th token, so the loop does not wait on the device
+    at each step.
     """
     import torch
 
     greedy = not do_sample or temperature == 0
+    if not greedy and uniforms is None:
+        raise ValueError("sampling needs the rows' uniforms (rlhf.rollout.row_uniforms)")
     scale = 1.0 if greedy else float(temperature)
+    device = query_ids.device
     B = query_ids.size(0)
-    eos = torch.tensor(list(eos_ids), dtype=torch.long)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     attn = query_mask.long()
     pos = position_ids_from_mask(attn)
     kwargs = {"logits_to_keep": 1} if accepts_keyword(model, "logits_to_keep") else {}
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
     cache, cache_keyword = _kv_cache(out)
     can_prune = prune and hasattr(cache, "batch_select_indices")
+    check_every = 1 if device.type == "cpu" else 8
     next_pos = pos[:, -1:] + 1  # (b, 1)
-    response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
-    logprobs = torch.zeros((B, max_new_tokens))
-    mask = torch.zeros((B, max_new_tokens), dtype=torch.long)
-    finished = torch.zeros(B, dtype=torch.bool)
-    rows = torch.arange(B)  # the original row of each row still in the batch
-    live = torch.ones(B, dtype=torch.bool)  # not finished, among the rows still in the batch
+    response = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((B, max_new_tokens), device=device)
+    mask = torch.zeros((B, max_new_tokens), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    rows = torch.arange(B, device=device)  # the original row of each row still in the batch
+    live = torch.ones(B, dtype=torch.bool, device=device)  # not finished, among the rows still in the batch
+    pad = torch.full((B,), pad_id, dtype=torch.long, device=device)
     length = 0
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :].float()  # (b, V)
@@ -207,53 +290,69 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
             probs = logp.exp()
             if top_p < 1.0:
                 probs = _top_p_filter(probs, top_p)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            tok = draw(probs, uniforms[rows, step])
         lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-        idx = rows[live]
-        response[idx, step] = tok[live]
-        logprobs[idx, step] = lp[live]
-        mask[idx, step] = 1
+        tok = torch.where(live, tok, pad[:len(tok)])  # finished rows still in the batch step on pad tokens
+        response[rows, step] = tok
+        logprobs[rows, step] = torch.where(live, lp, torch.zeros_like(lp))
+        mask[rows, step] = live.long()
         length = step + 1
         ended = live & torch.isin(tok, eos)
-        finished[rows[ended]] = True
+        finished[rows] = finished[rows] | ended
         live = live & ~ended
-        if not bool(live.any()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1:
             break
-        # Finished rows still in the batch step on pad tokens nobody reads.
-        tok = torch.where(live, tok, torch.full_like(tok, pad_id))
-        if can_prune and int((~live).sum()) * 8 >= len(live):
-            keep = live.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            attn, next_pos, tok, rows, live = attn[keep], next_pos[keep], tok[keep], rows[keep], live[keep]
-        attn = torch.cat([attn, torch.ones((attn.size(0), 1), dtype=attn.dtype)], dim=1)
+        if step % check_every == check_every - 1:
+            n_live = int(live.sum())  # the host waits for the device here only
+            if n_live == 0:
+                break
+            if can_prune and (len(live) - n_live) * 8 >= len(live):
+                keep = live.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                attn, next_pos, tok, rows, live = attn[keep], next_pos[keep], tok[keep], rows[keep], live[keep]
+        attn = torch.cat([attn, torch.ones((attn.size(0), 1), dtype=attn.dtype, device=device)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
                     **{cache_keyword: cache})
         cache, _ = _kv_cache(out)
         next_pos = next_pos + 1
+    used = mask[:, :length].any(0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
     return response[:, :length], mask[:, :length], logprobs[:, :length], finished
 
 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, do_sample: bool = True, batch_size: int = 16, seed: int = 0,
-             num_samples: int = 1, max_prompt_len: int = 1024) -> Rollout:
+             num_samples: int = 1, max_prompt_len: int = 1024, keys: Sequence[int] | None = None) -> Rollout:
     """Sample `num_samples` responses per prompt (rows prompt-major: p0 s0, p0 s1, ..., p1 s0, ...).
 
     Greedy when `temperature == 0` or `do_sample=False`. Prompts longer than
     `max_prompt_len` tokens keep their last tokens (the `rlhf.chat` policy).
     Batches are formed from prompts of similar length (less padding) and the
-    rows are returned in the order given. Deterministic for a given seed.
+    rows are returned in the order given. Runs on the model's device; the
+    returned `Rollout` is on the CPU.
+
+    Randomness: response s of prompt i is drawn from its own stream,
+    `row_seed(seed, keys[i], s)` (`keys` default to the prompts' positions),
+    so it does not depend on the batch it was sampled in: a caller that splits
+    a batch of prompts across processes passes each prompt's position in the
+    whole batch as its key and gets the one-process samples.
     """
     import torch
 
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
+    keys = list(range(len(prompts))) if keys is None else list(keys)
+    if len(keys) != len(prompts):
+        raise ValueError("one key per prompt")
+    row_keys = [(k, s) for k in keys for s in range(num_samples)]
     prompts = [p for p in prompts for _ in range(num_samples)]
     if not prompts:
         raise ValueError("no prompts to generate from")
+    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = eos_token_ids(model, tokenizer)
     q_rows, prompt_texts = _encode_prompts(tokenizer, prompts, max_prompt_len)
-    generator = torch.Generator().manual_seed(int(seed))
+    sampling = do_sample and temperature > 0
     order = sorted(range(len(prompts)), key=lambda i: (len(q_rows[i]), i))
     results: dict[int, tuple] = {}
     was_training = model.training
@@ -263,9 +362,12 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temper
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 q_ids, q_mask = _left_pad([q_rows[i] for i in idx], pad_id)
-                r_ids, r_mask, lps, fin = sample_batch(
-                    model, q_ids, q_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    do_sample=do_sample, eos_ids=eos_ids, pad_id=pad_id, generator=generator)
+                u = row_uniforms([row_seed(seed, *row_keys[i]) for i in idx], max_new_tokens,
+                                 device) if sampling else None
+                r_ids, r_mask, lps, fin = (t.cpu() for t in sample_batch(
+                    model, q_ids.to(device), q_mask.to(device), max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=top_p, do_sample=do_sample, eos_ids=eos_ids, pad_id=pad_id,
+                    uniforms=u))
                 for j, i in enumerate(idx):
                     n = int(r_mask[j].sum())
                     results[i] = (r_ids[j, :n].tolist(), lps[j, :n], bool(fin[j]))
@@ -326,14 +428,20 @@ class Episodes:
             return self.at
         import torch
 
-        rows, width = self.inputs["input_ids"].shape
-        return torch.arange(rows)[:, None] * width + torch.arange(self.n_query - 1, width - 1)
+        ids = self.inputs["input_ids"]
+        rows, width = ids.shape
+        return (torch.arange(rows, device=ids.device)[:, None] * width
+                + torch.arange(self.n_query - 1, width - 1, device=ids.device))
 
     def gather(self, x):
         """(R, W, ...) per-position outputs -> (B, Lr, ...) at the response positions."""
         if self.at is None:
             return x[:, self.n_query - 1:-1]
         return x.flatten(0, 1)[self.at.to(x.device)]
+
+    def to(self, device) -> "Episodes":
+        inputs = {k: v.to(device) for k, v in self.inputs.items()}
+        return Episodes(inputs, None if self.at is None else self.at.to(device), self.n_query)
 
     def model_inputs(self, model) -> dict:
         inputs = dict(self.inputs, use_cache=False)
@@ -439,7 +547,7 @@ def benchmark_generate(model, tokenizer, prompts, *, max_new_tokens: int = 32, b
                 t0 = time.perf_counter()
                 _, m, _, _ = sample_batch(model, q_ids, q_mask, max_new_tokens=max_new_tokens, temperature=1.0,
                                           top_p=1.0, do_sample=True, eos_ids=eos_ids, pad_id=pad_id,
-                                          generator=torch.Generator().manual_seed(0))
+                                          uniforms=row_uniforms(range(len(q_ids)), max_new_tokens))
                 stats["ours_s"] += time.perf_counter() - t0
                 stats["ours_tokens"] += int(m.sum())
                 t0 = time.perf_counter()

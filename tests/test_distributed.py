@@ -35,13 +35,13 @@ def torchrun(args, out):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
-def assert_same_weights(a_dir, b_dir, base_dir, min_moved=1e-3):
+def assert_same_weights(a_dir, b_dir, base_dir, min_moved=1e-3, atol=1e-6):
     from safetensors.torch import load_file
 
     a, b, base = (load_file(Path(d) / "model.safetensors") for d in (a_dir, b_dir, base_dir))
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=atol, msg=name)
     moved = max((a[k] - base[k]).abs().max().item() for k in a if k in base)
     assert moved > min_moved, moved
 
@@ -84,3 +84,52 @@ def test_rm_two_processes_equal_one(tmp_path, tiny_model_dir):
 
     offsets = [json.loads((tmp_path / d / "rlhf.json").read_text())["rlhf_reward_offset"] for d in ("one", "two")]
     assert offsets[0] == pytest.approx(offsets[1], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ppo_inputs(tmp_path_factory, tiny_tokenizer):
+    import json
+
+    from test_ppo import PROMPTS, tiny_rm
+
+    root = tmp_path_factory.mktemp("ppo-inputs")
+    tiny_rm(tiny_tokenizer).save_pretrained(root / "rm")
+    tiny_tokenizer.save_pretrained(root / "rm")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS * 2))
+    return str(root / "rm"), str(prompts)
+
+
+def test_ppo_two_processes_equal_one(tmp_path, tiny_model_dir, ppo_inputs):
+    """Each process samples half of every update's prompts; the experience is gathered, the update data-parallel.
+
+    Sampling is keyed per prompt, the advantages are whitened and the scores
+    normalised over the whole gathered batch, the loss is divided by the
+    minibatch's token count on both processes, and the approx-KL early stop
+    and the metrics are reduced over both: so the weights, the KL the
+    adaptive controller reads and beta equal one process's with the same
+    global batch. Evaluation (main process only) runs at updates 2 and 3.
+    """
+    rm, prompts = ppo_inputs
+    args = ["ppo", "--policy", tiny_model_dir, "--reward-model", rm, "--prompts", prompts, "--eval-prompts", prompts,
+            "--eval-size", "4", "--reference-text", "none", "--rollout-batch-size", "8", "--minibatch-size", "4",
+            "--total-episodes", "24", "--max-new-tokens", "6", "--ppo-epochs", "2", "--lr", "1e-2",
+            "--lr-schedule", "constant", "--kl-target", "0.05", "--kl-horizon", "16", "--reward-norm",
+            "--no-eos-penalty", "none", "--target-kl", "10", "--eval-every", "2", "--save-every", "2",
+            "--threads", "1"]
+    torchrun(args, tmp_path / "two")
+    assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0
+    # 12 AdamW steps of lr 1e-2: each moves a weight by up to ~lr whatever its gradient's size, so a
+    # coordinate whose gradient is ~0 (an embedding row seen once) can turn rounding into ~1e-6; 2e-5 (2e-3 lr)
+    # still fails by orders of magnitude on a wrong batch split, whose steps differ by ~lr
+    assert_same_weights(tmp_path / "one", tmp_path / "two", tiny_model_dir, min_moved=1e-2, atol=2e-5)
+    one, two = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3]
+    for a, b in zip(one[1:], two[1:]):
+        for key in ("kl/ref", "beta", "reward/score", "policy/approx_kl", "policy/clipfrac", "value/loss",
+                    "entropy", "grad_norm", "response/length"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert one[3]["beta"] != one[1]["beta"]  # the adaptive controller moved, on both alike
+    assert one[3]["eval/proxy"] == pytest.approx(two[3]["eval/proxy"], abs=1e-6)
+    ckpt = tmp_path / "two/checkpoints/step-0000002"
+    assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()

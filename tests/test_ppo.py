@@ -339,7 +339,8 @@ def _cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra):
             *extra]
 
 
-@pytest.mark.parametrize("extra", [[], ["--value_model", "critic", "--lora_r", "4", "--lr", "3e-2"]], ids=["head", "critic+lora"])
+@pytest.mark.parametrize("extra", [["--lr", "1e-2"], ["--value_model", "critic", "--lora_r", "4", "--lr", "3e-2"]],
+                         ids=["head", "critic+lora"])
 def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extra, capsys):
     out = tmp_path / "ppo"
     assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra)) == 0
@@ -357,7 +358,7 @@ def test_cli_end_to_end(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_path, extr
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
     assert {s["step"] for s in samples} == {0, 2, 3} and "sft_response" in samples[0]
     # the alarms see every evaluation, the starting one included (a fall from the start is a fall)
-    history = json.loads((out / "checkpoint" / "state.json").read_text())["monitor"]
+    history = json.loads((out / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())["monitor"]["history"]
     assert history["eval/proxy"] == [r["eval/proxy"] for r in rows if "eval/proxy" in r]
     assert len(history["eval/proxy"]) == 3
 
@@ -454,3 +455,40 @@ def test_evaluator_paired_standard_error_against_the_best_evaluation(tiny_tokeni
     assert abs(third["eval/gold_vs_best_se"] - 1 / 3) < 1e-9 and ev.best_gold == [1.0, 1.0, 2.0]
     fourth, _ = ev(lm)  # identical to the best: no change, no noise
     assert fourth["eval/gold_vs_best_se"] == 0.0
+
+
+def test_disable_dropout_reaches_the_attention_modules_own_copy(tiny_tokenizer, tmp_path):
+    """Llama attention keeps `attention_dropout` from the config it was built with: zeroing the config is not enough.
+
+    With attention dropout 0.5, two train-mode forwards differ until `disable_dropout` has run; after it
+    they are equal, and PPO's first ratio (old log-probs from the rollout forward, new from the training
+    forward in train mode) is exactly 1.
+    """
+    from transformers import LlamaForCausalLM
+
+    from rlhf.models import disable_dropout
+
+    lm = tiny_lm(tiny_tokenizer)
+    cfg = lm.config
+    cfg.attention_dropout = 0.5
+    lm = LlamaForCausalLM(cfg).train()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    assert not torch.equal(lm(input_ids=ids).logits, lm(input_ids=ids).logits)  # dropout is on
+    disable_dropout(lm)
+    assert all(m.attention_dropout == 0.0 for m in lm.modules() if hasattr(m, "attention_dropout"))
+    assert torch.equal(lm(input_ids=ids).logits, lm(input_ids=ids).logits)
+
+    lm.save_pretrained(tmp_path / "dropout-lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "dropout-lm")
+    from rlhf.models import load_causal_lm
+
+    loaded = load_causal_lm(str(tmp_path / "dropout-lm"), dropout_off=True)
+    assert loaded.config.attention_dropout == 0.0
+    ac = PolicyWithValueHead(loaded)
+    r = generate(ac.lm, tiny_tokenizer, PROMPTS, max_new_tokens=5, batch_size=4, seed=0)
+    ac.train()
+    episodes = lay_out(r.input_ids, r.attention_mask, r.query_ids.size(1))
+    logits, _ = ac(episodes)
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, r.response_ids[..., None]).squeeze(-1)
+    ratio = torch.exp(lp - r.logprobs)[r.response_mask.bool()]
+    assert (ratio - 1).abs().max() < 1e-5

@@ -106,6 +106,16 @@ class Monitor:
         self.fired: dict[str, Alarm] = {}
         self._kl_excess = 0
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the metric history, the alarms fired, the KL-excess streak (JSON)."""
+        return {"history": {k: list(v) for k, v in self.history.items()},
+                "fired": [a.as_dict() for a in self.fired.values()], "kl_excess": self._kl_excess}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.fired = {a["alarm"]: Alarm(a["alarm"], a["step"], a["message"]) for a in state["fired"]}
+        self._kl_excess = state["kl_excess"]
+
     def _series(self, key: str) -> list[float]:
         return self.history.get(key, [])
 

@@ -41,10 +41,12 @@ from typing import Any, Callable, Literal, Sequence
 from rlhf.config import opt
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
+from rlhf.trainers.runtime import (BEST_WEIGHTS, CHECKPOINTS, STATE_FILE, latest_checkpoint, link_or_copy,
+                                   load_checkpoint, make_accelerator, multi_cpu, process_state,
+                                   save_checkpoint, set_threads)
+from rlhf.trainers.runtime import note as _note
 
-CHECKPOINTS = "checkpoints"
-BEST_WEIGHTS = "best.safetensors"
-STATE_FILE = "trainer_state.json"
+__all__ = ["latest_checkpoint", "multi_cpu", "process_state"]  # part of this module's interface too
 # Files of a run that live beside the model files in the output folder and
 # survive the final (atomic, whole-folder) model save.
 RUN_FILES = ("metrics.jsonl", "config.yaml", CHECKPOINTS, "tensorboard")
@@ -188,7 +190,7 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
     from accelerate.utils import set_seed
 
     criteria = [(best_metric, higher_is_better)] if isinstance(best_metric, str) else list(best_metric)
-    accelerator = make_accelerator(opts)
+    accelerator = make_accelerator(grad_accum=opts.grad_accum, mixed_precision=opts.mixed_precision)
     out = Path(out_dir)
     ckpt_root = out / CHECKPOINTS
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -201,7 +203,7 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
                         f"{micro_per_step} (grad_accum {opts.grad_accum} x {world} processes); "
                         "use more data or a smaller batch_size / grad_accum")
     total_steps = opts.max_steps or opts.epochs * steps_per_epoch
-    _set_threads(opts, accelerator)
+    set_threads(opts.threads, accelerator.device)
 
     if opts.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -325,7 +327,7 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
                 bar.update(1)
             if opts.save_every and step % opts.save_every == 0 and step < total_steps and not stopped_early:
                 state.elapsed = elapsed()
-                save_checkpoint(accelerator, ckpt_root, state, opts.keep_checkpoints)
+                save_checkpoint(accelerator, ckpt_root, state.step, asdict(state), opts.keep_checkpoints)
     finally:
         if bar is not None:
             bar.close()
@@ -383,58 +385,6 @@ def share_prompt_or_fall_back(model, batchers: Sequence, outputs: Callable, *, i
         if b is not None:
             b.share_prompt = agree
     return agree
-
-
-def multi_cpu() -> bool:
-    """Several processes (torchrun, accelerate launch) on a machine with no GPU.
-
-    accelerate only sets up gloo on CPU when asked to (`accelerate launch
-    --cpu`); under a plain `torchrun` it would silently run every process
-    alone. This makes both work.
-    """
-    import torch
-
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-def process_state():
-    """accelerate's view of this process (rank, main process), set up the way `train` will use it."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=multi_cpu())
-
-
-def make_accelerator(opts: TrainOptions):
-    import logging
-
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    # "Removed shared tensor ... while saving" on every checkpoint of a model with
-    # tied embeddings: expected (the tie is restored on loading), so not shown.
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-
-    # A fresh state per run: a second `train` in one process (tests, pipelines)
-    # must not inherit the first one's accumulation or precision settings.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    try:
-        # The scheduler is stepped once per optimizer step by the loop itself:
-        # accelerate's default would step it once per process.
-        return Accelerator(gradient_accumulation_steps=opts.grad_accum, mixed_precision=opts.mixed_precision,
-                           step_scheduler_with_optimizer=False, cpu=multi_cpu())
-    except ValueError as e:  # e.g. fp16 requested without a GPU
-        raise UserError(f"mixed_precision={opts.mixed_precision}: {e}") from None
-
-
-def _set_threads(opts: TrainOptions, accelerator) -> None:
-    if accelerator.device.type != "cpu":
-        return
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    torch.set_num_threads(opts.threads or max(1, cores // max(1, local)))
 
 
 def make_optimizer(model, opts: TrainOptions):
@@ -553,42 +503,6 @@ def load_weights(model, path: str | os.PathLike) -> None:
         model.tie_weights()
 
 
-def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder (renamed into place only once complete)."""
-    root = Path(ckpt_root)
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def save_checkpoint(accelerator, ckpt_root: Path, state: TrainerState, keep: int) -> Path:
-    """Write `step-NNNNNNN` atomically: all processes save into a temporary folder, then it is renamed."""
-    from rlhf.files import _fsync_dir, write_json
-
-    name = f"step-{state.step:07d}"
-    tmp, final = ckpt_root / f".{name}.tmp", ckpt_root / name
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        best = ckpt_root / BEST_WEIGHTS
-        if best.exists():
-            _link_or_copy(best, tmp / BEST_WEIGHTS)
-        write_json(tmp / STATE_FILE, asdict(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
-        steps = sorted((p for p in ckpt_root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-        for old in steps[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def _restore(accelerator, checkpoint: Path, fresh: TrainerState, out: Path) -> TrainerState:
     import json
 
@@ -601,19 +515,17 @@ def _restore(accelerator, checkpoint: Path, fresh: TrainerState, out: Path) -> T
             f"{state.micro_per_step} per step and seed {state.seed}; this run has {fresh.n_batches}, "
             f"{fresh.micro_per_step} and {fresh.seed} (resuming needs the same data, batch_size, grad_accum, "
             "number of processes and seed)")
-    accelerator.load_state(str(checkpoint))  # weights, optimizer, scheduler, RNG of every process
+    load_checkpoint(accelerator, checkpoint)  # weights, optimizer, scheduler, RNG of every process
     if accelerator.is_main_process:
         best = checkpoint.parent / BEST_WEIGHTS
         if (checkpoint / BEST_WEIGHTS).exists():
             tmp = checkpoint.parent / f".{BEST_WEIGHTS}.tmp"
             tmp.unlink(missing_ok=True)
-            _link_or_copy(checkpoint / BEST_WEIGHTS, tmp)
+            link_or_copy(checkpoint / BEST_WEIGHTS, tmp)
             os.replace(tmp, best)
         else:
             best.unlink(missing_ok=True)
         truncate_after(out / METRICS_FILE, state.step)
-        for stale in checkpoint.parent.glob(".step-*.tmp"):  # a save cut short by the kill
-            shutil.rmtree(stale, ignore_errors=True)
         _note(f"resuming from {checkpoint} (step {state.step})")
     return state
 
@@ -626,13 +538,6 @@ def _start_fresh(out: Path, main: bool) -> None:
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _diverged_message(step: int, what: str, value: float, ckpt_root: Path) -> str:
@@ -658,7 +563,3 @@ def _fmt(row: dict) -> str:
         else:
             parts.append(f"{k} {v}")
     return "  ".join(parts)
-
-
-def _note(message: str) -> None:
-    print(f"rlhf: {message}", file=sys.stderr, flush=True)

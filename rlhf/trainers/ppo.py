@@ -48,15 +48,23 @@ are stable; the HTML report reads them:
 
 Files in `<out>`: the policy as a Hugging Face model folder (LoRA merged),
 `metrics.jsonl`, `samples.jsonl` (evaluation answers beside the SFT model's),
-`alarms.json`, `config.yaml`, and `checkpoint/` for `--resume` (written
-atomically; a resumed run continues from the last checkpoint exactly: the
-prompt order and sampling seeds are functions of the update number).
+`alarms.json`, `config.yaml`, and `checkpoints/step-N/` for `--resume`, in the
+shared runtime's format (`rlhf.trainers.runtime`: weights, optimizer,
+scheduler, RNG states, and the KL controller, reward normaliser, alarm monitor
+and evaluator as JSON), written atomically. A resumed run continues from the
+last checkpoint exactly: the prompt order and each response's sampling stream
+are functions of the update number and the prompt's place in the batch.
+
+Devices and processes: the models run on the accelerator's device
+(`--mixed-precision bf16|fp16` autocasts sampling, scoring and training
+alike); under `accelerate launch` or `torchrun` each of N processes samples
+its share of every update's prompts and the update is data-parallel, with
+the same result as one process (`tests/test_ppo_distributed.py`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -136,14 +144,18 @@ class PPOConfig:
     rm_batch_size: int = opt(32, "reward-model scoring batch")
     rm_max_len: int = opt(512, "reward-model input length")
     seed: int = opt(0, "random seed")
-    threads: int = opt(0, "torch threads (0 = all cores)")
-    resume: bool = opt(False, "continue from <out>/checkpoint")
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
+    keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
+    resume: bool = opt(False, "continue from the last checkpoint in the output folder")
 
     def __post_init__(self):
         pos = {"rollout_batch_size": self.rollout_batch_size, "minibatch_size": self.minibatch_size,
                "grad_accum": self.grad_accum, "ppo_epochs": self.ppo_epochs, "max_new_tokens": self.max_new_tokens,
                "generation_batch_size": self.generation_batch_size, "forward_batch_size": self.forward_batch_size,
-               "total_episodes": self.total_episodes, "eval_size": self.eval_size, "ptx_batch_size": self.ptx_batch_size}
+               "total_episodes": self.total_episodes, "eval_size": self.eval_size, "ptx_batch_size": self.ptx_batch_size,
+               "keep_checkpoints": self.keep_checkpoints}
         for k, v in pos.items():
             if v < 1:
                 raise UserError(f"ppo: '{k}' must be at least 1, got {v}")
@@ -196,48 +208,10 @@ def prompt_batch(prompts: list, update: int, batch_size: int, seed: int) -> list
     return out
 
 
-# --- checkpoints ----------------------------------------------------------------
+# --- files ------------------------------------------------------------------------
 
-CHECKPOINT = "checkpoint"
-
-
-def trainable_state(module) -> dict:
-    return {n: p.detach().contiguous().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(out: Path, actor_critic, optimizer, scheduler, state: dict) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from rlhf.files import atomic_dir, write_json
-
-    with atomic_dir(out / CHECKPOINT) as tmp:
-        save_file(trainable_state(actor_critic), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        write_json(tmp / "state.json", state)
-
-
-def load_checkpoint(out: Path, actor_critic, optimizer, scheduler) -> dict:
-    import torch
-    from safetensors.torch import load_file
-
-    ck = out / CHECKPOINT
-    if not (ck / "state.json").exists():
-        raise UserError(f"{ck}: no checkpoint to resume from")
-    tensors = load_file(str(ck / "trainable.safetensors"))
-    expected = set(trainable_state(actor_critic))
-    if set(tensors) != expected:
-        raise UserError(f"{ck}: the checkpoint's parameters do not match this model/config "
-                        f"(e.g. {sorted(set(tensors) ^ expected)[:1]}); resume with the same options")
-    actor_critic.load_state_dict(tensors, strict=False)
-    opt_state = torch.load(ck / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(opt_state["optimizer"])
-    scheduler.load_state_dict(opt_state["scheduler"])
-    return json.loads((ck / "state.json").read_text())
-
-
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "alarms.json", "config.yaml", "eval_baseline.json", CHECKPOINT,
-             "tensorboard")
+OLD_CHECKPOINT = "checkpoint"  # PPO's own format before the shared runtime; refused on --resume
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "alarms.json", "config.yaml", "checkpoints", "tensorboard")
 
 
 def save_policy(lm, tokenizer, out: Path, extra: dict | None = None) -> None:
@@ -263,15 +237,22 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
 
     `actor_critic`: `rlhf.value.PolicyWithValueHead` or `PolicyAndCritic` (language model at `.lm`);
     `reference`: frozen SFT model, or None when `.lm` is a LoRA model (adapter disabled = reference);
-    `reward_fn(prompts, texts) -> RewardOut | list[float]`; `evaluator`: `ppo_eval.Evaluator` or None;
-    `ptx_batches`: an endless iterator of SFT batches (PPO-ptx) or None.
+    `reward_fn(prompts, texts) -> RewardOut | list[float]`, its models already on this process's device;
+    `evaluator`: `ppo_eval.Evaluator` or None; `ptx_batches`: an endless iterator of SFT batches (PPO-ptx) or None.
+
+    Runs on `rlhf.trainers.runtime`'s accelerator: with N processes each
+    samples rollout_batch_size / N of every update's prompts, the experience
+    is gathered, and the update is data-parallel (see `ppo_step.ppo_update`);
+    the main process evaluates, logs and writes the files.
     """
     import torch
+    from accelerate.utils import broadcast_object_list
 
     from rlhf.files import write_json, write_text
     from rlhf.metrics import METRICS_FILE, MetricsLogger, truncate_after
     from rlhf.observe.alarms import Monitor
     from rlhf.rewards import RunningMoments
+    from rlhf.trainers import runtime
     from rlhf.trainers.loop import adamw
     from rlhf.trainers.ppo_step import (PPOHyper, experience_metrics, make_experience, ppo_update,
                                         reference_mode)
@@ -281,89 +262,112 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
     if reference is None and not hasattr(actor_critic.lm, "disable_adapter"):
         raise ValueError("reference=None means 'the LoRA policy with its adapter disabled'; this policy has no adapter")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = out / runtime.CHECKPOINTS
+    if cfg.resume and (out / OLD_CHECKPOINT / "state.json").exists():
+        raise UserError(f"{out / OLD_CHECKPOINT} is a checkpoint in the format of an earlier rlhf release, which "
+                        "this one cannot resume: finish that run with the release that started it, or start "
+                        "again into a new --out")
+    accelerator = runtime.make_accelerator(mixed_precision=cfg.mixed_precision)
+    runtime.set_threads(cfg.threads, accelerator.device)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.rollout_batch_size % world:
+        raise UserError(f"ppo: rollout_batch_size {cfg.rollout_batch_size} must be a multiple of the number of "
+                        f"processes ({world})")
+    log = log if main else (lambda *_: None)
+    device = accelerator.device
+    actor_critic.to(device)
+    if reference is not None:
+        reference.to(device)
+    if cfg.gradient_checkpointing:
+        actor_critic.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     hp = PPOHyper.from_config(cfg)
     n_updates = cfg.n_updates
     params = [p for p in actor_critic.parameters() if p.requires_grad]
     optimizer = adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     decay = (lambda u: max(0.0, 1.0 - u / n_updates)) if cfg.lr_schedule == "linear" else (lambda u: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    model, optimizer, scheduler = accelerator.prepare(actor_critic, optimizer, scheduler)
     kl_ctl = kl_controller(cfg)
     moments = RunningMoments()
     monitor = Monitor(max_new_tokens=cfg.max_new_tokens, kl_target=cfg.kl_target if cfg.adap_kl_ctrl else None)
-    state = {"update": 0, "episodes": 0, "time": 0.0}
-    resume = cfg.resume and (out / CHECKPOINT / "state.json").exists()
-    if cfg.resume and not resume:
+    stateful = {"kl_ctl": kl_ctl, "moments": moments, "monitor": monitor, "evaluator": evaluator}
+    state = {"update": 0, "episodes": 0, "time": 0.0, "ptx_used": 0, "alarms": []}
+    checkpoint = runtime.latest_checkpoint(ckpt_root) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
         log(f"ppo: no checkpoint in {out} yet; starting from the beginning")
-    if resume:
-        from rlhf.observe.alarms import Alarm
-
-        state = load_checkpoint(out, actor_critic, optimizer, scheduler)
-        kl_ctl.load_state_dict(state["kl_ctl"])
-        moments.load_state_dict(state["moments"])
-        monitor.history = {k: list(v) for k, v in state.get("monitor", {}).items()}
-        monitor.fired = {a["alarm"]: Alarm(a["alarm"], a["step"], a["message"]) for a in state.get("alarms", [])}
-        if evaluator is not None:
-            evaluator.best_gold = state.get("eval_best_gold")
-        truncate_after(out / METRICS_FILE, state["update"])
-        truncate_after(out / "samples.jsonl", state["update"])
+    if checkpoint is not None:
+        saved = runtime.load_checkpoint(accelerator, checkpoint)
+        for name, obj in stateful.items():
+            if obj is not None and saved.get(name) is not None:
+                obj.load_state_dict(saved[name])
+        state = {k: saved[k] for k in state}
+        if main:
+            truncate_after(out / METRICS_FILE, state["update"])
+            truncate_after(out / "samples.jsonl", state["update"])
         log(f"ppo: resuming after update {state['update']} of {n_updates}")
-    else:
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
         for name in (METRICS_FILE, "samples.jsonl", "alarms.json"):
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
-    write_text(out / "config.yaml", _yaml(to_dict(cfg)))
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if main:
+        write_text(out / "config.yaml", _yaml(to_dict(cfg)))
     if hp.pack_episodes:
         from rlhf.rollout import generate
         from rlhf.trainers.ppo_step import packing_agrees
 
-        probe = generate(actor_critic.lm, tokenizer, prompts[:2], max_new_tokens=4, temperature=hp.temperature,
-                         seed=cfg.seed, max_prompt_len=hp.max_prompt_len)
-        hp.pack_episodes = packing_agrees(actor_critic, reference, probe)
+        with accelerator.autocast():
+            probe = generate(actor_critic.lm, tokenizer, prompts[:2], max_new_tokens=4, temperature=hp.temperature,
+                             seed=cfg.seed, max_prompt_len=hp.max_prompt_len)
+            hp.pack_episodes = packing_agrees(actor_critic, reference, probe)
         if not hp.pack_episodes:
             log("ppo: this model does not give packed episodes the numbers of separate rows; "
                 "forwarding one episode per row (pack_episodes off)")
-    fired = list(state.get("alarms", []))
+    fired = list(state["alarms"])
     if ptx_batches is not None:
-        ptx_batches = _Counted(ptx_batches, skip=state.get("ptx_used", 0))
+        ptx_batches = _Counted(ptx_batches, skip=state["ptx_used"])
 
-    logger = MetricsLogger(out, purge_step=state["update"] + 1)
-    samples_file = open(out / "samples.jsonl", "a", encoding="utf-8")
+    logger = MetricsLogger(out, purge_step=state["update"] + 1) if main else None
+    samples_file = open(out / "samples.jsonl", "a", encoding="utf-8") if main else None
     last: dict = {}
 
     def evaluate(step: int) -> dict:
-        if evaluator is None:
+        """The main process's evaluation (`ppo_eval.Evaluator`); the others wait."""
+        if evaluator is None or not main:
             return {}
-        if evaluator.baseline is None:
-            base_file = out / "eval_baseline.json"
-            if base_file.exists() and resume:
-                evaluator.baseline = json.loads(base_file.read_text())
-            else:
-                with torch.no_grad(), reference_mode(actor_critic.lm, reference) as sft:
+        with torch.no_grad(), accelerator.autocast():
+            if evaluator.baseline is None:
+                with reference_mode(actor_critic.lm, reference) as sft:
                     evaluator.set_baseline(sft)
-                write_json(base_file, evaluator.baseline)
-        m, rows = evaluator(actor_critic.lm)
+            m, rows = evaluator(actor_critic.lm)
         for r in rows:
             samples_file.write(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n")
         samples_file.flush()
         return m
 
+    share = cfg.rollout_batch_size // world
+    mine = slice(rank * share, (rank + 1) * share)
     try:
         if state["update"] == 0 and evaluator is not None:
             m = evaluate(0)  # the SFT policy's numbers: the baseline every later row is read against
-            monitor.update(0, m)  # the alarms read later evaluations against it (a gold fall from the start)
-            last = logger.log({"step": 0, "episodes": 0, "time": 0.0, "beta": kl_ctl.value, **m})
-            log(_line(0, n_updates, last))
+            if main:
+                monitor.update(0, m)  # the alarms read later evaluations against it (a gold fall from the start)
+                last = logger.log({"step": 0, "episodes": 0, "time": 0.0, "beta": kl_ctl.value, **m})
+                log(_line(0, n_updates, last))
+            accelerator.wait_for_everyone()
         for update in range(state["update"] + 1, n_updates + 1):
             t0 = time.perf_counter()
             beta = kl_ctl.value
             batch = prompt_batch(prompts, update, cfg.rollout_batch_size, cfg.seed)
-            exp = make_experience(actor_critic, reference, tokenizer, reward_fn, batch, hp, beta,
-                                  seed=cfg.seed * 1_000_003 + update, moments=moments)
+            with accelerator.autocast():
+                exp = make_experience(actor_critic, reference, tokenizer, reward_fn, batch[mine], hp, beta,
+                                      seed=cfg.seed * 1_000_003 + update, keys=range(mine.start, mine.stop),
+                                      moments=moments, accelerator=accelerator)
             t1 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 7_919 + update)
-            train_m = ppo_update(actor_critic, optimizer, exp, hp, generator=gen, update=update,
-                                 ptx_batches=ptx_batches)
+            train_m = ppo_update(model, optimizer, exp, hp, generator=gen, update=update, ptx_batches=ptx_batches,
+                                 accelerator=accelerator)
             scheduler.step()
             t2 = time.perf_counter()
             m = experience_metrics(exp)
@@ -376,30 +380,41 @@ def train(cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn, prompts
                       "timing/update_s": t2 - t1, "time": state["time"]})
             if (cfg.eval_every and update % cfg.eval_every == 0) or update == n_updates:
                 m.update(evaluate(update))
-            alarms = monitor.update(update, m, samples=exp.rollout.texts, prompts=[str(p) for p in batch])
-            if alarms:
-                m["alarms"] = [a.as_dict() for a in alarms]
-                fired += m["alarms"]
-                write_json(out / "alarms.json", fired)
-                for a in alarms:
-                    log(f"ppo: alarm '{a.name}' at update {update}: {a.message}")
-            last = logger.log({"step": update, **m})
-            log(_line(update, n_updates, last))
+            stop = [False]
+            if main:
+                alarms = monitor.update(update, m, samples=exp.rollout.texts, prompts=[str(p) for p in batch])
+                if alarms:
+                    m["alarms"] = [a.as_dict() for a in alarms]
+                    fired += m["alarms"]
+                    write_json(out / "alarms.json", fired)
+                    for a in alarms:
+                        log(f"ppo: alarm '{a.name}' at update {update}: {a.message}")
+                last = logger.log({"step": update, **m})
+                log(_line(update, n_updates, last))
+                stop = [cfg.stop_on_alarm and bool(alarms)]
+            if world > 1:
+                broadcast_object_list(stop, from_process=0)
             state["update"] = update
-            stop = cfg.stop_on_alarm and bool(alarms)
-            if (cfg.save_every and update % cfg.save_every == 0) or update == n_updates or stop:
-                state.update({"kl_ctl": kl_ctl.state_dict(), "moments": moments.state_dict(), "alarms": fired,
-                              "monitor": monitor.history,
-                              "ptx_used": ptx_batches.used if ptx_batches is not None else 0,
-                              "eval_best_gold": evaluator.best_gold if evaluator is not None else None})
-                save_checkpoint(out, actor_critic, optimizer, scheduler, state)
-            if stop:
+            if (cfg.save_every and update % cfg.save_every == 0) or update == n_updates or stop[0]:
+                state.update({"alarms": fired, "ptx_used": ptx_batches.used if ptx_batches is not None else 0})
+                saved = {**state, **{name: obj.state_dict() for name, obj in stateful.items() if obj is not None}}
+                if world > 1:  # the main process's monitor and evaluator are the ones that count
+                    box = [saved]
+                    broadcast_object_list(box, from_process=0)
+                    saved = box[0]
+                runtime.save_checkpoint(accelerator, ckpt_root, update, saved, cfg.keep_checkpoints)
+            if stop[0]:
                 log(f"ppo: stopping at update {update} (stop_on_alarm)")
                 break
     finally:
-        logger.close()
-        samples_file.close()
-    save_policy(actor_critic.lm, tokenizer, out, extra={"rlhf_stage": "ppo", "rlhf_updates": state["update"]})
+        if logger is not None:
+            logger.close()
+        if samples_file is not None:
+            samples_file.close()
+    accelerator.wait_for_everyone()
+    if main:
+        save_policy(actor_critic.lm, tokenizer, out, extra={"rlhf_stage": "ppo", "rlhf_updates": state["update"]})
+    accelerator.wait_for_everyone()
     return last
 
 
@@ -419,6 +434,11 @@ class _Counted:
     def __next__(self):
         self.used += 1
         return next(self.it)
+
+    def next_on(self, device):
+        from accelerate.utils import send_to_device
+
+        return send_to_device(next(self), device)
 
 
 def _yaml(d: dict) -> str:
@@ -442,12 +462,16 @@ def main(argv: list[str]) -> int:
     from rlhf.trainers.ppo_setup import (build_models, gold_function, load_prompt_list, load_reference_examples,
                                          ptx_stream, reward_function)
 
+    from rlhf.trainers.runtime import process_state, set_threads
+
     cfg = parse(PPOConfig, argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(cfg.threads or cores)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     prompts = load_prompt_list(cfg.prompts, split="train", seed=cfg.seed)
     actor_critic, reference, tokenizer, rms, rm_toks = build_models(cfg)
+    device = process_state().device
+    for rm in rms:
+        rm.to(device)
     reward_fn = reward_function(rms, rm_toks, reduction=cfg.ensemble, lam=cfg.ensemble_lambda,
                                 batch_size=cfg.rm_batch_size, max_len=cfg.rm_max_len)
     evaluator = None

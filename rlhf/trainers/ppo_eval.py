@@ -80,6 +80,13 @@ class Evaluator:
 
         return [0.5 if a == b else sigmoid(a - b) for a, b in zip(ans["proxy"], base["proxy"])]
 
+    def state_dict(self) -> dict:
+        """The SFT answers every evaluation is compared with, and the best evaluation's per-prompt gold (JSON)."""
+        return {"baseline": self.baseline, "best_gold": self.best_gold}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.baseline, self.best_gold = state["baseline"], state["best_gold"]
+
     def set_baseline(self, sft_lm) -> dict:
         self.baseline = self._answer(sft_lm)
         return self.baseline

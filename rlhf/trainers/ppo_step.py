@@ -21,11 +21,11 @@ from typing import Callable, Sequence
 import torch
 
 from rlhf.errors import UserError
-from rlhf.losses import entropy_from_logits, ppo_policy_loss, sft_loss, token_logprobs, value_loss
+from rlhf.losses import clipped_surrogate, entropy_from_logits, sft_loss, token_logprobs, value_loss_per_token
 from rlhf.models import layouts_agree
 from rlhf.rewards import (RunningMoments, explained_variance, gae, kl_shaped_rewards, masked_mean,
                           normalize_and_clip, penalize_unfinished, whiten)
-from rlhf.rollout import Rollout, episode_logits, generate, lay_out
+from rlhf.rollout import Rollout, concat_rollouts, episode_logits, generate, lay_out, pad_columns
 from rlhf.trainers.sft import label_logits
 
 
@@ -128,7 +128,7 @@ def reference_mode(policy_lm, reference):
 
 @torch.no_grad()
 def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
-    """Old log-probs, values and reference log-probs for a rollout, in chunks. Each (B, T).
+    """Old log-probs, values and reference log-probs for a rollout, in chunks, on the model's device. Each (B, T).
 
     With a value head one policy forward gives the old log-probs and the values
     (and checks the sampler's log-probs). With a separate critic the sampler's
@@ -137,22 +137,23 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
     """
     from rlhf.value import PolicyAndCritic
 
+    device = next(actor_critic.parameters()).device
     B, T = rollout.response_ids.shape
     n_query = rollout.query_ids.size(1)
-    ids, attn = rollout.input_ids, rollout.attention_mask
+    ids, attn = rollout.input_ids, rollout.attention_mask  # CPU: the layouts are worked out on the host
     separate_critic = isinstance(actor_critic, PolicyAndCritic)
-    old = rollout.logprobs.clone() if separate_critic else torch.zeros(B, T)
-    ref = torch.zeros(B, T)
-    values = torch.zeros(B, T)
-    mask = rollout.response_mask.float()
+    old = rollout.logprobs.to(device) if separate_critic else torch.zeros(B, T, device=device)
+    ref = torch.zeros(B, T, device=device)
+    values = torch.zeros(B, T, device=device)
+    mask = rollout.response_mask.float().to(device)
     was = actor_critic.training
     actor_critic.eval()
     try:
         for s in range(0, B, hp.forward_batch_size):
             rows = slice(s, s + hp.forward_batch_size)
             i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
-            labels = i[:, nq:]
-            episodes = lay_out(i, a, nq, pack=hp.pack_episodes)
+            labels = i[:, nq:].to(device)
+            episodes = lay_out(i, a, nq, pack=hp.pack_episodes).to(device)
             if separate_critic:
                 values[rows, rc] = actor_critic.critic(episodes).float()
             else:
@@ -189,14 +190,19 @@ def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e
     return layouts_agree(actor_critic, layout, tol)
 
 
-def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):
-    """-> (raw scores (B,), scores entering the reward (B,), extras)."""
+def reward_scores(reward_fn: RewardFn, rollout: Rollout) -> RewardOut:
+    """The reward function's scores of a rollout (CPU, float32), checked finite."""
     out = reward_fn(rollout.prompts, rollout.texts)
     if not isinstance(out, RewardOut):
         out = RewardOut(torch.as_tensor(list(out), dtype=torch.float32))
-    raw = out.scores.float()
-    if not torch.isfinite(raw).all():
+    out = RewardOut(out.scores.float().cpu(), {k: v.cpu() if torch.is_tensor(v) else v for k, v in out.extras.items()})
+    if not torch.isfinite(out.scores).all():
         raise UserError("the reward model returned NaN/inf scores; check the reward model folder")
+    return out
+
+
+def shape_scores(raw: torch.Tensor, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):
+    """What enters the reward: the no-EOS penalty, the length penalty, running normalisation, clipping."""
     scores = penalize_unfinished(raw, rollout.finished, hp.no_eos_penalty)
     if hp.length_penalty:  # a defence against a reward model that pays for length
         scores = scores - hp.length_penalty * rollout.response_lengths.to(scores.dtype)
@@ -204,24 +210,74 @@ def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: 
         scores = normalize_and_clip(scores, moments, hp.reward_clip)
     elif hp.reward_clip is not None:
         scores = scores.clamp(-hp.reward_clip, hp.reward_clip)
-    return raw, scores, out.extras
+    return scores
+
+
+def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):
+    """-> (raw scores (B,), scores entering the reward (B,), extras)."""
+    out = reward_scores(reward_fn, rollout)
+    return out.scores, shape_scores(out.scores, rollout, hp, moments), out.extras
+
+
+def gather_parts(accelerator, part):
+    """Every process's `part`, in process order, on every process (one process: `[part]`)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [part]
+    from accelerate.utils import gather_object
+
+    return gather_object([part])
 
 
 def make_experience(actor_critic, reference, tokenizer, reward_fn: RewardFn, prompts: Sequence, hp: PPOHyper,
-                    beta: float, *, seed: int, moments: RunningMoments | None = None) -> Experience:
+                    beta: float, *, seed: int, keys: Sequence[int] | None = None,
+                    moments: RunningMoments | None = None, accelerator=None) -> Experience:
+    """Rollout, scores, old/reference log-probs and values, KL-shaped rewards, GAE, whitened advantages.
+
+    With several processes, each samples, scores and forwards its own share
+    of the batch (`prompts`, at positions `keys` of the whole batch); the
+    parts are then gathered, so every statistic of the batch (reward
+    normalisation, advantage whitening, the KL the controller reads) is the
+    whole batch's, on every process alike, as in one process.
+    """
+    device = next(actor_critic.parameters()).device
     rollout = generate(actor_critic.lm, tokenizer, prompts, max_new_tokens=hp.max_new_tokens,
                        temperature=hp.temperature, top_p=hp.top_p, batch_size=hp.generation_batch_size, seed=seed,
-                       max_prompt_len=hp.max_prompt_len)
-    raw, scores, extras = score_rollout(reward_fn, rollout, hp, moments)
+                       max_prompt_len=hp.max_prompt_len, keys=keys)
+    out = reward_scores(reward_fn, rollout)
     logprobs, values, ref_logprobs = forward_experience(actor_critic, reference, rollout, hp)
-    mask = rollout.response_mask.float()
-    extras["sampler_logprob_diff"] = float(((logprobs - rollout.logprobs).abs() * mask).max())
+    parts = gather_parts(accelerator, (rollout, out, logprobs.cpu(), values.cpu(), ref_logprobs.cpu()))
+    if len(parts) > 1:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        rollout = concat_rollouts([p[0] for p in parts], pad_id)
+        width = rollout.response_ids.size(1)
+        logprobs, values, ref_logprobs = (torch.cat([pad_columns(p[k], width) for p in parts]).to(device)
+                                          for k in (2, 3, 4))
+        out = RewardOut(torch.cat([p[1].scores for p in parts]),
+                        {k: torch.cat([p[1].extras[k] for p in parts]) for k, v in out.extras.items()
+                         if torch.is_tensor(v)})
+    raw, extras = out.scores, dict(out.extras)
+    scores = shape_scores(raw, rollout, hp, moments).to(device)
+    mask = rollout.response_mask.float().to(device)
+    extras["sampler_logprob_diff"] = ((logprobs - rollout.logprobs.to(device)).abs() * mask).max()
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta, hp.kl_estimator)
     advantages, returns = gae(rewards, values, mask, hp.gamma, hp.lam)
     if hp.whiten_advantages:
         advantages = whiten(advantages, mask)
-    return Experience(rollout, raw, scores, logprobs, ref_logprobs, values, rewards, kl, advantages, returns, mask,
-                      extras)
+    return Experience(rollout, raw.to(device), scores, logprobs, ref_logprobs, values, rewards, kl, advantages,
+                      returns, mask, extras)
+
+
+def to_floats(metrics: dict) -> dict:
+    """Tensor metrics -> floats, with one device-to-host copy per device (numbers pass through)."""
+    out = dict(metrics)
+    by_device: dict = {}
+    for k, v in metrics.items():
+        if torch.is_tensor(v):
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        values = torch.stack([metrics[k].detach().double().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, values))
+    return out
 
 
 def experience_metrics(exp: Experience) -> dict:
@@ -230,98 +286,134 @@ def experience_metrics(exp: Experience) -> dict:
     seq_kl = (exp.kl * mask).sum(1)  # (B,)
     k1 = ((exp.logprobs - exp.ref_logprobs) * mask).sum(1)
     m = {
-        "reward/score": float(exp.raw_scores.mean()),
-        "reward/score_std": float(exp.raw_scores.std()) if len(exp.raw_scores) > 1 else 0.0,
-        "reward/shaped": float(exp.scores.mean()),
-        "reward/total": float((exp.rewards * mask).sum(1).mean()),
-        "reward/no_eos_frac": float((~exp.rollout.finished).float().mean()),
-        "kl/ref": float(seq_kl.mean()),
-        "kl/ref_k1": float(k1.mean()),
-        "kl/ref_per_token": float(masked_mean(exp.kl, mask)),
-        "response/length": float(exp.rollout.response_lengths.float().mean()),
-        "value/mean": float(masked_mean(exp.values, mask)),
+        "reward/score": exp.raw_scores.mean(),
+        "reward/score_std": exp.raw_scores.std() if len(exp.raw_scores) > 1 else torch.zeros(()),
+        "reward/shaped": exp.scores.mean(),
+        "reward/total": (exp.rewards * mask).sum(1).mean(),
+        "reward/no_eos_frac": (~exp.rollout.finished).float().mean(),
+        "kl/ref": seq_kl.mean(),
+        "kl/ref_k1": k1.mean(),
+        "kl/ref_per_token": masked_mean(exp.kl, mask),
+        "response/length": exp.rollout.response_lengths.float().mean(),
+        "value/mean": masked_mean(exp.values, mask),
         "value/explained_var": explained_variance(exp.values, exp.returns, mask),
-        "returns/mean": float(masked_mean(exp.returns, mask)),
-        "advantages/raw_std": float(masked_mean((exp.returns - exp.values) ** 2, mask).sqrt()),
-        "policy/sampler_logprob_diff": float(exp.extras.get("sampler_logprob_diff", 0.0)),
+        "returns/mean": masked_mean(exp.returns, mask),
+        "advantages/raw_std": masked_mean((exp.returns - exp.values) ** 2, mask).sqrt(),
+        "policy/sampler_logprob_diff": exp.extras.get("sampler_logprob_diff", torch.zeros(())),
     }
     for k, v in exp.extras.items():
         if torch.is_tensor(v) and k != "sampler_logprob_diff":
-            m[k] = float(v.float().mean())
-    return m
+            m[k] = v.float().mean()
+    return to_floats(m)
 
 
-def _finite(loss, what: str, update: int):
-    if not torch.isfinite(loss):
-        raise UserError(f"PPO update {update}: the {what} is {float(loss)}; stopping (the last checkpoint is "
-                        "kept). Lower the learning rate or raise the KL coefficient.")
+def _finite(value, what: str, update: int):
+    if not math.isfinite(value):
+        raise UserError(f"PPO update {update}: the {what} is {value}; stopping. Lower the learning rate or "
+                        "raise the KL coefficient.")
 
 
-def ppo_update(actor_critic, optimizer, exp: Experience, hp: PPOHyper, *, generator: torch.Generator,
-               update: int = 0, ptx_batches=None) -> dict:
+def ppo_update(model, optimizer, exp: Experience, hp: PPOHyper, *, generator: torch.Generator,
+               update: int = 0, ptx_batches=None, accelerator=None) -> dict:
     """`ppo_epochs` passes over the experience in minibatches; returns averaged metrics.
 
-    Stops early (all remaining epochs) once a minibatch's approx_kl passes
-    `target_kl` (Huang et al. 2024, detail "early stopping"; SB3/CleanRL).
+    `model` is the actor-critic, as `accelerator.prepare` returned it when
+    there is an accelerator (DDP with several processes). Every process holds
+    the whole experience and draws the same minibatches; process r forwards
+    rows r, r + N, ... of each minibatch. Losses are sums over tokens divided
+    by the minibatch's token count, so the processes' gradients add up to the
+    one-process gradient of the whole minibatch (DDP averages, hence the
+    factor N). Stops early (all remaining epochs) once a minibatch's
+    approx_kl, over all its tokens, passes `target_kl` (Huang et al. 2024,
+    detail "early stopping"; SB3/CleanRL). Metrics are token-weighted means
+    over the update, reduced over processes once at the end.
+
+    The host waits for the device once per minibatch (the gradient norm,
+    which must be finite) and, with `target_kl`, for the minibatch's KL.
     """
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    device = exp.mask.device
     B, T = exp.rollout.response_ids.shape
     n_query = exp.rollout.query_ids.size(1)
-    ids, attn = exp.input_ids, exp.attention_mask
-    micro = max(1, hp.minibatch_size // hp.grad_accum)
-    params = [p for p in actor_critic.parameters() if p.requires_grad]
-    sums: dict[str, float] = {}
-    count = 0
+    ids, attn = exp.input_ids, exp.attention_mask  # CPU: layouts are worked out on the host
+    per_process, rem = divmod(hp.minibatch_size, world)
+    micro = max(1, per_process // hp.grad_accum)
+    if rem or per_process % hp.grad_accum:
+        raise UserError(f"ppo: minibatch_size {hp.minibatch_size} must be a multiple of grad_accum x processes "
+                        f"({hp.grad_accum} x {world})")
+    params = [p for p in model.parameters() if p.requires_grad]
+    lm = getattr(model, "module", model).lm
+    names = ["policy/loss", "policy/clipfrac", "policy/approx_kl", "policy/ratio", "value/loss", "value/clipfrac",
+             "entropy"]
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)  # the last one counts tokens
+    ptx_sum, ptx_n, norm_sum = torch.zeros((), device=device), 0, 0.0
     stopped_early = False
     n_minibatches = 0
-    actor_critic.train()
+    temperature = hp.temperature if hp.temperature > 0 else 1.0
+    model.train()
     for _ in range(hp.ppo_epochs):
         perm = torch.randperm(B, generator=generator)
         for ms in range(0, B, hp.minibatch_size):
             mb = perm[ms:ms + hp.minibatch_size]
+            n_tokens = exp.mask[mb.to(device)].sum().clamp(min=1)  # the whole minibatch's, on every process
+            mine = mb[rank::world]
+            chunks = [mine[c:c + micro] for c in range(0, len(mine), micro)]
             optimizer.zero_grad(set_to_none=True)
-            chunks = [mb[c:c + micro] for c in range(0, len(mb), micro)]
-            mb_kl = 0.0
-            for rows in chunks:
+            mb_kl = torch.zeros((), device=device)
+            for j, rows in enumerate(chunks):
                 i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
-                mask = exp.mask[rows][:, rc]
-                logits, values = actor_critic(lay_out(i, a, nq, pack=hp.pack_episodes))
-                logprobs = _lp(logits, i[:, nq:], hp.temperature)
-                pg_loss, pm = ppo_policy_loss(logprobs, exp.logprobs[rows][:, rc], exp.advantages[rows][:, rc],
-                                              mask, hp.clip_eps)
-                vf_loss, vm = value_loss(values, exp.values[rows][:, rc], exp.returns[rows][:, rc], mask,
-                                         hp.cliprange_value)
-                loss = pg_loss + hp.vf_coef * vf_loss
-                m = {"policy/loss": pm["policy_loss"], "policy/clipfrac": pm["clipfrac"],
-                     "policy/approx_kl": pm["approx_kl"], "policy/ratio": pm["ratio"],
-                     "value/loss": vm["value_loss"], "value/clipfrac": vm["vf_clipfrac"]}
+                d_rows = rows.to(device)
+                mask = exp.mask[d_rows][:, rc]
+                last = j == len(chunks) - 1
+                with contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(model):
+                    logits, values = model(lay_out(i, a, nq, pack=hp.pack_episodes).to(device))
+                    logprobs = _lp(logits, i[:, nq:].to(device), hp.temperature)
+                    pg = clipped_surrogate(logprobs, exp.logprobs[d_rows][:, rc], exp.advantages[d_rows][:, rc],
+                                           hp.clip_eps)
+                    vf, vf_clipped = value_loss_per_token(values, exp.values[d_rows][:, rc],
+                                                          exp.returns[d_rows][:, rc], hp.cliprange_value)
+                    loss = ((pg["loss"] + hp.vf_coef * vf) * mask).sum() / n_tokens * world
+                    if hp.ptx_coef > 0 and ptx_batches is not None:
+                        p_loss, _ = sft_loss(*label_logits(lm, ptx_batches.next_on(device)))
+                        loss = loss + hp.ptx_coef * p_loss / len(chunks)
+                        ptx_sum, ptx_n = ptx_sum + p_loss.detach(), ptx_n + 1
+                    if accelerator is not None:
+                        accelerator.backward(loss)
+                    else:
+                        loss.backward()
                 with torch.no_grad():
-                    ent = entropy_from_logits(logits.detach(), hp.temperature if hp.temperature > 0 else 1.0)
-                    m["entropy"] = float(masked_mean(ent, mask))
-                if hp.ptx_coef > 0 and ptx_batches is not None:
-                    ptx = next(ptx_batches)
-                    p_loss, p_m = sft_loss(*label_logits(actor_critic.lm, ptx))
-                    loss = loss + hp.ptx_coef * p_loss
-                    m["ptx/loss"] = p_m["loss"]
-                _finite(loss, "loss", update)
-                (loss / len(chunks)).backward()
-                mb_kl += pm["approx_kl"] / len(chunks)
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-            if hp.max_grad_norm:
-                norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
-                _finite(norm, "gradient norm", update)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) * len(chunks)
+                    ent = entropy_from_logits(logits.detach(), temperature)
+                    per_token = [pg["loss"].detach(), pg["clipped"], pg["approx_kl"], pg["ratio"], vf.detach(),
+                                 vf_clipped, ent]
+                    sums += torch.stack([(x * mask).sum().double() for x in per_token] + [mask.sum().double()])
+                    mb_kl = mb_kl + (pg["approx_kl"] * mask).sum() / n_tokens
+            max_norm = hp.max_grad_norm or float("inf")
+            if accelerator is not None:
+                norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            norm = float(norm)
+            _finite(norm, "gradient norm", update)
+            norm_sum += norm
             optimizer.step()
             n_minibatches += 1
-            if hp.target_kl is not None and mb_kl > hp.target_kl:
-                stopped_early = True
-                break
+            if hp.target_kl is not None:
+                if world > 1:
+                    mb_kl = accelerator.reduce(mb_kl, reduction="sum")
+                if float(mb_kl) > hp.target_kl:
+                    stopped_early = True
+                    break
         if stopped_early:
             break
-    metrics = {k: v / max(count, 1) for k, v in sums.items()}
+    if world > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    totals = sums.tolist()
+    metrics = {k: v / max(totals[-1], 1.0) for k, v in zip(names, totals)}
+    _finite(metrics["policy/loss"], "policy loss", update)
+    metrics["grad_norm"] = norm_sum / max(n_minibatches, 1)
+    if ptx_n:
+        metrics["ptx/loss"] = float(ptx_sum) / ptx_n
     metrics["policy/early_stop"] = float(stopped_early)
     metrics["policy/minibatches"] = float(n_minibatches)
-    if not math.isfinite(metrics.get("policy/loss", 0.0)):
-        raise UserError(f"PPO update {update}: non-finite policy loss")
     return metrics
