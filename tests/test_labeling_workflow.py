@@ -138,3 +138,16 @@ def test_an_undone_label_id_is_not_reused(app, store):
     first = api_label(c, item, "A").json["label"]["id"]
     c.post("/api/undo", headers={"X-CSRF-Token": c.csrf})
     assert api_label(c, item, "B").json["label"]["id"] != first
+
+
+def test_admin_sees_flags_comments_and_time_per_label(app, store):
+    c = login(app, "ann")
+    item = c.get("/api/task").json["task"]["item_id"]
+    nxt = api_label(c, item, "A", comment="A <b>cites</b> nothing", flag=True, seconds=12.5,
+                    next=True).json["task"]["item_id"]
+    api_label(c, nxt, "skip", reason="broken", seconds=3)
+    page = login(app, "admin").get("/admin").text
+    notes = page[page.index('id="notes"'):page.index('id="timing"')]
+    assert "A &lt;b&gt;cites&lt;/b&gt; nothing" in notes and "flagged" in notes and "broken" in notes
+    timing = page[page.index('id="timing"'):]
+    assert re.search(r"<td>ann</td><td>2</td><td>12.5</td>", timing)  # upper median of [3, 12.5]

@@ -299,9 +299,16 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     @app.get("/admin")
     @login_required(admin=True)
     def admin():
-        summary = agreement.summarize(store.project_labels(proj), proj.mode)
+        labels = store.project_labels(proj)
+        summary = agreement.summarize(labels, proj.mode)
+        notes = [lab for lab in labels if lab.get("flagged") or lab.get("comment") or lab.get("reason")]
+        times: dict[str, list[float]] = {}
+        for lab in labels:
+            if lab.get("seconds") is not None:
+                times.setdefault(lab["annotator"], []).append(lab["seconds"])
+        timing = [{"name": n, "labels": len(t), "median": sorted(t)[len(t) // 2]} for n, t in sorted(times.items())]
         return render_template("admin.html", summary=summary, progress=store.progress(proj),
-                               users=store.users())
+                               users=store.users(), notes=notes, timing=timing)
 
     @app.get("/admin/export.jsonl")
     @login_required(admin=True)
