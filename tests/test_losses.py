@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf.losses import (NEEDS_REFERENCE, PREFERENCE_LOSSES, bradley_terry_loss, dpo_loss, entropy_from_logits,
-                         ipo_loss, kto_kl_reference, kto_loss, log1mexp, orpo_loss, ppo_policy_loss, sft_loss,
-                         simpo_loss, token_logprobs, value_loss)
+from rlhf.losses import (NEEDS_REFERENCE, PREFERENCE_LOSSES, aggregate_loss, bradley_terry_loss, dpo_loss,
+                         entropy_from_logits, ipo_loss, kto_kl_reference, kto_loss, log1mexp, orpo_loss,
+                         policy_gradient_loss, ppo_policy_loss, sft_loss, simpo_loss, token_logprobs, value_loss)
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
@@ -351,3 +351,133 @@ def test_preference_table_convention():
     # ORPO through the table: nll = -avg chosen logp = 1, lam = beta
     loss, m = PREFERENCE_LOSSES["orpo"](x, x - 1, None, None, n, n, beta=0.2)
     assert m["nll_loss"] == pytest.approx(1.0)
+
+
+# --- loss aggregation and the GRPO-family policy loss --------------------------------
+
+def _agg_case():
+    # two rows with 3 and 1 response tokens, a third with none; padding holds junk (100, inf)
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, float("inf"), 0.0, 0.0], [7.0, 7.0, 7.0, 7.0]],
+                             requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    return per_token, mask
+
+
+def test_aggregate_loss_by_hand():
+    x, mask = _agg_case()
+    # token-mean: (1 + 2 + 3 + 4) / 4 tokens = 2.5; over a global 8 tokens: 10 / 8 = 1.25
+    close(aggregate_loss(x, mask, "token-mean"), 2.5)
+    close(aggregate_loss(x, mask, "token-mean", num_tokens=8), 1.25)
+    # seq-mean-token-mean: row means 6/3 = 2 and 4/1 = 4, the empty row does not count: (2 + 4) / 2 = 3;
+    # over a global 4 sequences: 6 / 4 = 1.5
+    close(aggregate_loss(x, mask, "seq-mean-token-mean"), 3.0)
+    close(aggregate_loss(x, mask, "seq-mean-token-mean", num_sequences=4), 1.5)
+    # seq-mean-token-sum-norm, L = 4: row sums / 4 = 1.5 and 1, mean 1.25; L = 8: (0.75 + 0.5) / 2 = 0.625
+    close(aggregate_loss(x, mask, "seq-mean-token-sum-norm", max_len=4), 1.25)
+    close(aggregate_loss(x, mask, "seq-mean-token-sum-norm", max_len=8), 0.625)
+
+
+def test_aggregate_loss_gradients_weigh_tokens_as_the_papers_say():
+    x, mask = _agg_case()
+    # token-mean: every token 1/4
+    (g,) = torch.autograd.grad(aggregate_loss(x, mask, "token-mean"), x)
+    close(g, [[0.25, 0.25, 0.25, 0], [0.25, 0, 0, 0], [0, 0, 0, 0]])
+    # seq-mean-token-mean: 1/2 per sequence, split over its tokens: 1/6 each in the long row, 1/2 in the short
+    (g,) = torch.autograd.grad(aggregate_loss(x, mask, "seq-mean-token-mean"), x)
+    close(g, [[1 / 6, 1 / 6, 1 / 6, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]])
+    # seq-mean-token-sum-norm, L = 4: 1 / (2 sequences * 4) = 1/8 for every token, whatever the row's length
+    (g,) = torch.autograd.grad(aggregate_loss(x, mask, "seq-mean-token-sum-norm", max_len=4), x)
+    close(g, [[0.125, 0.125, 0.125, 0], [0.125, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_aggregate_loss_split_batches_add_up_with_global_counts():
+    x, mask = _agg_case()
+    for mode, counts in [("token-mean", dict(num_tokens=4)), ("seq-mean-token-mean", dict(num_sequences=2)),
+                         ("seq-mean-token-sum-norm", dict(num_sequences=2, max_len=4))]:
+        whole = aggregate_loss(x, mask, mode, max_len=4)
+        parts = sum(aggregate_loss(x[i:i + 1], mask[i:i + 1], mode, **counts) for i in range(3))
+        close(parts, whole)
+
+
+def test_aggregate_loss_bad_mode_and_missing_max_len():
+    x, mask = _agg_case()
+    with pytest.raises(ValueError, match="unknown loss aggregation 'sum'; choose one of token-mean, "):
+        aggregate_loss(x, mask, "sum")
+    with pytest.raises(ValueError, match="constant max_len"):
+        aggregate_loss(x, mask, "seq-mean-token-sum-norm")
+
+
+def _pg_case():
+    # row 0: A = +1, ratios [1.1, 1.25, 1.4]; row 1: A = -1, ratios [0.7, 0.9, (padding 5.0)]
+    adv = torch.tensor([1.0, -1.0])
+    ratio = torch.tensor([[1.1, 1.25, 1.4], [0.7, 0.9, 5.0]])
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.5, -2.0]])
+    logp = (old + ratio.log()).requires_grad_()
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return logp, old, adv, mask
+
+
+def test_policy_gradient_loss_by_hand_each_aggregation():
+    logp, old, adv, mask = _pg_case()
+    # eps_low 0.2, eps_high 0.28: per token max(-A r, -A clip(r, 0.8, 1.28))
+    #  A=+1: r=1.1 -> -1.1; r=1.25 -> -1.25 (inside [0.8, 1.28]); r=1.4 -> max(-1.4, -1.28) = -1.28 (clipped high)
+    #  A=-1: r=0.7 -> max(0.7, 0.8) = 0.8 (clipped low); r=0.9 -> 0.9
+    # token-mean: (-1.1 - 1.25 - 1.28 + 0.8 + 0.9) / 5 = -1.93 / 5 = -0.386
+    # seq-mean-token-mean: (-3.63 / 3 + 1.7 / 2) / 2 = (-1.21 + 0.85) / 2 = -0.18
+    # seq-mean-token-sum-norm, L = 4: (-3.63 / 4 + 1.7 / 4) / 2 = -0.24125
+    expected = {"token-mean": -0.386, "seq-mean-token-mean": -0.18, "seq-mean-token-sum-norm": -0.24125}
+    for mode, value in expected.items():
+        loss, m = policy_gradient_loss(logp, old, adv, mask, 0.2, 0.28, mode, max_len=4)
+        close(loss, value)
+        close(m["policy/loss"], value)
+    # 2 of 5 tokens clipped: one low (A < 0), one high (A > 0); mean ratio (1.1 + 1.25 + 1.4 + 0.7 + 0.9) / 5 = 1.07
+    assert float(m["policy/clipfrac"]) == pytest.approx(0.4)
+    assert float(m["policy/clipfrac_low"]) == pytest.approx(0.2)
+    assert float(m["policy/clipfrac_high"]) == pytest.approx(0.2)
+    assert float(m["policy/ratio"]) == pytest.approx(1.07, rel=1e-6)
+    r = [1.1, 1.25, 1.4, 0.7, 0.9]
+    assert float(m["policy/approx_kl"]) == pytest.approx(sum((x - 1) - math.log(x) for x in r) / 5, rel=1e-5)
+    assert "policy/kl_ref" not in m and not any(torch.is_tensor(v) and v.requires_grad for v in m.values())
+
+
+def test_clip_higher_gradient_zero_exactly_where_clipped():
+    logp, old, adv, mask = _pg_case()
+    loss, _ = policy_gradient_loss(logp, old, adv, mask, 0.2, 0.28, "token-mean")
+    (grad,) = torch.autograd.grad(loss, logp)
+    # d/d logp of -A r / 5 where unclipped: -1.1/5 = -0.22, -1.25/5 = -0.25, 0.9/5 = 0.18;
+    # zero where clipped (r = 1.4 with A > 0, r = 0.7 with A < 0) and at the padding
+    close(grad, [[-0.22, -0.25, 0.0], [0.0, 0.18, 0.0]])
+    assert grad[0, 2] == 0 and grad[1, 0] == 0 and grad[1, 2] == 0
+    # symmetric clipping (eps_high = eps_low = 0.2) also clips r = 1.25 > 1.2: its gradient is now zero
+    loss, m = policy_gradient_loss(logp, old, adv, mask, 0.2, None, "token-mean")
+    (grad,) = torch.autograd.grad(loss, logp)
+    close(grad, [[-0.22, 0.0, 0.0], [0.0, 0.18, 0.0]])
+    assert float(m["policy/clipfrac_high"]) == pytest.approx(0.4)
+
+
+def test_policy_gradient_loss_token_advantages_and_ppo_agree():
+    logp, old, adv, mask = _pg_case()
+    per_seq, _ = policy_gradient_loss(logp, old, adv, mask, 0.2, 0.28)
+    per_tok, _ = policy_gradient_loss(logp, old, adv[:, None].expand(2, 3), mask, 0.2, 0.28)
+    close(per_seq, per_tok)
+    # token-mean with symmetric clipping is PPO's policy loss
+    close(policy_gradient_loss(logp, old, adv, mask)[0], ppo_policy_loss(logp, old, adv[:, None].expand(2, 3),
+                                                                         mask)[0])
+
+
+def test_policy_gradient_loss_k3_kl_term_by_hand():
+    logp, old, adv, mask = _pg_case()
+    # reference equal to the policy except at row 0 token 2, where log pi/ref = d = log 2:
+    # k3 = ref/pi - log(ref/pi) - 1 = 1/2 + log 2 - 1 = log 2 - 0.5; token-mean over 5 tokens
+    ref = logp.detach().clone()
+    ref[0, 2] -= math.log(2)
+    loss, m = policy_gradient_loss(logp, old, adv, mask, 0.2, 0.28, ref_logprobs=ref, kl_coef=0.1)
+    close(loss, -0.386 + 0.1 * (math.log(2) - 0.5) / 5)
+    assert float(m["policy/kl_ref"]) == pytest.approx((math.log(2) - 0.5) / 5, rel=1e-5)
+    # d k3 / d logp = 1 - ref/pi = 1/2, times 0.1 / 5 = 0.01: the KL still pulls on a clipped token
+    (grad,) = torch.autograd.grad(loss, logp)
+    close(grad, [[-0.22, -0.25, 0.01], [0.0, 0.18, 0.0]])
+    # kl_coef 0 leaves the loss alone but still reports the KL
+    loss0, m0 = policy_gradient_loss(logp, old, adv, mask, 0.2, 0.28, ref_logprobs=ref)
+    close(loss0, -0.386)
+    assert float(m0["policy/kl_ref"]) == pytest.approx((math.log(2) - 0.5) / 5, rel=1e-5)
