@@ -456,6 +456,8 @@ class CAIConfig:
     concurrency: int = opt(4, "HTTP requests in flight at once")
     threads: int = opt(0, "torch threads (0 = leave as is)")
     trust_remote_code: bool = opt(False, "allow model code from model folders")
+    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only "
+                                 "the files it wrote)")
 
     def __post_init__(self):
         if self.few_shot is None:
@@ -551,6 +553,10 @@ def lab_measurements(prompts, originals, orig_stopped, finals, final_stopped, rl
 
 def run(cfg: CAIConfig, log=print) -> dict:
     """Generate, critique, revise, label; write every file; return the summary."""
+    from rlhf.runfolder import RunFolder
+
+    # the output folder is refused with one line before anything is loaded (see rlhf.runfolder)
+    folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.critic, cfg.judge, cfg.constitution, cfg.prompts])
     constitution = load_constitution(cfg.constitution)  # bad input fails before any model loads
     if cfg.prompts:
         from rlhf.data import load_prompts
@@ -567,12 +573,12 @@ def run(cfg: CAIConfig, log=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, constitution, prompts, log)
+        return _run(cfg, constitution, prompts, log, folder)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict:
+def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log, folder) -> dict:
     import torch
 
     from rlhf.evaluate import lab_prompts
@@ -622,6 +628,7 @@ def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict
         lab_rows = annotator_labels(rlaif_rows, cfg.seed)
         summary["lab"] = lab_measurements(prompts, originals, orig_stopped, finals, final_stopped, rlaif_rows,
                                           lab_rows)
+    folder.start()
     with atomic_dir(cfg.out) as tmp:
         write_jsonl(tmp / "sft.jsonl", sft)
         write_jsonl(tmp / "prefs.jsonl", prefs)
@@ -631,6 +638,9 @@ def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log) -> dict
             write_jsonl(tmp / "lab_labels.jsonl", lab_rows)
         write_jsonl(tmp / "trace.jsonl", trace)
         write_json(tmp / "summary.json", summary)
+        written = sorted(p.name for p in tmp.iterdir())
+    folder.wrote(*written)
+    folder.update(status="finished")
     return summary
 
 

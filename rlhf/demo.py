@@ -29,7 +29,7 @@ class DemoConfig:
 
 
 def main(argv: list[str]) -> int:
-    from rlhf.pipeline import Pipeline, PipelineConfig, format_table
+    from rlhf.pipeline import Pipeline, PipelineConfig, claim, format_table
 
     args = parse(DemoConfig, argv)
     path = resources.files("rlhf") / "configs" / "lab.yaml"
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     if args.method:
         raw["method"] = args.method
     cfg = from_dict(PipelineConfig, raw, "lab.yaml")
-    result = Pipeline(cfg).run()
+    result = Pipeline(cfg, claim(cfg, "demo")).run()
 
     rows = {r["model"]: r for r in result["table"]}
     p = print

@@ -163,18 +163,47 @@ STAGE_FILE = "stage.json"  # written when a stage has finished: its wall time
 
 
 def _done(folder: Path) -> bool:
-    return (folder / STAGE_FILE).exists() or \
-        ((folder / "config.json").exists() and any(folder.glob("*.safetensors")))
+    from rlhf.runfolder import read_manifest
+
+    if (folder / STAGE_FILE).exists():
+        return True
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return manifest.get("status") == "finished"
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+# Stages without --resume: an unfinished run of theirs is replaced (--overwrite deletes only its own files).
+_NO_RESUME = ("rlhf.trainers.bon:main",)
 
 
 def _log(msg: str) -> None:
     print(f"\n== {msg}", file=sys.stderr, flush=True)
 
 
+def claim(cfg: PipelineConfig, command: str = "pipeline"):
+    """The pipeline's output folder, claimed and started (`rlhf.runfolder`).
+
+    A pipeline always continues its own earlier run in `out` (finished stages
+    are skipped; an unfinished one resumes and checks its own options), so
+    any option may change; any other occupied folder is refused with one
+    line before anything runs.
+    """
+    from rlhf.config import to_dict
+    from rlhf.runfolder import RunFolder
+
+    options = to_dict(cfg)
+    run = RunFolder.claim(cfg.out, command=command, options=options, inputs=[cfg.base], resume=True,
+                          may_change=options)
+    run.start()
+    return run
+
+
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, folder=None):
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.folder = folder  # the pipeline's own RunFolder (`main`), recording the folders it writes
         self.timings: dict[str, float] = {}
         self.stages: list[dict] = []  # for the report: name + metrics path
 
@@ -188,12 +217,21 @@ class Pipeline:
 
             _log(f"{name}: training into {folder}")
             t0 = time.time()
+            from rlhf.runfolder import MANIFEST, RunFolder
+
             opts = {**options, "out": str(folder)}
-            if (folder / "checkpoint").exists() or (folder / "checkpoints").exists():
+            if (folder / MANIFEST).exists():  # this pipeline's own stage, cut short: continue it
+                opts.setdefault("overwrite" if target in _NO_RESUME else "resume", True)
+            elif (folder / "checkpoint").exists() or (folder / "checkpoints").exists():
                 opts.setdefault("resume", True)
             call(target, opts)
             self.timings[name] = time.time() - t0
+            run = RunFolder.existing(folder)
+            if run is not None:
+                run.wrote(STAGE_FILE)
             write_json(folder / STAGE_FILE, {"stage": name, "wall_s": self.timings[name]})
+        if self.folder is not None:
+            self.folder.wrote(folder.name)
         if (folder / "metrics.jsonl").exists():
             self.stages.append({"name": name, "path": str(folder / "metrics.jsonl")})
         return folder
@@ -202,6 +240,8 @@ class Pipeline:
     def lab_data(self, model: str, folder: Path, **extra) -> Path:
         from rlhf.lab import generate
 
+        if self.folder is not None:
+            self.folder.wrote(folder.name)
         return generate.ensure(folder, model=model, **{"seed": self.cfg.seed, **self.cfg.lab, **extra})
 
     def run(self) -> dict:
@@ -281,6 +321,9 @@ class Pipeline:
         from rlhf.files import write_json
 
         write_json(out / "summary.json", {k: v for k, v in result.items() if k != "samples"})
+        if self.folder is not None:
+            self.folder.wrote(Path(report).name, "report.md", "plots", "summary.json")
+            self.folder.update(status="finished")
         return result
 
 
@@ -479,7 +522,7 @@ def main(argv: list[str]) -> int:
     if args.rounds:
         raw["rounds"] = args.rounds
     cfg = from_dict(PipelineConfig, raw, os.path.basename(args.config))
-    result = Pipeline(cfg).run()
+    result = Pipeline(cfg, claim(cfg)).run()
     print()
     print(format_table(result["table"]))
     print(f"\nreport: {result['report']}")

@@ -42,6 +42,10 @@ MANIFEST = "run.json"
 # Options that never change what a run means: a resume may give other values.
 ALWAYS_MAY_CHANGE = frozenset({"resume", "overwrite", "quiet", "out"})
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "rlhf")
+# Options of the training loop a resume may change: how often it logs and checkpoints, how many checkpoints
+# it keeps, its CPU threads. Everything else (data, model, learning rate, schedule, batch, seed, ...) would
+# make the resumed run another run than the one recorded.
+TRAIN_MAY_CHANGE = ("threads", "save_every", "keep_checkpoints", "log_every")
 
 
 def read_manifest(out: str | os.PathLike) -> dict | None:
@@ -110,16 +114,18 @@ class RunFolder:
         (`start` deletes the files it lists). Refused: anything else (see the
         module docstring).
         """
-        if resume and overwrite:
-            raise UserError("--resume continues the run in the output folder and --overwrite replaces it: "
-                            "give one of them")
         if not str(out).strip():
             raise UserError("--out is empty: name an output folder")
         path = Path(os.path.abspath(Path(out).expanduser()))
         options = _plain(options)
+        if not _is_main_process():  # the main process checked and writes; the others only run
+            return cls(path, command, options, resuming=resume, overwrite=overwrite, main=False)
+        if resume and overwrite:
+            raise UserError("--resume continues the run in the output folder and --overwrite replaces it: "
+                            "give one of them")
         _check_inputs(path, inputs)
         _check_writable(path)
-        main = _is_main_process()
+        main = True
         entries = sorted(p.name for p in path.iterdir() if not _ours(p.name)) if path.is_dir() else []
         manifest = read_manifest(path) if entries else None
         if not entries:
@@ -160,6 +166,15 @@ class RunFolder:
         return cls(path, manifest["command"], manifest.get("options") or {}, manifest=manifest,
                    main=_is_main_process())
 
+    @classmethod
+    def claim_config(cls, cfg, *, inputs: Sequence[str | None] = (), may_change: Iterable[str] = ()) -> "RunFolder":
+        """`claim` for a command's config dataclass: its `command`, `out`, `resume` and `overwrite` fields."""
+        from dataclasses import asdict
+
+        return cls.claim(cfg.out, command=cfg.command, options=asdict(cfg), inputs=inputs,
+                         resume=bool(getattr(cfg, "resume", False)), overwrite=bool(getattr(cfg, "overwrite", False)),
+                         may_change=may_change)
+
     # --- writing ------------------------------------------------------------------------------------
 
     def start(self, *, extra: dict | None = None, step: int | None = None) -> None:
@@ -195,7 +210,7 @@ class RunFolder:
             if extra:
                 manifest.update(_plain(extra))
             self.manifest = manifest
-            self._write()
+            self._write(merge=self.resuming)
 
     def wrote(self, *names: str) -> None:
         """Record entries (relative to the folder) that this run writes; `--overwrite` deletes only these."""
@@ -214,9 +229,17 @@ class RunFolder:
         self.manifest.update(_plain(fields))
         self._write()
 
-    def _write(self) -> None:
+    def _write(self, merge: bool = True) -> None:
         from rlhf.files import write_json
 
+        # Another RunFolder of this folder (a model save, the pipeline) may have recorded files meanwhile.
+        try:
+            on_disk = (read_manifest(self.path) or {}) if merge else {}
+        except UserError:
+            on_disk = {}
+        files = list(self.manifest.get("files", []))
+        files += [f for f in on_disk.get("files", []) if f not in files]
+        self.manifest["files"] = files
         self.manifest["updated"] = _now()
         write_json(self.path / MANIFEST, self.manifest)
 

@@ -273,7 +273,7 @@ def test_dpo_command_reuses_the_reference_cache(tiny_model_dir, tmp_path, capsys
     assert main(args) == 0
     assert "computed" in capsys.readouterr().err
     first = (out / "ref_logps.safetensors").read_bytes()
-    assert main(args) == 0
+    assert main([*args, "--resume"]) == 0  # the same run again: the cache written by the first is read
     assert "read from ref_logps.safetensors" in capsys.readouterr().err
     assert (out / "ref_logps.safetensors").read_bytes() == first
 

@@ -306,3 +306,144 @@ def test_a_full_disk_in_a_torch_error_message_is_recognised(tmp_path):
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0: "
                                "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- every stage's command against bad output folders -----------------------------------------------------
+
+SFT_ROWS = [{"prompt": f"What is {a} + {b}?", "response": f"{a + b}."} for a in range(1, 5) for b in range(1, 5)]
+PREF_ROWS = [{"prompt": r["prompt"], "chosen": r["response"], "rejected": "I don't know."} for r in SFT_ROWS]
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def stage_argv(command: str, model: str, data: dict, out: str) -> list[str]:
+    """The command line of a stage, reading `data["sft"]` / `data["prefs"]`, writing `out`."""
+    train = ["--max-steps", "1", "--batch-size", "4", "--save-every", "0", "--threads", "1", "--quiet"]
+    data = {"sft": "", "prefs": "", "pipeline": "", **data}
+    return {
+        "sft": ["sft", "--model", model, "--data", data["sft"], "--out", out, *train],
+        "rm": ["rm", "--model", model, "--data", data["prefs"], "--out", out, *train],
+        "dpo": ["dpo", "--model", model, "--data", data["prefs"], "--out", out, *train],
+        "kto": ["kto", "--model", model, "--data", data["prefs"], "--out", out, *train],
+        "orpo": ["orpo", "--model", model, "--data", data["prefs"], "--out", out, *train],
+        "bon": ["bon", "--policy", model, "--reward-model", model, "--prompts", data["sft"], "--n", "2",
+                "--max-new-tokens", "4", "--out", out, "--quiet"],
+        "cai": ["cai", "--model", model, "--prompts", data["sft"], "--n-prompts", "2", "--max-new-tokens", "4",
+                "--critic-max-new-tokens", "4", "--no-rlaif", "--out", out],
+        "lab data": ["lab", "data", "--model", model, "--parts", "sft", "--n-sft", "4", "--out", out],
+        "pipeline": ["pipeline", data["pipeline"], "--out", out],
+    }[command]
+
+
+STAGES = ["sft", "rm", "dpo", "kto", "orpo", "bon", "cai", "lab data", "pipeline"]
+BAD_OUTS = ["user folder", "user folder holding the data", "model as out", "another command's run", "/proc",
+            "under a file", "a file"]
+
+
+@pytest.mark.parametrize("bad", BAD_OUTS)
+@pytest.mark.parametrize("command", STAGES)
+def test_every_stage_refuses_a_bad_output_folder_with_one_line_and_loses_nothing(
+        command, bad, tmp_path, tiny_model_dir, capsys):
+    from rlhf.cli import main
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    data = {"sft": write_rows(inputs / "sft.jsonl", SFT_ROWS), "prefs": write_rows(inputs / "prefs.jsonl", PREF_ROWS)}
+    data["pipeline"] = str(inputs / "pipeline.yaml")
+    Path(data["pipeline"]).write_text(f"base: {tiny_model_dir}\nmethod: dpo\n")
+    mine = user_folder(tmp_path)
+    model = tiny_model_dir
+    if bad == "user folder":
+        out = str(mine)
+    elif bad == "user folder holding the data":
+        out = str(mine)
+        data = {**data, "sft": str(mine / "data.jsonl"), "prefs": write_rows(mine / "prefs.jsonl", PREF_ROWS)}
+    elif bad == "model as out":
+        out = model
+    elif bad == "another command's run":
+        other = tmp_path / "other-run"
+        RunFolder.claim(other, command="eval" if command != "eval" else "sft", options={}).start()
+        (other / "result.json").write_text("{}")
+        out = str(other)
+    elif bad == "/proc":
+        out = "/proc/rlhf-test/run"
+    elif bad == "under a file":
+        out = str(mine / "notes.txt" / "run")
+    else:
+        out = str(mine / "notes.txt")
+    before, model_before = snapshot(tmp_path), snapshot(Path(model))
+    assert main(stage_argv(command, model, data, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert snapshot(tmp_path) == before  # the user's files byte-identical, nothing half-written left
+    assert snapshot(Path(model)) == model_before
+
+
+@pytest.mark.parametrize("command", STAGES)
+def test_a_refusal_comes_before_torch_is_imported(command, tmp_path, tiny_model_dir):
+    mine = user_folder(tmp_path)
+    data = {"sft": str(mine / "data.jsonl"), "prefs": str(mine / "data.jsonl"), "pipeline": str(tmp_path / "p.yaml")}
+    Path(data["pipeline"]).write_text("method: dpo\n")
+    argv = stage_argv(command, tiny_model_dir, data, str(mine))
+    code = ("import sys\nfrom rlhf.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('torch' in sys.modules)\nsys.exit(rc)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and out.stdout.strip() == "False", (out.stdout, out.stderr)
+    assert out.stderr.count("\n") == 1 and time.perf_counter() - t0 < 30
+
+
+def test_a_finished_run_is_resumed_or_overwritten_only_when_asked(tmp_path, tiny_model_dir, capsys):
+    from rlhf.cli import main
+
+    data = {"sft": write_rows(tmp_path / "sft.jsonl", SFT_ROWS)}
+    out = tmp_path / "run"
+    argv = stage_argv("sft", tiny_model_dir, data, str(out))
+    assert main(argv) == 0
+    manifest = read_manifest(out)
+    assert manifest["status"] == "finished" and manifest["command"] == "sft"
+    assert {"config.yaml", "metrics.jsonl", "model.safetensors", "config.json"} <= set(manifest["files"])
+    (out / "notes.txt").write_text("the user's notes on this run")
+    capsys.readouterr()
+
+    before = snapshot(out)
+    assert main(argv) == 2  # no flag: refused, nothing touched
+    assert "--resume" in capsys.readouterr().err and snapshot(out) == before
+    assert main([*argv, "--resume", "--lr", "0.5"]) == 2  # a resume that would change what the run means
+    assert "--lr was" in capsys.readouterr().err and snapshot(out) == before
+    assert main(stage_argv("rm", tiny_model_dir, {"prefs": data["sft"]}, str(out))) == 2  # another command
+    assert "rlhf sft" in capsys.readouterr().err and snapshot(out) == before
+
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "the user's notes on this run"  # not the run's: kept
+    assert (out / "model.safetensors").exists() and read_manifest(out)["status"] == "finished"
+    assert not [p for p in tmp_path.rglob(".*") if p.name.endswith((".tmp", ".new", ".old"))]
+
+
+def test_the_pipeline_resumes_its_own_stages(tmp_path):
+    """A stage folder the pipeline started (manifest, no finished status) is resumed, not refused."""
+    from rlhf.pipeline import Pipeline, PipelineConfig, _done
+
+    folder = tmp_path / "p" / "sft"
+    RunFolder.claim(folder, command="sft", options={}).start()
+    assert not _done(folder)
+    calls = []
+
+    def fake_call(target, opts):
+        calls.append(opts)
+        RunFolder.claim(opts["out"], command="sft", options={}, resume=opts.get("resume", False)).start()
+        RunFolder.existing(opts["out"]).update(status="finished")
+
+    import rlhf.pipeline as pipeline
+
+    real = pipeline.call
+    pipeline.call = fake_call
+    try:
+        Pipeline(PipelineConfig(out=str(tmp_path / "p"))).stage("sft", folder, "rlhf.trainers.sft:main", {})
+    finally:
+        pipeline.call = real
+    assert calls[0]["resume"] is True and _done(folder)
+    assert "stage.json" in read_manifest(folder)["files"]

@@ -207,6 +207,8 @@ class DataConfig:
     batch_size: int = opt(32, "prompts sampled together")
     sft_habits: dict = opt({}, "override demonstration flaw rates: wrong, flattery, padding, verbosity, markup, "
                              "house (a factor on the house-style rates)")
+    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only "
+                                 "the files it wrote)")
 
     def __post_init__(self):
         bad = [p for p in self.parts if p not in PARTS]
@@ -262,7 +264,14 @@ def run(cfg: DataConfig, log=print) -> dict:
 
 def main(argv: list[str]) -> int:
     cfg = parse(DataConfig, argv)
+    from rlhf.runfolder import RunFolder
+
+    # refused with one line before anything is loaded (see rlhf.runfolder)
+    folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.mix_model])
+    folder.start()
+    folder.wrote(*(name for part in cfg.parts for name in FILES[part]))
     summary = run(cfg)
+    folder.update(status="finished")
     out = Path(cfg.out)
     if "sft" in summary:
         print(f"{out / 'sft.jsonl'}: {summary['sft']['rows']} demonstrations (gold {summary['sft']['gold']:.3f})")
@@ -324,6 +333,7 @@ def _stamp(cfg: DataConfig, part: str) -> str:
     d = asdict(cfg)
     d.pop("out")
     d.pop("parts")
+    d.pop("overwrite")  # how the folder is claimed, not what the data is
     if part != "prefs":
         d.pop("model")
         d.pop("mix_model")

@@ -149,6 +149,8 @@ class BonConfig:
     threads: int = opt(0, "CPU threads; 0 = torch's default (the available cores)")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "weights dtype")
     quiet: bool = opt(False, "print only the summary line")
+    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only "
+                                 "the files it wrote)")
 
     def __post_init__(self):
         if self.n < 1:
@@ -206,18 +208,23 @@ def gold_means(prompts: list, cands: Candidates) -> dict | None:
 
 def main(argv: list[str]) -> int:
     cfg = parse(BonConfig, argv)
+    from rlhf.runfolder import RunFolder
+
+    # refused with one line before anything is loaded (see rlhf.runfolder)
+    folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, cfg.reward_model, cfg.prompts])
     from pathlib import Path
 
-    import torch
-
     from rlhf.files import write_json, write_jsonl
-    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, quiet_transformers
 
     prompts = load_prompts(cfg.prompts) if cfg.prompts else default_prompts(cfg.lab_prompts, cfg.seed)
     if cfg.n_prompts:
         prompts = prompts[:cfg.n_prompts]
     if not prompts:
         raise UserError(f"{cfg.prompts}: no prompts")
+    import torch  # after the prompts are checked
+
+    quiet_transformers(cfg.quiet)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(cfg.policy, padding_side="left")
@@ -255,9 +262,12 @@ def main(argv: list[str]) -> int:
                    "scores": cands.scores[i * cfg.n:(i + 1) * cfg.n],
                    "finished": cands.finished[i * cfg.n:(i + 1) * cfg.n], "best": b}
                   for i, (p, b) in enumerate(zip(cands.prompts, cands.best))]
+    folder.start()
+    folder.wrote("candidates.jsonl", "summary.json", RSFT_FILE)
     write_jsonl(out / "candidates.jsonl", candidates)
     write_json(out / "summary.json", {"config": to_dict(cfg), **summary})
     write_jsonl(out / RSFT_FILE, rows)  # last: its presence marks a complete run
+    folder.update(status="finished")
     line = (f"best-of-{cfg.n} on {len(prompts)} prompts: reward {summary['reward/best']:+.3f} (one sample "
             f"{summary['reward/mean']:+.3f}), KL(best-of-N || policy) = log N - (N-1)/N = "
             f"{summary['kl_analytic']:.3f} nats")

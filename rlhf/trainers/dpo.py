@@ -45,7 +45,6 @@ from typing import Literal
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.refcache import CACHE_FILE, blocks, response_logps
 from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, share_prompt_or_fall_back, train,
                                 train_options)
 
@@ -59,6 +58,8 @@ DEFAULT_SMOOTHING = {"dpo": 0.0, "cdpo": 0.1, "ipo": 0.0, "simpo": 0.0}
 
 def pair_logps(model, batch):
     """One forward over the (2B, T) batch -> summed log-probs and token counts of chosen and rejected, (B,) each."""
+    from rlhf.refcache import blocks, response_logps
+
     sums, counts = response_logps(model, batch)
     pc, pr = blocks(sums, 2).unbind(-1)
     ct, rt = blocks(counts, 2).unbind(-1)
@@ -148,6 +149,7 @@ def kto_step(beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weigh
     import torch
 
     from rlhf.losses import kto_kl_reference, kto_loss
+    from rlhf.refcache import response_logps
 
     def step(model, batch):
         b = batch["desirable"].numel()
@@ -321,6 +323,8 @@ def _note(message: str) -> None:
 def shared_logps_agree(model, batcher) -> bool:
     """Does `model` give the batcher's shared-prompt rows the log-probabilities of separate rows? (Leaves
     the batcher sharing only if so; `rlhf.trainers.loop.share_prompt_or_fall_back`.)"""
+    from rlhf.refcache import response_logps
+
     return share_prompt_or_fall_back(model, [batcher], response_logps)
 
 
@@ -359,19 +363,23 @@ def run(cfg, kind: str) -> TrainResult:
     """`rlhf dpo|kto|orpo`: validate the data, batch it, reference pass, train, save. Returns the loop's result."""
     import time
 
-    from accelerate import PartialState
-    from accelerate.utils import set_seed
-
     from rlhf import data as D
-    from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.trainers.sft import lab_data, save_causal_lm, summary, write_config
+    from rlhf.trainers.sft import claim, lab_data, save_causal_lm, start, summary
 
+    folder = claim(cfg, inputs=[cfg.model, cfg.data, getattr(cfg, "reference", None)])  # before anything is loaded
     path = cfg.data or lab_data("prefs")
     records = D.load_labels(path) if kind == "kto" else D.load_pairs(path)  # every row checked first
     train_recs, val_recs = D.split(records, cfg.val_fraction, seed=cfg.seed)
+
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    from rlhf.models import load_causal_lm, load_tokenizer, quiet_transformers
+    from rlhf.refcache import CACHE_FILE, response_logps
     main_process = PartialState().is_main_process
     show = main_process and not cfg.quiet
 
+    quiet_transformers(cfg.quiet)
     tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
     share = {"share_prompt": True} if kind != "kto" and cfg.share_prompt else {}
@@ -397,7 +405,9 @@ def run(cfg, kind: str) -> TrainResult:
         _note(f"{cfg.command}: {cfg.model} gives shared-prompt rows other log-probabilities than separate "
               "rows (its attention ignores a custom mask?); forwarding every sequence separately")
     if main_process:
-        write_config(cfg, cfg.out)
+        start(folder, cfg)
+        if cfg.needs_reference():
+            folder.wrote(CACHE_FILE)
     cache = train_ref = val_ref = None
     if cfg.needs_reference():
         start = time.perf_counter()
@@ -421,12 +431,12 @@ def run(cfg, kind: str) -> TrainResult:
 
     def save(plain):
         save_causal_lm(plain, tok, cfg.out, stage=cfg.command, base=cfg.model)
-        if cache is not None:  # the save replaced the folder whole, keeping only the loop's run files
-            cache.save(Path(cfg.out) / CACHE_FILE)
 
     result = train(model, train_b, step_fn(train_ref), train_options(cfg), out_dir=cfg.out, eval_fn=eval_fn,
                    save_fn=save, best_metric=selection(cfg.select_by),
                    count_key="rows" if kind == "kto" else "pairs")
+    if main_process:
+        folder.update(status="finished", steps=result.steps)
     if show:
         print(summary(cfg.command, result), file=sys.stderr)
     return result

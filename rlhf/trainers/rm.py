@@ -49,7 +49,7 @@ from rlhf.errors import UserError
 from rlhf.models import layouts_agree
 from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult,
                                 process_state, share_prompt_or_fall_back, train, train_options)
-from rlhf.trainers.sft import quiet_transformers, summary, write_config
+from rlhf.trainers.sft import quiet_transformers, summary
 
 DEFAULT_SFT = "runs/sft"
 
@@ -114,8 +114,9 @@ def main(argv: list[str]) -> int:
 def run(cfg: RMConfig) -> TrainResult:
     """Validate the data, build tokenizer, batches and model, train, normalise, save."""
     from rlhf.data import load_groups, load_sft, split
-    from rlhf.trainers.sft import lab_data
+    from rlhf.trainers.sft import claim, lab_data, start
 
+    folder = claim(cfg, inputs=[cfg.model, cfg.data, cfg.reference])  # before anything is loaded
     groups = load_groups(cfg.data or lab_data("rankings"))  # every row checked before anything is loaded
     reference = load_sft(cfg.reference) if cfg.reference else None
     train_g, val_g = split(groups, cfg.val_fraction, seed=cfg.seed)
@@ -128,7 +129,7 @@ def run(cfg: RMConfig) -> TrainResult:
     from rlhf.models import REWARD_OFFSET_KEY, disable_dropout, load_reward_model, load_tokenizer, resolve
 
     main_process = process_state().is_main_process
-    quiet_transformers()
+    quiet_transformers(cfg.quiet)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))
     share = cfg.share_prompt and not encoder
@@ -151,7 +152,7 @@ def run(cfg: RMConfig) -> TrainResult:
         print(f"rlhf rm: {cfg.model} scores a shared-prompt row differently from separate rows (its "
               "attention ignores a custom mask?); forwarding every response separately", file=sys.stderr)
     if main_process:
-        write_config(cfg, cfg.out)
+        start(folder, cfg)
 
     def step(m, batch):
         return rm_step(m, batch, use_margins=cfg.use_margins, center_coef=cfg.center_coef)
@@ -171,6 +172,8 @@ def run(cfg: RMConfig) -> TrainResult:
     result = train(model, batcher, step, train_options(cfg), out_dir=cfg.out,
                    eval_fn=(lambda m: evaluate(m, val)) if val else None, save_fn=save,
                    best_metric=[("accuracy", True), ("loss", False)], count_key="pairs")
+    if main_process:
+        folder.update(status="finished", steps=result.steps)
     if main_process and not cfg.quiet:
         print(summary("rm", result), file=sys.stderr)
     return result

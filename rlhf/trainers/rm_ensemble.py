@@ -33,9 +33,16 @@ def train_ensemble(cfg) -> list:
     from rlhf.files import write_json
     from rlhf.trainers.rm import default_backbone, run
 
+    from rlhf.trainers.sft import claim
+
     k_total = int(cfg.ensemble)
     if k_total < 2:
         raise UserError(f"ensemble must be at least 2 to train an ensemble, got {k_total}")
+    # The ensemble folder is a run of its own (its manifest lists the members' folders); each member
+    # claims its folder again, so --resume and --overwrite reach them too.
+    folder = claim(cfg, inputs=[cfg.model, cfg.data, cfg.reference])
+    folder.start()
+    folder.wrote(*(member_dir(cfg.out, k).name for k in range(k_total)), ENSEMBLE_FILE)
     results, rows = [], []
     for k in range(k_total):
         out = member_dir(cfg.out, k)
@@ -47,6 +54,7 @@ def train_ensemble(cfg) -> list:
     # written last: its presence marks a complete ensemble
     index = {"members": rows, "base_model": cfg.model or default_backbone(), "data": cfg.data}
     write_json(Path(cfg.out) / ENSEMBLE_FILE, index)
+    folder.update(status="finished")
     return results
 
 

@@ -21,6 +21,8 @@ from typing import Optional
 
 from rlhf.config import opt, parse, to_dict
 from rlhf.errors import UserError
+from rlhf.models import quiet_transformers
+from rlhf.runfolder import TRAIN_MAY_CHANGE, RunFolder
 from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, train,
                                 train_options)
 
@@ -61,6 +63,7 @@ def run(cfg: SFTConfig) -> TrainResult:
     """Validate the data, build tokenizer, batches and model, train, save. Returns the loop's result."""
     from rlhf.data import SFTBatcher, load_sft, split
 
+    folder = claim(cfg, inputs=[cfg.model, cfg.data])  # before anything is loaded
     data = cfg.data or lab_data("sft")
     examples = load_sft(data)  # every row checked before anything is loaded or written
     train_ex, val_ex = split(examples, cfg.val_fraction, seed=cfg.seed)
@@ -70,7 +73,7 @@ def run(cfg: SFTConfig) -> TrainResult:
     from rlhf.models import load_causal_lm, load_tokenizer
 
     main_process = process_state().is_main_process
-    quiet_transformers()
+    quiet_transformers(cfg.quiet)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     batcher = SFTBatcher(tokenizer, train_ex, max_len=cfg.max_len, batch_size=cfg.batch_size, pack=cfg.packing,
                          seed=cfg.seed)
@@ -85,7 +88,7 @@ def run(cfg: SFTConfig) -> TrainResult:
     set_seed(cfg.seed)  # LoRA's initial weights
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code)
     if main_process:
-        write_config(cfg, cfg.out)
+        start(folder, cfg)
 
     def save(plain):
         save_causal_lm(plain, tokenizer, cfg.out, stage="sft", base=cfg.model)
@@ -93,6 +96,8 @@ def run(cfg: SFTConfig) -> TrainResult:
     result = train(model, batcher, sft_step, train_options(cfg), out_dir=cfg.out,
                    eval_fn=(lambda m: evaluate(m, val)) if val else None, save_fn=save,
                    best_metric="loss", higher_is_better=False, count_key="tokens")
+    if main_process:
+        folder.update(status="finished", steps=result.steps)
     if main_process and not cfg.quiet:
         print(summary("sft", result), file=sys.stderr)
     return result
@@ -163,6 +168,20 @@ def save_causal_lm(plain, tokenizer, out: str, *, stage: str, base: str) -> None
     save_model(plain, tokenizer, out, extra={"rlhf_stage": stage, "rlhf_base_model": base}, keep=RUN_FILES)
 
 
+def claim(cfg, *, inputs, may_change=TRAIN_MAY_CHANGE):
+    """The stage's output folder, claimed before anything is loaded (`rlhf.runfolder`): refused with one line
+    when it holds anything but an earlier run of this command (continued with --resume, replaced with
+    --overwrite), is an input, or cannot be written."""
+    return RunFolder.claim_config(cfg, inputs=inputs, may_change=may_change)
+
+
+def start(folder, cfg) -> None:
+    """Write the manifest (the run's files listed before they are written) and the resolved options."""
+    folder.start()
+    folder.wrote("config.yaml", *RUN_FILES)
+    write_config(cfg, cfg.out)
+
+
 def write_config(cfg, out: str) -> None:
     """The resolved options as `<out>/config.yaml` (loadable again with `--config`)."""
     import yaml
@@ -183,11 +202,6 @@ def lab_data(kind: str) -> str:
     return str(generate.default_path(kind))
 
 
-def quiet_transformers() -> None:
-    """No weight-loading and shard-writing bars from transformers: the loop's own progress is the one shown."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def summary(stage: str, result: TrainResult) -> str:
