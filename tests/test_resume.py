@@ -85,3 +85,64 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, tiny_model_di
     rows = read_metrics(killed / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))  # no step lost or logged twice
     assert strip(rows) == strip(read_metrics(reference / "metrics.jsonl"))
+
+
+def test_ppo_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """`rlhf ppo` SIGKILLed three times at random moments (mid-rollout, mid-update, mid-checkpoint), `--resume`d
+    each time: the final weights and every logged metric equal one uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    from test_ppo import PROMPTS, tiny_rm
+
+    tiny_rm(tiny_tokenizer).save_pretrained(tmp_path / "rm")
+    tiny_tokenizer.save_pretrained(tmp_path / "rm")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = ["ppo", "--policy", tiny_model_dir, "--reward-model", str(tmp_path / "rm"), "--prompts", str(prompts),
+            "--eval-prompts", str(prompts), "--reference-text", "none", "--rollout-batch-size", "4",
+            "--minibatch-size", "2", "--total-episodes", "120", "--max-new-tokens", "6", "--ppo-epochs", "2",
+            "--lr", "1e-2", "--no-eos-penalty", "none", "--eval-every", "8", "--save-every", "1",
+            "--keep-checkpoints", "1", "--seed", "5", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    killed = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(3):
+        log = open(tmp_path / f"killed-{attempt}.log", "w")
+        extra = ["--resume"] if attempt else []
+        proc = subprocess.Popen([sys.executable, "-m", "rlhf", *args, *extra, "--out", str(killed)], env=env,
+                                stdout=log, stderr=log)
+        try:
+            # the process start takes a few seconds; then an update takes ~0.1 s: a random moment past the last
+            # checkpoint, wherever it falls (sampling, update, evaluation, checkpoint write)
+            start = newest_step(killed)
+            deadline = time.monotonic() + 120
+            while newest_step(killed) < start + 1 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
+            assert proc.poll() is None, (tmp_path / f"killed-{attempt}.log").read_text()[-2000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        finally:
+            proc.wait(timeout=60)
+            log.close()
+        # whatever the moment, the newest checkpoint is whole
+        newest = max((killed / "checkpoints").glob("step-*"), key=lambda p: p.name)
+        assert (newest / "trainer_state.json").exists() and (newest / "model.safetensors").exists()
+    assert kills == 3 and not (killed / "model.safetensors").exists()
+    assert cli_main([*args, "--resume", "--out", str(killed)]) == 0
+    reference = tmp_path / "reference"
+    assert cli_main([*args, "--out", str(reference)]) == 0
+
+    got, want = load_file(killed / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("time", "episodes_per_s") and not k.startswith("timing/")}
+                for r in rows]
+
+    rows = read_metrics(killed / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(31))  # no update lost or logged twice
+    assert strip(rows) == strip(read_metrics(reference / "metrics.jsonl"))
