@@ -70,13 +70,13 @@ BAD_FILES = {
     # a JSON array names the line its element starts on
     "invalid_array.json": (data.load_preferences, "invalid_array.json:4: invalid JSON (Expecting ',' delimiter)"),
     "array_of_strings.json": (data.load_preferences, "array_of_strings.json:3: expected a JSON object, got string"),
-    "single_object.json": (data.load_preferences, "single_object.json: expected a JSON array of rows (or one JSON "
-                                                  "object per line), got a single object"),
-    # CSV: row numbers under the header (row 1 of multiline_not_utf8.csv spans two lines)
-    "bad_margin.csv": (data.load_preferences, "bad_margin.csv:2: \"margin\" must be a number, got 'abc'"),
-    "ragged.csv": (data.load_preferences, "ragged.csv:2: row has 2 cells, the header has 3 (row numbers count "
-                                          "rows under the header)"),
-    "multiline_not_utf8.csv": (data.load_preferences, "multiline_not_utf8.csv:2: not UTF-8"),
+    "single_object.json": (data.load_preferences, "single_object.json:1: a .json file must hold a JSON array of "
+                                                  "rows ([{...}, ...]); this one starts with an object (one JSON "
+                                                  "object per line is a .jsonl file)"),
+    # CSV: lines as an editor shows them, the header being line 1 (row 1 of multiline_not_utf8.csv spans two)
+    "bad_margin.csv": (data.load_preferences, "bad_margin.csv:3: \"margin\" must be a number, got 'abc'"),
+    "ragged.csv": (data.load_preferences, "ragged.csv:3: row has 2 cells, the header has 3"),
+    "multiline_not_utf8.csv": (data.load_preferences, "multiline_not_utf8.csv:4: not UTF-8"),
     "sft_messages_end_with_user.jsonl": (data.load_sft, 'sft_messages_end_with_user.jsonl:1: "messages" must end '
                                                         'with an assistant message (the response), not user'),
     "sft_unknown_format.jsonl": (data.load_sft, "sft_unknown_format.jsonl:1: unknown row format (keys: input, "
@@ -143,11 +143,26 @@ def test_sft_formats():
         SFTExample([U("Add the numbers.\n\n2 and 2")], "4"),  # Alpaca: instruction, blank line, input
         SFTExample([U("Name a colour.")], "Red."),  # seed task, empty input
         SFTExample([U("Name a colour.\n\nnot red")], "Blue."),  # its second instance
-        SFTExample(None, "Once upon a time."),  # raw text
         SFTExample([U("Pick one.")], "This one."),  # a preference row: its chosen response
-    ]  # the thumbs-down KTO row (line 8) is no demonstration
+    ]  # the thumbs-down KTO row (line 7) is no demonstration
     assert [ex.origin for ex in got] == ["sft.jsonl:1", "sft.jsonl:2", "sft.jsonl:3", "sft.jsonl:4", "sft.jsonl:5",
-                                         "sft.jsonl:5", "sft.jsonl:6", "sft.jsonl:7"]
+                                         "sft.jsonl:5", "sft.jsonl:6"]
+
+
+def test_raw_text_rows_and_demonstrations_are_not_mixed_in_one_file(tmp_path):
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"text": "Once upon a time."}\n{"text": "The end."}\n')
+    assert data.load_sft(text) == [SFTExample(None, "Once upon a time."), SFTExample(None, "The end.")]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"prompt": "Hi", "response": "Hello."}\n\n{"messages": [{"role": "user", "content": "A"}, '
+                     '{"role": "assistant", "content": "B"}]}\n{"text": "Once upon a time."}\n')
+    with pytest.raises(UserError, match=r"^mixed\.jsonl:4: a \{text\} row \(raw text\) after a demonstration "
+                                        r"\(prompt and response\) at mixed\.jsonl:1: "):
+        data.load_sft(mixed)
+    mixed.write_text('{"text": "Once."}\n{"prompt": "Hi", "response": "Hello."}\n')
+    with pytest.raises(UserError, match=r"^mixed\.jsonl:2: a demonstration .* after a \{text\} row .* at "
+                                        r"mixed\.jsonl:1: "):
+        data.load_sft(mixed)
 
 
 def test_preference_formats():
@@ -171,8 +186,8 @@ def test_json_csv_and_parquet_read_the_same_records(tmp_path):
     assert as_json == [Preference([U("What is 2 + 3?")], "5.", "6."),
                        Preference([U("Sort 4 1 3.")], "1 3 4.", "4 3 1.", 0.5)]
     assert [p.origin for p in as_json] == ["prefs.json:2", "prefs.json:4"]  # the line each element starts on
-    assert data.load_preferences(GOOD / "lines.json") == [Preference([U("Q?")], "A.", "B."),
-                                                         Preference([U("R?")], "C.", "D.")]  # JSON Lines in .json
+    with pytest.raises(UserError, match=r"^lines\.json:1: a \.json file must hold a JSON array of rows"):
+        data.load_preferences(GOOD / "lines.json")  # JSON Lines belong in a .jsonl file
 
     as_csv = data.load_preferences(GOOD / "prefs.csv")
     assert as_csv == [
@@ -555,3 +570,104 @@ def test_empty_record_lists_give_no_batches(tiny_tokenizer):
                  lambda: data.LabelBatcher(tiny_tokenizer, [], max_len=32, batch_size=4)):
         batcher = make()
         assert len(batcher) == 0 and list(batcher.batches(0)) == [] and batcher.n_truncated == 0
+
+
+# ---- issue 19: nulls, sizes, lines, and checks before anything heavy is loaded -----------------------------
+
+def test_null_is_reported_as_null_not_as_missing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cases = [('{"prompt": "Q?", "chosen": "A.", "rejected": null}', data.load_preferences, '"rejected" is null'),
+             ('{"prompt": "Q?", "chosen": "A."}', data.load_preferences, '"rejected" is missing'),
+             ('{"prompt": "Q?", "response": null}', data.load_sft, '"response" is null (or "completion")'),
+             ('{"messages": [{"role": "user", "content": null}]}', data.load_sft,
+              '"messages"[0].content is null'),
+             ('{"prompt": "Q?", "completion": "A.", "label": null}', data.load_labels, '"label" is null')]
+    for text, loader, message in cases:
+        path = tmp_path / "rows.jsonl"
+        path.write_text(text + "\n")
+        with pytest.raises(UserError) as err:
+            loader(path)
+        assert str(err.value) == f"rows.jsonl:1: {message}"
+    # a Parquet column holds null for every row without the field: that is a missing field
+    path = tmp_path / "prefs.parquet"
+    pq.write_table(pa.table({"prompt": ["Q?"], "chosen": ["A."], "rejected": pa.array([None], pa.string())}), path)
+    with pytest.raises(UserError, match=r'^prefs\.parquet:1: "rejected" is missing$'):
+        data.load_preferences(path)
+
+
+def test_csv_errors_name_the_line_an_editor_shows(tmp_path):
+    path = tmp_path / "prefs.csv"
+    path.write_text('prompt,chosen,rejected\n"Q?","two\nlines","B."\n"R?","","C."\n')
+    with pytest.raises(UserError, match=r'^prefs\.csv:4: "chosen" is empty$'):  # header 1, a row on 2-3, then 4
+        data.load_preferences(path)
+
+
+def test_a_json_file_must_hold_a_list_of_rows(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('\n\n"a string"\n')
+    with pytest.raises(UserError, match=r"^rows\.json:3: a \.json file must hold a JSON array of rows"):
+        data.load_sft(path)
+
+
+def test_a_field_over_the_size_cap_is_refused_with_its_line_and_field(tmp_path, monkeypatch):
+    from rlhf.data.read import DEFAULT_MAX_FIELD_CHARS, max_field_chars
+
+    assert max_field_chars() == DEFAULT_MAX_FIELD_CHARS == 1_000_000
+    monkeypatch.setenv("RLHF_MAX_FIELD_CHARS", "100")
+    path = tmp_path / "sft.jsonl"
+    path.write_text('{"prompt": "Q?", "response": "ok"}\n'
+                    + json.dumps({"prompt": "Q?", "response": "x" * 101}) + "\n")
+    with pytest.raises(UserError, match=r'^sft\.jsonl:2: "response" has 101 characters, more than the 100 a field '
+                                        r"may hold \(refused, not cut; RLHF_MAX_FIELD_CHARS sets the limit\)$"):
+        data.load_sft(path)
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"messages": [{"role": "user", "content": "y" * 200},
+                                              {"role": "assistant", "content": "B"}]}]))
+    with pytest.raises(UserError, match=r'^chat\.json:1: "messages"\[0\]\.content has 200 characters'):
+        data.load_sft(chat)
+    csv_path = tmp_path / "prefs.csv"
+    csv_path.write_text('prompt,chosen,rejected\n"Q?","A.","B."\n"R?","' + "z" * 150 + '","C."\n')
+    with pytest.raises(UserError, match=r"^prefs\.csv:3: a cell has more than the 100 characters"):
+        data.load_preferences(csv_path)
+    monkeypatch.setenv("RLHF_MAX_FIELD_CHARS", "many")
+    with pytest.raises(UserError, match="RLHF_MAX_FIELD_CHARS='many'"):
+        data.load_sft(path)
+
+
+def test_a_huge_jsonl_row_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    """Memory is bounded by the cap, not by the file: a 30 MB line under a 1,000-character cap."""
+    import tracemalloc
+
+    monkeypatch.setenv("RLHF_MAX_FIELD_CHARS", "1000")
+    path = tmp_path / "sft.jsonl"
+    with open(path, "w") as f:
+        f.write('{"prompt": "Q?", "response": "ok"}\n{"prompt": "Q?", "response": "')
+        f.write("x" * 30_000_000)
+        f.write('"}\n')
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"^sft\.jsonl:2: row is longer than 12,096 bytes"):
+            data.load_sft(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+
+
+@pytest.mark.parametrize("command", ["sft", "rm", "dpo", "kto", "orpo"])
+def test_bad_rows_are_refused_before_torch_is_imported_and_nothing_is_written(command, tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Q?", "chosen": "A.", "rejected": "B."}\n{"prompt": "R?", "chosen": ""}\n')
+    out = tmp_path / "out"
+    code = ("import sys\nfrom rlhf.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('torch' in sys.modules)\nsys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, command, "--model", "lab-small", "--data", str(bad),
+                          "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 2 and res.stdout.strip() == "False", (res.stdout, res.stderr)
+    assert res.stderr.startswith("rlhf: bad.jsonl:2: ") and res.stderr.count("\n") == 1, res.stderr
+    assert not out.exists()

@@ -6,10 +6,12 @@ comparisons: the reward model's unit). Prompts are lists of chat messages.
 
 Loaders read `.jsonl`, `.json` (an array of rows), `.csv` and `.parquet`
 files, or a `datasets` hub name when no such path exists. Every row is
-validated before anything is returned; the first bad one raises `UserError`
-with one line naming file, line and field (`prefs.jsonl:17: "chosen" is
-empty`). For CSV and Parquet the line is the row number, 1-based, header
-excluded.
+validated before anything is returned (and before torch is imported); the
+first bad one raises `UserError` with one line naming file, line and field
+(`prefs.jsonl:17: "chosen" is empty`, `"rejected" is null`). The line is the
+one an editor shows (a CSV's header is line 1); Parquet names the row
+number. A text field longer than `RLHF_MAX_FIELD_CHARS` characters
+(1,000,000 by default) is refused, never cut (`rlhf.data.read`).
 
 Row formats, detected per row:
 
@@ -18,7 +20,9 @@ Row formats, detected per row:
   `{instruction, input?, output}` and Alpaca seed tasks
   `{instruction, instances: [{input, output}]}` (instruction, then the input
   after a blank line, as one user message), `{text}` (raw text, loss on every
-  token), and any preference row (its chosen or top-ranked response).
+  token), and any preference row (its chosen or top-ranked response). Raw
+  text and demonstrations train differently, so one file holds one kind: the
+  first row of the other kind is refused with its line.
 - Preferences: `{prompt, chosen, rejected, margin?}` (TRL; chosen and
   rejected are strings or a list with one assistant message); implicit
   prompt `{chosen, rejected}`: message lists share the prompt messages, and

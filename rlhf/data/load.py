@@ -19,10 +19,26 @@ def load_sft(path: PathLike) -> list[SFTExample]:
     on a comparison file; KTO rows with `label: false` are left out.
     """
     rows = read_rows(path)
-    out = [ex for row in each_row(rows) for ex in parse_sft(row)]
+    out, first = [], None
+    for row in each_row(rows):
+        examples = parse_sft(row)
+        for ex in examples:
+            if first is None:
+                first = ex
+            elif (ex.prompt is None) != (first.prompt is None):
+                raise _mixed_sft(row, first)
+        out += examples
     if not out:
         raise UserError(f"{where(rows.path)}: no rows usable for SFT (every row is a thumbs-down completion)")
     return out
+
+
+def _mixed_sft(row, first: SFTExample) -> UserError:
+    """Raw text trains on every token, a demonstration only on its response: one file holds one kind."""
+    text, demo = "a {text} row (raw text)", "a demonstration (prompt and response)"
+    this, that = (text, demo) if first.prompt is not None else (demo, text)
+    return row.fail(f"{this} after {that} at {first.origin}: raw text trains on every token, a demonstration "
+                    "only on its response; put the two kinds in separate files")
 
 
 def load_preferences(path: PathLike) -> list[Preference | Ranking]:

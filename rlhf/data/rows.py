@@ -39,8 +39,9 @@ def _kind(value) -> str:
 class Row:
     """One row and where it came from."""
 
-    def __init__(self, path: str, line: int, row: dict, text_cells: bool = False):
+    def __init__(self, path: str, line: int, row: dict, text_cells: bool = False, null_is_absent: bool = False):
         self.path, self.line, self.row, self.text_cells = path, line, row, text_cells
+        self.null_is_absent = null_is_absent  # Parquet, hub data: null fills the rows without a field
         self.hh = False  # the prompt was an HH transcript: replies lose the space after "Assistant:"
 
     @property
@@ -63,9 +64,23 @@ class Row:
 
     # ---- field checks -------------------------------------------------------------------------------
 
-    def text(self, value, name: str, *, allow_empty: bool = False) -> str:
+    def absent(self, name: str, present: bool | None = None) -> UserError:
+        """`"x" is missing`, or `"x" is null` where the field is there with the value null.
+
+        `present`: whether the field is there (a nested one); by default a
+        top-level field named `"key"` is looked up in the row.
+        """
+        return self.fail(f"{name} is {self.null_or_missing(name, present)}")
+
+    def null_or_missing(self, name: str, present: bool | None = None) -> str:
+        if present is None:
+            key = name[1:-1] if name.startswith('"') and name.endswith('"') else None
+            present = key is not None and key in self.row
+        return "null" if present and not self.null_is_absent and not self.text_cells else "missing"
+
+    def text(self, value, name: str, *, allow_empty: bool = False, present: bool | None = None) -> str:
         if value is None:
-            raise self.fail(f"{name} is missing")
+            raise self.absent(name, present)
         if isinstance(value, bytes):
             try:
                 value = value.decode("utf-8")
@@ -94,7 +109,7 @@ class Row:
     def messages(self, value, name: str) -> list[Message]:
         value = self.json_cell(value, name)
         if value is None:
-            raise self.fail(f"{name} is missing")
+            raise self.absent(name)
         if not isinstance(value, list):
             raise self.fail(f"{name} must be a list of messages, got {_kind(value)}")
         if not value:
@@ -106,10 +121,11 @@ class Row:
                 raise self.fail(f'{at} must be an object with "role" and "content", got {_kind(m)}')
             role = m.get("role")
             if role is None:
-                raise self.fail(f"{at}.role is missing")
+                raise self.absent(f"{at}.role", "role" in m)
             if role not in ROLES:
                 raise self.fail(f"{at}.role is {role!r}; expected one of {', '.join(ROLES)}")
-            out.append({"role": role, "content": self.text(m.get("content"), f"{at}.content")})
+            out.append({"role": role, "content": self.text(m.get("content"), f"{at}.content",
+                                                            present="content" in m)})
         return out
 
     def prompt_messages(self, messages: list[Message], name: str) -> list[Message]:
@@ -167,7 +183,7 @@ class Row:
     def label(self) -> bool:
         value = self.row.get("label")
         if value is None:
-            raise self.fail('"label" is missing')
+            raise self.absent('"label"')
         if isinstance(value, str) and self.text_cells:
             low = value.strip().lower()
             if low in ("true", "1", "yes"):
@@ -271,7 +287,7 @@ def _parse_ranking(row: Row) -> Ranking:
     prompt = row.prompt()
     value = row.json_cell(row.row.get("responses"), '"responses"')
     if value is None:
-        raise row.fail('"responses" is missing')
+        raise row.absent('"responses"')
     if not isinstance(value, list):
         raise row.fail(f'"responses" must be a list, got {_kind(value)}')
     if len(value) < 2:
@@ -284,7 +300,7 @@ def _parse_ranking(row: Row) -> Ranking:
         seen[text] = i
     ranking = row.json_cell(row.row.get("ranking"), '"ranking"')
     if ranking is None:
-        raise row.fail('"ranking" is missing')
+        raise row.absent('"ranking"')
     k = len(responses)
     if (not isinstance(ranking, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ranking)
             or sorted(ranking) != list(range(k))):
@@ -340,7 +356,10 @@ def parse_sft(row: Row) -> list[SFTExample]:
     if row.has("text"):
         return [SFTExample(None, row.text(row.row["text"], '"text"'), row.origin)]
     if row.has("prompt"):
-        raise row.fail('"response" is missing (or "completion")')
+        if "completion" in row.row and "response" not in row.row:
+            raise row.absent('"completion"')
+        state = row.null_or_missing('"response"')
+        raise row.fail(f'"response" is {state} (or "completion")')
     raise row.fail(f"unknown row format (keys: {row.keys()}); expected {SFT_FORMATS}")
 
 
@@ -373,4 +392,4 @@ def parse_prompt(row: Row) -> list[Message]:
 
 def each_row(rows: Rows):
     for line, row in rows.rows:
-        yield Row(rows.path, line, row, rows.text_cells)
+        yield Row(rows.path, line, row, rows.text_cells, rows.null_is_absent)
