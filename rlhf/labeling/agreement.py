@@ -7,6 +7,8 @@ A ranking of K responses is C(K, 2) units, one per pair of responses (i < j),
 valued `a` when i is ranked above j, `b` when below and `tie` when the
 annotator put them in one place, so rankings are compared in the same
 currency as pairwise labels; "all bad" is `both_bad` on every pair.
+A thumbs item is one unit valued `up` or `down`. Demonstrations are free
+text: they have no units (their disagreements go to adjudication instead).
 
 Definitions (Artstein & Poesio 2008; Krippendorff 2011):
 - percent agreement: agreeing pairs of annotators on the same unit over all such pairs;
@@ -31,9 +33,9 @@ Units = Mapping[Hashable, Mapping[str, str]]
 
 def label_values(label: dict, mode: str) -> dict[Hashable, str]:
     """The units one label speaks to: {unit key: value}."""
-    if label["choice"] == "skip":
+    if label["choice"] == "skip" or mode == "demonstration":
         return {}
-    if mode == "pairwise":
+    if mode in ("pairwise", "thumbs"):
         return {label["item_id"]: label["choice"]}
     if label["choice"] == "all_bad":
         k = len(label["shown"]) if label.get("shown") else 0
@@ -173,3 +175,22 @@ def summarize(labels: list[dict], mode: str) -> dict:
         "pairs": pairwise_kappas(units),
         "annotators": annotators,
     }
+
+
+def disagreements(labels: list[dict]) -> dict[int, list[dict]]:
+    """Regular items whose annotators gave different answers: {item id: its labels (skips left out)}.
+
+    Answers are compared whole: the choice, the ranking with its ties, and a
+    demonstration's text, so two annotators who wrote different responses
+    disagree too.
+    """
+    by_item: dict[int, list[dict]] = defaultdict(list)
+    for lab in labels:
+        if lab["choice"] != "skip" and not lab.get("is_gold"):
+            by_item[lab["item_id"]].append(lab)
+    out = {}
+    for item_id, labs in by_item.items():
+        answers = {(lab["choice"], repr(lab.get("ranking")), lab.get("text")) for lab in labs}
+        if len(answers) > 1:
+            out[item_id] = labs
+    return out

@@ -40,6 +40,7 @@ from flask import (Flask, Response, flash, g, jsonify, redirect, render_template
                    url_for)
 from werkzeug.routing import BaseConverter
 
+from rlhf.errors import UserError
 from rlhf.labeling import agreement, display
 from rlhf.labeling.store import SKIP_REASONS, Project, Refused, Store
 
@@ -257,7 +258,8 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         revisit = request.form.get("return") == "labels"
         f = request.form
         extra = {"comment": f.get("comment"), "flag": f.get("flag") == "1",
-                 "reason": f.get("reason") if f.get("choice") == "skip" else None}
+                 "reason": f.get("reason") if f.get("choice") == "skip" else None,
+                 "text": f.get("text") if f.get("choice") == "write" else None}
         try:
             _, nxt = _submit(item_id, f.get("choice"), f.get("order"), f.get("strength"), f.get("seconds"),
                              lease=not revisit, **extra)
@@ -306,9 +308,13 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         for lab in labels:
             if lab.get("seconds") is not None:
                 times.setdefault(lab["annotator"], []).append(lab["seconds"])
-        timing = [{"name": n, "labels": len(t), "median": sorted(t)[len(t) // 2]} for n, t in sorted(times.items())]
+        timing = [{"name": n, "labels": len(t), "median": sorted(t)[len(t) // 2], "mean": sum(t) / len(t),
+                   "total_minutes": sum(t) / 60} for n, t in sorted(times.items())]
+        disputed = agreement.disagreements(labels)
+        decided = store.decisions(proj)
         return render_template("admin.html", summary=summary, progress=store.progress(proj),
-                               users=store.users(), notes=notes, timing=timing)
+                               users=store.users(), notes=notes, timing=timing,
+                               adjudication={"open": sum(i not in decided for i in disputed), "decided": len(decided)})
 
     @app.get("/admin/export.jsonl")
     @login_required(admin=True)
@@ -318,9 +324,10 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         from rlhf.labeling.export import export_project
 
         rows = export_project(store, proj.name, include_ties=request.args.get("ties") == "1")
+        kind = {"thumbs": "kto", "demonstration": "sft"}.get(proj.mode, "preferences")
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         return Response(body, mimetype="application/x-ndjson",
-                        headers={"Content-Disposition": content_disposition(f"{proj.name}-preferences.jsonl")})
+                        headers={"Content-Disposition": content_disposition(f"{proj.name}-{kind}.jsonl")})
 
     # -- JSON API --------------------------------------------------------------
     @app.get("/api/session")
@@ -352,7 +359,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         strength = body.get("strength")
         label, nxt = _submit(item_id, body.get("choice"), order, None if strength is None else str(strength),
                              body.get("seconds"), lease=bool(body.get("next")), comment=body.get("comment"),
-                             flag=body.get("flag", False), reason=body.get("reason"))
+                             flag=body.get("flag", False), reason=body.get("reason"), text=body.get("text"))
         out = {"label": _label_json(label)}
         if body.get("next"):
             out["task"] = _task_json(nxt)
@@ -389,13 +396,13 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
 
     # -- helpers ---------------------------------------------------------------
     def _submit(item_id: int, choice, order, strength, seconds, lease: bool, *, comment=None, flag=False,
-                reason=None) -> tuple[dict, int | None]:
+                reason=None, text=None) -> tuple[dict, int | None]:
         """Store the label; with `lease`, also lease the next task in the same transaction."""
         item = store.item_view(item_id)
         if item is None:
             raise Refused(404, "no such item")
         shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
-        answer = display.answer_from_form(proj.mode, shown, str(choice or ""), order, strength)
+        answer = display.answer_from_form(proj.mode, shown, str(choice or ""), order, strength, text)
         if comment is not None and not isinstance(comment, str):
             raise Refused(400, "comment must be text")
         if not isinstance(flag, bool):
@@ -427,6 +434,119 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         return {"id": label["id"], "item_id": label["item_id"], "changed": label.get("changed"),
                 **display.answer_in_display_terms(label, proj.mode, shown), "comment": label.get("comment"),
                 "flag": bool(label.get("flagged")), "reason": label.get("reason"), "updated_at": label["updated_at"]}
+
+    # -- admin: accounts and adjudication ---------------------------------------------
+    def _admin_done(message: str, anchor: str):
+        flash(message)
+        return redirect(url_for("admin") + anchor)
+
+    @app.post("/admin/users")
+    @login_required(admin=True)
+    def admin_user_add():
+        f = request.form
+        try:
+            store.add_user(f.get("name", "").strip(), f.get("password", ""), admin=f.get("admin") == "1",
+                           actor=g.user["name"])
+        except UserError as e:
+            return _admin_done(f"Not added: {e}", "#accounts")
+        return _admin_done(f"Added {'admin' if f.get('admin') == '1' else 'annotator'} {f.get('name', '').strip()}.",
+                           "#accounts")
+
+    @app.post("/admin/users/<name>/<action>")
+    @login_required(admin=True)
+    def admin_user_change(name: str, action: str):
+        if not any(u["name"] == name for u in store.users()):
+            return fail(404, "no such user")
+        if action in ("disable", "admin-revoke") and name == g.user["name"]:
+            return _admin_done("You cannot disable yourself or revoke your own admin rights here.", "#accounts")
+        try:
+            if action == "disable":
+                store.update_user(name, active=False, actor=g.user["name"])
+                done = f"{name} disabled and signed out everywhere."
+            elif action == "enable":
+                store.update_user(name, active=True, actor=g.user["name"])
+                done = f"{name} enabled (they log in again)."
+            elif action == "password":
+                store.update_user(name, password=request.form.get("password", ""), actor=g.user["name"])
+                done = f"New password for {name}; their sessions ended."
+            elif action == "signout":
+                n = store.end_sessions(name, actor=g.user["name"])
+                done = f"{name} signed out everywhere ({n} session{'s' if n != 1 else ''} ended)."
+            elif action in ("admin-grant", "admin-revoke"):
+                store.update_user(name, admin=action == "admin-grant", actor=g.user["name"])
+                done = f"{name} is {'now' if action == 'admin-grant' else 'no longer'} an admin."
+            else:
+                return fail(404, "no such action")
+        except UserError as e:
+            return _admin_done(f"Not changed: {e}", "#accounts")
+        if name == g.user["name"] and action in ("password", "signout"):
+            session.clear()  # their own sessions, this one included, have ended
+            return redirect(url_for("login"))
+        return _admin_done(done, "#accounts")
+
+    @app.get("/admin/adjudicate")
+    @login_required(admin=True)
+    def adjudicate_list():
+        labels = store.project_labels(proj)
+        decided = store.decisions(proj)
+        queue = []
+        items = store.project_items(proj)
+        for item_id, labs in agreement.disagreements(labels).items():
+            item = items[item_id]
+            queue.append({"item": item, "votes": [_vote_text(lab, item) for lab in labs],
+                          "decision": decided.get(item_id)})
+        queue.sort(key=lambda q: (q["decision"] is not None, q["item"].position))
+        return render_template("adjudicate.html", queue=queue, open_count=sum(q["decision"] is None for q in queue))
+
+    @app.get("/admin/adjudicate/<id:item_id>")
+    @login_required(admin=True)
+    def adjudicate_item(item_id: int):
+        item = store.item(item_id)
+        if item is None or store.item_project(item_id) != proj.id:
+            return fail(404, "no such item in this project")
+        labs = [lab for lab in store.project_labels(proj) if lab["item_id"] == item_id]
+        decision = store.decisions(proj).get(item_id)
+        responses = [{"letter": display.LETTERS[i], "html": display.to_html(t, proj.render), "raw": t}
+                     for i, t in enumerate(item.responses)]
+        prompt = [{"role": m["role"], "html": display.to_html(m["content"], proj.render), "raw": m["content"]}
+                  for m in display.prompt_messages(item.prompt)]
+        shown = list(range(len(item.responses)))  # the admin sees the item's own order, A = response 0
+        return render_template("decide.html", item=item, prompt=prompt, responses=responses,
+                               votes=[_vote_text(lab, item) for lab in labs if lab["choice"] != "skip"],
+                               decision=decision,
+                               previous=display.answer_in_display_terms(decision, proj.mode, shown) if decision else {})
+
+    @app.post("/admin/adjudicate/<id:item_id>")
+    @login_required(admin=True)
+    def adjudicate_post(item_id: int):
+        if store.item_project(item_id) != proj.id:
+            return fail(404, "no such item in this project")
+        f = request.form
+        if f.get("choice") == "remove":
+            store.undecide(proj, g.user, item_id)
+            flash("Decision removed: the votes count again.")
+            return redirect(url_for("adjudicate_list"))
+        item = store.item(item_id)
+        shown = list(range(len(item.responses)))
+        answer = display.answer_from_form(proj.mode, shown, f.get("choice", ""), f.get("order"), None,
+                                          f.get("text") if f.get("choice") == "write" else None)
+        store.decide(proj, g.user, item_id, answer, note=(f.get("note") or "").strip() or None)
+        flash("Decision stored; on export it replaces this item's votes.")
+        return redirect(url_for("adjudicate_list"))
+
+    def _vote_text(lab: dict, item) -> dict:
+        """A vote in the item's own terms (A = response 0), for the admin."""
+        shown = list(range(len(item.responses)))
+        seen = display.answer_in_display_terms(lab, proj.mode, shown)
+        if seen.get("order"):
+            answer = " > ".join(seen["order"]).replace("=", " = ")
+        elif proj.mode == "pairwise" and seen.get("choice") in ("A", "B"):
+            answer = f"{seen['choice']} is better"
+        else:
+            answer = {"both_bad": "both bad", "all_bad": "all bad", "write": "wrote a response"}.get(
+                lab["choice"], lab["choice"])
+        return {"annotator": lab["annotator"], "answer": answer, "text": lab.get("text"),
+                "comment": lab.get("comment"), "flagged": bool(lab.get("flagged"))}
 
     return app
 

@@ -29,9 +29,11 @@ class CreateConfig:
     name: str = opt("default", "project name")
     data: Optional[str] = opt(None, "JSONL of {prompt, responses: [...]} or {prompt, chosen, rejected}")
     prompts: Optional[str] = opt(None, "prompts (JSONL {prompt} or one per line) to sample responses for")
-    model: Optional[str] = opt(None, "model that samples the responses for --prompts (folder or preset)")
-    k: int = opt(0, "responses sampled per prompt (default: 2 pairwise, 4 ranking)")
-    mode: Literal["pairwise", "ranking"] = opt("pairwise", "compare two responses, or rank K")
+    model: Optional[str] = opt(None, "model that samples the responses for --prompts (folder or preset); "
+                                     "a demonstration project may go without (annotators write from nothing)")
+    k: int = opt(0, "responses sampled per prompt (default: 2 pairwise, 4 ranking, 1 thumbs or demonstration)")
+    mode: Literal["pairwise", "ranking", "thumbs", "demonstration"] = opt(
+        "pairwise", "compare two responses, rank K, rate one up or down (KTO data), or write/edit the response (SFT data)")
     overlap: int = opt(3, "annotators per item")
     guidelines: Optional[str] = opt(None, "markdown file shown with every task")
     gold: Optional[str] = opt(None, "JSONL of gold items with known answers, spread through the items")
@@ -48,16 +50,21 @@ class CreateConfig:
     def __post_init__(self):
         if bool(self.data) == bool(self.prompts):
             raise UserError("give exactly one of --data (ready responses) or --prompts with --model")
-        if self.prompts and not self.model:
-            raise UserError("--prompts needs --model to sample responses")
+        if self.prompts and not self.model and self.mode != "demonstration":
+            raise UserError("--prompts needs --model to sample responses (only --mode demonstration goes without)")
+        if self.gold and self.mode == "demonstration":
+            raise UserError("--gold: demonstration items have no known answers")
         if self.overlap < 1:
             raise UserError(f"overlap must be at least 1, got {self.overlap}")
         if self.lease_minutes <= 0:
             raise UserError(f"lease_minutes must be positive, got {self.lease_minutes}")
+        single = self.mode in ("thumbs", "demonstration")
         if self.k == 0:
-            self.k = 2 if self.mode == "pairwise" else 4
-        if self.k < 2:
-            raise UserError(f"k must be at least 2, got {self.k}")
+            self.k = 1 if single else 2 if self.mode == "pairwise" else 4
+        if self.k < (1 if single else 2):
+            raise UserError(f"k must be at least {1 if single else 2} in {self.mode} mode, got {self.k}")
+        if self.mode == "demonstration" and self.k != 1:
+            raise UserError(f"k: a demonstration item has one draft; got {self.k}")
 
 
 @dataclass
@@ -104,7 +111,7 @@ class StatsConfig:
 
 @dataclass
 class ExportConfig:
-    """Export labels as preference JSONL (TRL format)."""
+    """Export labels as training JSONL: preferences (TRL), thumbs as KTO rows, demonstrations as SFT rows."""
 
     command = "label export"
     db: str = opt("project.db", "database file or URL", positional=True)
@@ -120,7 +127,7 @@ def _argv_with_short_output(argv: list[str]) -> list[str]:
 
 
 def create_main(argv: list[str]) -> int:
-    from rlhf.labeling.sources import interleave, read_items, read_prompts, sample_items
+    from rlhf.labeling.sources import interleave, prompt_items, read_items, read_prompts, sample_items
     from rlhf.labeling.store import Store
 
     cfg = parse(CreateConfig, argv)
@@ -132,6 +139,8 @@ def create_main(argv: list[str]) -> int:
             raise UserError(f"{cfg.guidelines}: cannot read guidelines ({type(e).__name__})") from None
     if cfg.data:
         items = read_items(cfg.data, cfg.mode)
+    elif not cfg.model:  # demonstrations written from nothing
+        items = prompt_items(read_prompts(cfg.prompts), os.path.splitext(os.path.basename(cfg.prompts))[0])
     else:
         prompts = read_prompts(cfg.prompts)
         items = sample_items(prompts, cfg.model, k=cfg.k, mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
@@ -287,5 +296,8 @@ def export_main(argv: list[str]) -> int:
     rows = export_project(store, cfg.project, include_ties=cfg.ties, include_gold=cfg.gold,
                           aggregate=cfg.aggregate)
     write_jsonl(cfg.output, rows)
-    print(f"rlhf: wrote {len(rows)} preference pairs to {cfg.output}")
+    mode = store.project(cfg.project).mode
+    what = {"thumbs": "thumbs up/down rows (rlhf kto)", "demonstration": "demonstrations (rlhf sft)"}.get(
+        mode, "preference pairs")
+    print(f"rlhf: wrote {len(rows)} {what} to {cfg.output}")
     return 0

@@ -76,14 +76,28 @@ def prompt_messages(prompt) -> list[dict]:
     return [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in prompt]
 
 
-def answer_from_form(mode: str, shown: list[int], choice: str, order: str | None, strength: str | None) -> Answer:
+def answer_from_form(mode: str, shown: list[int], choice: str, order: str | None, strength: str | None,
+                     text: str | None = None) -> Answer:
     """Map what the page posted (display positions) to an `Answer` in item terms.
 
     Pairwise: `choice` is A (left), B (right), tie, both_bad or skip.
     Ranking: `choice` rank, all_bad or skip; `order` lists display letters
     best first, tied ones joined by "=": "C,A=D,B" (C best, A and D tied).
+    Thumbs: `choice` up, down or skip. Demonstration: `choice` write with
+    `text` (the response exactly as typed, CRLF line ends made LF), or skip.
     """
     choice = (choice or "").strip()
+    if text is not None and (choice != "write" or not isinstance(text, str)):
+        raise Refused(400, "text goes only with a demonstration (choice write), as a string")
+    if mode in ("thumbs", "demonstration"):
+        _no_strength(strength, f"a {mode} label")
+        if order not in (None, ""):
+            raise Refused(400, f"a {mode} label has no order")
+        if choice == "write" and mode == "demonstration":
+            return Answer(choice="write", text=(text or "").replace("\r\n", "\n"))
+        if choice in ("up", "down", "skip") and (mode == "thumbs" or choice == "skip"):
+            return Answer(choice=choice)
+        raise Refused(400, "choice must be up, down or skip" if mode == "thumbs" else "choice must be write or skip")
     if mode == "pairwise":
         if choice in ("A", "B"):
             picked = shown[LETTERS.index(choice)]
@@ -126,6 +140,8 @@ def answer_in_display_terms(label: dict | None, mode: str, shown: list[int]) -> 
     """A stored label as the page shows it (to pre-select the previous answer when revisiting)."""
     if not label:
         return {}
+    if mode in ("thumbs", "demonstration"):
+        return {"choice": label["choice"], **({"text": label["text"]} if label.get("text") is not None else {})}
     if mode == "pairwise":
         c = label["choice"]
         if c in ("a", "b"):

@@ -6,7 +6,13 @@ saw: response `idx` 0, 1, ... as created. A pairwise choice is `a` (response 0
 better), `b` (response 1 better), `tie`, `both_bad` or `skip`. A ranking has
 choice `rank` and a JSON list of places, best first: a place is a response
 index, or a list of indices the annotator tied (`[2, [0, 1], 3]`); a ranking
-whose responses are all bad is choice `all_bad` with no list.
+whose responses are all bad is choice `all_bad` with no list. A thumbs
+label is `up`, `down` or `skip` on the item's one response; a demonstration
+is choice `write` with the annotator's response in `text` (or `skip`).
+
+An admin's adjudication of an item the annotators disagree on is a row of
+`decisions`, in the same terms as a label, kept beside the votes (which stay
+as they were); an export gives the decision in place of that item's votes.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 metadata = MetaData()
 
@@ -52,7 +58,7 @@ projects = Table(
     "projects", metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
-    Column("mode", String(16), nullable=False),  # pairwise | ranking
+    Column("mode", String(16), nullable=False),  # pairwise | ranking | thumbs | demonstration
     Column("overlap", Integer, nullable=False),  # annotators per (non-gold) item
     Column("lease_seconds", Integer, nullable=False),
     Column("strength", Boolean, nullable=False),  # ask how strong a pairwise preference is
@@ -107,8 +113,9 @@ labels = Table(
     Column("id", Integer, primary_key=True),
     Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
-    Column("choice", String(16), nullable=False),  # a | b | tie | both_bad | skip | rank | all_bad
+    Column("choice", String(16), nullable=False),  # a | b | tie | both_bad | skip | rank | all_bad | up | down | write
     Column("ranking", Text, nullable=True),  # JSON list of places, best first: idx, or a list of tied idx
+    Column("text", Text, nullable=True),  # a demonstration: the response the annotator wrote or edited
     Column("strength", Integer, nullable=True),  # 1 slightly, 2 clearly, 3 much better
     Column("shown", Text, nullable=False),  # JSON list of response idx in the order shown
     Column("seconds", Float, nullable=True),  # time from page load to answer, as the browser measured
@@ -120,6 +127,20 @@ labels = Table(
     UniqueConstraint("item_id", "user_id"),
     # An undone label's id is never reused, so the audit log's label ids stay unambiguous.
     sqlite_autoincrement=True,
+)
+
+# An admin's decision on an item the annotators disagree on: one per item, in a label's terms.
+decisions = Table(
+    "decisions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),  # the admin who decided
+    Column("choice", String(16), nullable=False),
+    Column("ranking", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("note", Text, nullable=True),  # why, for the other admins
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 # Every change to labels, accounts and projects, with the values before and after.

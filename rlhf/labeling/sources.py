@@ -12,6 +12,13 @@ known answer: `"gold": true` on a chosen/rejected row (chosen is better), or
 
 In pairwise mode a row with K > 2 responses becomes C(K, 2) items, one per
 pair, all in the row's group; in ranking mode it is one item.
+
+Thumbs mode rates single responses: every response of a row (`response`,
+`completion`, each of `responses`, or `chosen` and `rejected`) is an item of
+its own, in the row's group; in a `--gold` file a row's `label` (true: good)
+is the known answer. Demonstration mode asks for a response: a row is
+`{prompt}` (the annotator writes from nothing) or carries one draft to edit
+(`response`, `completion` or a one-element `responses`).
 """
 
 from __future__ import annotations
@@ -99,6 +106,52 @@ def _gold_ranking(path, n, row, k: int, force: bool):
     raise bad_row(path, n, f'"gold" must be true or a list of the indices 0..{k - 1}, best first')
 
 
+def _single_items(path: str, mode: str, gold: bool) -> list[ItemSpec]:
+    """Thumbs and demonstration items: one response (or none: a demonstration to write) each."""
+    specs: list[ItemSpec] = []
+    seen: set[str] = set()
+    for n, row in _read_jsonl(path):
+        if "prompt" not in row:
+            raise bad_row(path, n, f'a {mode} item needs "prompt"')
+        prompt = _prompt(path, n, row)
+        if "responses" in row:
+            rs = row["responses"]
+            if not isinstance(rs, list) or not rs:
+                raise bad_row(path, n, '"responses" must be a non-empty list')
+            texts = [_text(path, n, f"responses[{i}]", r) for i, r in enumerate(rs)]
+            models = [r.get("model") if isinstance(r, dict) else None for r in rs]
+        elif "chosen" in row or "rejected" in row:
+            texts = [_text(path, n, k, row.get(k)) for k in ("chosen", "rejected")]
+            models = [None, None]
+        else:
+            key = next((k for k in ("response", "completion") if k in row), None)
+            texts = [] if key is None else [_text(path, n, key, row[key])]
+            models = [row.get("model")] * len(texts)
+        if mode == "thumbs" and not texts:
+            raise bad_row(path, n, 'a thumbs item needs a response to rate: "response", "completion" or "responses"')
+        if mode == "demonstration" and len(texts) > 1:
+            raise bad_row(path, n, "a demonstration item has at most one draft response")
+        answer = None
+        if gold:
+            if mode != "thumbs":
+                raise bad_row(path, n, "demonstration items have no gold answers")
+            if not isinstance(row.get("label"), bool):
+                raise bad_row(path, n, 'a thumbs gold row needs "label": true (good) or false (bad)')
+            answer = "up" if row["label"] else "down"
+        uid = str(row.get("id", f"{Path(path).stem}:{n}"))
+        group = str(row.get("group", uid))
+        uids = [uid] if len(texts) <= 1 else [f"{uid}#{i}" for i in range(len(texts))]
+        for u, i in zip(uids, range(max(1, len(texts)))):
+            if u in seen:
+                raise bad_row(path, n, f'"id" {u!r} appears twice')
+            seen.add(u)
+            one = texts[i:i + 1]
+            specs.append(ItemSpec(u, group, prompt, one, models[i:i + 1] if one else [], answer))
+    if not specs:
+        raise UserError(f"{path}: no items")
+    return specs
+
+
 def read_items(path: str, mode: str, *, gold: bool = False) -> list[ItemSpec]:
     """Item specs from a responses file; `gold=True` makes every row a gold item.
 
@@ -107,6 +160,10 @@ def read_items(path: str, mode: str, *, gold: bool = False) -> list[ItemSpec]:
     `rlhf.data`, which knows those formats; their `chosen` (or ranking) is the
     gold answer when `gold=True` and is otherwise not used.
     """
+    if mode in ("thumbs", "demonstration"):
+        if not path.endswith(".jsonl"):
+            raise UserError(f"{path}: {mode} items are read from JSONL (.jsonl) rows with a prompt")
+        return _single_items(path, mode, gold)
     rows = list(_read_jsonl(path)) if path.endswith(".jsonl") else None
     if rows is None or any("prompt" not in row for _, row in rows):
         return _items(_rows_from_rlhf_data(path, gold), mode)
@@ -175,6 +232,8 @@ def sample_items(prompts: list, model_name: str, *, k: int, mode: str, max_new_t
     from rlhf.models import load_causal_lm, load_tokenizer
     from rlhf.rollout import generate
 
+    single = mode in ("thumbs", "demonstration")
+
     tokenizer = load_tokenizer(model_name, padding_side="left")
     model = load_causal_lm(model_name)
     out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -190,7 +249,11 @@ def sample_items(prompts: list, model_name: str, *, k: int, mode: str, max_new_t
                 samples.setdefault(text, s)
         texts, ids = list(samples), list(samples.values())
         uid = f"{source}:{p + 1}"
-        if len(texts) < 2:
+        if single and texts:  # each sample is an item: to rate (thumbs), or a draft to edit
+            for t, s in zip(texts, ids):
+                specs.append(ItemSpec(uid if len(texts) == 1 else f"{uid}#{s}", uid, prompt, [t], [f"{name}#{s}"]))
+            continue
+        if len(texts) < (1 if single else 2):
             dropped += 1
             continue
         if mode == "ranking":
@@ -201,10 +264,16 @@ def sample_items(prompts: list, model_name: str, *, k: int, mode: str, max_new_t
             specs.append(ItemSpec(uid if k == 2 else f"{uid}:{ids[i]}-{ids[j]}", uid, prompt, [texts[i], texts[j]],
                                   [f"{name}#{ids[i]}", f"{name}#{ids[j]}"]))
     if dropped:
-        print(f"rlhf: {dropped} of {len(prompts)} prompts left out: fewer than 2 distinct non-empty samples")
+        print(f"rlhf: {dropped} of {len(prompts)} prompts left out: "
+              f"{'only empty samples' if single else 'fewer than 2 distinct non-empty samples'}")
     if not specs:
         raise UserError(f"{source}: every prompt's samples were identical or empty; raise --temperature")
     return specs
+
+
+def prompt_items(prompts: list, source: str = "prompts") -> list[ItemSpec]:
+    """Demonstration items without drafts: the annotator writes each response."""
+    return [ItemSpec(f"{source}:{n}", f"{source}:{n}", p, []) for n, p in enumerate(prompts, 1)]
 
 
 def interleave(regular: list[ItemSpec], gold: list[ItemSpec]) -> list[ItemSpec]:

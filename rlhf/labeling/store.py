@@ -35,11 +35,14 @@ from sqlalchemy.engine import Connection, Engine
 from rlhf.errors import UserError
 from rlhf.labeling import schema as S
 
-MODES = ("pairwise", "ranking")
+MODES = ("pairwise", "ranking", "thumbs", "demonstration")
 PAIR_CHOICES = ("a", "b", "tie", "both_bad", "skip")
 RANK_CHOICES = ("rank", "all_bad", "skip")
+THUMB_CHOICES = ("up", "down", "skip")  # thumbs: the item's one response is good (up) or bad (down)
+DEMO_CHOICES = ("write", "skip")  # demonstration: the annotator writes (or edits a draft of) the response
 SKIP_REASONS = ("unsure", "expertise", "harmful", "broken", "other")
 MAX_COMMENT = 2000
+MAX_TEXT = 20000  # a written demonstration, in characters
 
 
 
@@ -135,6 +138,7 @@ class Answer:
     comment: Optional[str] = None
     flagged: bool = False
     reason: Optional[str] = None  # with a skip: one of SKIP_REASONS
+    text: Optional[str] = None  # a demonstration's response (choice `write`)
 
 
 def places(ranking: list) -> list[list[int]]:
@@ -219,6 +223,8 @@ class Store:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN flagged BOOLEAN NOT NULL DEFAULT FALSE")
             if "reason" not in have:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN reason VARCHAR(16)")
+            if "text" not in have:
+                c.exec_driver_sql("ALTER TABLE labels ADD COLUMN text TEXT")
             c.execute(update(S.meta).where(S.meta.c.key == "schema").values(value=S.SCHEMA_VERSION))
 
     def close(self) -> None:
@@ -383,8 +389,9 @@ class Store:
                     prompt=_dumps(spec.prompt), is_gold=spec.gold is not None,
                     gold=None if spec.gold is None else _dumps(spec.gold), done_count=0)).inserted_primary_key[0]
                 models = spec.models or [None] * len(spec.responses)
-                c.execute(insert(S.responses), [{"item_id": item_id, "idx": i, "text": t, "model": m}
-                                                for i, (t, m) in enumerate(zip(spec.responses, models))])
+                if spec.responses:  # a demonstration item may come without a draft
+                    c.execute(insert(S.responses), [{"item_id": item_id, "idx": i, "text": t, "model": m}
+                                                    for i, (t, m) in enumerate(zip(spec.responses, models))])
             self._audit(c, actor, "project.append" if row is not None else "project.create",
                         {"name": name, "mode": mode, "overlap": overlap, "items": len(items)})
         return self.project(name)
@@ -417,6 +424,11 @@ class Store:
         return Item(id=r.id, uid=r.uid, group_id=r.group_id, position=r.position, prompt=json.loads(r.prompt),
                     responses=[x.text for x in resp], models=[x.model for x in resp], is_gold=bool(r.is_gold),
                     gold=json.loads(r.gold) if r.gold else None, done_count=r.done_count)
+
+    def item_project(self, item_id: int) -> Optional[int]:
+        """The id of the project an item belongs to (None: no such item)."""
+        with self.read() as c:
+            return c.execute(select(_i.c.project_id).where(_i.c.id == item_id)).scalar()
 
     def item_view(self, item_id: int) -> Optional[Item]:
         """`item` from a cache: what an item shows never changes (its `done_count` here may be stale)."""
@@ -514,14 +526,15 @@ class Store:
             return Refused(409, "your lease on this item expired and it has been labelled by others")
         after = {"choice": answer.choice, "ranking": answer.ranking, "strength": answer.strength,
                  "comment": answer.comment, "flagged": bool(answer.flagged), "reason": answer.reason}
+        if answer.text is not None:  # demonstrations only: other labels' audit rows stay as they were
+            after["text"] = answer.text
         values = {"choice": answer.choice, "ranking": None if answer.ranking is None else _dumps(answer.ranking),
                   "strength": answer.strength, "comment": answer.comment, "flagged": bool(answer.flagged),
-                  "reason": answer.reason, "shown": _dumps(shown), "seconds": seconds, "updated_at": now}
+                  "reason": answer.reason, "text": answer.text, "shown": _dumps(shown), "seconds": seconds,
+                  "updated_at": now}
         before = None
         if old is not None:
-            before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
-                      "strength": old.strength, "comment": old.comment, "flagged": bool(old.flagged),
-                      "reason": old.reason}
+            before = _answer_dict(old)
             if before == after:
                 return {**_label_dict(old), "changed": False}
             c.execute(U_LABEL, {"lid": old.id, **values})
@@ -554,9 +567,7 @@ class Store:
             # Back to a live lease, newest, so it is the task shown next; it holds the slot the vote held.
             c.execute(U_STATE.values(state="leased", leased_at=now, expires_at=now + project.lease_seconds),
                       {"iid": last.item_id, "uid": user["id"]})
-            before = {"choice": last.choice, "ranking": json.loads(last.ranking) if last.ranking else None,
-                      "strength": last.strength, "comment": last.comment, "flagged": bool(last.flagged),
-                      "reason": last.reason}
+            before = _answer_dict(last)
             c.execute(I_AUDIT, {"at": now, "actor": user["name"], "action": "label.undo", "item_id": last.item_id,
                                 "label_id": last.id, "detail": _dumps({"before": before, "after": None})})
             return last.item_id
@@ -611,6 +622,62 @@ class Store:
                              gold=json.loads(row.gold) if row.gold else None, done_count=row.done_count)
                 for row in rows}
 
+    # -- adjudication --------------------------------------------------------
+    def decide(self, project: Project, admin: dict, item_id: int, answer: Answer, *, note: str | None = None,
+               now: float | None = None) -> dict:
+        """Store an admin's decision on an item, beside its votes (which stay); it replaces them on export."""
+        now = time.time() if now is None else now
+        if answer.choice == "skip":
+            raise Refused(400, "a decision cannot be a skip (remove the decision instead)")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_COMMENT):
+            raise Refused(400, f"note: text of at most {MAX_COMMENT} characters")
+        with self.write() as c:
+            self._lock_project(c, project.id)
+            state = c.execute(Q_ITEM_STATE, {"item_id": item_id}).first()
+            if state is None or state.project_id != project.id:
+                raise Refused(404, "no such item in this project")
+            check_answer(project, state.k, answer)
+            d = S.decisions
+            old = c.execute(select(d).where(d.c.item_id == item_id)).first()
+            values = {"user_id": admin["id"], "choice": answer.choice, "text": answer.text, "note": note or None,
+                      "ranking": None if answer.ranking is None else _dumps(answer.ranking), "updated_at": now}
+            after = {"choice": answer.choice, "ranking": answer.ranking, "text": answer.text, "note": note or None}
+            before = None
+            if old is None:
+                c.execute(insert(d).values(item_id=item_id, created_at=now, **values))
+            else:
+                before = {"choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
+                          "text": old.text, "note": old.note}
+                c.execute(update(d).where(d.c.id == old.id).values(**values))
+            self._audit(c, admin["name"], "decision.update" if old else "decision.create",
+                        {"before": before, "after": after}, item_id=item_id, now=now)
+        return after
+
+    def undecide(self, project: Project, admin: dict, item_id: int) -> bool:
+        """Remove the decision on an item (its votes count again); False if there was none."""
+        d = S.decisions
+        with self.write() as c:
+            self._lock_project(c, project.id)
+            old = c.execute(select(d).join(_i, _i.c.id == d.c.item_id)
+                            .where(d.c.item_id == item_id, _i.c.project_id == project.id)).first()
+            if old is None:
+                return False
+            c.execute(delete(d).where(d.c.id == old.id))
+            self._audit(c, admin["name"], "decision.delete", {"before": {
+                "choice": old.choice, "ranking": json.loads(old.ranking) if old.ranking else None,
+                "text": old.text, "note": old.note}, "after": None}, item_id=item_id)
+        return True
+
+    def decisions(self, project: Project) -> dict[int, dict]:
+        """Every decision in the project by item id: choice, ranking, text, note, admin, updated_at."""
+        d, i, u = S.decisions, S.items, S.users
+        with self.read() as c:
+            rows = c.execute(select(d, u.c.name.label("admin")).join(i, i.c.id == d.c.item_id)
+                             .join(u, u.c.id == d.c.user_id).where(i.c.project_id == project.id)).all()
+        return {r.item_id: {"item_id": r.item_id, "choice": r.choice, "text": r.text, "note": r.note,
+                            "ranking": json.loads(r.ranking) if r.ranking else None, "admin": r.admin,
+                            "updated_at": r.updated_at} for r in rows}
+
     def progress(self, project: Project, user_id: int | None = None, *, now: float | None = None) -> dict:
         now = time.time() if now is None else now
         i, lab, a = S.items, S.labels, S.assignments
@@ -643,6 +710,15 @@ class Store:
         with self.read() as c:
             rows = c.execute(select(S.audit).order_by(S.audit.c.id.desc()).limit(limit)).all()
         return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+
+
+def _answer_dict(r) -> dict:
+    """A stored label's answer, as the audit log records it."""
+    out = {"choice": r.choice, "ranking": json.loads(r.ranking) if r.ranking else None, "strength": r.strength,
+           "comment": r.comment, "flagged": bool(r.flagged), "reason": r.reason}
+    if r.text is not None:
+        out["text"] = r.text
+    return out
 
 
 def _token_hash(token: str) -> str:
@@ -679,6 +755,18 @@ def check_password(password: str) -> None:
 
 def check_item(spec: ItemSpec, mode: str) -> None:
     k = len(spec.responses)
+    if mode == "thumbs":
+        if k != 1:
+            raise UserError(f"item {spec.uid}: a thumbs item has exactly 1 response, got {k}")
+        if spec.gold not in (None, "up", "down"):
+            raise UserError(f"item {spec.uid}: a thumbs gold answer is 'up' or 'down', got {spec.gold!r}")
+        return
+    if mode == "demonstration":
+        if k > 1:
+            raise UserError(f"item {spec.uid}: a demonstration item has at most 1 response (a draft), got {k}")
+        if spec.gold is not None:
+            raise UserError(f"item {spec.uid}: demonstration items have no gold answers")
+        return
     if mode == "pairwise" and k != 2:
         raise UserError(f"item {spec.uid}: a pairwise item needs exactly 2 responses, got {k}")
     if mode == "ranking" and k < 2:
@@ -699,6 +787,18 @@ def check_answer(project: Project, k: int, ans: Answer) -> None:
         raise Refused(400, f"comment: text of at most {MAX_COMMENT} characters")
     if ans.reason is not None and (ans.choice != "skip" or ans.reason not in SKIP_REASONS):
         raise Refused(400, f"reason goes only with a skip and is one of {', '.join(SKIP_REASONS)}")
+    if ans.text is not None and ans.choice != "write":
+        raise Refused(400, "text goes only with a demonstration (choice write)")
+    if project.mode in ("thumbs", "demonstration"):
+        choices = THUMB_CHOICES if project.mode == "thumbs" else DEMO_CHOICES
+        if ans.choice not in choices:
+            raise Refused(400, f"choice must be one of {', '.join(choices)}")
+        if ans.ranking is not None or ans.strength is not None:
+            raise Refused(400, f"a {project.mode} label has no ranking and no strength")
+        if ans.choice == "write" and (not isinstance(ans.text, str) or not ans.text.strip()
+                                      or len(ans.text) > MAX_TEXT):
+            raise Refused(400, f"text: the response you wrote, 1 to {MAX_TEXT} characters")
+        return
     if project.mode == "pairwise":
         if ans.choice not in PAIR_CHOICES:
             raise Refused(400, f"choice must be one of {', '.join(PAIR_CHOICES)}")

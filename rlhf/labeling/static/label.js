@@ -185,6 +185,39 @@
     });
   }
 
+  // --- thumbs: one response, good or bad -------------------------------------
+  function thumbs(form) {
+    const prev = form.dataset.previousChoice;
+    if (prev) {
+      const b = document.getElementById("choose-" + prev);
+      if (b) b.classList.add("previous");
+    }
+    const keys = { "1": "choose-up", "+": "choose-up", "2": "choose-down", "-": "choose-down", "s": "choose-skip" };
+    document.addEventListener("keydown", function (ev) {
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev)) return;
+      const k = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+      if (keys[k]) { ev.preventDefault(); click(keys[k]); }
+    });
+  }
+
+  // --- demonstration: the annotator writes (or edits the draft of) the response ----------
+  function demonstration(form) {
+    const text = document.getElementById("text");
+    const restore = document.getElementById("restore-draft");
+    if (restore) restore.addEventListener("click", function () { text.value = text.dataset.draft; text.focus(); });
+    text.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); click("submit-text"); }
+    });
+    form.addEventListener("submit", function (ev) {
+      const by = ev.submitter ? ev.submitter.value : "";
+      if (by === "write" && !text.value.trim()) { ev.preventDefault(); text.focus(); }
+    }, true);
+    document.addEventListener("keydown", function (ev) {
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev)) return;
+      if (ev.key.toLowerCase() === "s") { ev.preventDefault(); click("choose-skip"); }
+    });
+  }
+
   // --- every task page ------------------------------------------------------
   function common() {
     const toggle = document.getElementById("toggle-raw");
@@ -215,6 +248,8 @@
     const form = document.getElementById("label-form");
     if (form) {
       if (form.dataset.mode === "ranking") ranking(form);
+      else if (form.dataset.mode === "thumbs") thumbs(form);
+      else if (form.dataset.mode === "demonstration") demonstration(form);
       else pairwise(form);
       onceOnly(form);
       common();
