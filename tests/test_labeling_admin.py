@@ -9,6 +9,8 @@ decision is stored beside the votes and replaces them on export.
 
 import re
 
+import pytest
+
 from rlhf.labeling.app import create_app
 from rlhf.labeling.export import export_project
 from rlhf.labeling.store import ItemSpec
@@ -165,3 +167,52 @@ def test_adjudicating_a_ranking_and_a_demonstration(store):
             post(admin, f"/admin/adjudicate/{item_id}", choice="write", text="Hi there!")
             (row,) = export_project(store, name)
             assert (row["response"], row["annotator"], row["adjudicated"]) == ("Hi there!", "admin", True)
+
+
+def test_several_projects_from_one_process_and_one_address(store):
+    from werkzeug.test import Client
+
+    from rlhf.errors import UserError
+    from rlhf.labeling.app import create_projects_app
+
+    store.create_project("rate", mode="thumbs", overlap=1, lease_seconds=600, strength=False, render="text",
+                         guidelines="", items=[ItemSpec("t", "t", "Say hi.", ["Hi!"])])
+    c = Client(create_projects_app(store))
+    r = c.get("/")
+    assert r.status_code == 302 and r.headers["Location"] == "/p/login?next=/"
+    r = c.get("/rate/task")
+    assert r.status_code == 302 and r.headers["Location"] == "/rate/login?next=/rate/task"
+    token = csrf_from(c.get("/p/login?next=/").text)
+    r = c.post("/p/login", data={"name": "ann", "password": "password1", "csrf_token": token, "next": "/"})
+    assert r.status_code == 302 and r.headers["Location"] == "/"
+    assert store.current_task(store.project("p"), store.users()[1]["id"]) is None  # no slot held idle
+    page = c.get("/").text
+    assert 'href="/p/task"' in page and 'href="/rate/task"' in page and "thumbs" in page
+    # one login, every project: the same cookie and CSRF token
+    s = c.get("/rate/api/session").get_json()
+    assert s["project"] == "rate" and s["mode"] == "thumbs" and s["user"] == "ann"
+    assert c.get("/p/api/session").get_json()["csrf_token"] == s["csrf_token"]
+    head = {"X-CSRF-Token": s["csrf_token"]}
+    assert c.get("/rate/task").status_code == 200 and 'href="/" id="all-projects"' in c.get("/rate/task").text
+    task = c.post("/rate/api/next", headers=head).get_json()["task"]
+    assert c.post("/rate/api/labels", json={"item_id": task["item_id"], "choice": "up"}, headers=head).status_code == 200
+    task = c.post("/p/api/next", headers=head).get_json()["task"]
+    assert c.post("/p/api/labels", json={"item_id": task["item_id"], "choice": "up"}, headers=head).status_code == 400
+    assert c.post("/p/api/labels", json={"item_id": task["item_id"], "choice": "A"}, headers=head).status_code == 200
+    # an item of one project is not reachable through another
+    rate_item = store.project_labels(store.project("rate"))[0]["item_id"]
+    assert c.post("/p/api/labels", json={"item_id": rate_item, "choice": "A"}, headers=head).status_code == 404
+    assert c.get("/p/static/label.js").status_code == 200
+    # logging out of one project logs out of all
+    c.post("/rate/logout", data={"csrf_token": s["csrf_token"]})
+    assert c.get("/p/api/session").status_code == 401
+    # the login throttle is shared: guesses at one project count at the others
+    for _ in range(10):
+        token = csrf_from(c.get("/p/login").text)
+        c.post("/p/login", data={"name": "bo", "password": "wrong-password", "csrf_token": token})
+    token = csrf_from(c.get("/rate/login").text)
+    assert c.post("/rate/login", data={"name": "bo", "password": "password1", "csrf_token": token}).status_code == 429
+    store.create_project("has space", mode="thumbs", overlap=1, lease_seconds=600, strength=False, render="text",
+                         guidelines="", items=[ItemSpec("t", "t", "Say hi.", ["Hi!"])])
+    with pytest.raises(UserError, match="'has space': to serve several projects"):
+        create_projects_app(store)

@@ -27,6 +27,7 @@ JSON API (same session cookie; send `X-CSRF-Token` on POST):
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -68,10 +69,9 @@ class IdConverter(BaseConverter):
         return str(int(value))
 
 
-def create_app(store: Store, project: str | None = None, *, secure_cookies: bool = False) -> Flask:
-    proj: Project = store.project(project)
-    secret = store.secret_key()
-    app = Flask("rlhf.labeling", template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+def _configure(app: Flask, secret: str, secure_cookies: bool) -> None:
+    # Every project's app (and the index) shares one cookie, at path /, signed with the database's secret:
+    # one login serves every project of the database.
     app.config.update(
         SECRET_KEY=secret,
         SESSION_COOKIE_NAME="rlhf_label",
@@ -82,6 +82,16 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         MAX_CONTENT_LENGTH=64 * 1024,
         JSON_SORT_KEYS=False,
     )
+
+
+def create_app(store: Store, project: str | None = None, *, secure_cookies: bool = False,
+               throttles: tuple | None = None, several: bool = False) -> Flask:
+    """The app of one project. `throttles` (login guessing) may be shared between the apps of one process;
+    `several`: it is one of the projects served together (its pages link to the list of them)."""
+    proj: Project = store.project(project)
+    secret = store.secret_key()
+    app = Flask("rlhf.labeling", template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    _configure(app, secret, secure_cookies)
     app.extensions["store"] = store
     app.url_map.converters["id"] = IdConverter
     app.jinja_env.globals["LETTERS"] = display.LETTERS
@@ -141,7 +151,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
 
     @app.context_processor
     def _globals():
-        return {"user": g.get("user"), "csrf_token": session.get("csrf", ""), "project": proj}
+        return {"user": g.get("user"), "csrf_token": session.get("csrf", ""), "project": proj, "several": several}
 
     def login_required(admin: bool = False):
         def wrap(fn):
@@ -150,7 +160,8 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                 if g.user is None:
                     if is_api():
                         return jsonify({"error": "login required"}), 401
-                    return redirect(url_for("login", next=request.path))
+                    # script_root: the project's prefix when several are served from one process
+                    return redirect(url_for("login", next=request.script_root + request.path))
                 if admin and not g.user["is_admin"]:
                     return fail(403, "admins only")
                 return fn(*a, **kw)
@@ -164,7 +175,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
 
     # Guessing: 10 failures per (address, account), or 50 per address (annotators may share one), per
     # 5 minutes. Not per account alone: then anyone who knows a name could lock its owner out.
-    by_pair, by_addr = LoginThrottle(limit=10), LoginThrottle(limit=50)
+    by_pair, by_addr = throttles or (LoginThrottle(limit=10), LoginThrottle(limit=50))
 
     @app.post("/login")
     def login_post():
@@ -185,8 +196,10 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         session.permanent = True
         sid = store.start_session(user["id"], lifetime=SESSION_HOURS * 3600, address=request.remote_addr)
         session.update(sid=sid, csrf=secrets.token_urlsafe(32))
-        store.lease_next(proj, user["id"])
-        return redirect(_safe_next(request.form.get("next")) or url_for("task"))
+        target = _safe_next(request.form.get("next"))
+        if not several or target is None:  # not when the login was for the list of projects: no slot held idle
+            store.lease_next(proj, user["id"])
+        return redirect(target or url_for("task"))
 
     @app.get("/favicon.ico")
     def favicon():
@@ -549,6 +562,54 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                 "comment": lab.get("comment"), "flagged": bool(lab.get("flagged"))}
 
     return app
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def create_projects_app(store: Store, names: list[str] | None = None, *, secure_cookies: bool = False):
+    """Several projects from one process and one address: each project's app at /NAME/, a list of them at /.
+
+    One login (one cookie, one session table) serves them all; login throttles
+    are shared, so more projects do not mean more guesses.
+    """
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    names = names or store.project_names()
+    for name in names:
+        if not SAFE_NAME.fullmatch(name) or name == "static":
+            raise UserError(f"project '{name}': to serve several projects, each name must be letters, digits "
+                            "and . _ - (it is the address /NAME/); serve it alone with --project")
+    throttles = (LoginThrottle(limit=10), LoginThrottle(limit=50))
+    apps = {f"/{n}": create_app(store, n, secure_cookies=secure_cookies, throttles=throttles, several=True)
+            for n in names}
+    index = Flask("rlhf.labeling.index", template_folder=str(HERE / "templates"), static_folder=None)
+    _configure(index, store.secret_key(), secure_cookies)
+
+    @index.after_request
+    def _headers(resp: Response):
+        resp.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                             "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+        return resp
+
+    @index.get("/")
+    def projects_list():
+        sid = session.get("sid")
+        user = store.session_user(sid) if isinstance(sid, str) else None
+        if user is None:
+            return redirect(f"/{names[0]}/login?next=/")
+        rows = []
+        for n in names:
+            p = store.project(n)
+            rows.append({"name": n, "mode": p.mode, "progress": store.progress(p, user["id"])})
+        return render_template("projects.html", projects=rows, user=user, csrf_token=session.get("csrf", ""),
+                               first=names[0])
+
+    @index.errorhandler(404)
+    def _missing(e):
+        return "not found", 404
+
+    return DispatcherMiddleware(index, apps)
 
 
 class LoginThrottle:

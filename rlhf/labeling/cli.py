@@ -73,7 +73,8 @@ class ServeConfig:
 
     command = "label serve"
     db: str = opt("project.db", "database file or URL", positional=True)
-    project: Optional[str] = opt(None, "project to serve (default: the only one)")
+    project: Optional[str] = opt(None, "project to serve (default: the only one; with several, all of them, "
+                                       "each at /NAME/ and a list at /)")
     host: str = opt("127.0.0.1", "address to bind; 0.0.0.0 exposes the app to the network")
     port: int = opt(8080, "port (0 picks a free one and prints it)")
     threads: int = opt(8, "worker threads")
@@ -164,11 +165,14 @@ def make_server(cfg: ServeConfig):
     """A waitress server for the app, bound but not yet serving."""
     from waitress.server import create_server
 
-    from rlhf.labeling.app import create_app
+    from rlhf.labeling.app import create_app, create_projects_app
     from rlhf.labeling.store import Store
 
     store = Store(cfg.db)
-    app = create_app(store, cfg.project, secure_cookies=cfg.secure_cookies)
+    if cfg.project is None and len(store.project_names()) > 1:
+        app = create_projects_app(store, secure_cookies=cfg.secure_cookies)
+    else:
+        app = create_app(store, cfg.project, secure_cookies=cfg.secure_cookies)
     # clear_untrusted_proxy_headers: X-Forwarded-* from clients are ignored.
     return create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="rlhf-label",
                          clear_untrusted_proxy_headers=True, connection_limit=200)
@@ -183,6 +187,10 @@ def serve_main(argv: list[str]) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = make_server(cfg)
     print(f"rlhf: labeling app at http://{cfg.host}:{server.effective_port}/ (Ctrl-C stops)", flush=True)
+    names = [] if cfg.project else _project_names(cfg.db)
+    if len(names) > 1:
+        print(f"rlhf: {len(names)} projects, each at its own path: "
+              + ", ".join(f"/{n}/" for n in names), flush=True)
     if not _has_users(cfg.db):
         print(f"rlhf: no accounts yet: rlhf label user add NAME --admin --db {cfg.db}", flush=True)
     try:
@@ -192,6 +200,12 @@ def serve_main(argv: list[str]) -> int:
     finally:
         server.close()
     return 0
+
+
+def _project_names(db: str) -> list[str]:
+    from rlhf.labeling.store import Store
+
+    return Store(db).project_names()
 
 
 def _has_users(db: str) -> bool:
