@@ -605,6 +605,10 @@ def create_projects_app(store: Store, names: list[str] | None = None, *, secure_
         return render_template("projects.html", projects=rows, user=user, csrf_token=session.get("csrf", ""),
                                first=names[0])
 
+    @index.get("/favicon.ico")
+    def _favicon():
+        return "", 204
+
     @index.errorhandler(404)
     def _missing(e):
         return "not found", 404
