@@ -13,7 +13,7 @@ import pytest
 
 from rlhf.labeling.app import create_app
 from rlhf.labeling.export import export_project
-from rlhf.labeling.store import ItemSpec
+from rlhf.labeling.store import Answer, ItemSpec
 from test_labeling_app import FAST, api_label, app, csrf_from, login, store  # noqa: F401
 
 
@@ -216,3 +216,32 @@ def test_several_projects_from_one_process_and_one_address(store):
                          guidelines="", items=[ItemSpec("t", "t", "Say hi.", ["Hi!"])])
     with pytest.raises(UserError, match="'has space': to serve several projects"):
         create_projects_app(store)
+
+
+def test_a_schema_2_database_gains_texts_and_decisions(tmp_path):
+    """A database from before demonstrations and adjudication opens, gains both, and keeps its labels."""
+    import sqlite3
+
+    from rlhf.labeling import schema as S
+    from rlhf.labeling.store import Store
+
+    db = str(tmp_path / "old.db")
+    s = Store(db, create=True)
+    s.create_project("p", mode="pairwise", overlap=1, lease_seconds=60, strength=False, render="text",
+                     guidelines="", items=[ItemSpec("x", "x", "2 + 3?", ["5", "6"])])
+    s.add_user("ann", "password1", hash_method=FAST)
+    user = s.users()[0]
+    s.submit(s.project(), user, s.lease_next(s.project(), user["id"]), Answer(choice="a"), shown=[0, 1])
+    s.close()
+    con = sqlite3.connect(db)
+    con.executescript("DROP TABLE decisions; ALTER TABLE labels DROP COLUMN text; "
+                      "UPDATE meta SET value='2' WHERE key='schema';")
+    con.close()
+    s = Store(db)
+    with s.read() as conn:
+        assert "text" in conn.execute(S.labels.select()).keys()
+    p = s.project()
+    assert [r["chosen"] for r in export_project(s)] == ["5"]
+    s.decide(p, user, 1, Answer(choice="b"))
+    assert [r["chosen"] for r in export_project(s)] == ["6"]
+    s.close()
