@@ -6,7 +6,7 @@ export RLHF_CACHE ?= $(CURDIR)/.cache/rlhf
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models clean bench bench-venvs
+.PHONY: demo test test-slow venv models clean bench bench-venvs gpu-check gpu-wheels
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,3 +61,22 @@ bench-venvs: $(addsuffix /.installed,$(TRL_VENVS))
 
 bench: models bench-venvs
 	$(BIN)/python -m benchmarks.run $(if $(REPS),--reps $(REPS)) $(foreach c,$(CASES),--case $(c))
+
+# The GPU check (benchmarks/README.md, "The GPU check"): every stage for a few steps in bf16 on the
+# device, from the source tree, with no install; TRL's side when trl imports. `GPU_CHECK="--device cpu
+# --size tiny"` passes options. Runs with the machine's python3 (a GPU machine has no $(VENV)).
+GPU_CHECK ?=
+GPU_WHEELS := benchmarks/.gpu-wheels
+GPU_SITE := /tmp/rlhf-gpu-site
+gpu-check:
+	if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1 && ! $(PY) -c 'import trl' 2>/dev/null; then \
+		$(PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi
+	PYTHONPATH=$(CURDIR):$(GPU_SITE) PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_check --out gpu-check $(GPU_CHECK)
+
+# TRL 1.16 and what it needs that the GPU machine's image lacks, as wheels for Python 3.12 on x86-64,
+# into an ignored folder that a device call carries (about 2 MiB).
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_WHEELS) trl==1.16.0 datasets==4.8.5 dill==0.4.0 multiprocess==0.70.18 fsspec==2026.2.0
+	du -sh $(GPU_WHEELS)
