@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -392,10 +393,14 @@ def test_resume_continues_exactly(tiny_model_dir, tiny_rm_dir, prompt_file, tmp_
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     # --resume with nothing to resume from (killed before the first checkpoint) starts from the beginning
     assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, whole, "--resume")) == 0
-    assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, parts, "--total_episodes", "8")) == 0
-    # a later row written after the checkpoint (as a killed run would leave) must be dropped
+    # the run as a kill after update 2's checkpoint leaves it: no step-3 checkpoint, a later metrics row that
+    # must be dropped (the model files of the finished run are replaced by the resumed run's)
+    shutil.copytree(whole, parts)
+    shutil.rmtree(parts / "checkpoints" / "step-0000003")
+    (parts / "model.safetensors").unlink()
     with open(parts / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "reward/score": 123.0}) + "\n")
+    assert not (parts / "checkpoints" / "step-0000003").exists()
     assert main(_cli(tiny_model_dir, tiny_rm_dir, prompt_file, parts, "--resume")) == 0
     a = [json.loads(line) for line in open(whole / "metrics.jsonl")]
     b = [json.loads(line) for line in open(parts / "metrics.jsonl")]

@@ -309,71 +309,72 @@ def experience_metrics(exp: Experience) -> dict:
 
 def _finite(value, what: str, update: int):
     if not math.isfinite(value):
-        raise UserError(f"PPO update {update}: the {what} is {value}; stopping. Lower the learning rate or "
+        raise UserError(f"update {update}: the {what} is {value}; stopping. Lower the learning rate or "
                         "raise the KL coefficient.")
 
 
-def ppo_update(model, optimizer, exp: Experience, hp: PPOHyper, *, generator: torch.Generator,
-               update: int = 0, ptx_batches=None, accelerator=None) -> dict:
-    """`ppo_epochs` passes over the experience in minibatches; returns averaged metrics.
+def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torch.Generator, update: int = 0,
+             ptx_batches=None, accelerator=None, group: int = 1, rows=None) -> dict:
+    """`hp.ppo_epochs` passes over an experience in minibatches of `hp.minibatch_size` rows: every online method's update.
 
-    `model` is the actor-critic, as `accelerator.prepare` returned it when
-    there is an accelerator (DDP with several processes). Every process holds
-    the whole experience and draws the same minibatches; process r forwards
-    rows r, r + N, ... of each minibatch. Losses are sums over tokens divided
-    by the minibatch's token count, so the processes' gradients add up to the
-    one-process gradient of the whole minibatch (DDP averages, hence the
-    factor N). Stops early (all remaining epochs) once a minibatch's
-    approx_kl, over all its tokens, passes `target_kl` (Huang et al. 2024,
-    detail "early stopping"; SB3/CleanRL). Metrics are token-weighted means
-    over the update, reduced over processes once at the end.
+    `chunk_loss(model, exp, rows, episodes, labels, cols, counts) -> (loss, stats)` gives the loss of some
+    rows of a minibatch (`rows` on the device; `episodes` their layout, `labels` their response tokens, `cols`
+    the response columns kept), as a sum over its tokens or sequences divided by the minibatch's `counts`
+    ("tokens", "sequences"), and `stats`: name -> (sum, weight) of each metric over those rows.
 
-    The host waits for the device once per minibatch (the gradient norm,
-    which must be finite) and, with `target_kl`, for the minibatch's KL.
+    `model` is as `accelerator.prepare` returned it (DDP with several processes). Every process holds the
+    whole experience and draws the same minibatches (`group` rows kept together: a pair for online DPO);
+    process r forwards groups r, r + N, ... of each. Since each part divides by the whole minibatch's
+    counts, the processes' gradients add up to the one-process gradient of the whole minibatch (DDP
+    averages, hence the factor N). `rows`: the rows taking part (all by default). Stops early (all
+    remaining epochs) once a minibatch's `policy/approx_kl`, over all its tokens, passes `hp.target_kl`
+    (Huang et al. 2024, detail "early stopping"; SB3/CleanRL). Metrics are weighted means over the
+    update, reduced over processes once at the end.
+
+    The host waits for the device once per minibatch (the gradient norm, which must be finite) and, with
+    `target_kl`, for the minibatch's KL.
     """
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     device = exp.mask.device
-    B, T = exp.rollout.response_ids.shape
     n_query = exp.rollout.query_ids.size(1)
     ids, attn = exp.input_ids, exp.attention_mask  # CPU: layouts are worked out on the host
-    per_process, rem = divmod(hp.minibatch_size, world)
+    pool = torch.arange(exp.mask.size(0)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+    if hp.minibatch_size % group or len(pool) % group:
+        raise ValueError(f"minibatches and rows must hold whole groups of {group}")
+    groups = pool.view(-1, group)
+    per_step = hp.minibatch_size // group  # groups per minibatch
+    per_process, rem = divmod(per_step, world)
     micro = max(1, per_process // hp.grad_accum)
     if rem or per_process % hp.grad_accum:
-        raise UserError(f"ppo: minibatch_size {hp.minibatch_size} must be a multiple of grad_accum x processes "
-                        f"({hp.grad_accum} x {world})")
+        raise UserError(f"minibatch_size {hp.minibatch_size} must be a multiple of grad_accum x processes "
+                        f"({hp.grad_accum} x {world})" + (f" x {group} (rows per group)" if group > 1 else ""))
     params = [p for p in model.parameters() if p.requires_grad]
     lm = getattr(model, "module", model).lm
-    names = ["policy/loss", "policy/clipfrac", "policy/approx_kl", "policy/ratio", "value/loss", "value/clipfrac",
-             "entropy"]
-    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)  # the last one counts tokens
+    sums: dict[str, list] = {}
     ptx_sum, ptx_n, norm_sum = torch.zeros((), device=device), 0, 0.0
     stopped_early = False
     n_minibatches = 0
-    temperature = hp.temperature if hp.temperature > 0 else 1.0
     model.train()
     for _ in range(hp.ppo_epochs):
-        perm = torch.randperm(B, generator=generator)
-        for ms in range(0, B, hp.minibatch_size):
-            mb = perm[ms:ms + hp.minibatch_size]
-            n_tokens = exp.mask[mb.to(device)].sum().clamp(min=1)  # the whole minibatch's, on every process
-            mine = mb[rank::world]
-            chunks = [mine[c:c + micro] for c in range(0, len(mine), micro)]
+        perm = torch.randperm(len(groups), generator=generator)
+        for ms in range(0, len(groups), per_step):
+            picked = groups[perm[ms:ms + per_step]]  # (g, group)
+            mb = picked.flatten().to(device)
+            m_mask = exp.mask[mb]
+            counts = {"tokens": m_mask.sum().clamp(min=1), "sequences": (m_mask.sum(1) > 0).sum().clamp(min=1)}
+            mine = picked[rank::world]
+            chunks = [mine[c:c + micro].flatten() for c in range(0, len(mine), micro)]
             optimizer.zero_grad(set_to_none=True)
             mb_kl = torch.zeros((), device=device)
-            for j, rows in enumerate(chunks):
-                i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
-                d_rows = rows.to(device)
-                mask = exp.mask[d_rows][:, rc]
+            for j, chunk in enumerate(chunks):
+                i, a, nq, rc = trim(ids[chunk], attn[chunk], n_query)
                 last = j == len(chunks) - 1
                 with contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(model):
-                    logits, values = model(lay_out(i, a, nq, pack=hp.pack_episodes).to(device))
-                    logprobs = _lp(logits, i[:, nq:].to(device), hp.temperature)
-                    pg = clipped_surrogate(logprobs, exp.logprobs[d_rows][:, rc], exp.advantages[d_rows][:, rc],
-                                           hp.clip_eps)
-                    vf, vf_clipped = value_loss_per_token(values, exp.values[d_rows][:, rc],
-                                                          exp.returns[d_rows][:, rc], hp.cliprange_value)
-                    loss = ((pg["loss"] + hp.vf_coef * vf) * mask).sum() / n_tokens * world
+                    episodes = lay_out(i, a, nq, pack=hp.pack_episodes).to(device)
+                    loss, stats = chunk_loss(model, exp, chunk.to(device), episodes, i[:, nq:].to(device), rc,
+                                             counts)
+                    loss = loss * world
                     if hp.ptx_coef > 0 and ptx_batches is not None:
                         p_loss, _ = sft_loss(*label_logits(lm, ptx_batches.next_on(device)))
                         loss = loss + hp.ptx_coef * p_loss / len(chunks)
@@ -382,12 +383,11 @@ def ppo_update(model, optimizer, exp: Experience, hp: PPOHyper, *, generator: to
                         accelerator.backward(loss)
                     else:
                         loss.backward()
-                with torch.no_grad():
-                    ent = entropy_from_logits(logits.detach(), temperature)
-                    per_token = [pg["loss"].detach(), pg["clipped"], pg["approx_kl"], pg["ratio"], vf.detach(),
-                                 vf_clipped, ent]
-                    sums += torch.stack([(x * mask).sum().double() for x in per_token] + [mask.sum().double()])
-                    mb_kl = mb_kl + (pg["approx_kl"] * mask).sum() / n_tokens
+                for k, (total, weight) in stats.items():
+                    acc = sums.setdefault(k, [0.0, 0.0])
+                    acc[0], acc[1] = acc[0] + total.detach().double(), acc[1] + weight.detach().double()
+                if "policy/approx_kl" in stats:
+                    mb_kl = mb_kl + stats["policy/approx_kl"][0].detach() / counts["tokens"]
             max_norm = hp.max_grad_norm or float("inf")
             if accelerator is not None:
                 norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
@@ -406,14 +406,46 @@ def ppo_update(model, optimizer, exp: Experience, hp: PPOHyper, *, generator: to
                     break
         if stopped_early:
             break
-    if world > 1:
-        sums = accelerator.reduce(sums, reduction="sum")
-    totals = sums.tolist()
-    metrics = {k: v / max(totals[-1], 1.0) for k, v in zip(names, totals)}
-    _finite(metrics["policy/loss"], "policy loss", update)
+    names = sorted(sums)
+    flat = torch.stack([torch.as_tensor(sums[k][i], dtype=torch.float64, device=device)
+                        for k in names for i in (0, 1)]) if names else torch.zeros(0, device=device)
+    if world > 1 and names:
+        flat = accelerator.reduce(flat, reduction="sum")
+    values = flat.tolist()
+    metrics = {k: values[2 * n] / max(values[2 * n + 1], 1e-12) for n, k in enumerate(names)}
+    _finite(metrics.get("policy/loss", 0.0), "policy loss", update)
     metrics["grad_norm"] = norm_sum / max(n_minibatches, 1)
     if ptx_n:
         metrics["ptx/loss"] = float(ptx_sum) / ptx_n
     metrics["policy/early_stop"] = float(stopped_early)
     metrics["policy/minibatches"] = float(n_minibatches)
     return metrics
+
+
+def token_stats(mask, **per_token) -> dict:
+    """name -> (masked sum, token count): the (sum, weight) pairs `optimize` averages."""
+    n = mask.sum()
+    return {k: ((v.detach() * mask).sum(), n) for k, v in per_token.items()}
+
+
+def ppo_update(model, optimizer, exp: Experience, hp: PPOHyper, *, generator: torch.Generator,
+               update: int = 0, ptx_batches=None, accelerator=None) -> dict:
+    """PPO's update (`optimize`): clipped surrogate + vf_coef x clipped value loss, over the minibatch's tokens."""
+    temperature = hp.temperature if hp.temperature > 0 else 1.0
+
+    def chunk_loss(model, exp, rows, episodes, labels, rc, counts):
+        mask = exp.mask[rows][:, rc]
+        logits, values = model(episodes)
+        logprobs = _lp(logits, labels, hp.temperature)
+        pg = clipped_surrogate(logprobs, exp.logprobs[rows][:, rc], exp.advantages[rows][:, rc], hp.clip_eps)
+        vf, vf_clipped = value_loss_per_token(values, exp.values[rows][:, rc], exp.returns[rows][:, rc],
+                                              hp.cliprange_value)
+        loss = ((pg["loss"] + hp.vf_coef * vf) * mask).sum() / counts["tokens"]
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach(), temperature)
+        return loss, token_stats(mask, **{
+            "policy/loss": pg["loss"], "policy/clipfrac": pg["clipped"], "policy/approx_kl": pg["approx_kl"],
+            "policy/ratio": pg["ratio"], "value/loss": vf, "value/clipfrac": vf_clipped, "entropy": ent})
+
+    return optimize(model, optimizer, exp, hp, chunk_loss, generator=generator, update=update,
+                    ptx_batches=ptx_batches, accelerator=accelerator)
