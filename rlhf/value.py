@@ -29,6 +29,19 @@ def hidden_size(model) -> int:
     raise ValueError("cannot tell the model's hidden size from its config")
 
 
+class Policy(nn.Module):
+    """A causal LM alone, in the actor-critic's interface (no values): what the critic-free methods train."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, episodes: Episodes):
+        """-> logits (B, Lr, V) for the episodes' response tokens, None (no value function)."""
+        logits, _ = episode_logits(self.lm, episodes)
+        return logits, None
+
+
 class PolicyWithValueHead(nn.Module):
     """A causal LM (plain or LoRA-wrapped) plus a scalar value head on its last hidden state.
 

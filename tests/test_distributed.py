@@ -133,3 +133,27 @@ def test_ppo_two_processes_equal_one(tmp_path, tiny_model_dir, ppo_inputs):
     assert one[3]["eval/proxy"] == pytest.approx(two[3]["eval/proxy"], abs=1e-6)
     ckpt = tmp_path / "two/checkpoints/step-0000002"
     assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()
+
+
+def test_grpo_two_processes_equal_one(tmp_path, tiny_model_dir):
+    """GRPO's groups split over two processes (whole groups each), gathered, data-parallel update: one process's run."""
+    import json
+
+    from test_grpo import PROMPTS
+
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (tmp_path / "rewards.py").write_text(
+        "def digits(prompts, completions, **kw):\n"
+        "    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n")
+    args = ["grpo", "--policy", tiny_model_dir, "--prompts", str(tmp_path / "prompts.jsonl"), "--eval-prompts", "none",
+            "--reference-text", "none", "--reward", f"{tmp_path / 'rewards.py'}:digits", "--group-size", "4",
+            "--rollout-batch-size", "16", "--minibatch-size", "8", "--total-episodes", "48", "--max-new-tokens", "6",
+            "--lr", "1e-2", "--lr-schedule", "constant", "--ppo-epochs", "2", "--save-every", "2", "--threads", "1"]
+    torchrun(args, tmp_path / "two")
+    assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert_same_weights(tmp_path / "one", tmp_path / "two", tiny_model_dir, min_moved=1e-2, atol=2e-5)
+    one, two = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        for key in ("kl/ref", "reward/score", "policy/loss", "policy/clipfrac", "entropy", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)

@@ -64,3 +64,12 @@ def load_labels(path: PathLike) -> list[Label]:
 def load_prompts(path: PathLike) -> list[list[Message]]:
     """The prompt of every row of a prompt, SFT or preference file (for PPO, best-of-N, evaluation)."""
     return [parse_prompt(row) for row in each_row(read_rows(path))]
+
+
+PROMPT_KEYS = ("prompt", "messages", "instruction", "instances", "input", "chosen", "rejected")
+
+
+def load_prompt_rows(path: PathLike) -> list[tuple[list[Message], dict]]:
+    """(prompt, the row's other fields) per row: the fields (`answer`, `tests`, ...) reach reward functions."""
+    return [(parse_prompt(row), {k: v for k, v in row.row.items() if k not in PROMPT_KEYS})
+            for row in each_row(read_rows(path))]

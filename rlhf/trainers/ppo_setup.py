@@ -33,6 +33,16 @@ def load_prompt_list(spec: str, *, split: str, n: int | None = None, seed: int =
     return prompts[:n] if n else prompts
 
 
+def load_prompt_rows(spec: str, *, split: str, n: int | None = None, seed: int = 0) -> list[tuple]:
+    """`load_prompt_list` with each row's other fields: (prompt, {"answer": ..., ...}) for reward functions."""
+    if spec == "lab":
+        return [(p, {}) for p in load_prompt_list(spec, split=split, n=n, seed=seed)]
+    from rlhf.data.load import load_prompt_rows as rows_of
+
+    rows = rows_of(spec)
+    return rows[:n] if n else rows
+
+
 def load_reference_examples(spec: str | None, eval_prompts: Sequence, n: int = LAB_REFERENCE_TEXTS) -> list[tuple]:
     """(prompt, response) held-out reference text: 'lab' = the ideal answers to the lab eval prompts."""
     if not spec or spec == "none":

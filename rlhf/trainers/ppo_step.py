@@ -127,7 +127,7 @@ def reference_mode(policy_lm, reference):
 
 
 @torch.no_grad()
-def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
+def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper, *, with_reference: bool = True):
     """Old log-probs, values and reference log-probs for a rollout, in chunks, on the model's device. Each (B, T).
 
     With a value head one policy forward gives the old log-probs and the values
@@ -159,10 +159,12 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper):
             else:
                 logits, v = actor_critic(episodes)
                 old[rows, rc] = _lp(logits, labels, hp.temperature)
-                values[rows, rc] = v.float()
-            with reference_mode(actor_critic.lm, reference) as ref_model:
-                ref_logits, _ = episode_logits(ref_model, episodes)
-            ref[rows, rc] = _lp(ref_logits, labels, hp.temperature)
+                if v is not None:  # a policy without a value function (`rlhf.value.Policy`) has none
+                    values[rows, rc] = v.float()
+            if with_reference:
+                with reference_mode(actor_critic.lm, reference) as ref_model:
+                    ref_logits, _ = episode_logits(ref_model, episodes)
+                ref[rows, rc] = _lp(ref_logits, labels, hp.temperature)
     finally:
         actor_critic.train(was)
     return old * mask, values * mask, ref * mask
@@ -344,11 +346,8 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
         raise ValueError(f"minibatches and rows must hold whole groups of {group}")
     groups = pool.view(-1, group)
     per_step = hp.minibatch_size // group  # groups per minibatch
-    per_process, rem = divmod(per_step, world)
-    micro = max(1, per_process // hp.grad_accum)
-    if rem or per_process % hp.grad_accum:
-        raise UserError(f"minibatch_size {hp.minibatch_size} must be a multiple of grad_accum x processes "
-                        f"({hp.grad_accum} x {world})" + (f" x {group} (rows per group)" if group > 1 else ""))
+    if per_step < world:
+        raise UserError(f"minibatch_size {hp.minibatch_size} gives fewer than one row per process ({world})")
     params = [p for p in model.parameters() if p.requires_grad]
     lm = getattr(model, "module", model).lm
     sums: dict[str, list] = {}
@@ -360,10 +359,13 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
         perm = torch.randperm(len(groups), generator=generator)
         for ms in range(0, len(groups), per_step):
             picked = groups[perm[ms:ms + per_step]]  # (g, group)
+            if len(picked) < world:  # an epoch's remnant too small to give every process a row
+                continue
             mb = picked.flatten().to(device)
             m_mask = exp.mask[mb]
             counts = {"tokens": m_mask.sum().clamp(min=1), "sequences": (m_mask.sum(1) > 0).sum().clamp(min=1)}
             mine = picked[rank::world]
+            micro = -(-len(mine) // hp.grad_accum)  # every process steps grad_accum (or fewer) equal chunks
             chunks = [mine[c:c + micro].flatten() for c in range(0, len(mine), micro)]
             optimizer.zero_grad(set_to_none=True)
             mb_kl = torch.zeros((), device=device)
