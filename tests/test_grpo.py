@@ -66,6 +66,16 @@ def test_each_command_end_to_end(tiny_model_dir, files, tmp_path, command, extra
     assert manifest["command"] == command and manifest.get("status") == "finished"
     ckpt = json.loads((out / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert ckpt["update"] == 3 and "monitor" in ckpt
+    # the rollout samples: 8 per update, each token with its KL to the reference, the reward and its parts
+    samples = [json.loads(line) for line in open(out / "rollouts.jsonl")]
+    assert [s["step"] for s in samples] == [1] * 8 + [2] * 8 + [3] * 8
+    for s in samples:
+        assert len(s["tokens"]) == len(s["kl"]) >= 1
+        assert set(s["reward_parts"]) == {"digits"}
+        assert s["reward"] == pytest.approx(s["reward_parts"]["digits"], abs=1e-4)
+    # at the first update the policy is the reference: every token's KL is 0; later some are not
+    assert all(abs(k) < 1e-6 for s in samples if s["step"] == 1 for k in s["kl"])
+    assert any(abs(k) > 1e-4 for s in samples if s["step"] == 3 for k in s["kl"])
 
 
 def test_grpo_raises_a_verifiable_reward(tiny_model_dir, files, tmp_path):

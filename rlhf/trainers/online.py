@@ -32,7 +32,9 @@ from typing import Literal
 from rlhf.config import opt, to_dict
 from rlhf.errors import UserError
 
-RUN_FILES = ("metrics.jsonl", "samples.jsonl", "alarms.json", "config.yaml", "checkpoints", "tensorboard")
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl", "alarms.json", "config.yaml", "checkpoints",
+             "tensorboard")
+ROLLOUTS = "rollouts.jsonl"
 OLD_CHECKPOINT = "checkpoint"  # PPO's own format before the shared runtime; refused on --resume
 
 
@@ -77,6 +79,8 @@ class OnlineOptions:
     pack_episodes: bool = opt(True, "forward a minibatch's episodes packed into rows without padding (the same "
                                     "numbers, less compute; checked on the model first)")
 
+    log_samples: int = opt(8, "rollout samples per update written to rollouts.jsonl (tokens, per-token KL; 0 = none)")
+    log_samples_mb: float = opt(50.0, "stop writing rollouts.jsonl once it holds this many MB")
     eval_every: int = opt(10, "evaluate every this many updates (0 = only at the start and end)")
     eval_temperature: float = opt(0.0, "evaluation sampling temperature (0 = greedy)")
     save_every: int = opt(10, "checkpoint every this many updates")
@@ -240,10 +244,11 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
         if main:
             truncate_after(out / METRICS_FILE, state["update"])
             truncate_after(out / "samples.jsonl", state["update"])
+            truncate_after(out / ROLLOUTS, state["update"])
         log(f"{cfg.command}: resuming after update {state['update']} of {n_updates}")
     elif main:
         out.mkdir(parents=True, exist_ok=True)
-        for name in (METRICS_FILE, "samples.jsonl", "alarms.json"):
+        for name in (METRICS_FILE, "samples.jsonl", ROLLOUTS, "alarms.json"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(ckpt_root, ignore_errors=True)
     if main and folder is not None:  # after the checkpoint loaded: a refused resume writes nothing
@@ -265,6 +270,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
 
     logger = MetricsLogger(out, purge_step=state["update"] + 1) if main else None
     samples_file = open(out / "samples.jsonl", "a", encoding="utf-8") if main else None
+    rollouts_file = open(out / ROLLOUTS, "a", encoding="utf-8") if main and cfg.log_samples else None
     last: dict = {}
 
     def evaluate(step: int) -> dict:
@@ -327,6 +333,10 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
                         log(f"{cfg.command}: alarm '{a.name}' at update {update}: {a.message}")
                 last = logger.log({"step": update, **m})
                 log(_line(cfg.command, update, n_updates, last))
+                if rollouts_file is not None and rollouts_file.tell() < cfg.log_samples_mb * 1e6:
+                    for row in sample_rows(exp, tokenizer, cfg.log_samples, update):
+                        rollouts_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    rollouts_file.flush()
                 stop = [cfg.stop_on_alarm and bool(alarms)]
                 if folder is not None:
                     folder.update(step=update)
@@ -349,6 +359,8 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
             logger.close()
         if samples_file is not None:
             samples_file.close()
+        if rollouts_file is not None:
+            rollouts_file.close()
     accelerator.wait_for_everyone()
     if main:
         save_policy(module.lm, tokenizer, out, extra={"rlhf_stage": cfg.command, "rlhf_updates": state["update"]})
@@ -356,6 +368,48 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
             folder.update(status="finished")
     accelerator.wait_for_everyone()
     return last
+
+
+def sample_rows(exp, tokenizer, n: int, update: int) -> list[dict]:
+    """Up to `n` episodes of an update's experience, evenly spaced over the batch, as `rollouts.jsonl` rows.
+
+    One row per episode: `step` (the update), `index` (row in the batch), `prompt`, `response`, `tokens`
+    (the response's tokens, each decoded on its own, EOS included), `kl` (per-token KL estimate to the
+    reference, aligned with `tokens`), `reward` (what the reward gave, before KL and penalties), `reward_parts`
+    (each component or ensemble statistic), `advantage` (per sequence; for per-token advantages their mean),
+    `finished` (emitted EOS). Numbers are rounded to 5 significant digits.
+    """
+    import torch
+
+    B = len(exp.rollout.texts)
+    if n <= 0 or B == 0:
+        return []
+    picks = sorted({round(i * (B - 1) / max(n - 1, 1)) for i in range(min(n, B))})
+    lengths = exp.rollout.response_lengths.tolist()
+    kl = exp.kl.detach().float().cpu()
+    adv = exp.advantages.detach().float().cpu()
+    reward = exp.raw_scores.detach().float().cpu()
+    parts = {k: v.detach().float().cpu() for k, v in getattr(exp, "components", {}).items()}
+    parts.update({k: v.detach().float().cpu() for k, v in exp.extras.items()
+                  if torch.is_tensor(v) and v.dim() == 1 and len(v) == B})
+    rows = []
+    for i in picks:
+        ids = exp.rollout.response_ids[i, :lengths[i]].tolist()
+        a = adv[i, :lengths[i]].mean() if adv.dim() == 2 else adv[i]
+        rows.append({"step": update, "index": i, "prompt": _plain(exp.rollout.prompts[i]),
+                     "response": exp.rollout.texts[i], "tokens": [tokenizer.decode([t]) for t in ids],
+                     "kl": [float(f"{x:.5g}") for x in kl[i, :lengths[i]].tolist()],
+                     "reward": float(f"{float(reward[i]):.5g}"),
+                     "reward_parts": {k: (None if v[i] != v[i] else float(f"{float(v[i]):.5g}")) for k, v in parts.items()},
+                     "advantage": float(f"{float(a):.5g}"), "finished": bool(exp.rollout.finished[i])})
+    return rows
+
+
+def _plain(prompt):
+    """A prompt as JSON: a string, or the user's last message of a chat."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        return prompt[-1].get("content", "")
+    return prompt
 
 
 def _prompt(p):
