@@ -26,7 +26,6 @@ JSON API (same session cookie; send `X-CSRF-Token` on POST):
 
 from __future__ import annotations
 
-import hmac
 import re
 import secrets
 import threading
@@ -44,13 +43,9 @@ from werkzeug.routing import BaseConverter
 from rlhf.errors import UserError
 from rlhf.labeling import agreement, display
 from rlhf.labeling.store import SKIP_REASONS, Project, Refused, Store
+from rlhf.web import CSP, SAFE_METHODS, add_security_headers, csrf_problem, security_headers  # noqa: F401
 
 HERE = Path(__file__).parent
-
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
-       "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 SESSION_HOURS = 12
@@ -132,22 +127,11 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
 
     def _check_csrf():
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
-        if not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
-            raise Refused(403, "CSRF token missing or wrong; reload the page")
-        origin = request.headers.get("Origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-            raise Refused(403, "cross-origin request refused")
+        problem = csrf_problem(sent, session["csrf"], request.headers.get("Origin"), request.host)
+        if problem:
+            raise Refused(403, problem)
 
-    @app.after_request
-    def _headers(resp: Response):
-        resp.headers["Content-Security-Policy"] = CSP
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if not request.path.startswith("/static/"):
-            resp.headers["Cache-Control"] = "no-store"
-        return resp
+    add_security_headers(app)
 
     @app.context_processor
     def _globals():
@@ -588,9 +572,7 @@ def create_projects_app(store: Store, names: list[str] | None = None, *, secure_
 
     @index.after_request
     def _headers(resp: Response):
-        resp.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                             "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
-        return resp
+        return security_headers(resp)
 
     @index.get("/")
     def projects_list():

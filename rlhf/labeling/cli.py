@@ -163,19 +163,16 @@ def create_main(argv: list[str]) -> int:
 
 def make_server(cfg: ServeConfig):
     """A waitress server for the app, bound but not yet serving."""
-    from waitress.server import create_server
-
     from rlhf.labeling.app import create_app, create_projects_app
     from rlhf.labeling.store import Store
+    from rlhf.web import make_waitress
 
     store = Store(cfg.db)
     if cfg.project is None and len(store.project_names()) > 1:
         app = create_projects_app(store, secure_cookies=cfg.secure_cookies)
     else:
         app = create_app(store, cfg.project, secure_cookies=cfg.secure_cookies)
-    # clear_untrusted_proxy_headers: X-Forwarded-* from clients are ignored.
-    return create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="rlhf-label",
-                         clear_untrusted_proxy_headers=True, connection_limit=200)
+    return make_waitress(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="rlhf-label")
 
 
 def serve_main(argv: list[str]) -> int:
