@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("rlhf.trainers.grpo:main", "GRPO: group-normalised advantages, rewards from models, judges or code"),
     "rloo": ("rlhf.trainers.grpo:rloo_main", "RLOO: REINFORCE with the leave-one-out baseline"),
     "reinforce": ("rlhf.trainers.grpo:reinforce_main", "REINFORCE++: token-level KL, batch-normalised advantages"),
+    "online-dpo": ("rlhf.trainers.online_dpo:main", "online DPO: pairs sampled as it trains, labelled by a reward or a judge"),
     "dpo": ("rlhf.trainers.dpo:main", "DPO / IPO / cDPO / SimPO straight from comparisons"),
     "kto": ("rlhf.trainers.dpo:kto_main", "KTO from thumbs-up/down data"),
     "orpo": ("rlhf.trainers.dpo:orpo_main", "ORPO: odds-ratio preference term plus SFT, no reference"),
@@ -41,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label stats": ("rlhf.labeling.cli:stats_main", "inter-annotator agreement and progress"),
     "label export": ("rlhf.labeling.cli:export_main", "export labels as preference JSONL"),
     "observe overopt": ("rlhf.observe.overopt:main", "overoptimization curves: proxy vs gold reward against KL"),
+    "studio": ("rlhf.studio.cli:main", "local web page to watch, debug and compare runs (curves, samples, alarms)"),
 }
 
 
@@ -88,15 +90,35 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"command '{name}' is not available in this installation")
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)
-        return int(fn(rest) or 0)
+        code = int(fn(rest) or 0)
+        _runs_failed(f"exited with status {code}" if code else None)
+        return code
     except UserError as e:
+        _runs_failed(str(e))
         if debug:
             raise
         print(f"rlhf: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _runs_failed("interrupted")
         print("rlhf: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        _runs_failed(f"exited with status {e.code}" if e.code not in (None, 0) else None)
+        raise
+    except BaseException as e:
+        _runs_failed(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _runs_failed(error: str | None) -> None:
+    """Runs the command started and left "running" say they failed (`error`), or are forgotten (None).
+
+    Imports nothing when the command started no run.
+    """
+    runfolder = sys.modules.get("rlhf.runfolder")
+    if runfolder is not None:
+        runfolder.fail_started(error)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,66 @@ def test_bad_reward_specs_stop_with_one_line(tiny_model_dir, files, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and "value" in err and len(err.splitlines()) == 1, err
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_online_dpo_end_to_end(tiny_model_dir, files, tmp_path):
+    out = tmp_path / "odpo"
+    assert cli(args("online-dpo", tiny_model_dir, files, out, "--loss", "ipo", "--ppo-epochs", "2")) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for r in rows[1:]:
+        for key in ("reward/score", "pairs/kept_frac", "rewards/accuracy", "rewards/margin", "loss", "kl/ref",
+                    "grad_norm", "policy/minibatches"):
+            assert key in r, key
+    assert 0 < rows[1]["pairs/kept_frac"] <= 1 and rows[1]["kl/ref"] == pytest.approx(0.0, abs=1e-6)
+    samples = [json.loads(line) for line in open(out / "rollouts.jsonl")]
+    assert {s["advantage"] for s in samples} <= {-1.0, 0.0, 1.0}
+
+
+def test_online_dpo_on_fixed_samples_is_rlhf_dpos_loss(tiny_model_dir, files, tmp_path):
+    """The same pairs through `rlhf dpo`'s step function (a concatenated chosen/rejected batch with the cached
+    reference log-probs) give the online method's loss: labels from the higher reward, log-probs summed over
+    the response at temperature 1, the reference's the same way."""
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.trainers.dpo import preference_step
+    from rlhf.trainers.online_dpo import OnlineDPOConfig, OnlineDPOMethod
+    from rlhf.value import Policy
+
+    tok = load_tokenizer(tiny_model_dir, padding_side="left")
+    lm = load_causal_lm(tiny_model_dir, dropout_off=True)
+    ref = load_causal_lm(tiny_model_dir, dropout_off=True).eval()
+    with torch.no_grad():  # a policy a step away from the reference, so the log-ratios are not all 0
+        for p in lm.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    cfg = OnlineDPOConfig(policy=tiny_model_dir, reward=["length:chars"], max_new_tokens=6, rollout_batch_size=8,
+                          minibatch_size=8, temperature=1.0, pack_episodes=False)
+
+    def by_length(rollout, rows):  # the longer reply wins; equal lengths are ties
+        return torch.tensor([float(len(t)) for t in rollout.texts])
+
+    method = OnlineDPOMethod(cfg, Policy(lm), ref, tok, by_length)
+    exp = method.experience(PROMPTS[:4], range(4), beta=cfg.beta, seed=3, accelerator=None)
+    keep = exp.keep.nonzero().squeeze(1)
+    assert len(keep) >= 2
+    # the online method's update, one minibatch of every kept pair, learning rate 0: its logged loss
+    frozen = torch.optim.SGD(lm.parameters(), lr=0.0)
+    got = method.update(Policy(lm), frozen, exp, generator=torch.Generator().manual_seed(0), update=1,
+                        accelerator=None, ptx_batches=None)
+    assert got["policy/minibatches"] == 1.0
+    # the same pairs as `rlhf dpo` sees them: chosen rows first, then rejected, labels on the response only
+    first = exp.chosen_first[keep[0::2] // 2]
+    chosen = torch.where(first, keep[0::2], keep[1::2])
+    rejected = torch.where(first, keep[1::2], keep[0::2])
+    order = torch.cat([chosen, rejected])
+    ids, attn = exp.input_ids[order], exp.attention_mask[order]
+    labels = ids.clone()
+    labels[:, :exp.rollout.query_ids.size(1)] = -100
+    labels[attn == 0] = -100
+    batch = {"input_ids": ids, "attention_mask": attn, "labels": labels, "index": torch.arange(len(chosen)),
+             "ref_logps": torch.stack([exp.ref_logps[chosen], exp.ref_logps[rejected]], 1)}
+    want, want_m = preference_step("dpo", beta=cfg.beta)(lm, batch)
+    assert got["loss"] == pytest.approx(float(want), abs=1e-5)
+    assert got["rewards/accuracy"] == pytest.approx(float(want_m["rewards/accuracy"]), abs=1e-6)
+    # and the chosen sample is the longer one in every kept pair
+    lengths = [len(t) for t in exp.rollout.texts]
+    assert all(lengths[int(c)] > lengths[int(r)] for c, r in zip(chosen, rejected))
