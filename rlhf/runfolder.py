@@ -100,6 +100,7 @@ class RunFolder:
         self.main = main
         self.manifest: dict = manifest or {}
         self.changed = changed or {}
+        self._beat: float | None = None
 
     # --- claiming -----------------------------------------------------------------------------------
 
@@ -209,8 +210,10 @@ class RunFolder:
                             "started": now, **_environment(self.options), "files": [MANIFEST], "resumes": []}
             if extra:
                 manifest.update(_plain(extra))
+            manifest.pop("error", None)
             self.manifest = manifest
             self._write(merge=self.resuming)
+            _STARTED.append(self)
 
     def wrote(self, *names: str) -> None:
         """Record entries (relative to the folder) that this run writes; `--overwrite` deletes only these."""
@@ -221,6 +224,26 @@ class RunFolder:
         if new:
             self.manifest["files"] = files + new
             self._write()
+
+    def heartbeat(self, step: int | None = None, *, every: float = 10.0) -> bool:
+        """Say the run is alive: sets the manifest's `heartbeat` (and `step` when given), at most once per
+        `every` seconds (returns whether it wrote). A run killed with -9 writes nothing more, so a reader
+        (`rlhf studio`) calls a "running" run whose heartbeat went quiet stopped. Call it once per step."""
+        if not self.main:
+            return False
+        now = time.monotonic()
+        if self._beat is not None and now - self._beat < every:
+            return False
+        self._beat = now
+        fields = {"heartbeat": _now()} if step is None else {"heartbeat": _now(), "step": step}
+        self.update(**fields)
+        return True
+
+    def fail(self, error: str) -> None:
+        """Record that the run stopped on an error (status "failed", `error`); a resume sets "running" again."""
+        if not self.main or self.manifest.get("status") != "running":
+            return
+        self.update(status="failed", error=str(error)[:2000])
 
     def update(self, **fields) -> None:
         """Set manifest fields (status="finished", heartbeat, device, processes, ...) and rewrite it."""
@@ -242,6 +265,34 @@ class RunFolder:
         self.manifest["files"] = files
         self.manifest["updated"] = _now()
         write_json(self.path / MANIFEST, self.manifest)
+
+
+# --- runs of this process that may still be running ----------------------------------------------------
+
+_STARTED: list[RunFolder] = []
+
+
+def fail_started(error: str | None) -> None:
+    """Mark every run this process started that is still "running" as failed with `error`; forget them.
+
+    `rlhf <command>` calls it when the command ends on an error or Ctrl-C, so a
+    crashed run says so in its manifest (one killed with -9 cannot: readers go
+    by its heartbeat), and with None when it ends well.
+    """
+    while _STARTED:
+        folder = _STARTED.pop()
+        if error is None:
+            continue
+        try:
+            on_disk = read_manifest(folder.path) or {}
+        except UserError:
+            continue
+        if on_disk.get("status") == "running":
+            folder.manifest["status"] = "running"
+            try:
+                folder.fail(error)
+            except Exception:  # a full disk while reporting an error must not hide that error
+                pass
 
 
 # --- checks -----------------------------------------------------------------------------------------------

@@ -447,3 +447,50 @@ def test_the_pipeline_resumes_its_own_stages(tmp_path):
         pipeline.call = real
     assert calls[0]["resume"] is True and _done(folder)
     assert "stage.json" in read_manifest(folder)["files"]
+
+
+# --- heartbeat and failure ------------------------------------------------------------------------------
+
+def test_heartbeat_writes_at_most_once_per_interval(tmp_path):
+    folder = RunFolder.claim(tmp_path / "run", command="ppo", options={"seed": 0})
+    folder.start()
+    assert folder.heartbeat(step=1, every=60) is True
+    m = read_manifest(tmp_path / "run")
+    assert m["step"] == 1 and m["heartbeat"] and m["status"] == "running"
+    assert folder.heartbeat(step=2, every=60) is False  # too soon: nothing written
+    assert read_manifest(tmp_path / "run")["step"] == 1
+    assert folder.heartbeat(step=3, every=0) is True
+    assert read_manifest(tmp_path / "run")["step"] == 3
+
+
+def test_a_command_that_fails_marks_its_run_failed(tmp_path, monkeypatch):
+    """`rlhf <command>` ending on an error leaves "failed" and the message in the manifest of the run it
+    started; a run that finished stays finished; a resume sets "running" again and drops the error."""
+    import rlhf.cli as cli
+
+    out = tmp_path / "run"
+
+    def crashing(argv):
+        f = RunFolder.claim(out, command="sft", options={"seed": 0}, resume="--resume" in argv)
+        f.start()
+        raise UserError("the loss went NaN at step 3")
+
+    def finishing(argv):
+        f = RunFolder.claim(tmp_path / "done", command="sft", options={"seed": 0})
+        f.start()
+        f.update(status="finished")
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "crash", ("test_runfolder:crashing", ""))
+    monkeypatch.setitem(cli.COMMANDS, "finish", ("test_runfolder:finishing", ""))
+    monkeypatch.setattr(sys.modules[__name__], "crashing", crashing, raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "finishing", finishing, raising=False)
+    assert cli.main(["finish"]) == 0
+    assert cli.main(["crash"]) == 2
+    m = read_manifest(out)
+    assert m["status"] == "failed" and "NaN at step 3" in m["error"]
+    assert read_manifest(tmp_path / "done")["status"] == "finished"
+    resumed = RunFolder.claim(out, command="sft", options={"seed": 0}, resume=True)
+    resumed.start()
+    m = read_manifest(out)
+    assert m["status"] == "running" and "error" not in m
