@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"command '{name}' is not available in this installation")
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)
+        _runs_failed(None)  # only the runs this command starts are its own
         code = int(fn(rest) or 0)
         _runs_failed(f"exited with status {code}" if code else None)
         return code
