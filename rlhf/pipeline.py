@@ -23,9 +23,11 @@ A config, with every section optional:
     lab: {n_sft: 400, n_prompts: 600, k: 4, n_eval: 100}   # `rlhf lab data` options
     sft: {epochs: 3}         # `rlhf sft` options
     rm: {epochs: 2}          # `rlhf rm` options
-    method: ppo              # ppo | dpo | ipo | cdpo | simpo | kto | orpo | bon, or a list
+    method: ppo              # ppo | grpo | rloo | reinforce | online-dpo | dpo | ipo | cdpo | simpo | kto |
+                             # orpo | bon, or a list
     ppo: {total_episodes: 2048}
-    dpo: {beta: 0.1}         # each method has its own section: ipo, cdpo, simpo, kto, orpo, bon
+    grpo: {reward: lab-correct}   # the online methods' reward: the pipeline's reward model unless set
+    dpo: {beta: 0.1}         # each method has its own section (online-dpo's is online_dpo)
     eval: {n: 100, judge: gold}
 """
 
@@ -43,11 +45,16 @@ from typing import Literal, Optional
 from rlhf.config import from_dict, load_yaml, opt, parse
 from rlhf.errors import UserError
 
-METHODS = ("ppo", "dpo", "ipo", "cdpo", "simpo", "kto", "orpo", "bon")
+METHODS = ("ppo", "grpo", "rloo", "reinforce", "online-dpo", "dpo", "ipo", "cdpo", "simpo", "kto", "orpo", "bon")
+ONLINE = ("ppo", "grpo", "rloo", "reinforce", "online-dpo")  # start from a policy and sample as they train
 
 # method -> (command target, options added to the method's own section)
 _METHOD_COMMANDS = {
     "ppo": ("rlhf.trainers.ppo:main", {}),
+    "grpo": ("rlhf.trainers.grpo:main", {}),
+    "rloo": ("rlhf.trainers.grpo:rloo_main", {}),
+    "reinforce": ("rlhf.trainers.grpo:reinforce_main", {}),
+    "online-dpo": ("rlhf.trainers.online_dpo:main", {}),
     "dpo": ("rlhf.trainers.dpo:main", {"loss": "dpo"}),
     "ipo": ("rlhf.trainers.dpo:main", {"loss": "ipo"}),
     "cdpo": ("rlhf.trainers.dpo:main", {"loss": "cdpo"}),
@@ -79,8 +86,14 @@ class PipelineConfig:
     lab: dict = opt({}, "options of `rlhf lab data` when the lab makes the data")
     sft: dict = opt({}, "options of `rlhf sft`")
     rm: dict = opt({}, "options of `rlhf rm`")
-    method: list[str] = opt(["ppo"], "last stage(s): ppo | dpo | ipo | cdpo | simpo | kto | orpo | bon")
+    method: list[str] = opt(["ppo"], "last stage(s): ppo | grpo | rloo | reinforce | online-dpo | dpo | ipo | "
+                                     "cdpo | simpo | kto | orpo | bon")
     ppo: dict = opt({}, "options of `rlhf ppo`")
+    grpo: dict = opt({}, "options of `rlhf grpo` (reward: the pipeline's reward model unless set)")
+    rloo: dict = opt({}, "options of `rlhf rloo` (reward: the pipeline's reward model unless set)")
+    reinforce: dict = opt({}, "options of `rlhf reinforce` (reward: the pipeline's reward model unless set)")
+    online_dpo: dict = opt({}, "options of `rlhf online-dpo` for method online-dpo (reward: the reward model "
+                               "unless set)")
     dpo: dict = opt({}, "options of `rlhf dpo` for method dpo")
     ipo: dict = opt({}, "options of `rlhf dpo --loss ipo` for method ipo")
     cdpo: dict = opt({}, "options of `rlhf dpo --loss cdpo` for method cdpo")
@@ -265,7 +278,7 @@ class Pipeline:
 
         rounds: list[dict] = []
         policies: dict[str, Path] = {}
-        needs_prefs = cfg.rounds > 1 or any(m not in ("ppo", "bon") for m in cfg.method)
+        needs_prefs = cfg.rounds > 1 or any(m not in (*ONLINE, "bon") for m in cfg.method)
         if needs_prefs and not data.get("prefs"):
             if not uses_lab:
                 raise UserError("pipeline: the methods other than ppo and bon, and rounds > 1, need "
@@ -293,11 +306,13 @@ class Pipeline:
                 policy_start = last if cfg.round_start == "last" else sft
             for m in cfg.method:
                 target, fixed = _METHOD_COMMANDS[m]
-                section = getattr(cfg, m)  # each method its own options (beta means different things)
+                section = getattr(cfg, m.replace("-", "_"))  # each method its own options (beta differs)
                 opts = {**seed, **section, **fixed}
                 folder = out / f"{m}{tag}"
                 if m == "ppo":
                     opts = {"policy": str(policy_start), "reward_model": str(rm_now), **opts}
+                elif m in ONLINE:
+                    opts = {"policy": str(policy_start), "reward": [str(rm_now)], **opts}
                 elif m == "bon":
                     opts = {"policy": str(policy_start), "reward_model": str(rm_now), **opts}
                 else:

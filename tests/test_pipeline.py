@@ -64,6 +64,23 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
     made = sorted(p.name for p in (tmp_path / "reuse").iterdir() if p.is_dir())
     assert made == ["plots", "ppo"]
 
+    # The critic-free methods and online DPO as last stages, against the pipeline's reward model (or a
+    # verifiable reward), compared with PPO in one table.
+    small = {"total_episodes": 8, "rollout_batch_size": 8, "minibatch_size": 4, "max_new_tokens": 12,
+             "eval_size": 4, "eval_every": 1}
+    online = _config(tmp_path, out=str(tmp_path / "online"), method=["ppo", "grpo", "rloo", "reinforce", "online-dpo"],
+                     sft_model=str(run / "sft"), reward_model=str(run / "rm"),
+                     data={"eval": str(run / "data" / "eval.jsonl")},
+                     grpo={**small, "group_size": 4, "reward": ["lab-correct"]}, rloo={**small, "group_size": 2},
+                     reinforce=small, online_dpo=small)
+    assert cli(["pipeline", str(online)]) == 0
+    summary = json.loads((tmp_path / "online" / "summary.json").read_text())
+    assert [r["model"] for r in summary["table"]] == ["base", "sft", "ppo", "grpo", "rloo", "reinforce", "online-dpo"]
+    assert all(r["wall_s"] > 0 for r in summary["table"][2:])
+    grpo_cfg = yaml.safe_load((tmp_path / "online" / "grpo" / "config.yaml").read_text())
+    rloo_cfg = yaml.safe_load((tmp_path / "online" / "rloo" / "config.yaml").read_text())
+    assert grpo_cfg["reward"] == ["lab-correct"] and rloo_cfg["reward"] == [str(run / "rm")]
+
 
 def test_iterative_rounds_retrain_the_reward_model(tmp_path):
     path = _config(tmp_path, method="ppo", rounds=2, round_samples="policy+sft", round_prefs=10)
@@ -107,4 +124,5 @@ def test_bad_pipeline_config_is_one_clear_line(tmp_path, capsys):
     path.write_text("method: sarsa\n")
     assert cli(["pipeline", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "rlhf: pipeline: unknown method 'sarsa'; choose from ppo, dpo, ipo, cdpo, simpo, kto, orpo, bon"
+    assert err.strip() == ("rlhf: pipeline: unknown method 'sarsa'; choose from ppo, grpo, rloo, reinforce, online-dpo, "
+                           "dpo, ipo, cdpo, simpo, kto, orpo, bon")
