@@ -440,8 +440,18 @@ class Episodes:
         return x.flatten(0, 1)[self.at.to(x.device)]
 
     def to(self, device) -> "Episodes":
-        inputs = {k: v.to(device) for k, v in self.inputs.items()}
-        return Episodes(inputs, None if self.at is None else self.at.to(device), self.n_query)
+        """On `device`; from the host to a GPU through pinned memory, so the copy does not wait for the GPU."""
+        import torch
+
+        device = torch.device(device)
+
+        def move(t):
+            if device.type == "cuda" and t.device.type == "cpu":
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
+        inputs = {k: move(v) for k, v in self.inputs.items()}
+        return Episodes(inputs, None if self.at is None else move(self.at), self.n_query)
 
     def model_inputs(self, model) -> dict:
         inputs = dict(self.inputs, use_cache=False)

@@ -192,7 +192,7 @@ class CriticFreeMethod:
         total, parts = self.reward_fn(rollout.prompts, rollout.texts, rows, ids)
         logprobs, _, ref = forward_experience(self.module, self.reference, rollout, self.hp,
                                               with_reference=self.uses_reference)
-        gathered = gather_parts(accelerator, (rollout, total, parts, logprobs.cpu(), ref.cpu()))
+        gathered = gather_parts(accelerator, (rollout, total, parts, logprobs, ref))
         if len(gathered) > 1:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
             rollout = concat_rollouts([g[0] for g in gathered], pad_id)

@@ -126,7 +126,7 @@ class OnlineDPOMethod:
         # log-probs at temperature 1 for the loss (as `rlhf dpo`), at the sampling temperature for the KL metric
         hp1 = _with(self.hp, temperature=1.0)
         logps, _, ref = forward_experience(self.module, self.reference, rollout, hp1)
-        gathered = gather_parts(accelerator, (rollout, scores, logps.cpu(), ref.cpu()))
+        gathered = gather_parts(accelerator, (rollout, scores, logps, ref))
         if len(gathered) > 1:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
             rollout = concat_rollouts([g[0] for g in gathered], pad_id)

@@ -222,12 +222,15 @@ def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: 
 
 
 def gather_parts(accelerator, part):
-    """Every process's `part`, in process order, on every process (one process: `[part]`)."""
+    """Every process's `part`, in process order, on every process (one process: `[part]`, nothing copied).
+
+    Several processes exchange CPU copies (`gather_object` pickles them).
+    """
     if accelerator is None or accelerator.num_processes == 1:
         return [part]
-    from accelerate.utils import gather_object
+    from accelerate.utils import gather_object, send_to_device
 
-    return gather_object([part])
+    return gather_object([send_to_device(part, "cpu")])
 
 
 def make_experience(actor_critic, reference, tokenizer, reward_fn: RewardFn, prompts: Sequence, hp: PPOHyper,
@@ -247,7 +250,7 @@ def make_experience(actor_critic, reference, tokenizer, reward_fn: RewardFn, pro
                        max_prompt_len=hp.max_prompt_len, keys=keys)
     out = reward_scores(reward_fn, rollout)
     logprobs, values, ref_logprobs = forward_experience(actor_critic, reference, rollout, hp)
-    parts = gather_parts(accelerator, (rollout, out, logprobs.cpu(), values.cpu(), ref_logprobs.cpu()))
+    parts = gather_parts(accelerator, (rollout, out, logprobs, values, ref_logprobs))
     if len(parts) > 1:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         rollout = concat_rollouts([p[0] for p in parts], pad_id)
