@@ -14,6 +14,12 @@ holds a key: a hash of the tokenised data and of the reference model's
 identity. A resumed run, or a second run on the same data with the same
 reference, reads it back instead of recomputing; anything else recomputes.
 
+A run that trains on part of its data (`--max-steps` short of an epoch)
+needs the log-probabilities of that part only: the cache then holds some
+items (NaN for the others; on disk only the computed rows and their
+`index`), and a later run under the same key computes just the items it
+needs that are not there yet.
+
 Batch layout shared with the trainers: a batch of B items has `K * B` rows
 in blocks, rows `[k*B:(k+1)*B]` being sequence k of every item (for DPO the
 first B rows are the chosen responses, the next B the rejected), and an
@@ -97,24 +103,30 @@ def cache_key(rows: Iterable[Iterable[Iterable[int]]], *, reference: dict, extra
 @dataclass
 class ReferenceCache:
     key: str
-    logps: torch.Tensor  # (N, K) float32
+    logps: torch.Tensor  # (N, K) float32, NaN for items not computed
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Reference log-probabilities of the items `index (B,)` -> (B, K)."""
         return self.logps[index.cpu().long()]
 
+    def present(self) -> torch.Tensor:
+        """(N,) bool: the items whose log-probabilities are here."""
+        return ~torch.isnan(self.logps).any(-1)
+
     def save(self, path: str | os.PathLike) -> None:
-        """Atomic write: a temporary file in the same folder, then a rename."""
+        """Atomic write of the computed rows and their index: a temporary file in the same folder, then a rename."""
         import tempfile
 
         from safetensors.torch import save_file
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        index = self.present().nonzero().flatten()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"logps": self.logps.contiguous()}, tmp, metadata={"key": self.key})
+            save_file({"logps": self.logps[index].contiguous(), "index": index.to(torch.int64)}, tmp,
+                      metadata={"key": self.key, "items": str(self.logps.size(0))})
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -130,35 +142,50 @@ class ReferenceCache:
             return None
         try:
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != key:
+                meta = f.metadata() or {}
+                if meta.get("key") != key:
                     return None
-                return cls(key, f.get_tensor("logps"))
+                rows = f.get_tensor("logps")
+                if "index" not in f.keys():  # every item (the format before partial caches)
+                    return cls(key, rows)
+                index = f.get_tensor("index").long()
+                logps = torch.full((int(meta["items"]), rows.size(1)), float("nan"), dtype=rows.dtype)
+                logps[index] = rows
+                return cls(key, logps)
         except Exception:  # a damaged or foreign file: recompute rather than fail
             return None
 
 
 @torch.no_grad()
 def compute(model, batches: Iterable[dict], n_items: int, k: int, *, temperature: float = 1.0,
-            progress: bool = False) -> torch.Tensor:
+            progress: bool = False, needed: Iterable[int] | None = None, out: torch.Tensor | None = None,
+            total: int | None = None) -> torch.Tensor:
     """One no-grad pass of `model` over `batches` -> reference log-probabilities (N, K).
 
     Every batch carries `index (B,)` and K*B rows in blocks (see the module
-    docstring); each item must appear at least once.
+    docstring). Every item must appear in some batch, or, with `needed`, each
+    of those items; the others stay NaN (or keep their value in `out`, which
+    is filled in place). `progress` shows the pass on stderr
+    (`rlhf.progress`), over `total` items (default: the needed ones).
     """
-    from tqdm import tqdm
+    from rlhf.progress import Progress
 
+    needed = torch.arange(n_items) if needed is None else torch.as_tensor(list(needed), dtype=torch.long)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = torch.full((n_items, k), float("nan"))
+    out = torch.full((n_items, k), float("nan")) if out is None else out
     try:
-        for batch in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
-            moved = {name: v.to(device) for name, v in batch.items() if torch.is_tensor(v)}
-            sums, _ = response_logps(model, moved, temperature)
-            out[batch["index"].cpu().long()] = blocks(sums.float().cpu(), k)
+        with Progress("reference log-probs", total if total is not None else len(needed), unit="items",
+                      enabled=progress) as bar:
+            for batch in batches:
+                moved = {name: v.to(device) for name, v in batch.items() if torch.is_tensor(v)}
+                sums, _ = response_logps(model, moved, temperature)
+                out[batch["index"].cpu().long()] = blocks(sums.float().cpu(), k)
+                bar.update(len(batch["index"]))
     finally:
         model.train(was_training)
-    missing = torch.isnan(out).any(-1).nonzero()
+    missing = needed[torch.isnan(out[needed]).any(-1)] if len(needed) else needed
     if len(missing):
         raise ValueError(f"reference pass left {len(missing)} items without log-probabilities "
                          f"(first: {int(missing[0])})")
@@ -166,20 +193,30 @@ def compute(model, batches: Iterable[dict], n_items: int, k: int, *, temperature
 
 
 def load_or_compute(path: str | os.PathLike | None, key: str, make_model, batches, n_items: int, k: int, *,
-                    temperature: float = 1.0, progress: bool = False,
-                    write: bool = True) -> tuple[ReferenceCache, bool]:
-    """The cache for `key`: read from `path` when it matches, else computed (and written there if `write`).
+                    temperature: float = 1.0, progress: bool = False, write: bool = True,
+                    needed: Iterable[int] | None = None) -> tuple[ReferenceCache, bool]:
+    """The cache for `key`: read from `path` when it holds the `needed` items (default: all), else computed
+    (and written there if `write`).
 
     `make_model()` builds the reference model only when it is needed, and it
-    is dropped before this returns. Returns `(cache, was_computed)`.
+    is dropped before this returns. With a partial cache on disk only the
+    batches holding a missing item are forwarded. Returns `(cache, was_computed)`.
     """
-    if path is not None:
-        cached = ReferenceCache.load(path, key)
-        if cached is not None and cached.logps.shape == (n_items, k):
+    needed = list(range(n_items)) if needed is None else sorted(set(int(i) for i in needed))
+    cached = ReferenceCache.load(path, key) if path is not None else None
+    if cached is not None and cached.logps.shape != (n_items, k):
+        cached = None
+    if cached is not None:
+        have = cached.present()
+        missing = {i for i in needed if not have[i]}
+        if not missing:
             return cached, False
+        batches = (b for b in batches if any(int(i) in missing for i in b["index"]))
     model = make_model()
     try:
-        logps = compute(model, batches, n_items, k, temperature=temperature, progress=progress)
+        logps = compute(model, batches, n_items, k, temperature=temperature, progress=progress, needed=needed,
+                        out=cached.logps.clone() if cached is not None else None,
+                        total=len(missing) if cached is not None else len(needed))
     finally:
         del model
         import gc

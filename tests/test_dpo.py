@@ -368,3 +368,76 @@ def test_short_pairs_share_a_row_and_keep_their_log_probabilities(tiny):
         got = [torch.stack(x)[:, torch.argsort(b["index"])] for x, b in
                ((dpo.pair_logps(model, shared), shared), (dpo.pair_logps(model, plain), plain))]
     assert torch.allclose(got[0].float(), got[1].float(), atol=1e-4)
+
+
+def test_dpo_with_max_steps_computes_reference_logps_only_for_the_pairs_it_trains_on(tiny_model_dir, tmp_path,
+                                                                                     capsys):
+    """1 step x batch 2 x grad_accum 2 x 1 process = 4 training pairs, plus the 10 validation pairs of 40."""
+    from safetensors import safe_open
+
+    from rlhf.cli import main
+    from rlhf.refcache import CACHE_FILE, ReferenceCache
+
+    prefs = tmp_path / "prefs.jsonl"
+    _write_prefs(prefs, n=40)
+    out = tmp_path / "run"
+    args = ["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--out", str(out), "--max-steps", "1",
+            "--batch-size", "2", "--grad-accum", "2", "--save-every", "1", "--threads", "1", "--lr", "1e-3",
+            "--val-fraction", "0.25", "--keep-best", "false"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    with safe_open(str(out / CACHE_FILE), framework="pt") as f:
+        index = f.get_tensor("index")
+        n_items = int(f.metadata()["items"])
+    assert n_items == 40 and len(index) == 4 + 10  # file size: 14 rows, not 40
+    assert "reference log-probabilities of 14 pairs (26 not in the first 1 steps left out) computed" in err
+    assert "rlhf: reference log-probs: 14 items in" in err  # the phase's progress line (stderr is no TTY here)
+    rows = _metrics(out)
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+    # the same values as a pass over every pair
+    full = tmp_path / "full"
+    assert main([*args[:5], "--out", str(full), "--max-steps", "0", *args[9:], "--quiet"]) == 0
+    with safe_open(str(full / CACHE_FILE), framework="pt") as f:
+        key = f.metadata()["key"]
+    every = ReferenceCache.load(full / CACHE_FILE, key).logps
+    part = ReferenceCache.load(out / CACHE_FILE, key)
+    assert part is not None  # the same key: same data, same reference
+    have = part.present()
+    assert int(have.sum()) == 14 and torch.equal(part.logps[have], every[have])
+
+    # the resumed run needs the same pairs: read from the cache, nothing computed
+    assert main([*args, "--resume"]) == 0
+    assert "read from ref_logps.safetensors" in capsys.readouterr().err
+
+
+def test_reference_pass_is_silent_with_quiet(tiny_model_dir, tmp_path, capsys):
+    from rlhf.cli import main
+
+    prefs = tmp_path / "prefs.jsonl"
+    _write_prefs(prefs)
+    assert main(["dpo", "--model", tiny_model_dir, "--data", str(prefs), "--out", str(tmp_path / "q"),
+                 *COMMON]) == 0
+    assert "reference log-probs" not in capsys.readouterr().err
+
+
+def test_a_partial_reference_cache_is_completed_with_only_the_missing_items(tiny, tmp_path):
+    model, tok = tiny
+    pairs = _pairs(7)
+    batches = _pair_batches(tok, pairs, batch_size=2)
+    path = tmp_path / "ref.safetensors"
+    some = [b for b in batches if {0, 1} & set(b["index"].tolist())]  # what a short run trains on
+    first, computed = load_or_compute(path, "k", lambda: model, some, 7, 2, needed=[0, 1])
+    assert computed and int(first.present().sum()) == sum(len(b["index"]) for b in some) < 7
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].size(0)), with_kwargs=True)
+    try:
+        again, computed = load_or_compute(path, "k", lambda: model, batches, 7, 2, needed=[0, 1])
+        assert not computed and rows == []
+        done, computed = load_or_compute(path, "k", lambda: model, batches, 7, 2)
+    finally:
+        hook.remove()
+    assert computed and bool(done.present().all())
+    assert sum(rows) == 2 * (7 - int(first.present().sum()))  # chosen + rejected rows of the missing pairs only
+    whole = compute(model, batches, 7, 2)
+    assert torch.equal(done.logps, whole)

@@ -328,11 +328,29 @@ def shared_logps_agree(model, batcher) -> bool:
     return share_prompt_or_fall_back(model, [batcher], response_logps)
 
 
-def reference_logps(cfg, model, batchers: list, kind: str, *, write: bool = True):
-    """Reference log-probabilities (N, 2) of every item of `batchers` (numbered in order), cached in `cfg.out`.
+def planned_batches(batcher, max_steps: int, micro_per_step: int) -> list[list[int]] | None:
+    """The micro-batches (item numbers) the loop trains on in `max_steps` steps; None when that is all of them.
+
+    The loop's step i takes micro-batches [i*m, (i+1)*m) of epoch 0's order
+    (m = grad_accum x processes; `rlhf.trainers.loop`), so a run shorter than
+    an epoch visits only the first max_steps*m of them. A run of an epoch or
+    more visits (nearly) every item.
+    """
+    steps_per_epoch = len(batcher) // micro_per_step
+    if not max_steps or steps_per_epoch == 0 or max_steps >= steps_per_epoch:
+        return None
+    return batcher.order(0)[:max_steps * micro_per_step]
+
+
+def reference_logps(cfg, model, batchers: list, kind: str, *, write: bool = True, train_plan=None,
+                    device=None, progress: bool = False):
+    """Reference log-probabilities (N, 2) of the items of `batchers` (numbered in order), cached in `cfg.out`.
 
     The key hashes every token of every item, the reference folder's identity
-    and the dtype; a match on disk skips the pass. Returns (ReferenceCache, computed).
+    and the dtype; a match on disk skips the pass. `train_plan`, the first
+    batcher's micro-batches the run will train on (`planned_batches`), limits
+    the pass to those items and every item of the other batchers (validation);
+    the others stay NaN. The pass runs on `device`. Returns (ReferenceCache, computed).
     """
     from rlhf import refcache
     from rlhf.models import load_causal_lm, resolve
@@ -343,20 +361,27 @@ def reference_logps(cfg, model, batchers: list, kind: str, *, write: bool = True
                              extra={"kind": kind, "dtype": cfg.dtype})
 
     def make_model():
-        if cfg.reference is None:
-            return model  # the policy before its first update is the reference
-        return load_causal_lm(cfg.reference, dtype=cfg.dtype, dropout_off=True)
+        ref = model if cfg.reference is None else load_causal_lm(cfg.reference, dtype=cfg.dtype, dropout_off=True)
+        # the policy before its first update is the reference; training moves it to the device anyway
+        return ref.to(device) if device is not None else ref
 
     def numbered():
         offset = 0
-        for b in batchers:
-            for batch in b.batches(0):
-                yield {**batch, "index": batch["index"] + offset}
+        for n, b in enumerate(batchers):
+            if n == 0 and train_plan is not None:
+                yield from (b.collate(idx) for idx in train_plan)
+            else:
+                for batch in b.batches(0):
+                    yield {**batch, "index": batch["index"] + offset}
             offset += len(b.items)
 
+    needed = None
+    if train_plan is not None:
+        first = len(batchers[0].items)
+        needed = sorted({i for idx in train_plan for i in idx}) + list(range(first, len(sequences)))
     path = Path(cfg.out) / refcache.CACHE_FILE
-    return refcache.load_or_compute(path, key, make_model, numbered(), len(sequences), 2,
-                                    progress=not cfg.quiet and sys.stderr.isatty(), write=write)
+    return refcache.load_or_compute(path, key, make_model, numbered(), len(sequences), 2, progress=progress,
+                                    write=write, needed=needed)
 
 
 def run(cfg, kind: str) -> TrainResult:
@@ -376,6 +401,7 @@ def run(cfg, kind: str) -> TrainResult:
 
     from rlhf.models import load_causal_lm, load_tokenizer, quiet_transformers
     from rlhf.refcache import CACHE_FILE, response_logps
+    from rlhf.trainers.runtime import process_state, set_threads
     main_process = PartialState().is_main_process
     show = main_process and not cfg.quiet
 
@@ -395,10 +421,7 @@ def run(cfg, kind: str) -> TrainResult:
         _check_kto_balance(cfg, train_recs)
 
     set_seed(cfg.seed)  # LoRA's initial weights
-    if cfg.threads:  # the loop sets threads itself; the reference pass runs before it
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)  # the loop sets threads itself; the reference pass runs before it
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
                            dropout_off=True)
     if share and not share_prompt_or_fall_back(model, [train_b, val_b], response_logps) and show:
@@ -410,13 +433,19 @@ def run(cfg, kind: str) -> TrainResult:
             folder.wrote(CACHE_FILE)
     cache = train_ref = val_ref = None
     if cfg.needs_reference():
-        start = time.perf_counter()
+        t0 = time.perf_counter()
+        state = process_state()
+        plan = planned_batches(train_b, cfg.max_steps, cfg.grad_accum * state.num_processes)
         cache, computed = reference_logps(cfg, model, [train_b] + ([val_b] if val_b else []), kind,
-                                          write=main_process)
+                                          write=main_process, train_plan=plan, device=state.device,
+                                          progress=show)
         train_ref, val_ref = cache.logps[:len(train_recs)], cache.logps[len(train_recs):]
         if show:
-            _note(f"reference log-probabilities of {len(cache.logps)} {unit} "
-                  f"{'computed' if computed else 'read from ' + CACHE_FILE} ({time.perf_counter() - start:.1f}s)")
+            have = int(cache.present().sum())
+            part = f" ({len(cache.logps) - have} not in the first {cfg.max_steps} steps left out)" \
+                if have < len(cache.logps) else ""
+            _note(f"reference log-probabilities of {have} {unit}{part} "
+                  f"{'computed' if computed else 'read from ' + CACHE_FILE} ({time.perf_counter() - t0:.1f}s)")
 
     def step_fn(reference):
         if kind == "kto":
