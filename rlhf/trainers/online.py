@@ -91,6 +91,7 @@ class OnlineOptions:
     threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
     keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
     resume: bool = opt(False, "continue from the last checkpoint in the output folder")
+    quiet: bool = opt(False, "no progress bar and no progress lines")
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the "
                                  "files it wrote)")
 
@@ -204,10 +205,6 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
         raise ValueError("reference=None means 'the LoRA policy with its adapter disabled'; this policy has no adapter")
     out = Path(cfg.out)
     ckpt_root = out / runtime.CHECKPOINTS
-    if cfg.resume and (out / OLD_CHECKPOINT / "state.json").exists():
-        raise UserError(f"{out / OLD_CHECKPOINT} is a checkpoint in the format of an earlier rlhf release, which "
-                        "this one cannot resume: finish that run with the release that started it, or start "
-                        "again into a new --out")
     accelerator = runtime.make_accelerator(mixed_precision=cfg.mixed_precision)
     runtime.set_threads(cfg.threads, accelerator.device)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
@@ -216,6 +213,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
         raise UserError(f"{cfg.command}: the {per_update} prompts of an update must split evenly over the "
                         f"{world} processes")
     log = log if main else (lambda *_: None)
+    progress = (lambda *_: None) if cfg.quiet else log  # the per-update lines
     device = accelerator.device
     module.to(device)
     if reference is not None:
@@ -236,6 +234,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
     if cfg.resume and checkpoint is None:
         log(f"{cfg.command}: no checkpoint in {out} yet; starting from the beginning")
     if checkpoint is not None:
+        runtime.check_resumable(checkpoint, processes=world, device=device.type)  # refused: nothing written
         saved = runtime.load_checkpoint(accelerator, checkpoint)
         for name, obj in stateful.items():
             if obj is not None and saved.get(name) is not None:
@@ -295,7 +294,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
             if main:
                 monitor.update(0, m)  # the alarms read later evaluations against it (a gold fall from the start)
                 last = logger.log({"step": 0, "episodes": 0, "time": 0.0, "beta": kl_ctl.value, **m})
-                log(_line(cfg.command, 0, n_updates, last))
+                progress(_line(cfg.command, 0, n_updates, last))
             accelerator.wait_for_everyone()
         for update in range(state["update"] + 1, n_updates + 1):
             t0 = time.perf_counter()
@@ -332,7 +331,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
                     for a in alarms:
                         log(f"{cfg.command}: alarm '{a.name}' at update {update}: {a.message}")
                 last = logger.log({"step": update, **m})
-                log(_line(cfg.command, update, n_updates, last))
+                progress(_line(cfg.command, update, n_updates, last))
                 if rollouts_file is not None and rollouts_file.tell() < cfg.log_samples_mb * 1e6:
                     for row in sample_rows(exp, tokenizer, cfg.log_samples, update):
                         rollouts_file.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -65,6 +65,7 @@ the same result as one process (`tests/test_ppo_distributed.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from rlhf.config import opt, parse
@@ -182,6 +183,10 @@ def main(argv: list[str]) -> int:
     from rlhf.trainers.ppo_setup import load_prompt_list
 
     cfg = parse(PPOConfig, argv)
+    if (Path(cfg.out) / online.OLD_CHECKPOINT / "state.json").exists():
+        raise UserError(f"{Path(cfg.out) / online.OLD_CHECKPOINT} is a PPO checkpoint in the format of an earlier "
+                        "rlhf release, which this one cannot resume: finish that run with the release that "
+                        "started it, or start again into a new --out")
     folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, *cfg.reward_model, cfg.prompts, cfg.eval_prompts,
                                                  cfg.reference_text, cfg.ptx_data],
                                     may_change=(*TRAIN_MAY_CHANGE, "eval_every", "stop_on_alarm"))

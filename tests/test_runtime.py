@@ -1,0 +1,86 @@
+"""The shared runtime: threads per process, one checkpoint format for the offline and online stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf.cli import main as cli
+from rlhf.trainers import runtime
+
+
+@pytest.mark.parametrize("cores,env,want", [
+    (8, {}, 8),                                              # one process: every core it may run on
+    (8, {"LOCAL_WORLD_SIZE": "2"}, 4),                       # two processes on the machine: half each
+    (8, {"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}, 1),  # torchrun's OMP_NUM_THREADS=1 is respected
+    (8, {"OMP_NUM_THREADS": "16"}, 8),                       # never more than the cores
+    (2, {"LOCAL_WORLD_SIZE": "4"}, 1),                       # more processes than cores: one thread each
+])
+def test_default_threads_are_this_processs_share(monkeypatch, cores, env, want):
+    monkeypatch.setattr(runtime, "available_cores", lambda: cores)
+    for key in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert runtime.default_threads() == want
+
+
+def test_pick_device():
+    import torch
+
+    assert runtime.pick_device("auto") == torch.device("cpu")  # no GPU on this machine
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+    from rlhf.errors import UserError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            runtime.pick_device("cuda")
+    with pytest.raises(UserError, match="expected auto, cpu"):
+        runtime.pick_device("tpu9")
+
+
+def test_offline_and_online_stages_write_one_checkpoint_format(tmp_path, tiny_model_dir):
+    """SFT (the offline loop) and PPO (the online loop) write the same checkpoint files; each state file holds
+    the loop's position, PPO's also the KL controller, reward statistics, alarm monitor and evaluator."""
+    from test_ppo import PROMPTS
+    from test_sft import write_arithmetic
+
+    data = write_arithmetic(tmp_path / "sft.jsonl")
+    assert cli(["sft", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "4", "--max-steps", "2",
+                "--save-every", "1", "--val-fraction", "0.2", "--threads", "1", "--quiet",
+                "--out", str(tmp_path / "sft")]) == 0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    # the SFT folder as a reward model: a randomly drawn score head on it does for the checkpoint's format
+    assert cli(["ppo", "--policy", tiny_model_dir, "--reward-model", str(tmp_path / "sft"), "--prompts", str(prompts),
+                "--eval-prompts", str(prompts), "--reference-text", "none", "--rollout-batch-size", "4",
+                "--minibatch-size", "2", "--total-episodes", "8", "--max-new-tokens", "4", "--save-every", "1",
+                "--threads", "1", "--out", str(tmp_path / "ppo")]) == 0
+
+    def files(out: Path):
+        ckpt = runtime.latest_checkpoint(out / "checkpoints")
+        return ckpt, {p.name for p in ckpt.iterdir()} - {"best.safetensors"}
+
+    (sft_ckpt, sft_files), (ppo_ckpt, ppo_files) = files(tmp_path / "sft"), files(tmp_path / "ppo")
+    assert sft_files == ppo_files == {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                                      "trainer_state.json"}
+    ppo_state = json.loads((ppo_ckpt / "trainer_state.json").read_text())
+    assert ppo_state["update"] == 2 and {"kl_ctl", "method", "monitor", "evaluator"} <= set(ppo_state)
+    assert ppo_state["evaluator"]["baseline"]["texts"]  # the SFT answers every evaluation is read against
+    assert json.loads((sft_ckpt / "trainer_state.json").read_text())["step"] == 1  # the last step is the model
+    for out in ("sft", "ppo"):
+        manifest = json.loads((tmp_path / out / "run.json").read_text())
+        assert manifest["command"] == out and manifest["status"] == "finished"
+
+
+def test_ppos_old_checkpoint_format_is_refused_with_one_line(tmp_path, tiny_model_dir, capsys):
+    old = tmp_path / "old-ppo"
+    (old / "checkpoint").mkdir(parents=True)
+    (old / "checkpoint" / "state.json").write_text("{}")
+    (old / "metrics.jsonl").write_text("")
+    code = cli(["ppo", "--policy", tiny_model_dir, "--reward-model", tiny_model_dir, "--resume",
+                "--out", str(old)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "earlier rlhf release" in err, err
