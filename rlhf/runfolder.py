@@ -40,7 +40,9 @@ from rlhf.errors import UserError
 
 MANIFEST = "run.json"
 # Options that never change what a run means: a resume may give other values.
-ALWAYS_MAY_CHANGE = frozenset({"resume", "overwrite", "quiet", "out"})
+ALWAYS_MAY_CHANGE = frozenset({"resume", "overwrite", "quiet", "out", "change_on_resume"})
+# Options a resume may change only when it names them in --change-on-resume (the training loops apply them).
+NAMED_CHANGES = ("lr", "max_grad_norm")
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "rlhf")
 # Options of the training loop a resume may change: how often it logs and checkpoints, how many checkpoints
 # it keeps, its CPU threads. Everything else (data, model, learning rate, schedule, batch, seed, ...) would
@@ -150,12 +152,16 @@ class RunFolder:
         if fixed:
             k = fixed[0]
             more = f" (and {len(fixed) - 1} other option{'s' if len(fixed) > 2 else ''})" if len(fixed) > 1 else ""
+            named = k in NAMED_CHANGES and "change_on_resume" in options
+            hint = f"--change-on-resume {k} lets this resume take the new value; " if named else ""
+            shown = sorted(free - {"resume", "out", "change_on_resume"})
             raise UserError(f"cannot resume {path}: {_flag(k)} was {_show(changed[k][0])}, now "
                             f"{_show(changed[k][1])}{more}; a resume keeps the options of the run (those it "
-                            f"may change: {', '.join(_flag(f) for f in sorted(free - {'resume', 'out'}))}); "
+                            f"may change: {', '.join(_flag(f) for f in shown)}); {hint}"
                             "use --overwrite to start over")
         return cls(path, command, options, resuming=True, manifest=manifest,
-                   changed={k: v for k, v in changed.items() if k not in ("resume", "overwrite", "out")}, main=main)
+                   changed={k: v for k, v in changed.items()
+                            if k not in ("resume", "overwrite", "out", "change_on_resume")}, main=main)
 
     @classmethod
     def existing(cls, out) -> "RunFolder | None":
@@ -169,12 +175,14 @@ class RunFolder:
 
     @classmethod
     def claim_config(cls, cfg, *, inputs: Sequence[str | None] = (), may_change: Iterable[str] = ()) -> "RunFolder":
-        """`claim` for a command's config dataclass: its `command`, `out`, `resume` and `overwrite` fields."""
+        """`claim` for a command's config dataclass: its `command`, `out`, `resume` and `overwrite` fields; the
+        options its `change_on_resume` names (of `NAMED_CHANGES`) may change too."""
         from dataclasses import asdict
 
+        named = [n for n in (getattr(cfg, "change_on_resume", None) or ()) if n in NAMED_CHANGES]
         return cls.claim(cfg.out, command=cfg.command, options=asdict(cfg), inputs=inputs,
                          resume=bool(getattr(cfg, "resume", False)), overwrite=bool(getattr(cfg, "overwrite", False)),
-                         may_change=may_change)
+                         may_change=(*may_change, *named))
 
     # --- writing ------------------------------------------------------------------------------------
 

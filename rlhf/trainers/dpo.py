@@ -45,8 +45,8 @@ from typing import Literal
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, share_prompt_or_fall_back, train,
-                                train_options)
+from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, check_start, share_prompt_or_fall_back,
+                                train, train_options)
 
 # Per-loss default beta: DPO-style losses scale a log-ratio of whole
 # sequences (0.1, Rafailov et al.); SimPO scales a per-token average (2.0, Meng et al.).
@@ -412,6 +412,7 @@ def run(cfg, kind: str) -> TrainResult:
     train_b = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed, **share)
     val_b = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
                     seed=cfg.seed, **share) if val_recs else None
+    check_start(train_options(cfg), cfg.out, len(train_b))  # a refused resume writes nothing, computes no reference
     unit = "rows" if kind == "kto" else "pairs"
     if show:
         truncated = train_b.n_truncated + (val_b.n_truncated if val_b else 0)

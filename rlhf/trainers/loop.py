@@ -25,6 +25,16 @@ Checkpoints: `<out>/checkpoints/step-NNNNNNN/`, written by
 states of every process) into a temporary folder renamed into place once
 complete, plus `trainer_state.json` (step, seed, best evaluation, time) and a
 hard link to the best weights so far. Only the newest `keep_checkpoints` stay.
+A checkpoint is written only with finite, sane weights (`runtime.check_weights`);
+a diverged run stops with one line naming the last good one.
+
+Resume. `check_start` refuses, before the stage writes anything, a resume
+whose checkpoint was written for other data (number of micro-batches),
+another batch per step, seed, number of processes or device type. The
+learning rate and the gradient-norm clip stay those of the checkpoint unless
+the resume names them in `--change-on-resume`: then the new values apply from
+the resumed step on (the optimizer's and the schedule's base learning rate
+are set after loading), and the run manifest records the change at that step.
 """
 
 from __future__ import annotations
@@ -41,19 +51,18 @@ from typing import Any, Callable, Literal, Sequence
 from rlhf.config import opt
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
-from rlhf.trainers.runtime import (BEST_WEIGHTS, CHECKPOINTS, STATE_FILE, latest_checkpoint, link_or_copy,
+from rlhf.trainers.runtime import (BEST_WEIGHTS, CHECKPOINTS, STATE_FILE, TrainingDiverged, check_resumable,
+                                   check_weights, latest_checkpoint, link_or_copy,
                                    load_checkpoint, make_accelerator, multi_cpu, process_state,
                                    save_checkpoint, set_threads)
 from rlhf.trainers.runtime import note as _note
 
-__all__ = ["latest_checkpoint", "multi_cpu", "process_state"]  # part of this module's interface too
+__all__ = ["latest_checkpoint", "multi_cpu", "process_state", "TrainingDiverged"]  # this module's interface too
 # Files of a run that live beside the model files in the output folder and
 # survive the final (atomic, whole-folder) model save.
 RUN_FILES = ("metrics.jsonl", "config.yaml", CHECKPOINTS, "tensorboard")
-
-
-class TrainingDiverged(UserError):
-    """A non-finite loss or gradient: the run stops, the last good checkpoint stays."""
+# Options a resume may give new values when it names them in --change-on-resume.
+CHANGE_ON_RESUME = ("lr", "max_grad_norm")
 
 
 @dataclass
@@ -78,6 +87,9 @@ class TrainOptions:
     keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
     log_every: int = opt(1, "write a metrics row every N steps")
     resume: bool = opt(False, "continue from the last checkpoint in the output folder")
+    change_on_resume: list[str] = opt([], "with --resume: options that take their new values from the resumed "
+                                          "step on (lr, max_grad_norm; comma-separated; recorded in run.json); "
+                                          "others must stay as they were")
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the files it wrote)")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
@@ -100,7 +112,13 @@ class TrainOptions:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
+            (not self.change_on_resume or self.resume, "--change-on-resume goes with --resume"),
         ]
+        self.change_on_resume = [c.strip().lstrip("-").replace("-", "_") for c in self.change_on_resume if c.strip()]
+        for name in self.change_on_resume:
+            if name not in CHANGE_ON_RESUME:
+                raise UserError(f"--change-on-resume {name}: a resume may change only "
+                                f"{', '.join(CHANGE_ON_RESUME)}")
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
@@ -197,11 +215,9 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
     main = accelerator.is_main_process
     micro_per_step = opts.grad_accum * world
     source = train_batches if hasattr(train_batches, "batches") else ShuffledBatches(train_batches, opts.seed)
+    fresh = TrainerState(seed=opts.seed, n_batches=len(source), micro_per_step=micro_per_step)
+    checkpoint = _check(opts, out, fresh, processes=world, device=accelerator.device.type)
     steps_per_epoch = len(source) // micro_per_step
-    if steps_per_epoch == 0:
-        raise UserError(f"only {len(source)} micro-batches of training data, but one step takes "
-                        f"{micro_per_step} (grad_accum {opts.grad_accum} x {world} processes); "
-                        "use more data or a smaller batch_size / grad_accum")
     total_steps = opts.max_steps or opts.epochs * steps_per_epoch
     set_threads(opts.threads, accelerator.device)
 
@@ -213,10 +229,9 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
     scheduler = make_scheduler(optimizer, opts, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = TrainerState(seed=opts.seed, n_batches=len(source), micro_per_step=micro_per_step)
-    checkpoint = latest_checkpoint(ckpt_root) if opts.resume else None
+    state = fresh
     if checkpoint is not None:
-        state = _restore(accelerator, checkpoint, state, out)
+        state = _restore(accelerator, checkpoint, out, optimizer, scheduler, opts)
     else:
         if opts.resume and main:
             _note(f"nothing to resume in {out}; starting a new run")
@@ -327,7 +342,8 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
                 bar.update(1)
             if opts.save_every and step % opts.save_every == 0 and step < total_steps and not stopped_early:
                 state.elapsed = elapsed()
-                save_checkpoint(accelerator, ckpt_root, state.step, asdict(state), opts.keep_checkpoints)
+                save_checkpoint(accelerator, ckpt_root, state.step, asdict(state), opts.keep_checkpoints,
+                                advice=_ADVICE)
     finally:
         if bar is not None:
             bar.close()
@@ -341,6 +357,7 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
     if opts.keep_best and state.best_step is not None and state.best_step != step and best_file.exists():
         load_weights(accelerator.unwrap_model(model), best_file)
     accelerator.wait_for_everyone()
+    check_weights(accelerator, f"step {step}", _ADVICE, what="the model was not saved")
     plain = accelerator.unwrap_model(model)
     if main:
         if save_fn is not None:
@@ -503,19 +520,64 @@ def load_weights(model, path: str | os.PathLike) -> None:
         model.tie_weights()
 
 
-def _restore(accelerator, checkpoint: Path, fresh: TrainerState, out: Path) -> TrainerState:
+def check_start(opts: TrainOptions, out: str | os.PathLike, n_batches: int) -> None:
+    """What `train` would refuse about the data and a resume, checked before the stage writes anything.
+
+    Refuses (one line) too little data for one step and a `--resume` whose
+    checkpoint was written for other data (`n_batches` micro-batches), batch
+    per step (grad_accum x processes), seed, number of processes or device
+    type. Call it once the batches are built, before `RunFolder.start`.
+    """
+    ps = process_state()
+    fresh = TrainerState(seed=opts.seed, n_batches=n_batches, micro_per_step=opts.grad_accum * ps.num_processes)
+    _check(opts, Path(out), fresh, processes=ps.num_processes, device=ps.device.type)
+
+
+def _check(opts: TrainOptions, out: Path, fresh: TrainerState, *, processes: int, device: str) -> Path | None:
+    """-> the checkpoint to resume from (None: a new run); `UserError` when this run cannot be run or resumed."""
+    import json
+
+    if fresh.n_batches // fresh.micro_per_step == 0:
+        raise UserError(f"only {fresh.n_batches} micro-batches of training data, but one step takes "
+                        f"{fresh.micro_per_step} (grad_accum {opts.grad_accum} x {processes} processes); "
+                        "use more data or a smaller batch_size / grad_accum")
+    checkpoint = latest_checkpoint(_checkpoints_of(out)) if opts.resume else None
+    if checkpoint is None:
+        return None
+    check_resumable(checkpoint, processes=processes, device=device)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    if (state["n_batches"], state["micro_per_step"], state["seed"]) != (fresh.n_batches, fresh.micro_per_step,
+                                                                        fresh.seed):
+        raise UserError(
+            f"cannot resume from {checkpoint}: it was written for {state['n_batches']} micro-batches of data, "
+            f"{state['micro_per_step']} per step and seed {state['seed']}; this run has {fresh.n_batches}, "
+            f"{fresh.micro_per_step} and {fresh.seed} (resuming needs the same data, batch_size, grad_accum, "
+            "number of processes and seed)")
+    return checkpoint
+
+
+def _checkpoints_of(out: Path) -> Path:
+    """`out/checkpoints`, or where an interrupted swap of `out` left it (`.out.new`, `.out.old`: the run's
+    start completes the swap)."""
+    out = Path(out)
+    if not out.exists():
+        for name in (f".{out.name}.new", f".{out.name}.old"):
+            if (out.parent / name).is_dir():
+                return out.parent / name / CHECKPOINTS
+    return out / CHECKPOINTS
+
+
+def _restore(accelerator, checkpoint: Path, out: Path, optimizer, scheduler, opts: TrainOptions) -> TrainerState:
     import json
 
     from rlhf.metrics import METRICS_FILE, truncate_after
 
-    state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
-    if (state.n_batches, state.micro_per_step, state.seed) != (fresh.n_batches, fresh.micro_per_step, fresh.seed):
-        raise UserError(
-            f"cannot resume from {checkpoint}: it was written for {state.n_batches} micro-batches of data, "
-            f"{state.micro_per_step} per step and seed {state.seed}; this run has {fresh.n_batches}, "
-            f"{fresh.micro_per_step} and {fresh.seed} (resuming needs the same data, batch_size, grad_accum, "
-            "number of processes and seed)")
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    saved.pop("runtime", None)
+    state = TrainerState(**saved)
     load_checkpoint(accelerator, checkpoint)  # weights, optimizer, scheduler, RNG of every process
+    if "lr" in opts.change_on_resume:
+        set_base_lr(optimizer, scheduler, opts.lr)
     if accelerator.is_main_process:
         best = checkpoint.parent / BEST_WEIGHTS
         if (checkpoint / BEST_WEIGHTS).exists():
@@ -526,8 +588,21 @@ def _restore(accelerator, checkpoint: Path, fresh: TrainerState, out: Path) -> T
         else:
             best.unlink(missing_ok=True)
         truncate_after(out / METRICS_FILE, state.step)
-        _note(f"resuming from {checkpoint} (step {state.step})")
+        changes = f"; new {', '.join(opts.change_on_resume)}" if opts.change_on_resume else ""
+        _note(f"resuming from {checkpoint} (step {state.step}{changes})")
     return state
+
+
+def set_base_lr(optimizer, scheduler, lr: float) -> None:
+    """Make `lr` the peak learning rate from here on: each group's rate keeps its place in the schedule
+    (warmup, decay), scaled to the new peak; the schedule's base rates follow."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper
+    for i, group in enumerate(optimizer.param_groups):
+        old = inner.base_lrs[i]
+        group["lr"] = lr * (group["lr"] / old) if old else lr
+        group["initial_lr"] = lr
+        inner.base_lrs[i] = lr
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _start_fresh(out: Path, main: bool) -> None:
@@ -540,11 +615,21 @@ def _start_fresh(out: Path, main: bool) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def _advice(last: Path | None) -> str:
+    """What a diverged offline run can do next: a resume keeps the learning rate and clip unless told."""
+    if last is None:
+        return "start again with a lower --lr (--overwrite)"
+    return ("to continue from it with a lower learning rate: --resume --change-on-resume lr --lr NEW "
+            "(or lr,max_grad_norm with --max-grad-norm NEW)")
+
+
+_ADVICE = _advice
+
+
 def _diverged_message(step: int, what: str, value: float, ckpt_root: Path) -> str:
     last = latest_checkpoint(ckpt_root)
-    where = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-    return (f"step {step}: {what} is {value}; training stopped ({where}; "
-            "try a lower --lr or --max-grad-norm, then --resume)")
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+    return f"step {step}: {what} is {value}; training stopped ({where}); {_advice(last)}"
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -314,8 +314,11 @@ def experience_metrics(exp: Experience) -> dict:
 
 def _finite(value, what: str, update: int):
     if not math.isfinite(value):
-        raise UserError(f"update {update}: the {what} is {value}; stopping. Lower the learning rate or "
-                        "raise the KL coefficient.")
+        from rlhf.trainers.runtime import TrainingDiverged, last_good_note
+
+        # every checkpoint on disk passed the runtime's weight check: the note names the newest, or says none
+        raise TrainingDiverged(f"update {update}: the {what} is {value}; stopping ({last_good_note()}); "
+                               "start again with a lower --lr or a higher --beta (--overwrite)")
 
 
 def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torch.Generator, update: int = 0,

@@ -47,7 +47,7 @@ from typing import Optional, Sequence
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult,
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_start,
                                 process_state, share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.sft import quiet_transformers, summary
 
@@ -137,6 +137,7 @@ def run(cfg: RMConfig) -> TrainResult:
                             encoder=encoder, group_by_length=cfg.group_by_length, share_prompt=share)
     val = RewardBatcher(tokenizer, val_g, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
                         seed=cfg.seed, encoder=encoder, share_prompt=share) if val_g else None
+    check_start(train_options(cfg), cfg.out, len(batcher))  # a refused resume writes nothing
     if main_process and not cfg.quiet:
         truncated = batcher.n_truncated + (val.n_truncated if val else 0)
         note = f"; {truncated} responses cut to max_len={cfg.max_len}" if truncated else ""

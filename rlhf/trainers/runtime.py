@@ -14,7 +14,13 @@ DeepSpeed as accelerate's configuration says). What this module owns:
   renamed into place once complete, plus `trainer_state.json`: the loop's own
   position and the `state_dict()` of every other stateful object of the run
   (KL controller, reward normaliser, alarm monitor, evaluator, data
-  position), as JSON. Only the newest `keep` checkpoints stay.
+  position), as JSON, with the device type and number of processes that
+  wrote it (a resume on others is refused: `check_resumable`). Only the
+  newest `keep` checkpoints stay.
+- A checkpoint is written only when the trainable weights are finite and
+  below `SANE_WEIGHT` in magnitude: a diverged run stops instead
+  (`TrainingDiverged`), and the newest checkpoint on disk is always one a
+  resume can continue from (`last_good_checkpoint` names it).
 """
 
 from __future__ import annotations
@@ -24,12 +30,25 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 from rlhf.errors import UserError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 BEST_WEIGHTS = "best.safetensors"
+# Trained weights of real models stay orders of magnitude below this; a checkpoint with a larger (or a
+# non-finite) trainable weight is a diverged run's, not one to resume from.
+SANE_WEIGHT = 1e5
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss, gradient or weight: the run stops, the last good checkpoint stays."""
+
+
+# The checkpoint folder of the run this process runs (set when it saves or loads one; a new accelerator
+# forgets it), so that a message deep inside an update can name the last good checkpoint truthfully.
+_run: dict = {"root": None}
 
 
 # --- processes, devices, threads ------------------------------------------------------------------------
@@ -118,6 +137,7 @@ def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no"):
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    _run["root"] = None
     try:
         # The scheduler is stepped once per optimizer step by the loops themselves:
         # accelerate's default would step it once per process.
@@ -152,26 +172,43 @@ def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: int, *,
+                    advice: "str | Callable[[Path | None], str]" = "start again with a lower --lr (--overwrite)"
+                    ) -> Path:
     """Write `step-NNNNNNN` atomically: every process saves into a temporary folder, then it is renamed.
 
-    `state` (JSON) is the loop's position and the other objects' `state_dict()`s.
+    `state` (JSON) is the loop's position and the other objects' `state_dict()`s; the device type and the
+    number of processes are added. Refused (`TrainingDiverged`, nothing written) when the trainable weights
+    are not finite and sane (`check_weights`); `advice` ends that message.
     """
-    from rlhf.files import _fsync_dir, write_json
+    from rlhf.files import _fsync_dir, disk_errors, write_json
 
+    _run["root"] = Path(ckpt_root)
+    check_weights(accelerator, f"step {step}", advice, what="that checkpoint was not written")
     name = f"step-{step:07d}"
     tmp, final = ckpt_root / f".{name}.tmp", ckpt_root / name
+    state = {**state, "runtime": {"processes": accelerator.num_processes, "device": accelerator.device.type}}
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with disk_errors(tmp):
+        try:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        best = ckpt_root / BEST_WEIGHTS
-        if best.exists():
-            link_or_copy(best, tmp / BEST_WEIGHTS)
-        write_json(tmp / STATE_FILE, state)
+        with disk_errors(final):
+            try:
+                best = ckpt_root / BEST_WEIGHTS
+                if best.exists():
+                    link_or_copy(best, tmp / BEST_WEIGHTS)
+                write_json(tmp / STATE_FILE, state)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
@@ -182,9 +219,66 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: 
     return final
 
 
+def largest_weight(accelerator) -> float:
+    """The largest |w| over the trainable parameters of every prepared model, over all processes; inf when
+    one is not finite. One wait for the device."""
+    import torch
+
+    device = accelerator.device
+    peaks = [torch.nan_to_num(p.detach().abs().amax().float(), nan=float("inf"))
+             for model in accelerator._models for p in model.parameters() if p.requires_grad and p.numel()]
+    peak = torch.stack(peaks).amax() if peaks else torch.zeros((), device=device)
+    if accelerator.num_processes > 1:
+        peak = accelerator.gather(peak.reshape(1).to(device)).amax()
+    return float(peak)
+
+
+def check_weights(accelerator, where: str, advice: "str | Callable[[Path | None], str]", *, what: str) -> None:
+    """Raise `TrainingDiverged` (one line, naming the last good checkpoint or saying there is none) when a
+    trainable weight is not finite or exceeds `SANE_WEIGHT`. `advice`: what to do next, or a function of
+    the last good checkpoint (None: none) giving it."""
+    import math
+
+    peak = largest_weight(accelerator)
+    if math.isfinite(peak) and peak <= SANE_WEIGHT:
+        return
+    size = "not finite" if not math.isfinite(peak) else f"diverged (largest |w| {peak:.3g} > {SANE_WEIGHT:g})"
+    last = last_good_checkpoint()
+    raise TrainingDiverged(f"{where}: the weights are {size}; {what} and training stopped "
+                           f"({last_good_note()}); {advice(last) if callable(advice) else advice}")
+
+
+def last_good_checkpoint() -> Path | None:
+    """The newest checkpoint of the run this process runs (every one on disk passed `check_weights`), or None."""
+    return latest_checkpoint(_run["root"]) if _run["root"] is not None else None
+
+
+def last_good_note() -> str:
+    last = last_good_checkpoint()
+    return f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written"
+
+
+def check_resumable(checkpoint: Path, *, processes: int, device: str) -> dict:
+    """Refuse (one line) to resume `checkpoint` on another number of processes or another device type:
+    the data order, each process's random state and the arithmetic depend on them. Returns its state."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot resume from {checkpoint}: unreadable {STATE_FILE} ({e.__class__.__name__})") from None
+    saved = state.get("runtime") or {}
+    if saved.get("processes") not in (None, processes):
+        raise UserError(f"cannot resume from {checkpoint}: it was written by {saved['processes']} processes and "
+                        f"this run has {processes}; resume with {saved['processes']}, or start again (--overwrite)")
+    if saved.get("device") not in (None, device):
+        raise UserError(f"cannot resume from {checkpoint}: it was written on {saved['device']} and this run is on "
+                        f"{device}; resume on {saved['device']}, or start again (--overwrite)")
+    return state
+
+
 def load_checkpoint(accelerator, checkpoint: Path) -> dict:
     """Restore weights, optimizer, scheduler and RNG states of every process; returns the saved state."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
+    _run["root"] = checkpoint.parent
     accelerator.load_state(str(checkpoint))
     if accelerator.is_main_process:
         for stale in checkpoint.parent.glob(".step-*.tmp"):  # a save cut short by the kill

@@ -23,8 +23,8 @@ from rlhf.config import opt, parse, to_dict
 from rlhf.errors import UserError
 from rlhf.models import quiet_transformers
 from rlhf.runfolder import TRAIN_MAY_CHANGE, RunFolder
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, process_state, train,
-                                train_options)
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_start, process_state,
+                                train, train_options)
 
 
 @dataclass
@@ -79,6 +79,7 @@ def run(cfg: SFTConfig) -> TrainResult:
                          seed=cfg.seed)
     val = SFTBatcher(tokenizer, val_ex, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,
                      seed=cfg.seed) if val_ex else None
+    check_start(train_options(cfg), cfg.out, len(batcher))  # a refused resume writes nothing
     if main_process and not cfg.quiet:
         truncated = batcher.n_truncated + (val.n_truncated if val else 0)
         note = f"; {truncated} cut to max_len={cfg.max_len}" if truncated else ""
