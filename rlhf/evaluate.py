@@ -426,6 +426,7 @@ class EvalConfig:
     answers: Optional[str] = opt(None, "judge the answers saved by an earlier --out instead of generating "
                                        "(no models are loaded; e.g. with --judge human:labels.jsonl)")
     out: Optional[str] = opt(None, "write the results (metrics and every answer) to this JSON file")
+    overwrite: bool = opt(False, "replace an existing --out file (otherwise refused)")
     report: Optional[str] = opt(None, "also write an HTML + markdown report (answers side by side, curves) here")
     n_report_samples: int = opt(20, "prompts shown side by side in the report")
     trust_remote_code: bool = opt(False, "allow model code from model folders")
@@ -664,6 +665,10 @@ def main(argv: list[str]) -> int:
     from rlhf.files import write_json
 
     cfg = parse(EvalConfig, argv)
+    if cfg.out:
+        from rlhf.files import check_output_file
+
+        check_output_file(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.answers, cfg.prompts, cfg.heldout])  # before anything is loaded
     result = run_eval(cfg)
     print(f"A = {result['model_a']}" + (f"\nB = {result['model_b']}" if result["model_b"] else ""))
     if cfg.answers:

@@ -64,6 +64,44 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             raise
 
 
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable = (),
+                      flag: str = "--out") -> Path:
+    """May a command write the single file `path`? `UserError` (one line) to refuse; writes nothing.
+
+    Refused: an existing file unless `overwrite` (a command cannot tell a file it wrote from the user's),
+    a folder, one of the `inputs`, a path under a regular file or in /proc, /sys, /dev, a folder that takes
+    no new files. Call it before loading anything; write with `write_text` / `write_json` / `write_jsonl`
+    (atomic).
+    """
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty: name an output file")
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    for name in inputs:
+        if name and Path(str(name)).expanduser().exists() and \
+                os.path.realpath(Path(str(name)).expanduser()) == os.path.realpath(p):
+            raise UserError(f"{flag} {path} is the input {name}: write the result into another file")
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file")
+    existing = p.parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
+    for kernel in ("/proc", "/sys", "/dev"):
+        if existing == Path(kernel) or Path(kernel) in existing.parents:
+            raise UserError(f"{flag} {path}: {kernel} is not a place for files; choose another path")
+    if p.exists() or p.is_symlink():
+        if not overwrite:
+            raise UserError(f"{flag} {path} already exists: pass --overwrite to replace it, or choose another file")
+    try:  # the one sure test: make (and remove) a file where the result would go
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".rlhf-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
+    return p
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -54,23 +54,45 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
         write_jsonl(p, [r for r in read_metrics(p) if int(r.get("step", 0)) <= step])
 
 
+def _append(fd: int, data: bytes) -> None:
+    """Write all of `data` at the end of the file `fd` (opened for appending)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class MetricsLogger:
     """Appends rows to `<out_dir>/metrics.jsonl` (and TensorBoard when installed).
 
-    Only the main process of a distributed run should own one.
+    Each row is written whole or not at all: a full disk is one line (`UserError`) with the file cut back
+    to its last whole row. Only the main process of a distributed run should own one.
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, tensorboard: bool = True, purge_step: int | None = None):
+        from rlhf.files import disk_errors
+
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / METRICS_FILE
-        self._file = open(self.path, "a", encoding="utf-8")
+        with disk_errors(self.path):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self._tb = _tensorboard_writer(self.dir / "tensorboard", purge_step) if tensorboard else None
 
     def log(self, row: dict) -> dict:
+        from rlhf.files import disk_errors
+
         row = {k: _plain(v) for k, v in row.items()}
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        with disk_errors(self.path):
+            size = os.fstat(self._fd).st_size
+            try:
+                _append(self._fd, data)
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, size)  # no torn row left behind
+                except OSError:
+                    pass
+                raise
         if self._tb is not None:
             step = int(row.get("step", 0))
             for k, v in row.items():
@@ -79,7 +101,9 @@ class MetricsLogger:
         return row
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._tb is not None:
             self._tb.close()
 

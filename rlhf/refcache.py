@@ -114,23 +114,27 @@ class ReferenceCache:
         return ~torch.isnan(self.logps).any(-1)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Atomic write of the computed rows and their index: a temporary file in the same folder, then a rename."""
+        """Atomic write of the computed rows and their index: a temporary file in the same folder, then a
+        rename. A full disk is one line (`UserError`), the temporary file removed and an earlier cache kept."""
         import tempfile
 
         from safetensors.torch import save_file
 
+        from rlhf.files import disk_errors
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         index = self.present().nonzero().flatten()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"logps": self.logps[index].contiguous(), "index": index.to(torch.int64)}, tmp,
-                      metadata={"key": self.key, "items": str(self.logps.size(0))})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with disk_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file({"logps": self.logps[index].contiguous(), "index": index.to(torch.int64)}, tmp,
+                          metadata={"key": self.key, "items": str(self.logps.size(0))})
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     @classmethod
     def load(cls, path: str | os.PathLike, key: str) -> "ReferenceCache | None":

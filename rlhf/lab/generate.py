@@ -381,6 +381,7 @@ class GoldConfig:
                          "an optional boolean `stopped` says whether the response ended with EOS",
                     positional=True)
     out: str | None = opt(None, "also write every row's score and its components to this JSONL file")
+    overwrite: bool = opt(False, "replace an existing --out file (otherwise refused)")
 
 
 GoldConfig.command = "lab gold"
@@ -416,6 +417,10 @@ def gold_main(argv: list[str]) -> int:
     from rlhf.files import write_jsonl
 
     cfg = parse(GoldConfig, argv)
+    if cfg.out:
+        from rlhf.files import check_output_file
+
+        check_output_file(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.data])  # before anything is loaded
     rows = read_scored_rows(cfg.data)
     details = [gold.breakdown(r["prompt"], r["response"], r["stopped"]) for r in rows]
     by_family: dict[str, list[float]] = defaultdict(list)

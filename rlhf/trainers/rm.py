@@ -376,6 +376,7 @@ class ScoreConfig:
     batch_size: int = opt(16, "sequences per forward pass")
     max_len: int = opt(512, "longest prompt + response in tokens (the prompt is cut first)")
     raw: bool = opt(False, "raw scores, without subtracting the stored offset")
+    overwrite: bool = opt(False, "replace an existing --out file (otherwise refused)")
 
     def __post_init__(self):
         if (self.data is None) == (self.prompt is None or self.response is None):
@@ -386,6 +387,10 @@ class ScoreConfig:
 
 def score_main(argv: list[str]) -> int:
     cfg = parse(ScoreConfig, argv)
+    if cfg.out:
+        from rlhf.files import check_output_file
+
+        check_output_file(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.data])  # before anything is loaded
     if cfg.data is not None:
         from rlhf.data import load_sft
 
