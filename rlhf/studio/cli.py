@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server, token, app = make_server(cfg)
-    shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    shown = socket.gethostname() if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     url = f"http://{shown}:{server.effective_port}/" + (f"?token={token}" if token else "")
     print(f"rlhf: studio over {os.path.abspath(cfg.runs_dir)} at {url} (Ctrl-C stops)", flush=True)
     try:
