@@ -338,7 +338,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
                     rollouts_file.flush()
                 stop = [cfg.stop_on_alarm and bool(alarms)]
                 if folder is not None:
-                    folder.update(step=update)
+                    folder.heartbeat(update, every=0)  # the manifest says which update the run is at
             if world > 1:
                 broadcast_object_list(stop, from_process=0)
             state["update"] = update
