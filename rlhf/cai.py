@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 
 CONSTITUTION_FIELDS = ("name", "rule", "critique", "revision")
@@ -217,20 +218,21 @@ class LocalChat:
     """A local causal LM answering batches of conversations (`rlhf.rollout.generate`)."""
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 batch_size: int = 16, max_prompt_len: int = 768, name: str = "local"):
+                 batch_size: int = 16, max_prompt_len: int = 768, name: str = "local", show: bool = False):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.batch_size, self.max_prompt_len = batch_size, max_prompt_len
+        self.show = show  # progress of each batch of replies on stderr
 
     def reply(self, conversations: Sequence[list[dict]], *, seed: int = 0) -> list[tuple[str, bool]]:
         """(text, stopped) per conversation."""
-        from rlhf.rollout import generate
+        from rlhf.progress import generate
 
         if not conversations:
             return []
         ro = generate(self.model, self.tokenizer, list(conversations), max_new_tokens=self.max_new_tokens,
                       temperature=self.temperature, do_sample=self.temperature > 0, batch_size=self.batch_size,
-                      seed=seed, max_prompt_len=self.max_prompt_len)
+                      seed=seed, max_prompt_len=self.max_prompt_len, show=self.show, desc=f"{self.name} replies")
         return list(zip(ro.texts, (bool(f) for f in ro.finished.tolist())))
 
 
@@ -419,7 +421,7 @@ def lab_red_team_prompts(n: int, seed: int = 0, split: str = "train") -> list[st
 
 
 @dataclass
-class CAIConfig:
+class CAIConfig(DeviceOptions):
     """Constitutional AI: critique and revise responses, write SFT data, preference pairs and AI labels."""
 
     command = "cai"
@@ -454,7 +456,7 @@ class CAIConfig:
     timeout: float = opt(120.0, "seconds per HTTP request to an openai: critic or judge")
     max_retries: int = opt(4, "retries of a failed HTTP request")
     concurrency: int = opt(4, "HTTP requests in flight at once")
-    threads: int = opt(0, "torch threads (0 = leave as is)")
+    quiet: bool = opt(False, "print only the summary: no progress and no notes on stderr")
     trust_remote_code: bool = opt(False, "allow model code from model folders")
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only "
                                  "the files it wrote)")
@@ -481,42 +483,48 @@ class CAIConfig:
             spec = getattr(self, name)
             if spec and spec.startswith("openai:"):
                 parse_openai_spec(spec)
+        super().__post_init__()
 
 
-def _load_local(name: str, cfg: CAIConfig):
+def _load_local(name: str, cfg: CAIConfig, device=None):
     from rlhf.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code, padding_side="left")
     model = load_causal_lm(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, dropout_off=True)
-    return model.eval(), tok
+    return (model.to(device) if device is not None else model).eval(), tok
 
 
-def build_critic(cfg: CAIConfig, policy):
+def build_critic(cfg: CAIConfig, policy, device=None):
     """The critic/reviser named by `cfg.critic` (the policy's (model, tokenizer) when None)."""
     if cfg.critic and cfg.critic.startswith("openai:"):
         url, model = parse_openai_spec(cfg.critic)
         return HTTPChat(url, model, api_key_env=cfg.api_key_env, max_new_tokens=cfg.critic_max_new_tokens,
                         temperature=cfg.critic_temperature, timeout=cfg.timeout, max_retries=cfg.max_retries,
                         concurrency=cfg.concurrency, seed=cfg.seed)
-    model, tok = policy if not cfg.critic or cfg.critic == cfg.model else _load_local(cfg.critic, cfg)
+    model, tok = policy if not cfg.critic or cfg.critic == cfg.model else _load_local(cfg.critic, cfg, device)
     return LocalChat(model, tok, max_new_tokens=cfg.critic_max_new_tokens, temperature=cfg.critic_temperature,
-                     batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len, name=cfg.critic or cfg.model)
+                     batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len, name=cfg.critic or cfg.model,
+                     show=not cfg.quiet)
 
 
-def build_judge(cfg: CAIConfig, constitution: Constitution, critic):
+def build_judge(cfg: CAIConfig, constitution: Constitution, critic, device=None):
     """The RLAIF judge: `cfg.judge`, else the critic asked about the constitution's rules (both orders)."""
     from rlhf.judges import LLMJudge, make_judge
 
     if cfg.judge:
-        return make_judge(cfg.judge, api_key_env=cfg.api_key_env, principles=constitution.rules(),
-                          batch_size=cfg.judge_batch_size, dtype=cfg.dtype, timeout=cfg.timeout,
-                          max_retries=cfg.max_retries, concurrency=cfg.concurrency,
-                          trust_remote_code=cfg.trust_remote_code)
+        judge = make_judge(cfg.judge, api_key_env=cfg.api_key_env, principles=constitution.rules(),
+                           batch_size=cfg.judge_batch_size, dtype=cfg.dtype, timeout=cfg.timeout,
+                           max_retries=cfg.max_retries, concurrency=cfg.concurrency,
+                           trust_remote_code=cfg.trust_remote_code, device=device or cfg.device)
+        judge.show = not cfg.quiet
+        return judge
     if isinstance(critic, HTTPChat):
         return make_judge(cfg.critic, api_key_env=cfg.api_key_env, principles=constitution.rules(),
                           timeout=cfg.timeout, max_retries=cfg.max_retries, concurrency=cfg.concurrency)
-    return LLMJudge(critic.model, critic.tokenizer, principles=constitution.rules(), batch_size=cfg.judge_batch_size,
-                    name=f"llm:{critic.name}")
+    judge = LLMJudge(critic.model, critic.tokenizer, principles=constitution.rules(),
+                     batch_size=cfg.judge_batch_size, name=f"llm:{critic.name}")
+    judge.show = not cfg.quiet
+    return judge
 
 
 def _mean(xs) -> float | None:
@@ -553,6 +561,19 @@ def lab_measurements(prompts, originals, orig_stopped, finals, final_stopped, rl
 
 def run(cfg: CAIConfig, log=print) -> dict:
     """Generate, critique, revise, label; write every file; return the summary."""
+    import torch
+
+    from rlhf.device import use_device
+
+    threads = torch.get_num_threads()
+    device = use_device(cfg)  # a missing GPU fails with one line, before anything is written or loaded
+    try:
+        return _claim_and_run(cfg, log, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _claim_and_run(cfg: CAIConfig, log, device) -> dict:
     from rlhf.runfolder import RunFolder
 
     # the output folder is refused with one line before anything is loaded (see rlhf.runfolder)
@@ -566,35 +587,26 @@ def run(cfg: CAIConfig, log=print) -> dict:
         prompts = lab_red_team_prompts(cfg.n_prompts, cfg.seed, cfg.split)
     if not prompts:
         raise UserError(f"{cfg.prompts}: no prompts")
-
-    import torch
-
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _run(cfg, constitution, prompts, log, folder)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(cfg, constitution, prompts, log, folder, device)
 
 
-def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log, folder) -> dict:
+def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log, folder, device=None) -> dict:
     import torch
 
     from rlhf.evaluate import lab_prompts
     from rlhf.files import atomic_dir, write_json, write_jsonl
-    from rlhf.rollout import generate
+    from rlhf.progress import generate
 
     torch.manual_seed(cfg.seed)
-    policy = _load_local(cfg.model, cfg)
-    critic = build_critic(cfg, policy)
+    policy = _load_local(cfg.model, cfg, device)
+    critic = build_critic(cfg, policy, device)
     log(f"cai: {len(prompts)} prompts, {cfg.rounds} round(s), {len(constitution.principles)} principles, "
         f"{min(cfg.few_shot, len(constitution.examples))} worked examples ({constitution.source}); "
         f"policy {cfg.model}, critic {critic.name}")
 
     ro = generate(policy[0], policy[1], prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   do_sample=cfg.temperature > 0, batch_size=cfg.batch_size, seed=cfg.seed,
-                  max_prompt_len=cfg.max_prompt_len)
+                  max_prompt_len=cfg.max_prompt_len, show=not cfg.quiet, desc="responses")
     originals = [clean_reply(t) for t in ro.texts]
     orig_stopped = [bool(f) for f in ro.finished.tolist()]
     finals, final_stopped, trace = critique_and_revise(critic, prompts, originals, orig_stopped, constitution,
@@ -606,9 +618,10 @@ def _run(cfg: CAIConfig, constitution: Constitution, prompts: list, log, folder)
     if cfg.rlaif:
         two = generate(policy[0], policy[1], prompts, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.rlaif_temperature, do_sample=True, batch_size=cfg.batch_size,
-                       seed=cfg.seed + 7919, num_samples=2, max_prompt_len=cfg.max_prompt_len)
+                       seed=cfg.seed + 7919, num_samples=2, max_prompt_len=cfg.max_prompt_len,
+                       show=not cfg.quiet, desc="RLAIF samples")
         texts = [clean_reply(t) for t in two.texts]
-        judge = build_judge(cfg, constitution, critic)
+        judge = build_judge(cfg, constitution, critic, device)
         judge_name = judge.name
         rlaif_rows, _ = label_pairs(judge, prompts, texts[0::2], texts[1::2])
         position_bias = getattr(judge, "position_bias", None)
@@ -685,7 +698,7 @@ def format_summary(s: dict, out: str) -> str:
 
 def main(argv: list[str]) -> int:
     cfg = parse(CAIConfig, argv)
-    summary = run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = run(cfg, log=(lambda m: None) if cfg.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     print(format_summary(summary, cfg.out))
     return 0
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 
 # --------------------------------------------------------------------------- statistics
@@ -133,17 +134,19 @@ def _example_parts(ex) -> tuple:
     return getattr(ex, "prompt", None), ex.response
 
 
-def nll(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size: int = 8) -> tuple[float, int]:
+def nll(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size: int = 8,
+        show: bool = False) -> tuple[float, int]:
     """(summed negative log-likelihood, token count) of the examples' response tokens (EOS included).
 
     Encoded by `rlhf.chat.encode` exactly as SFT trains: the prompt is context,
     the response and its EOS are scored; raw-text examples score every token
-    after the first.
+    after the first. Runs on the model's device; `show`: progress on stderr.
     """
     import torch
 
     from rlhf.chat import encode
     from rlhf.losses import IGNORE, token_logprobs
+    from rlhf.progress import Progress
 
     rows = []
     for ex in examples:
@@ -160,7 +163,7 @@ def nll(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size:
     was = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), Progress("perplexity", len(rows), unit="examples", enabled=show) as bar:
             for s in range(0, len(order), batch_size):
                 chunk = [rows[i] for i in order[s:s + batch_size]]
                 width = max(len(ids) for ids, _ in chunk)
@@ -176,14 +179,16 @@ def nll(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size:
                 lp = token_logprobs(logits[:, :-1], target)  # (B, T-1), 0 at ignored positions
                 total -= float(lp.sum())
                 count += int((target != IGNORE).sum())
+                bar.update(len(chunk))
     finally:
         model.train(was)
     return total, count
 
 
-def perplexity(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size: int = 8) -> float:
+def perplexity(model, tokenizer, examples: Sequence, max_len: int = 512, *, batch_size: int = 8,
+               show: bool = False) -> float:
     """exp(mean NLL per response token) over `examples` (token-weighted, as SFT's eval/ppl)."""
-    total, count = nll(model, tokenizer, examples, max_len, batch_size=batch_size)
+    total, count = nll(model, tokenizer, examples, max_len, batch_size=batch_size, show=show)
     if count == 0:
         raise UserError("perplexity: the held-out examples have no response tokens")
     return math.exp(total / count)
@@ -194,16 +199,18 @@ def _same_vocab(t1, t2) -> bool:
 
 
 def sequence_kls(policy, ref, tokenizer, prompts=None, responses=None, *, finished: Sequence[bool] | None = None,
-                 max_len: int = 1024, batch_size: int = 8) -> list[float]:
+                 max_len: int = 1024, batch_size: int = 8, show: bool = False) -> list[float]:
     """Per-sequence k1 estimate of KL(policy || ref): sum over response tokens of log policy - log ref.
 
     `responses` is a `rlhf.rollout.Rollout` (its exact sampled tokens; `prompts`
     unused) or a list of strings re-encoded with `rlhf.chat.encode` (EOS
     appended where `finished`, default everywhere). Log-probabilities at
-    temperature 1, from `rlhf.rollout.sequence_logprobs`.
+    temperature 1, from `rlhf.rollout.sequence_logprobs`. Each model reads its
+    inputs on its own device; `show`: progress on stderr.
     """
     import torch
 
+    from rlhf.progress import Progress
     from rlhf.rollout import Rollout, _left_pad, sequence_logprobs
 
     if isinstance(responses, Rollout):
@@ -228,7 +235,8 @@ def sequence_kls(policy, ref, tokenizer, prompts=None, responses=None, *, finish
             r_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             r_mask[i, :len(r)] = 1
     out: list[float] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress("KL to the reference", q_ids.size(0), unit="samples",
+                                          enabled=show) as bar:
         for s in range(0, q_ids.size(0), batch_size):
             sl = slice(s, s + batch_size)
             ids = torch.cat([q_ids[sl], r_ids[sl]], 1)
@@ -238,6 +246,7 @@ def sequence_kls(policy, ref, tokenizer, prompts=None, responses=None, *, finish
             lr = sequence_logprobs(ref, ids.to(_device(ref)), mask.to(_device(ref)), r_mask[sl].to(_device(ref)),
                                    1.0).cpu()
             out += ((lp - lr) * r_mask[sl]).sum(-1).tolist()
+            bar.update(ids.size(0))
     return out
 
 
@@ -287,15 +296,16 @@ class Generation:
     batch_size: int = 16
     max_prompt_len: int = 512
 
-    def run(self, model, tokenizer, prompts, *, temperature: float | None = None, greedy: bool | None = None):
-        from rlhf.rollout import generate
+    def run(self, model, tokenizer, prompts, *, temperature: float | None = None, greedy: bool | None = None,
+            show: bool = False, desc: str = "generation"):
+        from rlhf.progress import generate
 
         greedy = self.greedy if greedy is None else greedy
         t = self.temperature if temperature is None else temperature
         return generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                         temperature=0.0 if greedy else t, top_p=1.0 if greedy else self.top_p,
                         do_sample=not greedy, batch_size=self.batch_size, seed=self.seed,
-                        max_prompt_len=self.max_prompt_len)
+                        max_prompt_len=self.max_prompt_len, show=show, desc=desc)
 
 
 def answer_metrics(prompts: Sequence, texts: Sequence[str], finished: Sequence[bool], lengths: Sequence[int], *,
@@ -323,7 +333,7 @@ def answer_metrics(prompts: Sequence, texts: Sequence[str], finished: Sequence[b
 
 def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | None = None, rollout=None,
                     reward_judge=None, gold: bool | None = None, ref=None, heldout: Sequence | None = None,
-                    max_len: int = 512, batch_size: int = 8) -> dict:
+                    max_len: int = 512, batch_size: int = 8, show: bool = False, name: str = "") -> dict:
     """Answers and per-model metrics for one policy on `prompts`.
 
     Returns {texts, finished, lengths, length, no_eos_frac, and when available
@@ -331,10 +341,12 @@ def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | No
     generated already; `reward_judge` is any judge with `score` (a
     `RewardModelJudge`); `gold=None` means "when every prompt is a lab prompt";
     `ref` a reference model sharing the tokenizer (for KL); `heldout`
-    SFT-format examples (for perplexity).
+    SFT-format examples (for perplexity). `show`: each phase's progress on
+    stderr, its lines starting with `name`.
     """
     gen = gen or Generation()
-    r = rollout if rollout is not None else gen.run(model, tokenizer, prompts)
+    tag = f"{name}: " if name else ""
+    r = rollout if rollout is not None else gen.run(model, tokenizer, prompts, show=show, desc=f"{tag}generation")
     finished = [bool(f) for f in r.finished.tolist()]
     # Tokens the policy wrote, EOS excluded: what a reader sees.
     lengths = [int(n) - int(f) for n, f in zip(r.response_lengths.tolist(), finished)]
@@ -342,11 +354,12 @@ def evaluate_policy(model, tokenizer, prompts: Sequence, *, gen: Generation | No
     if ref is not None:
         kl_rollout = r
         if gen.greedy or abs(gen.temperature - 1.0) > 1e-9 or gen.top_p < 1.0:
-            kl_rollout = gen.run(model, tokenizer, prompts, temperature=1.0, greedy=False)
-        kls = sequence_kls(model, ref, tokenizer, responses=kl_rollout, batch_size=batch_size)
+            kl_rollout = gen.run(model, tokenizer, prompts, temperature=1.0, greedy=False, show=show,
+                                 desc=f"{tag}samples for KL")
+        kls = sequence_kls(model, ref, tokenizer, responses=kl_rollout, batch_size=batch_size, show=show)
         out.update(kl=sum(kls) / len(kls))
     if heldout:
-        out["ppl"] = perplexity(model, tokenizer, heldout, max_len, batch_size=batch_size)
+        out["ppl"] = perplexity(model, tokenizer, heldout, max_len, batch_size=batch_size, show=show)
     return out
 
 
@@ -391,7 +404,7 @@ def compare_policies(prompts: Sequence, responses_a: Sequence[str], responses_b:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DeviceOptions):
     """Win rate of model A against model B, reward, length, KL, perplexity."""
 
     command = "eval"
@@ -422,7 +435,7 @@ class EvalConfig:
     judge_retries: int = opt(4, "retries per judge request (openai judge)")
     judge_concurrency: int = opt(4, "judge requests in flight (openai judge)")
     dtype: str = opt("float32", "float32 | bfloat16")
-    threads: int = opt(0, "torch threads (0 = leave as is)")
+    quiet: bool = opt(False, "no progress on stderr")
     answers: Optional[str] = opt(None, "judge the answers saved by an earlier --out instead of generating "
                                        "(no models are loaded; e.g. with --judge human:labels.jsonl)")
     out: Optional[str] = opt(None, "write the results (metrics and every answer) to this JSON file")
@@ -448,6 +461,7 @@ class EvalConfig:
             raise UserError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}")
         if self.n_boot < 100:
             raise UserError(f"n_boot must be at least 100, got {self.n_boot}")
+        super().__post_init__()
 
 
 def load_prompts(path: str, n: int) -> list:
@@ -522,12 +536,10 @@ def read_answers(path: str) -> tuple[list, dict[str, dict], dict[str, str]]:
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Everything `rlhf eval` does, returning the result dict it prints and saves."""
-    import torch
-
+    from rlhf.device import use_device
     from rlhf.judges import RewardModelJudge, make_judge
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device = use_device(cfg)  # a missing GPU fails with one line, before anything is loaded
     # Cheap checks and inputs first: a bad file or judge spec fails before any model loads.
     saved, names = None, {"A": cfg.model_a, "B": cfg.model_b}
     if cfg.answers:
@@ -554,9 +566,12 @@ def run_eval(cfg: EvalConfig) -> dict:
         judge = make_judge(cfg.judge, api_key_env=cfg.api_key_env, batch_size=cfg.batch_size,
                            max_len=max(cfg.max_len, 1024), dtype=cfg.dtype, timeout=cfg.judge_timeout,
                            max_retries=cfg.judge_retries, concurrency=cfg.judge_concurrency,
-                           trust_remote_code=cfg.trust_remote_code)
+                           trust_remote_code=cfg.trust_remote_code, device=device)
+        judge.show = not cfg.quiet
     reward_judge = RewardModelJudge.load(cfg.rm, dtype=cfg.dtype, batch_size=cfg.batch_size, max_len=cfg.max_len,
-                                         trust_remote_code=cfg.trust_remote_code) if cfg.rm else None
+                                         trust_remote_code=cfg.trust_remote_code, device=device) if cfg.rm else None
+    if reward_judge is not None:
+        reward_judge.show = not cfg.quiet
     gen = Generation(max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, temperature=cfg.temperature,
                      top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size)
     result = {"prompts": prompts, "judge": cfg.judge, "model_a": names["A"], "model_b": names["B"] if two_sides
@@ -567,7 +582,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                                     gold=is_lab) for k, v in saved.items()}
     else:
         result["generation"] = vars(gen).copy()
-        models, result["ref"] = _generate_and_measure(cfg, prompts, gen, reward_judge, is_lab, heldout)
+        models, result["ref"] = _generate_and_measure(cfg, prompts, gen, reward_judge, is_lab, heldout, device)
     if two_sides:
         a, b = models["A"], models["B"]
         result["comparison"] = compare_policies(
@@ -594,7 +609,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 
 def _generate_and_measure(cfg: EvalConfig, prompts, gen: Generation, reward_judge, is_lab: bool,
-                          heldout) -> tuple[dict, str | None]:
+                          heldout, device=None) -> tuple[dict, str | None]:
     """Load A (and B, and the reference), generate their answers and measure them: ({side: metrics}, ref name)."""
     from rlhf.models import load_causal_lm, load_tokenizer
 
@@ -602,7 +617,7 @@ def _generate_and_measure(cfg: EvalConfig, prompts, gen: Generation, reward_judg
         tok = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code, padding_side="left")
         model = load_causal_lm(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, dropout_off=True)
         model.eval()
-        return model, tok
+        return (model.to(device) if device is not None else model), tok
 
     model_a, tok_a = load(cfg.model_a)
     ref_name = cfg.ref or cfg.model_b
@@ -614,11 +629,13 @@ def _generate_and_measure(cfg: EvalConfig, prompts, gen: Generation, reward_judg
             raise UserError(f"KL needs A and the reference to share a tokenizer; {cfg.model_a} and {ref_name} "
                             "do not (pass --no-kl)")
     models = {"A": evaluate_policy(model_a, tok_a, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab,
-                                   ref=ref, heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)}
+                                   ref=ref, heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size,
+                                   show=not cfg.quiet, name="A")}
     if loaded_b is not None:
         model_b, tok_b = loaded_b
         models["B"] = evaluate_policy(model_b, tok_b, prompts, gen=gen, reward_judge=reward_judge, gold=is_lab,
-                                      heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size)
+                                      heldout=heldout, max_len=cfg.max_len, batch_size=cfg.batch_size,
+                                      show=not cfg.quiet, name="B")
     return models, (ref_name if ref is not None else None)
 
 

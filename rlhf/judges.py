@@ -148,6 +148,7 @@ class Judge(ABC):
 
     name: str = "judge"
     position_bias: float | None = None  # share of items judged by position alone in the last compare
+    show: bool = False  # a local model's passes show progress on stderr (`rlhf.progress`)
 
     @abstractmethod
     def compare(self, prompts: Sequence, responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
@@ -199,6 +200,15 @@ class GoldJudge(Judge):
 # --------------------------------------------------------------------------- reward model
 
 
+def _device(device):
+    """A torch.device from a name (`auto`, `cpu`, `cuda`, `cuda:N`, `mps`; checked with one line) or a device."""
+    if isinstance(device, str):
+        from rlhf.trainers.runtime import pick_device
+
+        return pick_device(device)
+    return device
+
+
 class RewardModelJudge(Judge):
     """A Bradley-Terry reward model as a judge: P(A better) = sigmoid(r(A) - r(B))."""
 
@@ -208,12 +218,13 @@ class RewardModelJudge(Judge):
 
     @classmethod
     def load(cls, path: str, *, dtype: str = "float32", batch_size: int = 8, max_len: int = 1024,
-             trust_remote_code: bool = False) -> "RewardModelJudge":
+             trust_remote_code: bool = False, device="auto") -> "RewardModelJudge":
+        """The reward model at `path` on `device` (a name for `runtime.pick_device`, or a torch.device)."""
         from rlhf.models import disable_dropout, load_reward_model, load_tokenizer
 
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_reward_model(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                  pad_token_id=tok.pad_token_id)
+                                  pad_token_id=tok.pad_token_id).to(_device(device))
         disable_dropout(model)
         model.eval()
         return cls(model, tok, batch_size=batch_size, max_len=max_len, name=f"rm:{path}")
@@ -223,7 +234,7 @@ class RewardModelJudge(Judge):
 
         _check_lengths(prompts, responses)
         return [float(s) for s in score(self.model, self.tokenizer, list(prompts), list(responses),
-                                        batch_size=self.batch_size, max_len=self.max_len)]
+                                        batch_size=self.batch_size, max_len=self.max_len, progress=self.show)]
 
     def compare(self, prompts, responses_a, responses_b) -> list[float]:
         _check_lengths(prompts, responses_a, responses_b)
@@ -275,12 +286,14 @@ class LLMJudge(Judge):
         self._b_ids = letter_token_ids(tokenizer, "B")
 
     @classmethod
-    def load(cls, path: str, *, dtype: str = "float32", trust_remote_code: bool = False, **kwargs) -> "LLMJudge":
+    def load(cls, path: str, *, dtype: str = "float32", trust_remote_code: bool = False, device="auto",
+             **kwargs) -> "LLMJudge":
+        """The causal LM at `path` as a judge on `device` (a name for `pick_device`, or a torch.device)."""
         from rlhf.models import load_causal_lm, load_tokenizer
 
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code, padding_side="left")
         model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, dropout_off=True)
-        model.eval()
+        model.to(_device(device)).eval()
         return cls(model, tok, name=f"llm:{path}", **kwargs)
 
     def _clip(self, text: str, keep: str) -> str:
@@ -301,6 +314,7 @@ class LLMJudge(Judge):
         """(N, V) log-softmax of the next token after each row of ids, in batches with left padding."""
         import torch
 
+        from rlhf.progress import Progress
         from rlhf.rollout import accepts_keyword, position_ids_from_mask
 
         try:
@@ -312,7 +326,8 @@ class LLMJudge(Judge):
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         results: dict[int, torch.Tensor] = {}
         extra = {"logits_to_keep": 1} if accepts_keyword(self.model, "logits_to_keep") else {}
-        with torch.inference_mode():
+        with torch.inference_mode(), Progress(f"judge {self.name}", len(rows), unit="questions",
+                                              enabled=self.show) as bar:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 width = max(len(rows[i]) for i in idx)
@@ -327,6 +342,7 @@ class LLMJudge(Judge):
                 lp = torch.log_softmax(logits.float(), dim=-1).cpu()
                 for j, i in enumerate(idx):
                     results[i] = lp[j]
+                bar.update(len(idx))
         out = [results[i] for i in range(len(rows))]
         return torch.stack(out) if out else torch.zeros((0, 0))
 
@@ -698,8 +714,8 @@ JUDGE_KINDS = ("gold", "rm:PATH", "llm:PATH", "openai:URL#MODEL", "human:FILE")
 
 def make_judge(spec: str, *, api_key_env: str = "OPENAI_API_KEY", principles: Sequence[str] | None = None,
                batch_size: int = 8, max_len: int = 1024, dtype: str = "float32", timeout: float = 60.0,
-               max_retries: int = 4, concurrency: int = 4, trust_remote_code: bool = False) -> Judge:
-    """Build a judge from its spec string (see the module docstring)."""
+               max_retries: int = 4, concurrency: int = 4, trust_remote_code: bool = False, device="auto") -> Judge:
+    """Build a judge from its spec string (see the module docstring); a local model runs on `device`."""
     spec = (spec or "").strip()
     kind, _, arg = spec.partition(":")
     principles = list(principles) if principles else list(DEFAULT_PRINCIPLES)
@@ -707,10 +723,10 @@ def make_judge(spec: str, *, api_key_env: str = "OPENAI_API_KEY", principles: Se
         return GoldJudge()
     if kind == "rm" and arg:
         return RewardModelJudge.load(arg, dtype=dtype, batch_size=batch_size, max_len=max_len,
-                                     trust_remote_code=trust_remote_code)
+                                     trust_remote_code=trust_remote_code, device=device)
     if kind == "llm" and arg:
         return LLMJudge.load(arg, dtype=dtype, trust_remote_code=trust_remote_code, principles=principles,
-                             batch_size=batch_size, max_len=max(max_len, 256))
+                             batch_size=batch_size, max_len=max(max_len, 256), device=device)
     if kind == "openai" and arg:
         url, _, model = arg.partition("#")
         if not url.startswith(("http://", "https://")) or not model:

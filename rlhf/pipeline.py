@@ -29,6 +29,8 @@ A config, with every section optional:
     grpo: {reward: lab-correct}   # the online methods' reward: the pipeline's reward model unless set
     dpo: {beta: 0.1}         # each method has its own section (online-dpo's is online_dpo)
     eval: {n: 100, judge: gold}
+    device: auto             # where bon, lab sampling and the evaluation run (the training stages: accelerate)
+    threads: 0               # CPU threads of every stage; 0 = each process's share of the cores
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from rlhf.config import from_dict, load_yaml, opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 
 METHODS = ("ppo", "grpo", "rloo", "reinforce", "online-dpo", "dpo", "ipo", "cdpo", "simpo", "kto", "orpo", "bon")
@@ -75,7 +78,7 @@ class EvalSection:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(DeviceOptions):
     """The options of a pipeline YAML file (see the module docstring)."""
 
     command = "pipeline"
@@ -112,9 +115,10 @@ class PipelineConfig:
         "last", "where each later round's last stage starts: the previous round's policy, or the SFT model "
                 "again (only the reward model carries over)")
     eval: EvalSection = field(default_factory=EvalSection, metadata={"help": "evaluation options"})
-    quiet: bool = opt(False, "less output from the stages")
+    quiet: bool = opt(False, "less output from the stages: no progress lines")
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.method, str):
             self.method = [self.method]
         bad = [m for m in self.method if m not in METHODS]
@@ -134,8 +138,11 @@ class PipelineConfig:
 
 
 @dataclass
-class PipelineArgs:
-    """SFT, reward model and the last stage in order, with one report."""
+class PipelineArgs(DeviceOptions):
+    """SFT, reward model and the last stage in order, with one report.
+
+    `--device` and `--threads` override the config's when given other than their defaults.
+    """
 
     command = "pipeline"
     config: str = opt(help="pipeline YAML file", positional=True)
@@ -160,6 +167,22 @@ def _argv(options: dict) -> list[str]:
         elif isinstance(v, dict):
             raise UserError(f"pipeline: option '{k}' cannot be a mapping")
         out.append(f"{k}={v}")
+    return out
+
+
+# Stages that take --device (the training stages take theirs from accelerate).
+_TAKES_DEVICE = ("rlhf.trainers.bon:main",)
+
+
+def shared_options(cfg: PipelineConfig, target: str) -> dict:
+    """The pipeline's device, threads and quiet, for a stage that takes them (its own section wins)."""
+    out: dict = {}
+    if target in _TAKES_DEVICE:
+        out["device"] = cfg.device
+    if cfg.threads:
+        out["threads"] = cfg.threads
+    if cfg.quiet:
+        out["quiet"] = True
     return out
 
 
@@ -232,7 +255,7 @@ class Pipeline:
             t0 = time.time()
             from rlhf.runfolder import MANIFEST, RunFolder
 
-            opts = {**options, "out": str(folder)}
+            opts = {**shared_options(self.cfg, target), **options, "out": str(folder)}
             if (folder / MANIFEST).exists():  # this pipeline's own stage, cut short: continue it
                 opts.setdefault("overwrite" if target in _NO_RESUME else "resume", True)
             elif (folder / "checkpoint").exists() or (folder / "checkpoints").exists():
@@ -255,7 +278,8 @@ class Pipeline:
 
         if self.folder is not None:
             self.folder.wrote(folder.name)
-        return generate.ensure(folder, model=model, **{"seed": self.cfg.seed, **self.cfg.lab, **extra})
+        how = {"device": self.cfg.device, "threads": self.cfg.threads, "quiet": self.cfg.quiet}  # not in its stamp
+        return generate.ensure(folder, model=model, **{"seed": self.cfg.seed, **how, **self.cfg.lab, **extra})
 
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
@@ -297,11 +321,11 @@ class Pipeline:
                 new = self.lab_data(str(last), out / f"data-round{r}", parts="prefs", seed=cfg.seed + r - 1, **extra)
                 # a fifth of the new prompts is held out of retraining: the accuracy before and after is on them
                 fresh, held = _hold_out(new / "rankings.jsonl", out / f"data-round{r}")
-                before = _rm_accuracy(rm_now, held)
+                before = _rm_accuracy(rm_now, held, cfg.device)
                 prefs_now = _concat([prefs_now, str(fresh)], out / f"data-round{r}" / "all.jsonl")
                 rm_now = self.stage(f"rm{tag}", out / f"rm{tag}", "rlhf.trainers.rm:main",
                                     {"model": str(sft), "data": prefs_now, **seed, **cfg.rm})
-                after = _rm_accuracy(rm_now, held)
+                after = _rm_accuracy(rm_now, held, cfg.device)
                 round_info.update(rm_acc_before=before, rm_acc_after=after, reward_model=str(rm_now))
                 policy_start = last if cfg.round_start == "last" else sft
             for m in cfg.method:
@@ -323,7 +347,7 @@ class Pipeline:
             rounds.append(round_info)
 
         _log("evaluation on held-out prompts")
-        result = evaluate_models(cfg, base=cfg.base, sft=sft, rm=rm_now, policies=policies,
+        result = evaluate_models(cfg, base=cfg.base, sft=sft, rm=rm_now, policies=policies,  # on cfg.device
                                  eval_file=data["eval"], uses_lab=uses_lab)
         result["rounds"] = rounds
         result["rm_val_accuracy"] = _last_metric(rm_now / "metrics.jsonl", "eval_accuracy")
@@ -370,15 +394,16 @@ def _hold_out(rankings: Path, folder: Path, every: int = 5) -> tuple[Path, Path]
     return folder / "train.jsonl", folder / "held.jsonl"
 
 
-def _rm_accuracy(rm: Path, prefs: Path) -> float:
+def _rm_accuracy(rm: Path, prefs: Path, device: str = "auto") -> float:
     """Share of the held-out new comparisons the reward model orders as the annotators did."""
     from rlhf.data import load_groups
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.trainers.rm import score
+    from rlhf.trainers.runtime import pick_device
 
     groups = load_groups(str(prefs))
     tok = load_tokenizer(str(rm))
-    model = load_reward_model(str(rm), pad_token_id=tok.pad_token_id).eval()
+    model = load_reward_model(str(rm), pad_token_id=tok.pad_token_id).to(pick_device(device)).eval()
     prompts, responses, pairs = [], [], []
     for g in groups:
         base = len(responses)
@@ -400,24 +425,29 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
     from rlhf.evaluate import Generation, compare_policies, evaluate_policy
     from rlhf.judges import RewardModelJudge, make_judge
     from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.trainers.runtime import pick_device
 
     e = cfg.eval
+    device, show = pick_device(cfg.device), not cfg.quiet
     prompts = load_prompts(eval_file)[: e.n]
     gen = Generation(max_new_tokens=e.max_new_tokens, greedy=True, seed=e.seed)
-    judge = make_judge(e.judge)
-    rm_judge = RewardModelJudge.load(str(rm))
+    judge = make_judge(e.judge, device=device)
+    judge.show = show
+    rm_judge = RewardModelJudge.load(str(rm), device=device)
+    rm_judge.show = show
     tok = load_tokenizer(str(sft))
-    ref = load_causal_lm(str(sft)).eval()
+    ref = load_causal_lm(str(sft)).to(device).eval()
     models = {"base": base, "sft": str(sft), **{k: str(v) for k, v in policies.items()}}
     results: dict[str, dict] = {}
     for name, path in models.items():
         if name.startswith("bon"):
             results[name] = _best_of_n_answers(cfg, ref, tok, rm_judge, prompts)
             continue
-        model = ref if name == "sft" else load_causal_lm(path).eval()
+        model = ref if name == "sft" else load_causal_lm(path).to(device).eval()
         t = tok if name != "base" else load_tokenizer(path)
         results[name] = evaluate_policy(model, t, prompts, gen=gen, reward_judge=rm_judge,
-                                        ref=ref if name not in ("sft",) and _same_vocab(t, tok) else None)
+                                        ref=ref if name not in ("sft",) and _same_vocab(t, tok) else None,
+                                        show=show, name=f"evaluation of {name}")
     rows = []
     for name, r in results.items():
         row = {"model": name, "gold": r.get("gold"), "reward": r.get("reward"), "kl_to_sft": r.get("kl", 0.0)
@@ -466,7 +496,8 @@ def _best_of_n_answers(cfg: PipelineConfig, sft, tokenizer, rm_judge, prompts) -
     b = from_dict(BonConfig, {**cfg.bon, "seed": cfg.seed}, "pipeline: bon")
     c = sample_candidates(sft, tokenizer, rm_judge.model, rm_judge.tokenizer, prompts, b.n,
                           max_new_tokens=cfg.eval.max_new_tokens, temperature=b.temperature, top_p=b.top_p,
-                          seed=cfg.eval.seed, unfinished_score=b.unfinished_score, rm_max_len=b.max_len)
+                          seed=cfg.eval.seed, unfinished_score=b.unfinished_score, rm_max_len=b.max_len,
+                          show=not cfg.quiet)
     texts, finished = c.chosen(), c.chosen_finished()
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     out = answer_metrics(prompts, texts, finished, lengths, reward_judge=rm_judge)
@@ -536,7 +567,14 @@ def main(argv: list[str]) -> int:
         raw["method"] = args.method
     if args.rounds:
         raw["rounds"] = args.rounds
+    if args.device != "auto":
+        raw["device"] = args.device
+    if args.threads:
+        raw["threads"] = args.threads
     cfg = from_dict(PipelineConfig, raw, os.path.basename(args.config))
+    from rlhf.device import use_device
+
+    use_device(cfg)  # a missing GPU fails with one line, before anything is written; threads set
     result = Pipeline(cfg, claim(cfg)).run()
     print()
     print(format_table(result["table"]))

@@ -13,7 +13,8 @@ Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (non-streaming and
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
 Bound to 127.0.0.1 unless `--host` says otherwise; with `--api-key-env NAME`
 requests must carry that key as a bearer token (the key is never logged).
-One model on a CPU serves one request at a time: a lock serialises generation.
+The model runs on `--device` (a GPU when there is one); it serves one request at a time: a lock
+serialises generation.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(DeviceOptions):
     """OpenAI-compatible chat-completions server for a model."""
 
     command = "serve"
@@ -42,7 +44,6 @@ class ServeConfig:
     max_len: int = opt(1024, "longest prompt + completion in tokens; longer prompts keep their end")
     max_tokens_limit: int = opt(512, "upper bound on max_tokens a request may ask for")
     dtype: str = opt("float32", "float32 | bfloat16")
-    threads: int = opt(0, "torch threads (0 = all cores)")
     api_key_env: Optional[str] = opt(None, "environment variable holding the API key clients must send")
     trust_remote_code: bool = opt(False, "allow model code from the model folder")
 
@@ -51,6 +52,7 @@ class ServeConfig:
             raise UserError(f"port must be 0..65535, got {self.port}")
         if self.api_key_env and not os.environ.get(self.api_key_env):
             raise UserError(f"--api-key-env {self.api_key_env}: that environment variable is empty")
+        super().__post_init__()
 
 
 class APIError(Exception):
@@ -140,16 +142,14 @@ class Engine:
     """The model, its tokenizer and a lock; generation for one request at a time."""
 
     def __init__(self, cfg: ServeConfig):
-        import torch
-
+        from rlhf.device import use_device
         from rlhf.models import load_causal_lm, load_tokenizer
 
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.device = use_device(cfg)  # a missing GPU fails with one line, before the model loads
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, padding_side="left")
         self.model = load_causal_lm(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.lock = threading.Lock()
 
     def _inputs(self, messages):
@@ -161,7 +161,7 @@ class Engine:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         budget = max(1, self.cfg.max_len - 1)
         ids = ids[-budget:]
-        return torch.tensor([ids])
+        return torch.tensor([ids], device=self.device)
 
     def _gen_kwargs(self, req: Request, input_ids):
         import torch

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError, bad_row
 from rlhf.lab import gold, world
 from rlhf.lab.annotators import DEFAULT_TEMPERATURE, Annotator
@@ -114,15 +115,18 @@ def comparison_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def sample(model, tokenizer, prompts: Sequence, *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-           max_new_tokens: int = 48, seed: int = 0, batch_size: int = 32) -> list[list[tuple[str, bool]]]:
-    """`n` sampled (text, stopped) replies per prompt, in prompt order.
+           max_new_tokens: int = 48, seed: int = 0, batch_size: int = 32,
+           show: bool = False) -> list[list[tuple[str, bool]]]:
+    """`n` sampled (text, stopped) replies per prompt, in prompt order, on the model's device.
 
     `stopped` is False when the reply ran into `max_new_tokens` without EOS.
+    `show`: progress on stderr (`rlhf.progress`).
     """
-    from rlhf.rollout import generate
+    from rlhf.progress import generate
 
     ro = generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, do_sample=temperature > 0, batch_size=batch_size, seed=seed, num_samples=n)
+                  top_p=top_p, do_sample=temperature > 0, batch_size=batch_size, seed=seed, num_samples=n,
+                  show=show, desc="lab data: sampling")
     finished = ro.finished.tolist()
     return [[(ro.texts[i * n + j], bool(finished[i * n + j])) for j in range(n)] for i in range(len(prompts))]
 
@@ -150,7 +154,7 @@ def pairs_of(row: dict) -> list[dict]:
 
 def write_comparisons(model, tokenizer, prompts: Sequence, k: int, annotator: Annotator, *, out_dir: str | Path,
                       temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0,
-                      batch_size: int = 32, mix=None) -> dict:
+                      batch_size: int = 32, mix=None, show: bool = False) -> dict:
     """Sample `k` replies per prompt, rank them with `annotator`, write rankings.jsonl and prefs.jsonl.
 
     `mix`, a second (model, tokenizer), writes the last k // 2 replies of each
@@ -161,7 +165,7 @@ def write_comparisons(model, tokenizer, prompts: Sequence, k: int, annotator: An
     if k < 2:
         raise UserError(f"k must be at least 2 to compare responses, got {k}")
     opts = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                batch_size=batch_size)
+                batch_size=batch_size, show=show)
     own = k - k // 2 if mix is not None else k
     samples = sample(model, tokenizer, prompts, n=own, **opts)
     if mix is not None:
@@ -185,7 +189,7 @@ def write_comparisons(model, tokenizer, prompts: Sequence, k: int, annotator: An
 
 
 @dataclass
-class DataConfig:
+class DataConfig(DeviceOptions):
     """Write lab SFT demonstrations, ranked comparisons and held-out eval prompts."""
 
     model: str = opt("lab", "model whose samples are ranked: an SFT model folder, or the base (preset lab)")
@@ -209,6 +213,7 @@ class DataConfig:
                              "house (a factor on the house-style rates)")
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only "
                                  "the files it wrote)")
+    quiet: bool = opt(False, "no progress on stderr")
 
     def __post_init__(self):
         bad = [p for p in self.parts if p not in PARTS]
@@ -226,6 +231,7 @@ class DataConfig:
         unknown = set(self.sft_habits) - set(SFT_HABITS) - {"house"}
         if unknown:
             raise UserError(f"unknown sft_habits key '{sorted(unknown)[0]}'; expected {', '.join(SFT_HABITS)}, house")
+        super().__post_init__()
 
 
 DataConfig.command = "lab data"
@@ -246,25 +252,32 @@ def run(cfg: DataConfig, log=print) -> dict:
     if "prefs" in cfg.parts:
         import torch
 
+        from rlhf.device import use_device
         from rlhf.models import load_causal_lm, load_tokenizer
 
+        device = use_device(cfg)
         tok = load_tokenizer(cfg.model, padding_side="left")
-        model = load_causal_lm(cfg.model).eval()
+        model = load_causal_lm(cfg.model).to(device).eval()
         torch.manual_seed(cfg.seed)
         annotator = Annotator(cfg.annotator_temperature, cfg.bias, cfg.bias_strength, seed=cfg.seed)
         mix = None
         if cfg.mix_model:
-            mix = (load_causal_lm(cfg.mix_model).eval(), load_tokenizer(cfg.mix_model, padding_side="left"))
+            mix = (load_causal_lm(cfg.mix_model).to(device).eval(), load_tokenizer(cfg.mix_model, padding_side="left"))
         summary["prefs"] = write_comparisons(
             model, tok, comparison_prompts(cfg.n_prefs, cfg.seed), cfg.k, annotator, out_dir=out,
             temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-            batch_size=cfg.batch_size, mix=mix)
+            batch_size=cfg.batch_size, mix=mix, show=not cfg.quiet)
     return summary
 
 
 def main(argv: list[str]) -> int:
     cfg = parse(DataConfig, argv)
     from rlhf.runfolder import RunFolder
+
+    if "prefs" in cfg.parts:
+        from rlhf.device import use_device
+
+        use_device(cfg)  # a missing GPU fails with one line, before anything is written
 
     # refused with one line before anything is loaded (see rlhf.runfolder)
     folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.mix_model])
@@ -333,7 +346,8 @@ def _stamp(cfg: DataConfig, part: str) -> str:
     d = asdict(cfg)
     d.pop("out")
     d.pop("parts")
-    d.pop("overwrite")  # how the folder is claimed, not what the data is
+    for how in ("overwrite", "device", "threads", "quiet"):  # how the data is made, not what it is
+        d.pop(how)
     if part != "prefs":
         d.pop("model")
         d.pop("mix_model")

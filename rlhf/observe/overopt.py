@@ -42,12 +42,13 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse, to_dict
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 from rlhf.observe.curves import bon_kl, fit
 
 
 @dataclass
-class OveroptConfig:
+class OveroptConfig(DeviceOptions):
     """Overoptimization curves: proxy and gold reward of best-of-N and of a PPO run against sqrt(KL)."""
 
     command = "observe overopt"
@@ -75,15 +76,14 @@ class OveroptConfig:
     rm_batch_size: int = opt(32, "reward-model scoring batch size")
     max_len: int = opt(512, "longest prompt + response the reward model reads")
     seed: int = opt(0, "sampling seed (and the lab prompts' seed)")
-    threads: int = opt(0, "CPU threads; 0 = torch's default")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "weights dtype")
-    quiet: bool = opt(False, "print only the table")
+    quiet: bool = opt(False, "print only the table: no progress and no notes on stderr")
 
     def __post_init__(self):
         if self.n_max < 1:
             raise UserError(f"n_max must be at least 1, got {self.n_max}")
-        if self.n_prompts < 0 or self.threads < 0:
-            raise UserError("n_prompts and threads must be >= 0")
+        if self.n_prompts < 0:
+            raise UserError("n_prompts must be >= 0")
         if self.temperature <= 0:
             raise UserError("temperature must be > 0 (best-of-N needs distinct samples)")
         if not 0 < self.top_p <= 1:
@@ -92,6 +92,7 @@ class OveroptConfig:
             raise UserError("max_new_tokens must be at least 1")
         if self.skip_bon and not self.ppo:
             raise UserError("skip_bon leaves nothing to measure without --ppo RUN")
+        super().__post_init__()
 
 
 # --- best-of-N from one sampling pass (pure) -----------------------------------------------------
@@ -226,7 +227,8 @@ def _mean(xs) -> float:
 
 # --- measuring ----------------------------------------------------------------------------------
 
-def gold_scorer(spec: str | None, prompts: Sequence, *, dtype: str = "float32", max_len: int = 512):
+def gold_scorer(spec: str | None, prompts: Sequence, *, dtype: str = "float32", max_len: int = 512,
+                device="auto", show: bool = False):
     """(prompts, texts, finished) -> gold scores: the lab's judge by default on lab prompts, else `spec`."""
     from rlhf.evaluate import lab_prompts
     from rlhf.judges import GoldJudge, Judge, make_judge
@@ -236,7 +238,8 @@ def gold_scorer(spec: str | None, prompts: Sequence, *, dtype: str = "float32", 
             raise UserError("these prompts are not lab prompts, so there is no built-in gold judge; give a "
                             "held-out one with --gold-judge rm:PATH or llm:PATH")
         spec = "gold"
-    judge = make_judge(spec, dtype=dtype, max_len=max_len)
+    judge = make_judge(spec, dtype=dtype, max_len=max_len, device=device)
+    judge.show = show
     if isinstance(judge, GoldJudge):
         return lambda ps, texts, finished: judge.score(ps, texts, stopped=finished)
     if type(judge).score is Judge.score:
@@ -245,25 +248,30 @@ def gold_scorer(spec: str | None, prompts: Sequence, *, dtype: str = "float32", 
     return lambda ps, texts, finished: judge.score(ps, texts)
 
 
-def sample_and_score(cfg: OveroptConfig, prompts: list, log=print) -> dict:
+def sample_and_score(cfg: OveroptConfig, prompts: list, log=print, device=None) -> dict:
     """n_max samples per prompt from the policy, scored by the proxy (every member) and the gold judge."""
     import torch
 
     from rlhf.ensemble import reduce_scores
     from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
-    from rlhf.rollout import generate
+    from rlhf.progress import generate
     from rlhf.trainers.rm import score
     from rlhf.trainers.rm_ensemble import members
 
+    if device is None:
+        from rlhf.trainers.runtime import pick_device
+
+        device = pick_device(cfg.device)
+    show = not cfg.quiet
     paths = members(cfg.reward_model)
-    gold_fn = gold_scorer(cfg.gold_judge, prompts, dtype=cfg.dtype, max_len=cfg.max_len)
+    gold_fn = gold_scorer(cfg.gold_judge, prompts, dtype=cfg.dtype, max_len=cfg.max_len, device=device, show=show)
     tok = load_tokenizer(cfg.policy, padding_side="left")
-    policy = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).eval()
+    policy = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).to(device).eval()
     m = cfg.n_max
     log(f"overopt: sampling {m} responses for each of {len(prompts)} prompts from {cfg.policy}")
     with torch.no_grad():
         ro = generate(policy, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                      top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, num_samples=m)
+                      top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed, num_samples=m, show=show)
     del policy
     texts, finished = list(ro.texts), [bool(f) for f in ro.finished.tolist()]
     flat_prompts = [p for p in prompts for _ in range(m)]  # the rollout's row order, prompt-major
@@ -271,8 +279,9 @@ def sample_and_score(cfg: OveroptConfig, prompts: list, log=print) -> dict:
     for path in paths:
         log(f"overopt: scoring {len(texts)} responses with {path}")
         rm_tok = load_tokenizer(path)
-        rm = load_reward_model(path, dtype=cfg.dtype, pad_token_id=rm_tok.pad_token_id).eval()
-        per_member.append(score(rm, rm_tok, flat_prompts, texts, batch_size=cfg.rm_batch_size, max_len=cfg.max_len))
+        rm = load_reward_model(path, dtype=cfg.dtype, pad_token_id=rm_tok.pad_token_id).to(device).eval()
+        per_member.append(score(rm, rm_tok, flat_prompts, texts, batch_size=cfg.rm_batch_size, max_len=cfg.max_len,
+                                progress=show))
         del rm
     proxy, std = reduce_scores(per_member, cfg.ensemble, cfg.ensemble_lambda)  # (P*M,), (P*M,)
     proxy = proxy.tolist()
@@ -291,16 +300,14 @@ def run(cfg: OveroptConfig, log=print) -> dict:
     """Measure, fit and write; returns what overopt.json holds."""
     result: dict = {"config": to_dict(cfg)}
     if not cfg.skip_bon:
+        from rlhf.device import use_device
         from rlhf.trainers.ppo_setup import load_prompt_list
 
-        if cfg.threads:
-            import torch
-
-            torch.set_num_threads(cfg.threads)
+        device = use_device(cfg)  # a missing GPU fails with one line, before anything is loaded
         prompts = load_prompt_list(cfg.prompts, split="eval", n=cfg.n_prompts or None, seed=cfg.seed)
         if not prompts:
             raise UserError(f"{cfg.prompts}: no prompts")
-        s = sample_and_score(cfg, prompts, log=log)
+        s = sample_and_score(cfg, prompts, log=log, device=device)
         points = bon_curve(s["proxy"], s["gold"], powers_of_two(cfg.n_max), estimator=cfg.estimator,
                            spread=s["std"])
         result["bon"] = {**analyse(points, "bon"), "prompts": len(prompts), "samples_per_prompt": cfg.n_max,

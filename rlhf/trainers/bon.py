@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 from rlhf.config import opt, parse, to_dict
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 
 
@@ -69,7 +70,8 @@ RSFT_FILE = "rsft.jsonl"
 RewardFn = Callable[[list, list[str]], Sequence[float]]
 
 
-def reward_function(reward_model, rm_tokenizer, *, batch_size: int = 32, max_len: int = 512) -> RewardFn:
+def reward_function(reward_model, rm_tokenizer, *, batch_size: int = 32, max_len: int = 512,
+                    show: bool = False) -> RewardFn:
     """`(prompts, responses) -> scores` from a reward model, or `reward_model` itself when it is a function."""
     if rm_tokenizer is None:
         if not callable(reward_model) or hasattr(reward_model, "forward"):
@@ -79,7 +81,8 @@ def reward_function(reward_model, rm_tokenizer, *, batch_size: int = 32, max_len
     def score(prompts, responses):
         from rlhf.trainers.rm import score as rm_score
 
-        return rm_score(reward_model, rm_tokenizer, prompts, responses, batch_size=batch_size, max_len=max_len)
+        return rm_score(reward_model, rm_tokenizer, prompts, responses, batch_size=batch_size, max_len=max_len,
+                        progress=show)
 
     return score
 
@@ -87,26 +90,27 @@ def reward_function(reward_model, rm_tokenizer, *, batch_size: int = 32, max_len
 def sample_candidates(policy, tokenizer, reward_model, rm_tokenizer, prompts: Sequence, n: int, *,
                       max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                       batch_size: int = 16, seed: int = 0, unfinished_score: float | None = None,
-                      rm_batch_size: int = 32, rm_max_len: int = 512) -> Candidates:
+                      rm_batch_size: int = 32, rm_max_len: int = 512, show: bool = False) -> Candidates:
     """Sample n responses per prompt from `policy`, score them all, pick the best of each group.
 
     `reward_model` is a reward-model (with `rm_tokenizer`) or a function
     `(prompts, responses) -> scores` (with `rm_tokenizer=None`).
     `unfinished_score` replaces the reward of responses that never emitted
     EOS, so a truncated ramble cannot win on a reward model that never saw one.
+    `show`: progress of the sampling and the scoring on stderr (`rlhf.progress`).
     """
     import torch
 
+    from rlhf.progress import generate
     from rlhf.rewards import penalize_unfinished
-    from rlhf.rollout import generate
 
     if n < 1:
         raise ValueError("n must be at least 1")
     prompts = list(prompts)
     rollout = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, batch_size=batch_size, seed=seed, num_samples=n)
+                       top_p=top_p, batch_size=batch_size, seed=seed, num_samples=n, show=show)
     flat_prompts = [p for p in prompts for _ in range(n)]  # the rollout's row order
-    score = reward_function(reward_model, rm_tokenizer, batch_size=rm_batch_size, max_len=rm_max_len)
+    score = reward_function(reward_model, rm_tokenizer, batch_size=rm_batch_size, max_len=rm_max_len, show=show)
     scores = torch.as_tensor([float(s) for s in score(flat_prompts, rollout.texts)], dtype=torch.float32)
     if unfinished_score is not None:
         scores = penalize_unfinished(scores, rollout.finished, unfinished_score)
@@ -123,7 +127,7 @@ def best_of_n(policy, tokenizer, reward_model, rm_tokenizer, prompts: Sequence, 
 # --- `rlhf bon` ------------------------------------------------------------------
 
 @dataclass
-class BonConfig:
+class BonConfig(DeviceOptions):
     """Best-of-N sampling against a reward model; writes the winners as SFT data (rejection sampling)."""
 
     command = "bon"
@@ -146,9 +150,8 @@ class BonConfig:
     max_len: int = opt(512, "longest prompt + response the reward model reads")
     lab_prompts: int = opt(256, "number of lab training prompts when --prompts is not given")
     seed: int = opt(0, "sampling seed")
-    threads: int = opt(0, "CPU threads; 0 = torch's default (the available cores)")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "weights dtype")
-    quiet: bool = opt(False, "print only the summary line")
+    quiet: bool = opt(False, "print only the summary line: no progress, no notes")
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only "
                                  "the files it wrote)")
 
@@ -161,8 +164,9 @@ class BonConfig:
             raise UserError("temperature must be > 0 (best-of-N needs distinct samples)")
         if not 0 < self.top_p <= 1:
             raise UserError("top_p must be in (0, 1]")
-        if self.n_prompts < 0 or self.threads < 0:
-            raise UserError("n_prompts and threads must be >= 0")
+        if self.n_prompts < 0:
+            raise UserError("n_prompts must be >= 0")
+        super().__post_init__()
 
 
 def load_prompts(path: str) -> list:
@@ -208,7 +212,10 @@ def gold_means(prompts: list, cands: Candidates) -> dict | None:
 
 def main(argv: list[str]) -> int:
     cfg = parse(BonConfig, argv)
+    from rlhf.device import use_device
     from rlhf.runfolder import RunFolder
+
+    device = use_device(cfg)  # a missing GPU fails with one line, before anything is written or loaded
 
     # refused with one line before anything is loaded (see rlhf.runfolder)
     folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, cfg.reward_model, cfg.prompts])
@@ -222,21 +229,17 @@ def main(argv: list[str]) -> int:
         prompts = prompts[:cfg.n_prompts]
     if not prompts:
         raise UserError(f"{cfg.prompts}: no prompts")
-    import torch  # after the prompts are checked
-
     quiet_transformers(cfg.quiet)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(cfg.policy, padding_side="left")
-    policy = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True)
+    policy = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).to(device)
     rm_tok = load_tokenizer(cfg.reward_model)
-    rm = load_reward_model(cfg.reward_model, dtype=cfg.dtype, pad_token_id=rm_tok.pad_token_id)
+    rm = load_reward_model(cfg.reward_model, dtype=cfg.dtype, pad_token_id=rm_tok.pad_token_id).to(device)
     rm.eval()
     start = time.perf_counter()
     cands = sample_candidates(policy, tok, rm, rm_tok, prompts, cfg.n, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
                               seed=cfg.seed, unfinished_score=cfg.unfinished_score,
-                              rm_batch_size=cfg.rm_batch_size, rm_max_len=cfg.max_len)
+                              rm_batch_size=cfg.rm_batch_size, rm_max_len=cfg.max_len, show=not cfg.quiet)
     elapsed = time.perf_counter() - start
     rows = [{"prompt": plain_prompt(p), "response": r}
             for p, r, f in zip(cands.prompts, cands.chosen(), cands.chosen_finished())

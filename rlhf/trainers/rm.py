@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
 from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_start,
@@ -274,7 +275,7 @@ def save_reward_model(plain, tokenizer, out: str, extra: dict) -> None:
 
 
 def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_size: int = 16, max_len: int = 512,
-          *, raw: bool = False) -> list[float]:
+          *, raw: bool = False, progress: bool = False) -> list[float]:
     """Reward of each (prompt, response), normalised by the model's stored offset (`raw=True`: without it).
 
     Prompts are strings or message lists; sequences are encoded exactly as in
@@ -283,7 +284,8 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     evaluation's two models) share one forward of it, and short sequences
     are packed beside long ones (`rlhf.data.batches.collate_shared`), once
     `scores_shared_agree` has found that this model scores such rows as it
-    scores separate ones; `batch_size` counts responses either way.
+    scores separate ones; `batch_size` counts responses either way. Runs on
+    the model's device; `progress` shows the pass on stderr (`rlhf.progress`).
     """
     import torch
 
@@ -291,6 +293,7 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     from rlhf.data import encode_all, pad_id, pad_sequences
     from rlhf.data.batches import collate_shared
     from rlhf.models import reward_offset, unwrap_config
+    from rlhf.progress import Progress
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -312,7 +315,7 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), Progress("scoring", len(seqs), unit="responses", enabled=progress) as bar:
             shared = not encoder and scores_shared_agree(model, seqs, pad)
             if not shared:  # separate rows, longest first
                 groups = [[i] for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids))]
@@ -327,6 +330,7 @@ def score(model, tokenizer, prompts: Sequence, responses: Sequence[str], batch_s
                 values = rewards_of(model, {k: v.to(device) for k, v in batch.items()})
                 for i, v in zip(rows, values.tolist()):
                     out[i] = v
+                bar.update(len(rows))
                 chunk = []
     finally:
         model.train(was_training)
@@ -364,7 +368,7 @@ def scores_shared_agree(model, seqs: Sequence, pad: int, tol: float = 1e-3) -> b
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(DeviceOptions):
     """Print reward-model scores for prompt/response pairs, one per line."""
 
     command = "rm score"
@@ -377,12 +381,14 @@ class ScoreConfig:
     max_len: int = opt(512, "longest prompt + response in tokens (the prompt is cut first)")
     raw: bool = opt(False, "raw scores, without subtracting the stored offset")
     overwrite: bool = opt(False, "replace an existing --out file (otherwise refused)")
+    quiet: bool = opt(False, "print only the scores: no progress on stderr")
 
     def __post_init__(self):
         if (self.data is None) == (self.prompt is None or self.response is None):
             raise UserError("give either --data FILE or both --prompt and --response")
         if self.batch_size < 1 or self.max_len < 8:
             raise UserError("batch_size must be >= 1 and max_len >= 8")
+        super().__post_init__()
 
 
 def score_main(argv: list[str]) -> int:
@@ -391,6 +397,9 @@ def score_main(argv: list[str]) -> int:
         from rlhf.files import check_output_file
 
         check_output_file(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.data])  # before anything is loaded
+    from rlhf.device import use_device
+
+    device = use_device(cfg)  # a missing GPU fails with one line, before anything is loaded
     if cfg.data is not None:
         from rlhf.data import load_sft
 
@@ -401,14 +410,15 @@ def score_main(argv: list[str]) -> int:
 
     from rlhf.models import load_reward_model, load_tokenizer, resolve
 
-    quiet_transformers()
+    quiet_transformers(cfg.quiet)
     architectures = getattr(_config(resolve(cfg.model), False), "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise UserError(f"{cfg.model}: not a reward model (architecture {', '.join(architectures) or 'unknown'}); "
                         "train one with `rlhf rm`")
     tokenizer = load_tokenizer(cfg.model)
-    model = load_reward_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
-    scores = score(model, tokenizer, prompts, responses, batch_size=cfg.batch_size, max_len=cfg.max_len, raw=cfg.raw)
+    model = load_reward_model(cfg.model, pad_token_id=tokenizer.pad_token_id).to(device)
+    scores = score(model, tokenizer, prompts, responses, batch_size=cfg.batch_size, max_len=cfg.max_len, raw=cfg.raw,
+                   progress=not cfg.quiet)
     if cfg.out:
         from rlhf.files import write_jsonl
 
