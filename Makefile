@@ -6,14 +6,14 @@ export RLHF_CACHE ?= $(CURDIR)/.cache/rlhf
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow venv models clean bench bench-venvs gpu-check gpu-wheels
+.PHONY: demo test test-slow venv lock models clean bench bench-venvs gpu-check gpu-wheels
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, from the CPU build; every other package is constrained to it
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# every package at the version of the lock (torch: the CPU build), then this project without its ranges
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	# Debian's chromium for the labeling app's browser tests (Playwright drives it; no browser download)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo 'warning: chromium not installed; the browser tests will be skipped'
@@ -37,6 +37,18 @@ models: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/rlhf demo
+
+# Refresh the lock on purpose: a fresh environment from pyproject.toml's ranges (torch first, the CPU
+# build), frozen into requirements.lock; then the project's environment is rebuilt from it and the demo
+# re-run from scratch, its output kept in docs/demo-output.txt (compare it with the README's numbers).
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/pip install -q torch==2.13.0
+	.venv-lock/bin/pip install -q -c constraints.txt -e '.[dev]'
+	(head -2 requirements.lock; .venv-lock/bin/pip freeze --exclude-editable) > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
+	rm -f $(BIN)/.installed && $(MAKE) venv
+	rm -rf runs/demo-lock && $(BIN)/rlhf demo --out runs/demo-lock | tee docs/demo-output.txt
 
 clean:
 	rm -rf $(VENV) .cache runs
