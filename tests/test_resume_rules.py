@@ -187,3 +187,21 @@ def test_online_quiet_and_a_resume_on_other_processes(tmp_path, tiny_model_dir, 
     assert main([*argv, "--quiet", "--resume"]) == 2
     assert "written by 2 processes" in one_line(capsys.readouterr().err)
     assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_written(tmp_path):
+    import torch
+
+    accelerator = runtime.make_accelerator()
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    root = tmp_path / "checkpoints"
+    runtime.save_checkpoint(accelerator, root, 1, {"step": 1}, keep=2)
+    with torch.no_grad():
+        model.weight[0, 1] = float("nan")
+    with pytest.raises(runtime.TrainingDiverged) as err:
+        runtime.save_checkpoint(accelerator, root, 2, {"step": 2}, keep=2)
+    assert "the weights are not finite" in str(err.value)
+    assert f"the last good checkpoint is {root / 'step-0000001'}" in str(err.value)
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000001"]  # nothing of step 2, not even a temp folder
+    model.requires_grad_(False)  # frozen weights are not what a run trains: not checked
+    runtime.save_checkpoint(accelerator, root, 3, {"step": 3}, keep=2)

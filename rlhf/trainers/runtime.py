@@ -225,7 +225,8 @@ def largest_weight(accelerator) -> float:
     import torch
 
     device = accelerator.device
-    peaks = [torch.nan_to_num(p.detach().abs().amax().float(), nan=float("inf"))
+    # the inf-norm reads each tensor once without a temporary copy; NaN propagates and becomes inf
+    peaks = [torch.nan_to_num(torch.linalg.vector_norm(p.detach(), float("inf")).float(), nan=float("inf"))
              for model in accelerator._models for p in model.parameters() if p.requires_grad and p.numel()]
     peak = torch.stack(peaks).amax() if peaks else torch.zeros((), device=device)
     if accelerator.num_processes > 1:
