@@ -118,6 +118,33 @@ def is_correct(task: Task, response: str) -> float:
     raise ValueError(fam)
 
 
+SKILLS = ("arithmetic", "sort", "reverse", "lookup")  # the families whose answer is a skill, not a manner
+
+
+def skill_correctness(prompts, responses) -> dict:
+    """How many skill prompts (SKILLS) the responses answer right, overall and per family.
+
+    {"correct": share, "n": prompts counted, "families": {family: {"correct": share, "n": count}}}.
+    Only skill prompts count: harmful/benign requests and non-lab prompts are left out. A share
+    is None when no prompt of its kind is there. Only the first turn of a response counts.
+    """
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    hits: dict[str, list[int]] = {f: [] for f in SKILLS}
+    for prompt, response in zip(prompts, responses):
+        task = parse_task(prompt)
+        if task is not None and task.family in hits:
+            hits[task.family].append(int(is_correct(task, response) > 0))
+
+    def share(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    every = [x for xs in hits.values() for x in xs]
+    return {"correct": share(every), "n": len(every),
+            "families": {f: {"correct": share(xs), "n": len(xs)} for f, xs in hits.items()}}
+
+
 def _count(patterns, text: str) -> int:
     return sum(len(p.findall(text)) for p in patterns)
 
