@@ -93,8 +93,9 @@ class RunFolder:
 
     def __init__(self, path: Path, command: str, options: dict, *, resuming: bool = False,
                  overwrite: bool = False, manifest: dict | None = None, changed: dict | None = None,
-                 main: bool = True):
+                 main: bool = True, inputs: dict | None = None):
         self.path = path
+        self.inputs = inputs or {}  # sha256 of the input files, by absolute path
         self.command = command
         self.options = options
         self.resuming = resuming
@@ -129,17 +130,18 @@ class RunFolder:
         _check_inputs(path, inputs)
         _check_writable(path)
         main = True
+        prints = fingerprints(inputs)
         entries = sorted(p.name for p in path.iterdir() if not _ours(p.name)) if path.is_dir() else []
         manifest = read_manifest(path) if entries else None
         if not entries:
-            return cls(path, command, options, main=main)
+            return cls(path, command, options, main=main, inputs=prints)
         if manifest is None:
             raise UserError(_occupied(path, entries, command))
         if manifest["command"] != command:
             raise UserError(f"{path} holds a run of `rlhf {manifest['command']}`, not of `rlhf {command}`; "
                             "choose another --out")
         if overwrite:
-            return cls(path, command, options, overwrite=True, manifest=manifest, main=main)
+            return cls(path, command, options, overwrite=True, manifest=manifest, main=main, inputs=prints)
         if not resume:
             raise UserError(f"{path} holds an earlier run of `rlhf {command}`: pass --resume to continue it or "
                             "--overwrite to replace it (deletes only the files that run wrote), or choose "
@@ -159,7 +161,12 @@ class RunFolder:
                             f"{_show(changed[k][1])}{more}; a resume keeps the options of the run (those it "
                             f"may change: {', '.join(_flag(f) for f in shown)}); {hint}"
                             "use --overwrite to start over")
-        return cls(path, command, options, resuming=True, manifest=manifest,
+        for name, digest in prints.items():
+            was = (manifest.get("inputs") or {}).get(name)
+            if was is not None and was != digest:
+                raise UserError(f"cannot resume {path}: {name} changed since the run started (its contents differ); "
+                                "a resume needs the data it started with: use --overwrite to start over")
+        return cls(path, command, options, resuming=True, manifest=manifest, inputs=prints,
                    changed={k: v for k, v in changed.items()
                             if k not in ("resume", "overwrite", "out", "change_on_resume")}, main=main)
 
@@ -216,6 +223,7 @@ class RunFolder:
             else:
                 manifest = {"command": self.command, "options": self.options, "status": "running",
                             "started": now, **_environment(self.options), "files": [MANIFEST], "resumes": []}
+            manifest["inputs"] = {**(manifest.get("inputs") or {}), **self.inputs}
             if extra:
                 manifest.update(_plain(extra))
             manifest.pop("error", None)
@@ -313,6 +321,23 @@ def _occupied(path: Path, entries: list[str], command: str) -> str:
         what = f"files that no rlhf run wrote ({shown})"
     return (f"{path} holds {what}; `rlhf {command}` writes only into a new or empty folder or its own earlier "
             "run: choose another --out")
+
+
+def fingerprints(inputs: Sequence[str | None]) -> dict:
+    """sha256 of every input that is a regular file, by absolute path: a resume refuses data that changed,
+    a shuffled file of the same size included."""
+    import hashlib
+
+    out = {}
+    for name in inputs:
+        p = Path(str(name)).expanduser() if name else None
+        if p is not None and p.is_file():
+            digest = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[str(p.resolve())] = digest.hexdigest()
+    return out
 
 
 def _check_inputs(out: Path, inputs: Sequence[str | None]) -> None:

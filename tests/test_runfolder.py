@@ -494,3 +494,27 @@ def test_a_command_that_fails_marks_its_run_failed(tmp_path, monkeypatch):
     resumed.start()
     m = read_manifest(out)
     assert m["status"] == "running" and "error" not in m
+
+
+def test_a_resume_refuses_data_whose_contents_changed(tmp_path, tiny_model_dir, capsys):
+    """Same size, same rows, another order: the manifest's sha256 of the data file tells, and nothing is written."""
+    import random
+
+    from rlhf.cli import main as cli
+    from test_sft import write_arithmetic
+
+    data = write_arithmetic(tmp_path / "sft.jsonl")
+    out = tmp_path / "run"
+    args = ["sft", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "4", "--max-steps", "3",
+            "--save-every", "1", "--val-fraction", "0.2", "--threads", "1", "--quiet", "--out", str(out)]
+    assert cli(args) == 0
+    manifest = json.loads((out / "run.json").read_text())
+    assert list(manifest["inputs"]) == [str(data.resolve())]
+    lines = data.read_text().splitlines(keepends=True)
+    random.Random(1).shuffle(lines)
+    data.write_text("".join(lines))
+    before = (out / "run.json").read_bytes()
+    assert cli([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "changed since the run started" in err and len(err.splitlines()) == 1
+    assert (out / "run.json").read_bytes() == before

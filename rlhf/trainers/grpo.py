@@ -367,10 +367,12 @@ def run(cfg: CriticFreeOptions) -> dict:
     from rlhf.models import LoraOptions, load_causal_lm, load_tokenizer
     from rlhf.trainers.ppo_eval import Evaluator
     from rlhf.trainers.ppo_setup import gold_function, load_reference_examples
+    from rlhf.models import quiet_transformers
     from rlhf.trainers.runtime import process_state, set_threads
     from rlhf.value import Policy
 
     set_threads(cfg.threads)
+    quiet_transformers(cfg.quiet)
     torch.manual_seed(cfg.seed)
     device = process_state().device
     reward_fn = reward_function(cfg, device)

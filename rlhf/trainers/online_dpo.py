@@ -253,10 +253,12 @@ def run(cfg: OnlineDPOConfig) -> dict:
     from rlhf.trainers.ppo_eval import Evaluator
     from rlhf.trainers.ppo_setup import gold_function, load_reference_examples
     from rlhf.trainers.ppo_step import RewardOut
+    from rlhf.models import quiet_transformers
     from rlhf.trainers.runtime import process_state, set_threads
     from rlhf.value import Policy
 
     set_threads(cfg.threads)
+    quiet_transformers(cfg.quiet)
     torch.manual_seed(cfg.seed)
     device = process_state().device
     label = labeller(cfg, device)

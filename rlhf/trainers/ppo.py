@@ -197,9 +197,11 @@ def main(argv: list[str]) -> int:
     from rlhf.trainers.ppo_eval import Evaluator
     from rlhf.trainers.ppo_setup import (build_models, gold_function, load_reference_examples, ptx_stream,
                                          reward_function)
+    from rlhf.models import quiet_transformers
     from rlhf.trainers.runtime import process_state, set_threads
 
     set_threads(cfg.threads)
+    quiet_transformers(cfg.quiet)
     torch.manual_seed(cfg.seed)
     actor_critic, reference, tokenizer, rms, rm_toks = build_models(cfg)
     device = process_state().device
