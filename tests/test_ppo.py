@@ -13,7 +13,7 @@ from conftest import build_tiny_llama
 from rlhf.errors import UserError
 from rlhf.rollout import episode_logits, generate, lay_out, response_logits
 from rlhf.trainers.ppo import PPOConfig, main, prompt_batch, train
-from rlhf.trainers.ppo_step import PPOHyper, RewardOut, packing_agrees, reference_mode, score_rollout, trim
+from rlhf.trainers.ppo_step import RewardOut, packing_agrees, reference_mode, score_rollout, trim
 from rlhf.value import Critic, PolicyAndCritic, PolicyWithValueHead
 
 PROMPTS = ["What is 2 + 3?", "Sort these numbers: 4 1 3.", "hi", "Reverse the words: red blue cat."]
@@ -213,13 +213,13 @@ def test_no_eos_penalty_replaces_unfinished_scores(tiny_tokenizer):
                  batch_size=4, seed=0)
     assert r.finished.any() and not r.finished.all()
     fn = lambda prompts, texts: RewardOut(torch.full((len(texts),), 2.0))  # noqa: E731
-    raw, scores, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=-3.0), None)
+    raw, scores, _ = score_rollout(fn, r, PPOConfig(no_eos_penalty=-3.0), None)
     assert raw.tolist() == [2.0] * 4
     assert scores.tolist() == [2.0 if f else -3.0 for f in r.finished.tolist()]
-    _, off, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=None), None)
+    _, off, _ = score_rollout(fn, r, PPOConfig(no_eos_penalty=None), None)
     assert off.tolist() == [2.0] * 4
     # the length penalty takes 0.1 per response token (EOS included) off the score, after the no-EOS one
-    _, short, _ = score_rollout(fn, r, PPOHyper(no_eos_penalty=-3.0, length_penalty=0.1), None)
+    _, short, _ = score_rollout(fn, r, PPOConfig(no_eos_penalty=-3.0, length_penalty=0.1), None)
     want = [(2.0 if f else -3.0) - 0.1 * n for f, n in zip(r.finished.tolist(), r.response_lengths.tolist())]
     assert short.tolist() == pytest.approx(want) and len(set(r.response_lengths.tolist())) > 1
 
@@ -228,7 +228,7 @@ def test_non_finite_scores_stop_with_a_message(tiny_tokenizer):
     r = generate(tiny_lm(tiny_tokenizer), tiny_tokenizer, PROMPTS[:2], max_new_tokens=2, batch_size=2)
     fn = lambda prompts, texts: RewardOut(torch.tensor([0.0, float("nan")]))  # noqa: E731
     with pytest.raises(UserError, match="NaN"):
-        score_rollout(fn, r, PPOHyper(), None)
+        score_rollout(fn, r, PPOConfig(), None)
 
 
 # --- pieces of the loop -------------------------------------------------------------

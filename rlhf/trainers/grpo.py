@@ -150,12 +150,11 @@ class CriticFreeMethod:
     """GRPO, RLOO or REINFORCE++ as an online method (`rlhf.trainers.online`)."""
 
     def __init__(self, cfg: CriticFreeOptions, policy, reference, tokenizer, reward_fn):
-        from rlhf.trainers.ppo_step import PPOHyper
+        import copy
 
         self.cfg, self.module, self.reference, self.tokenizer, self.reward_fn = cfg, policy, reference, tokenizer, reward_fn
         self.samples = cfg.group_size
-        fields = {k: getattr(cfg, k) for k in PPOHyper.__dataclass_fields__ if hasattr(cfg, k)}
-        self.hp = PPOHyper(**fields)
+        self.hp = copy.copy(cfg)  # its own copy: the packing check may turn pack_episodes off
 
     @property
     def uses_reference(self) -> bool:
@@ -253,7 +252,7 @@ class CriticFreeMethod:
 
         from rlhf.losses import entropy_from_logits, policy_gradient_loss
         from rlhf.rewards import masked_mean
-        from rlhf.trainers.ppo_step import _lp, optimize
+        from rlhf.trainers.ppo_step import _lp, adjusted, optimize
 
         cfg, hp = self.cfg, self.hp
         temperature = hp.temperature if hp.temperature > 0 else 1.0
@@ -284,24 +283,14 @@ class CriticFreeMethod:
         rows = exp.keep.nonzero().squeeze(1).cpu()
         if len(rows) == 0:  # every group's rewards were equal: nothing to learn from this batch
             return {"policy/minibatches": 0.0, "policy/early_stop": 0.0}
-        return optimize(model, optimizer, exp, _Minibatches(hp, len(rows)), chunk_loss, generator=generator,
-                        update=update, accelerator=accelerator, rows=rows)
+        return optimize(model, optimizer, exp, adjusted(hp, minibatch_size=min(hp.minibatch_size, len(rows))),
+                        chunk_loss, generator=generator, update=update, accelerator=accelerator, rows=rows)
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-class _Minibatches:
-    """The hyper-parameters `optimize` reads, with the minibatch cut to the rows kept (dynamic sampling)."""
-
-    def __init__(self, hp, n_rows: int):
-        self._hp, self.minibatch_size = hp, min(hp.minibatch_size, n_rows)
-
-    def __getattr__(self, name):
-        return getattr(self._hp, name)
 
 
 # --- rewards ------------------------------------------------------------------------------

@@ -92,11 +92,12 @@ class OnlineDPOMethod:
     samples = 2
 
     def __init__(self, cfg: OnlineDPOConfig, policy, reference, tokenizer, labeller):
+        import copy
+
         from rlhf.trainers.dpo import preference_options
-        from rlhf.trainers.ppo_step import PPOHyper
 
         self.cfg, self.module, self.reference, self.tokenizer, self.labeller = cfg, policy, reference, tokenizer, labeller
-        self.hp = PPOHyper(**{k: getattr(cfg, k) for k in PPOHyper.__dataclass_fields__ if hasattr(cfg, k)})
+        self.hp = copy.copy(cfg)  # its own copy: the packing check may turn pack_episodes off
         self.options = preference_options(cfg.loss, cfg.beta, cfg.label_smoothing)
 
     def probe_packing(self, prompts) -> bool:
@@ -113,7 +114,7 @@ class OnlineDPOMethod:
         import torch
 
         from rlhf.rollout import concat_rollouts, generate, pad_columns
-        from rlhf.trainers.ppo_step import forward_experience, gather_parts
+        from rlhf.trainers.ppo_step import adjusted, forward_experience, gather_parts
 
         cfg = self.cfg
         device = next(self.module.parameters()).device
@@ -124,7 +125,7 @@ class OnlineDPOMethod:
                            seed=seed, num_samples=2, max_prompt_len=cfg.max_prompt_len, keys=keys)
         scores = self.labeller(rollout, [f for f in fields_of for _ in range(2)])
         # log-probs at temperature 1 for the loss (as `rlhf dpo`), at the sampling temperature for the KL metric
-        hp1 = _with(self.hp, temperature=1.0)
+        hp1 = adjusted(self.hp, temperature=1.0)
         logps, _, ref = forward_experience(self.module, self.reference, rollout, hp1)
         gathered = gather_parts(accelerator, (rollout, scores, logps, ref))
         if len(gathered) > 1:
@@ -160,7 +161,7 @@ class OnlineDPOMethod:
         import torch
 
         from rlhf.losses import PREFERENCE_LOSSES
-        from rlhf.trainers.ppo_step import _lp, optimize
+        from rlhf.trainers.ppo_step import _lp, adjusted, optimize
 
         fn = PREFERENCE_LOSSES[self.cfg.loss]
         options = self.options
@@ -187,7 +188,7 @@ class OnlineDPOMethod:
         rows = exp.keep.nonzero().squeeze(1).cpu()
         if len(rows) == 0:  # every pair was a tie: nothing to learn from this batch
             return {"policy/minibatches": 0.0, "policy/early_stop": 0.0}
-        hp = _with(self.hp, minibatch_size=min(self.hp.minibatch_size, len(rows)), target_kl=None)
+        hp = adjusted(self.hp, minibatch_size=min(self.hp.minibatch_size, len(rows)), target_kl=None)
         return optimize(model, optimizer, exp, hp, chunk_loss, generator=generator, update=update,
                         accelerator=accelerator, group=2, rows=rows)
 
@@ -202,12 +203,6 @@ def _tensors(metrics: dict) -> dict:
     import torch
 
     return {k: v if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in metrics.items()}
-
-
-def _with(hp, **changes):
-    import dataclasses
-
-    return dataclasses.replace(hp, **changes)
 
 
 # --- labelling ---------------------------------------------------------------------------

@@ -124,11 +124,12 @@ class PPOMethod:
     samples = 1
 
     def __init__(self, cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn):
+        import copy
+
         from rlhf.rewards import RunningMoments
-        from rlhf.trainers.ppo_step import PPOHyper
 
         self.module, self.reference, self.tokenizer, self.reward_fn = actor_critic, reference, tokenizer, reward_fn
-        self.hp = PPOHyper.from_config(cfg)
+        self.hp = copy.copy(cfg)  # its own copy: the packing check may turn pack_episodes off
         self.moments = RunningMoments()
 
     def probe_packing(self, prompts) -> bool:

@@ -5,7 +5,8 @@
     clipped value loss) -> (the caller updates the KL controller)
 
 `make_experience` does everything up to the advantages with no gradients;
-`ppo_update` does the optimisation. Both take ready-built objects: the
+`ppo_update` does the optimisation. `hp` is the command's config (`rlhf.trainers.ppo.PPOConfig`,
+or another online method's: they read the options of the same names). Both take ready-built objects: the
 actor-critic (`rlhf.value.PolicyWithValueHead` or `PolicyAndCritic`, with the
 language model at `.lm`), the frozen reference (None = the LoRA policy with its
 adapter disabled) and a reward function `(prompts, responses) -> RewardOut`.
@@ -38,40 +39,14 @@ class RewardOut:
 RewardFn = Callable[[list, list[str]], RewardOut]
 
 
-@dataclass
-class PPOHyper:
-    """The knobs `make_experience`/`ppo_update` read (a subset of PPOConfig, same names)."""
+def adjusted(cfg, **changes):
+    """A copy of a config with some values changed (unchecked: e.g. a minibatch cut to the rows kept)."""
+    import copy
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 48
-    max_prompt_len: int = 256
-    generation_batch_size: int = 32
-    forward_batch_size: int = 16
-    no_eos_penalty: float | None = None
-    length_penalty: float = 0.0
-    kl_estimator: str = "k1"
-    reward_norm: bool = False
-    reward_clip: float | None = None
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    clip_eps: float = 0.2
-    vf_coef: float = 0.1
-    cliprange_value: float | None = 0.2
-    ppo_epochs: int = 4
-    minibatch_size: int = 16
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    target_kl: float | None = None
-    ptx_coef: float = 0.0
-    pack_episodes: bool = True
-
-    @classmethod
-    def from_config(cls, cfg) -> "PPOHyper":
-        from dataclasses import fields
-
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+    out = copy.copy(cfg)
+    for k, v in changes.items():
+        setattr(out, k, v)
+    return out
 
 
 @dataclass
@@ -127,7 +102,7 @@ def reference_mode(policy_lm, reference):
 
 
 @torch.no_grad()
-def forward_experience(actor_critic, reference, rollout: Rollout, hp: PPOHyper, *, with_reference: bool = True):
+def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_reference: bool = True):
     """Old log-probs, values and reference log-probs for a rollout, in chunks, on the model's device. Each (B, T).
 
     With a value head one policy forward gives the old log-probs and the values
@@ -203,7 +178,7 @@ def reward_scores(reward_fn: RewardFn, rollout: Rollout) -> RewardOut:
     return out
 
 
-def shape_scores(raw: torch.Tensor, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):
+def shape_scores(raw: torch.Tensor, rollout: Rollout, hp, moments: RunningMoments | None):
     """What enters the reward: the no-EOS penalty, the length penalty, running normalisation, clipping."""
     scores = penalize_unfinished(raw, rollout.finished, hp.no_eos_penalty)
     if hp.length_penalty:  # a defence against a reward model that pays for length
@@ -215,7 +190,7 @@ def shape_scores(raw: torch.Tensor, rollout: Rollout, hp: PPOHyper, moments: Run
     return scores
 
 
-def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp: PPOHyper, moments: RunningMoments | None):
+def score_rollout(reward_fn: RewardFn, rollout: Rollout, hp, moments: RunningMoments | None):
     """-> (raw scores (B,), scores entering the reward (B,), extras)."""
     out = reward_scores(reward_fn, rollout)
     return out.scores, shape_scores(out.scores, rollout, hp, moments), out.extras
@@ -233,7 +208,7 @@ def gather_parts(accelerator, part):
     return gather_object([send_to_device(part, "cpu")])
 
 
-def make_experience(actor_critic, reference, tokenizer, reward_fn: RewardFn, prompts: Sequence, hp: PPOHyper,
+def make_experience(actor_critic, reference, tokenizer, reward_fn: RewardFn, prompts: Sequence, hp,
                     beta: float, *, seed: int, keys: Sequence[int] | None = None,
                     moments: RunningMoments | None = None, accelerator=None) -> Experience:
     """Rollout, scores, old/reference log-probs and values, KL-shaped rewards, GAE, whitened advantages.
@@ -383,7 +358,7 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
                     loss, stats = chunk_loss(model, exp, chunk.to(device), episodes, i[:, nq:].to(device), rc,
                                              counts)
                     loss = loss * world
-                    if hp.ptx_coef > 0 and ptx_batches is not None:
+                    if ptx_batches is not None and getattr(hp, "ptx_coef", 0) > 0:
                         p_loss, _ = sft_loss(*label_logits(lm, ptx_batches.next_on(device)))
                         loss = loss + hp.ptx_coef * p_loss / len(chunks)
                         ptx_sum, ptx_n = ptx_sum + p_loss.detach(), ptx_n + 1
@@ -436,7 +411,7 @@ def token_stats(mask, **per_token) -> dict:
     return {k: ((v.detach() * mask).sum(), n) for k, v in per_token.items()}
 
 
-def ppo_update(model, optimizer, exp: Experience, hp: PPOHyper, *, generator: torch.Generator,
+def ppo_update(model, optimizer, exp: Experience, hp, *, generator: torch.Generator,
                update: int = 0, ptx_batches=None, accelerator=None) -> dict:
     """PPO's update (`optimize`): clipped surrogate + vf_coef x clipped value loss, over the minibatch's tokens."""
     temperature = hp.temperature if hp.temperature > 0 else 1.0
