@@ -561,6 +561,10 @@ def lab_measurements(prompts, originals, orig_stopped, finals, final_stopped, rl
 
 def run(cfg: CAIConfig, log=print) -> dict:
     """Generate, critique, revise, label; write every file; return the summary."""
+    from rlhf.runfolder import RunFolder
+
+    # the output folder is refused with one line before anything is loaded (see rlhf.runfolder)
+    folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.critic, cfg.judge, cfg.constitution, cfg.prompts])
     import torch
 
     from rlhf.device import use_device
@@ -568,16 +572,12 @@ def run(cfg: CAIConfig, log=print) -> dict:
     threads = torch.get_num_threads()
     device = use_device(cfg)  # a missing GPU fails with one line, before anything is written or loaded
     try:
-        return _claim_and_run(cfg, log, device)
+        return _read_and_run(cfg, log, device, folder)
     finally:
         torch.set_num_threads(threads)
 
 
-def _claim_and_run(cfg: CAIConfig, log, device) -> dict:
-    from rlhf.runfolder import RunFolder
-
-    # the output folder is refused with one line before anything is loaded (see rlhf.runfolder)
-    folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.critic, cfg.judge, cfg.constitution, cfg.prompts])
+def _read_and_run(cfg: CAIConfig, log, device, folder) -> dict:
     constitution = load_constitution(cfg.constitution)  # bad input fails before any model loads
     if cfg.prompts:
         from rlhf.data import load_prompts

@@ -231,6 +231,9 @@ def claim(cfg: PipelineConfig, command: str = "pipeline"):
     options = to_dict(cfg)
     run = RunFolder.claim(cfg.out, command=command, options=options, inputs=[cfg.base], resume=True,
                           may_change=options)
+    from rlhf.device import use_device
+
+    use_device(cfg)  # a missing GPU fails with one line, before anything is written; threads set
     run.start()
     return run
 
@@ -572,9 +575,6 @@ def main(argv: list[str]) -> int:
     if args.threads:
         raw["threads"] = args.threads
     cfg = from_dict(PipelineConfig, raw, os.path.basename(args.config))
-    from rlhf.device import use_device
-
-    use_device(cfg)  # a missing GPU fails with one line, before anything is written; threads set
     result = Pipeline(cfg, claim(cfg)).run()
     print()
     print(format_table(result["table"]))

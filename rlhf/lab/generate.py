@@ -274,13 +274,12 @@ def main(argv: list[str]) -> int:
     cfg = parse(DataConfig, argv)
     from rlhf.runfolder import RunFolder
 
+    # refused with one line before anything is loaded (see rlhf.runfolder)
+    folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.mix_model])
     if "prefs" in cfg.parts:
         from rlhf.device import use_device
 
         use_device(cfg)  # a missing GPU fails with one line, before anything is written
-
-    # refused with one line before anything is loaded (see rlhf.runfolder)
-    folder = RunFolder.claim_config(cfg, inputs=[cfg.model, cfg.mix_model])
     folder.start()
     folder.wrote(*(name for part in cfg.parts for name in FILES[part]))
     summary = run(cfg)

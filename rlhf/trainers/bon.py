@@ -215,10 +215,9 @@ def main(argv: list[str]) -> int:
     from rlhf.device import use_device
     from rlhf.runfolder import RunFolder
 
-    device = use_device(cfg)  # a missing GPU fails with one line, before anything is written or loaded
-
     # refused with one line before anything is loaded (see rlhf.runfolder)
     folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, cfg.reward_model, cfg.prompts])
+    device = use_device(cfg)  # a missing GPU fails with one line, before anything is written or loaded
     from pathlib import Path
 
     from rlhf.files import write_json, write_jsonl
