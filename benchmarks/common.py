@@ -211,13 +211,59 @@ def held_out(spec: dict) -> list[dict]:
     return read_jsonl(path)[:spec.get("eval_rows")] if path.exists() else []
 
 
+def reward_fn(spec: dict):
+    """The GRPO/RLOO case's shared reward function (`benchmarks/rewards.py`), by the file's path."""
+    import importlib.util
+
+    path = spec.get("reward_file") or str(Path(__file__).with_name("rewards.py"))
+    module_spec = importlib.util.spec_from_file_location("bench_rewards", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return getattr(module, spec["reward"])
+
+
+def reward_eval(spec: dict, model, batch: int = 64) -> dict:
+    """Mean reward of the trained policy after the last step: `group_size` samples per held-out prompt
+    (TRL's plain-text rows, the same ids as ours), drawn by `transformers`' `generate` at the case's
+    temperature from a seed fixed by the run's seed, scored by the shared reward. The same code on both
+    sides, so the two policies are compared by identical sampling."""
+    import torch
+    from transformers import AutoTokenizer
+
+    rows = held_out(spec)
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    fn = reward_fn(spec)
+    prompts = [r["prompt"] for r in rows for _ in range(spec["group_size"])]
+    model.eval()
+    torch.manual_seed(1_000_003 + spec["seed"])
+    completions = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch):
+            chunk = [tok(text=p)["input_ids"] for p in prompts[start:start + batch]]
+            width = max(len(c) for c in chunk)
+            ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk])
+            mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=spec["temperature"],
+                                 top_k=0, top_p=1.0, max_new_tokens=spec["response_len"], pad_token_id=pad,
+                                 eos_token_id=tok.eos_token_id)
+            for row in out[:, width:].tolist():
+                if tok.eos_token_id in row:
+                    row = row[:row.index(tok.eos_token_id) + 1]
+                completions.append(tok.decode(row, skip_special_tokens=True))
+    scores = fn(prompts=prompts, completions=completions)
+    return {"eval_reward": sum(scores) / len(scores), "eval_samples": len(scores)}
+
+
 def evaluate(spec: dict, model, pad: int) -> dict:
     """The case's held-out metric for a trained model (none for PPO)."""
     rows = held_out(spec)
     if not rows or spec["stage"] == "ppo":
         return {}
     t0 = time.perf_counter()
-    if spec["stage"] == "sft":
+    if spec["stage"] in ("grpo", "rloo"):
+        out = reward_eval(spec, model)
+    elif spec["stage"] == "sft":
         out = sft_eval(model, rows, pad)
     elif spec["stage"] == "rm":
         out = rm_eval(model, rows, pad)

@@ -59,7 +59,46 @@ def command(spec: dict) -> tuple[str, list[str]]:
             "--total-episodes", str(rollout * spec["updates"]), "--eval-every", "0", "--save-every", "1000000",
             "--rm-batch-size", str(rollout), "--rm-max-len", str(spec["max_len"] + spec["response_len"] + 8),
             "--seed", str(spec["seed"]), "--threads", str(spec["threads"])]
+    if stage in ("grpo", "rloo"):
+        return f"rlhf.trainers.grpo:{'main' if stage == 'grpo' else 'rloo_main'}", group_flags(spec)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+# TRL 1.16's loss_type -> our --loss-aggregation. GRPO's default `dapo` normalises by the active tokens of the
+# optimizer step's batch (token-mean); `grpo` averages each sequence's tokens, then the sequences; `dr_grpo`
+# divides the sum by rows x max_completion_length. RLOO's loss in TRL 1.16 is per sequence (the sum of the
+# tokens' log-probabilities, one ratio per sequence, mean over sequences): used once, on-policy (one epoch of
+# one minibatch), its gradient is seq-mean-token-sum-norm's times max_new_tokens, the same direction.
+LOSS_AGGREGATION = {"dapo": "token-mean", "bnpo": "token-mean", "grpo": "seq-mean-token-mean",
+                    "dr_grpo": "seq-mean-token-sum-norm", "rloo": "seq-mean-token-sum-norm"}
+
+
+def group_flags(spec: dict) -> list[str]:
+    """`rlhf grpo|rloo` flags of a GRPO/RLOO case: TRL's settings of `benchmarks.trl_runner.group_config`.
+
+    One optimizer step per minibatch of `minibatch` responses, `rollout_batch // minibatch x ppo_epochs` steps
+    per update; the KL is off at beta 0 (GRPO, TRL's default: no reference model), else GRPO's k3 loss term or
+    RLOO's k1 penalty on the sequence's reward; a constant learning rate; no evaluation, samples log or
+    checkpoint during training (TRL's side has none either)."""
+    rollout, stage, beta = spec["rollout_batch"], spec["stage"], spec["beta"]
+    kl = "none" if beta == 0 else ("loss" if stage == "grpo" else "reward")
+    flags = [
+        "--policy", spec["model"], "--prompts", str(Path(spec["data_dir"]) / "ours-train.jsonl"),
+        "--eval-prompts", "none", "--reference-text", "none", "--out", spec["out"], "--dtype", "float32",
+        "--reward", f"{spec['reward_file']}:{spec['reward']}",
+        "--group-size", str(spec["group_size"]), "--temperature", str(spec["temperature"]), "--top-p", "1.0",
+        "--max-new-tokens", str(spec["response_len"]), "--max-prompt-len", str(spec["max_len"]),
+        "--kl", kl, "--beta", str(beta), "--kl-estimator", "k1", "--adap-kl-ctrl", "false",
+        "--loss-aggregation", LOSS_AGGREGATION["dapo" if stage == "grpo" else "rloo"],
+        "--clip-eps", "0.2", "--ppo-epochs", str(spec["ppo_epochs"]), "--rollout-batch-size", str(rollout),
+        "--minibatch-size", str(spec["minibatch"]), "--grad-accum", "1", "--generation-batch-size", str(rollout),
+        "--forward-batch-size", str(rollout), "--max-grad-norm", "1.0", "--lr", str(spec["lr"]),
+        "--lr-schedule", "constant", "--total-episodes", str(rollout * spec["updates"]), "--eval-every", "0",
+        "--save-every", "1000000", "--log-samples", "0", "--seed", str(spec["seed"]),
+        "--threads", str(spec["threads"]), "--mixed-precision", "no"]
+    if stage == "grpo":
+        flags += ["--scale-rewards", "true"]  # TRL's scale_rewards="group"
+    return flags
 
 
 def summarise_metrics(stage: str, out: Path) -> dict:
@@ -73,6 +112,10 @@ def summarise_metrics(stage: str, out: Path) -> dict:
     if stage == "ppo":
         return {"final_score": tail_mean(series("reward/score")), "final_kl": tail_mean(series("kl/ref")),
                 "final_policy_loss": tail_mean(series("policy/loss")), "updates": len(series("kl/ref"))}
+    if stage in ("grpo", "rloo"):  # the last update's batch: its mean reward and KL, as TRL logs its last step
+        last = lambda key: (series(key) or [None])[-1]  # noqa: E731
+        return {"final_reward": last("reward/score"), "final_kl": last("kl/ref"), "updates": len(series("kl/ref")),
+                "reward_per_update": series("reward/score")}
     out_ = {"final_loss": tail_mean(series("loss")), "logged_steps": len(series("loss"))}
     if stage == "rm":
         out_["final_train_accuracy"] = tail_mean(series("accuracy"))

@@ -231,7 +231,8 @@ def data_dir(kind: str, model: str, max_len: int, **extra) -> Path:
     path = base_model(model)
     tok = load_tokenizer(str(path))
     encoder = is_encoder(AutoTokenizer.from_pretrained(path)) or _is_encoder_folder(path)
-    build = {"sft": _sft_data, "pairs": _pair_data, "hh-split": _hh_split_data, "prompts": _prompt_data}[kind]
+    build = {"sft": _sft_data, "pairs": _pair_data, "hh-split": _hh_split_data, "prompts": _prompt_data,
+             "group-prompts": _group_prompt_data}[kind]
     meta = build(out, tok, max_len, encoder=encoder, **extra)
     meta.update(kind=kind, model=model, max_len=max_len, **extra)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +346,42 @@ def _prompt_data(out: Path, tok, max_len: int, *, encoder: bool = False) -> dict
     _write_jsonl(out / "ours-train.jsonl", [{"prompt": e.prompt} for e in examples])
     _write_jsonl(out / "trl-train.jsonl", [{"input_ids": s.input_ids} for s in enc])
     return _length_meta([len(s.input_ids) for s in enc], len(examples))
+
+
+def _group_prompt_data(out: Path, tok, max_len: int, *, encoder: bool = False, held: int = 32) -> dict:
+    """Alpaca seed instructions for GRPO/RLOO, each once, that fit `max_len` untruncated, `held` held out.
+
+    Our side reads `{"prompt": instruction}` and renders it with the tokenizer's chat template
+    (`rlhf.chat`); TRL reads `{"prompt": rendered text}`, a plain-text prompt that its trainers tokenise
+    with the tokenizer's defaults. Only prompts whose two tokenisations are the same ids are kept, so both
+    sides sample from identical prompts (`ids_agree` in meta.json counts them).
+    """
+    from transformers import AutoTokenizer
+
+    from rlhf.chat import encode, render_prompt
+    from rlhf.data.records import split
+
+    plain = AutoTokenizer.from_pretrained(tok.name_or_path)  # what TRL loads: no padding side or template change
+    seen, rows, disagree = set(), [], 0
+    for e in _alpaca_examples():
+        text = render_prompt(tok, e.prompt)
+        if text in seen:
+            continue
+        seen.add(text)
+        ours = encode(tok, e.prompt, None, max_len + 1).input_ids
+        if len(ours) > max_len:
+            continue
+        if plain(text=[text])["input_ids"][0] != ours:
+            disagree += 1
+            continue
+        rows.append((e.prompt, text, len(ours)))
+    train, val = split(rows, held / len(rows), seed=SEED)
+    meta = {"ids_agree": len(rows), "ids_differ": disagree}
+    for name, part in (("train", train), ("eval", val)):
+        _write_jsonl(out / f"ours-{name}.jsonl", [{"prompt": p} for p, _, _ in part])
+        _write_jsonl(out / f"trl-{name}.jsonl", [{"prompt": t} for _, t, _ in part])
+        meta[name] = _length_meta([n for _, _, n in part], len(part))
+    return meta
 
 
 def _length_meta(lengths: list[int], total: int) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-TARGETS = {"sft": 1.5, "rm": 1.5, "dpo": 1.5, "ppo": 2.0}
+TARGETS = {"sft": 1.5, "rm": 1.5, "dpo": 1.5, "ppo": 2.0, "grpo": 2.0, "rloo": 2.0}
 
 
 def _num(x, fmt: str = ".3g") -> str:
@@ -27,6 +27,14 @@ def quality(row: dict, side: str) -> str:
     if row["stage"] == "dpo":
         return (f"train {_num(d.get('final_loss'), '.3f')} / held-out loss {_num(d.get('eval_dpo_loss'), '.4f')}, "
                 f"acc {_num(d.get('eval_accuracy'), '.2f')}")
+    if row["stage"] in ("grpo", "rloo"):
+        se = d.get("eval_reward_se")
+        check = ""
+        if side == "ours" and row.get("reward_within_2se") is not None:
+            check = " (within 2 SE of TRL's)" if row["reward_within_2se"] else " (NOT within 2 SE of TRL's)"
+        return (f"held-out reward {_num(d.get('eval_reward'), '.3f')} ± {_num(None if se is None else 2 * se, '.3f')} "
+                f"(2 SE, {len(d.get('eval_reward_runs') or [])} seeds){check}; last batch "
+                f"{_num(d.get('final_reward'), '.3f')}")
     return f"score {_num(d.get('final_score'), '.3f')}, KL {_num(d.get('final_kl'), '.3f')}"
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks import prepare
-from benchmarks.cases import TRL_VERSION, Case, select
+from benchmarks.cases import GROUP, ONLINE, TRL_VERSION, Case, select
 from benchmarks.peak import available_cores
 
 ROOT = prepare.ROOT
@@ -78,13 +78,18 @@ def child_env(threads: int) -> dict:
 
 def build_spec(case: Case, side: str, threads: int, seed: int, workdir: Path) -> dict:
     """Everything a runner needs; folders are built once and shared by both sides."""
-    limit = None if case.stage == "ppo" else case.steps * case.batch_size
+    if case.stage in GROUP:
+        limit = case.updates * case.prompts_per_update  # each training prompt once (one epoch), both sides
+    else:
+        limit = None if case.stage == "ppo" else case.steps * case.batch_size
     spec = {**case.as_dict(), "side": side, "threads": threads, "seed": seed, "dtype": "float32",
             "model": str(prepare.base_model(case.model)),
             "data_dir": str(prepare.case_data(case.data, case.model, case.max_len, limit)),
             "out": str(workdir / "out")}
     if case.stage in ("rm", "ppo"):
         spec["rm_model"] = str(prepare.reward_model(case.model))
+    if case.stage in GROUP:
+        spec["reward_file"] = str(ROOT / "benchmarks" / "rewards.py")
     spec.pop("tags", None)
     return spec
 
@@ -112,7 +117,7 @@ def run_one(case: Case, side: str, threads: int, seed: int, log, profile: Path |
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
             proc.returncode = os.waitstatus_to_exitcode(status)
-        result = {"side": side, "exit": proc.returncode, "wall_s": wall,
+        result = {"side": side, "seed": seed, "exit": proc.returncode, "wall_s": wall,
                   "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
         if proc.returncode == 0 and (workdir / "result.json").exists():
             result.update(json.loads((workdir / "result.json").read_text()))
@@ -134,6 +139,10 @@ def throughput(case: Case, r: dict) -> dict:
         units, steady_units = r.get("train_tokens"), r.get("steady_train_tokens")
     elif case.stage in ("rm", "dpo"):
         units, steady_units = case.batch_size * case.steps, case.batch_size * r.get("steady_steps", 0)
+    elif case.stage in GROUP and case.steps_per_update:
+        # optimizer step 1 ends update 1 (for one step per update): the steady window holds updates 2 to the last
+        units = case.rollout_batch * case.updates
+        steady_units = case.rollout_batch * r.get("steady_steps", 0) / case.steps_per_update
     else:
         units, steady_units = case.rollout_batch * case.updates, None
     if loop:
@@ -150,7 +159,7 @@ def throughput(case: Case, r: dict) -> dict:
 def mfu(case: Case, r: dict, peak: float, params: int | None) -> float | None:
     """6 x matmul parameters x training tokens/s (steady state, real tokens only) over the matmul peak
     (`benchmarks.common.matmul_parameters`: embedding tables are looked up, not multiplied)."""
-    if case.stage == "ppo" or not r.get("steady_seconds") or not params:
+    if case.stage in ONLINE or not r.get("steady_seconds") or not params:
         return None
     return 6 * params * r["steady_train_tokens"] / r["steady_seconds"] / peak
 
@@ -185,13 +194,36 @@ def aggregate(case: Case, runs: list[dict], peak: float) -> dict:
             value = med(key, ok)
             if value is not None:
                 row[side][key] = value
+        if case.stage in GROUP:
+            for key in ("eval_reward", "final_reward"):  # over seeds: mean and standard error, not the median
+                mean, se, n = mean_se([r.get(key) for r in ok])
+                if mean is not None:
+                    row[side][key] = mean
+                    row[side][f"{key}_se"] = se
+                    row[side][f"{key}_runs"] = [r.get(key) for r in ok]
+                    row[side]["seeds"] = sorted({r.get("seed") for r in ok if r.get("seed") is not None})
     if row.get("ours") and row.get("trl") and row["ours"]["throughput"] and row["trl"]["throughput"]:
         row["speedup"] = row["ours"]["throughput"] / row["trl"]["throughput"]
         if row["ours"].get("cpu_throughput") and row["trl"].get("cpu_throughput"):
             row["cpu_speedup"] = row["ours"]["cpu_throughput"] / row["trl"]["cpu_throughput"]
         if row["ours"]["peak_rss_mb"] and row["trl"]["peak_rss_mb"]:
             row["memory_ratio"] = row["ours"]["peak_rss_mb"] / row["trl"]["peak_rss_mb"]
+    o, t = row.get("ours") or {}, row.get("trl") or {}
+    if o.get("eval_reward") is not None and t.get("eval_reward_se") is not None:
+        # the issue's check: our mean reward after the last step within two standard errors of TRL's
+        row["reward_gap"] = o["eval_reward"] - t["eval_reward"]
+        row["reward_within_2se"] = abs(row["reward_gap"]) <= 2 * t["eval_reward_se"]
     return row
+
+
+def mean_se(values: list) -> tuple[float | None, float | None, int]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)); SE None below 2 values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+    return mean, se, len(values)
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -247,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         build_spec(case, "ours", threads, args.seed, Path(tempfile.gettempdir()))  # builds folders once, up front
         runs = []
         for rep in range(case.reps):
+            seed = rep_seed(case, args.seed, rep)
             for side in sides:
-                log(f"{case.name} rep {rep + 1}/{case.reps} {side}")
-                r = run_one(case, side, threads, args.seed, log, mixed_precision=args.mixed_precision)
+                log(f"{case.name} rep {rep + 1}/{case.reps} {side} (seed {seed})")
+                r = run_one(case, side, threads, seed, log, mixed_precision=args.mixed_precision)
                 r["rep"] = rep
                 runs.append(r)
         raw[case.name] = {"case": case.as_dict(), "runs": runs}
@@ -264,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                 peak_flops=peak, versions=versions(cases))
     write(Path(args.out), info, rows, raw)
     return 0
+
+
+def rep_seed(case: Case, seed: int, rep: int) -> int:
+    """The seed of repetition `rep`: the same for every repetition, or seed + rep where the case compares a
+    result over seeds (GRPO, RLOO); both sides of a repetition share it."""
+    return seed + rep if case.seed_per_rep else seed
 
 
 def versions(cases: list[Case]) -> dict:

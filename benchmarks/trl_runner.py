@@ -133,7 +133,51 @@ def run_ppo(spec: dict):
     return trainer, tok
 
 
-RUNNERS = {"sft": run_sft, "rm": run_rm, "dpo": run_dpo, "ppo": run_ppo}
+def group_config(spec: dict) -> dict:
+    """`GRPOConfig` / `RLOOConfig` keyword arguments of a GRPO/RLOO case (our flags: `ours_runner.group_flags`).
+
+    `per_device_train_batch_size` responses per optimizer step (one process, no accumulation), generated
+    `rollout_batch` at a time (`steps_per_generation` = rollout_batch / minibatch: TRL's generation batch),
+    `num_generations` = G per prompt, `num_iterations` = our epochs; `max_steps` counts optimizer steps.
+    GRPO keeps TRL's loss (`dapo`) and reward scaling (`group`); RLOO keeps its unnormalised advantages.
+    """
+    rollout, minibatch = spec["rollout_batch"], spec["minibatch"]
+    steps = rollout // minibatch * spec["ppo_epochs"] * spec["updates"]
+    kw = dict(output_dir=spec["out"], per_device_train_batch_size=minibatch, gradient_accumulation_steps=1,
+              steps_per_generation=rollout // minibatch, num_generations=spec["group_size"],
+              num_iterations=spec["ppo_epochs"], max_completion_length=spec["response_len"],
+              temperature=spec["temperature"], top_p=1.0, top_k=0, beta=spec["beta"], epsilon=0.2,
+              learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+              max_grad_norm=1.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none",
+              seed=spec["seed"], data_seed=spec["seed"], bf16=False, fp16=False, gradient_checkpointing=False,
+              dataloader_num_workers=0, disable_tqdm=True, log_completions=False, mask_truncated_completions=False)
+    if spec["stage"] == "grpo":
+        kw.update(loss_type="dapo", scale_rewards="group")
+    else:
+        kw.update(normalize_advantages=False)
+    return kw
+
+
+def run_group(spec: dict):
+    """GRPO or RLOO (TRL 1.16) on the case's plain-text prompts, with the shared reward function."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.common import reward_fn
+
+    if spec["stage"] == "grpo":
+        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+    else:
+        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
+    tok = _tokenizer(spec["model"], padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    trainer = Trainer(model=model, reward_funcs=[reward_fn(spec)], args=Config(**group_config(spec)),
+                      train_dataset=_dataset(spec), processing_class=tok)
+    trainer.train()
+    return trainer, tok
+
+
+RUNNERS = {"sft": run_sft, "rm": run_rm, "dpo": run_dpo, "ppo": run_ppo, "grpo": run_group, "rloo": run_group}
 
 
 def summarise_log(stage: str, history: list[dict]) -> dict:
@@ -144,6 +188,10 @@ def summarise_log(stage: str, history: list[dict]) -> dict:
     if stage == "ppo":
         return {"final_score": tail_mean(series("objective/scores")), "final_kl": tail_mean(series("objective/kl")),
                 "final_policy_loss": tail_mean(series("loss/policy_avg")), "updates": len(series("objective/kl"))}
+    if stage in ("grpo", "rloo"):  # the last step's batch (its mean reward is logged before the KL penalty)
+        rewards = series("reward")
+        return {"final_reward": rewards[-1] if rewards else None, "final_kl": (series("kl") or [None])[-1],
+                "updates": len(rewards), "reward_per_update": rewards}
     out = {"final_loss": tail_mean(series("loss")), "logged_steps": len(series("loss"))}
     if stage in ("rm", "dpo"):
         key = "accuracy" if stage == "rm" else "rewards/accuracies"
