@@ -91,7 +91,7 @@ def test_lab_data_writes_four_valid_files(tmp_path, capsys):
 def test_lab_data_parts_and_bad_options(tmp_path, capsys):
     out = tmp_path / "d"
     assert cli.main(["lab", "data", f"out={out}", "parts=sft,eval", "n_sft=5", "n_eval=3"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "sft.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "run.json", "sft.jsonl"]  # and its manifest
     assert cli.main(["lab", "data", f"out={out}", "parts=sft,rankings"]) == 2
     assert "unknown part 'rankings'" in capsys.readouterr().err
     assert cli.main(["lab", "data", f"out={out}", "k=1"]) == 2
