@@ -74,6 +74,8 @@ class EvalSection:
     judge: str = opt("gold", "judge for win rates: gold | rm:PATH | llm:PATH | openai:URL#model | human:FILE")
     max_new_tokens: int = opt(48, "longest answer")
     samples: int = opt(12, "prompts shown side by side in the report")
+    skills: int = opt(0, "held-out skill prompts (lab: sums, sorts, reversals, look-ups) each model's correctness "
+                         "is measured on, with its change against SFT and a 95% interval (0 = off)")
     seed: int = opt(0, "seed of the bootstrap and of sampling")
 
 
@@ -473,6 +475,8 @@ def evaluate_models(cfg: PipelineConfig, *, base: str, sft: Path, rm: Path, poli
                 if abs(dg) > 1e-6 and a["texts"][i] != b["texts"][i]:
                     total += 1
                     agree += (a["reward_scores"][i] - b["reward_scores"][i]) * dg > 0
+    if uses_lab and e.skills:
+        _skill_correctness(rows, models, results, ref, tok, e, device)
     samples = [{"prompt": p if isinstance(p, str) else p[-1]["content"],
                 "responses": {name: r["texts"][i] for name, r in results.items()}}
                for i, p in enumerate(prompts[: e.samples])]
@@ -512,10 +516,45 @@ def _same_vocab(a, b) -> bool:
     return len(a) == len(b) and a.get_vocab() == b.get_vocab()
 
 
+def _skill_correctness(rows: list[dict], models: dict, results: dict, sft_model, tok, e, device) -> None:
+    """Each model's share of `e.skills` held-out skill prompts answered right (greedy), and for the policies
+    the change against SFT with a paired 95% bootstrap interval (the same prompts, resampled together)."""
+    import random
+
+    from rlhf.lab.gold import is_correct, parse_task
+    from rlhf.lab.skills import answers, skill_prompts
+    from rlhf.models import load_causal_lm
+
+    prompts = skill_prompts(e.skills, e.seed)
+    tasks = [parse_task(p) for p in prompts]
+    hits = {}
+    for name, path in models.items():
+        if name.startswith("bon") or name not in results:
+            continue
+        model = sft_model if name == "sft" else load_causal_lm(path).to(device).eval()
+        texts = answers(model, tok, prompts, e.max_new_tokens)
+        hits[name] = [int(is_correct(t, x) > 0) for t, x in zip(tasks, texts)]
+    rng = random.Random(e.seed)
+    n = len(prompts)
+    boots = [[rng.randrange(n) for _ in range(n)] for _ in range(2000)]
+    for row in rows:
+        h = hits.get(row["model"])
+        if h is None:
+            continue
+        row["correct"] = sum(h) / n
+        if row["model"] != "sft":
+            diff = [a - b for a, b in zip(h, hits["sft"])]
+            means = sorted(sum(diff[i] for i in b) / n for b in boots)
+            row.update(correct_vs_sft=sum(diff) / n, correct_lo=means[int(0.025 * len(means))],
+                       correct_hi=means[int(0.975 * len(means)) - 1], skill_prompts=n)
+
+
 def format_table(rows: list[dict]) -> str:
     cols = [("model", "model", "{}"), ("gold", "gold", "{:+.3f}"), ("reward", "RM score", "{:+.3f}"),
             ("win_rate_vs_sft", "win vs SFT", "{:.2f}"), ("ci", "95% CI", "{}"), ("kl_to_sft", "KL", "{:.2f}"),
             ("length", "length", "{:.1f}"), ("wall_s", "wall s", "{:.0f}")]
+    if any("correct" in r for r in rows):
+        cols[6:6] = [("correct", "correct", "{:.3f}"), ("correct_ci", "vs SFT [95% CI]", "{}")]
     lines = []
     head = [c[1] for c in cols]
     body = []
@@ -525,6 +564,9 @@ def format_table(rows: list[dict]) -> str:
             if key == "ci":
                 lo, hi = r.get("ci_low"), r.get("ci_high")
                 cells.append("" if lo is None or (isinstance(lo, float) and math.isnan(lo)) else f"[{lo:.2f}, {hi:.2f}]")
+            elif key == "correct_ci":
+                d = r.get("correct_vs_sft")
+                cells.append("" if d is None else f"{d:+.3f} [{r['correct_lo']:+.3f}, {r['correct_hi']:+.3f}]")
             else:
                 v = r.get(key)
                 cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v))

@@ -65,21 +65,30 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
     assert made == ["plots", "ppo"]
 
     # The critic-free methods and online DPO as last stages, against the pipeline's reward model (or a
-    # verifiable reward), compared with PPO in one table.
+    # verifiable reward), in one table (rloo and reinforce run through the same code: tests/test_grpo.py)
     small = {"total_episodes": 8, "rollout_batch_size": 8, "minibatch_size": 4, "max_new_tokens": 12,
              "eval_size": 4, "eval_every": 1}
-    online = _config(tmp_path, out=str(tmp_path / "online"), method=["ppo", "grpo", "rloo", "reinforce", "online-dpo"],
+    online = _config(tmp_path, out=str(tmp_path / "online"), method=["grpo", "online-dpo"],
                      sft_model=str(run / "sft"), reward_model=str(run / "rm"),
                      data={"eval": str(run / "data" / "eval.jsonl")},
-                     grpo={**small, "group_size": 4, "reward": ["lab-correct"]}, rloo={**small, "group_size": 2},
-                     reinforce=small, online_dpo=small)
+                     grpo={**small, "group_size": 4, "reward": ["lab-correct"]}, online_dpo=small,
+                     eval={"n": 6, "max_new_tokens": 12, "samples": 2, "skills": 40})
     assert cli(["pipeline", str(online)]) == 0
     summary = json.loads((tmp_path / "online" / "summary.json").read_text())
-    assert [r["model"] for r in summary["table"]] == ["base", "sft", "ppo", "grpo", "rloo", "reinforce", "online-dpo"]
+    # correctness on 40 held-out skill prompts: each model's share, each policy's change against SFT in its interval
+    for row in summary["table"]:
+        assert 0.0 <= row["correct"] <= 1.0
+        if row["model"] != "sft":
+            assert row["skill_prompts"] == 40
+            assert row["correct_lo"] <= row["correct_vs_sft"] <= row["correct_hi"]
+            assert abs(row["correct_vs_sft"] - (row["correct"] - summary["table"][1]["correct"])) < 1e-12
+    assert [r["model"] for r in summary["table"]] == ["base", "sft", "grpo", "online-dpo"]
     assert all(r["wall_s"] > 0 for r in summary["table"][2:])
     grpo_cfg = yaml.safe_load((tmp_path / "online" / "grpo" / "config.yaml").read_text())
-    rloo_cfg = yaml.safe_load((tmp_path / "online" / "rloo" / "config.yaml").read_text())
-    assert grpo_cfg["reward"] == ["lab-correct"] and rloo_cfg["reward"] == [str(run / "rm")]
+    odpo_cfg = yaml.safe_load((tmp_path / "online" / "online-dpo" / "config.yaml").read_text())
+    assert grpo_cfg["reward"] == ["lab-correct"] and odpo_cfg["reward"] == [str(run / "rm")]
+    assert "correct_vs_sft" in (tmp_path / "online" / "report.md").read_text()
+    assert "vs SFT [95% CI]" in capsys.readouterr().out  # the table the pipeline prints
 
 
 def test_iterative_rounds_retrain_the_reward_model(tmp_path):

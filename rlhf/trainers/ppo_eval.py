@@ -14,6 +14,8 @@ the same prompts are generated once, the same way, at the start.
   `eval/win_rate_lo`/`_hi` its 95% bootstrap interval, `eval/ties` the tie share.
 - `eval/ppl`: perplexity of held-out reference responses (SFT data) under the
   policy: a rising value means the policy is forgetting how to write.
+- `eval/correct`: in the lab, the share of the skill prompts among them (arithmetic,
+  sorting, reversing, look-ups) answered right (`rlhf.lab.gold.skill_correctness`).
 - `eval/length`, `eval/no_eos_frac`: of the evaluation answers.
 - `eval/gold_se`: standard error of the mean gold; `eval/gold_vs_best_se`: standard
   error of the mean per-prompt change of gold against the best evaluation so far.
@@ -100,6 +102,11 @@ class Evaluator:
         if ans["gold"] is not None:
             g = ans["gold"]
             m["eval/gold"] = sum(g) / len(g)
+            from rlhf.lab.gold import skill_correctness
+
+            skills = skill_correctness(self.prompts, ans["texts"])
+            if skills["n"]:  # the share of the skill prompts (sums, sorts, look-ups) answered right
+                m["eval/correct"] = skills["correct"]
             if len(g) > 1:  # standard error of that mean, so that a fall can be told from noise
                 m["eval/gold_se"] = statistics.stdev(g) / len(g) ** 0.5
                 if self.best_gold is not None:
