@@ -65,7 +65,7 @@ def test_a_resume_refused_for_other_data_writes_nothing(command, tmp_path, tiny_
     capsys.readouterr()
     assert main(stage(command, tiny_model_dir, str(data), out, "--resume")) == 2
     err = one_line(capsys.readouterr().err)
-    assert "micro-batches of data" in err
+    assert "changed since the run started" in err  # the manifest's sha256 of the data file, before any loading
     assert snapshot(tmp_path) == before  # run.json, config.yaml, metrics and the reference cache untouched
     assert read_manifest(out)["resumes"] == []
 
