@@ -55,7 +55,7 @@ def command(spec: dict) -> tuple[str, list[str]]:
             "--clip-eps", "0.2", "--vf-coef", "0.1", "--cliprange-value", "0.2", "--ppo-epochs",
             str(spec["ppo_epochs"]), "--rollout-batch-size", str(rollout), "--minibatch-size", str(spec["minibatch"]),
             "--grad-accum", "1", "--generation-batch-size", str(rollout), "--forward-batch-size", str(rollout),
-            "--max-grad-norm", "1.0", "--lr", str(spec["lr"]), "--lr-schedule", "linear",
+            "--max-grad-norm", "1.0", "--lr", str(spec["lr"]), "--schedule", "linear",
             "--total-episodes", str(rollout * spec["updates"]), "--eval-every", "0", "--save-every", "1000000",
             "--rm-batch-size", str(rollout), "--rm-max-len", str(spec["max_len"] + spec["response_len"] + 8),
             "--seed", str(spec["seed"]), "--threads", str(spec["threads"])]
@@ -93,7 +93,7 @@ def group_flags(spec: dict) -> list[str]:
         "--clip-eps", "0.2", "--ppo-epochs", str(spec["ppo_epochs"]), "--rollout-batch-size", str(rollout),
         "--minibatch-size", str(spec["minibatch"]), "--grad-accum", "1", "--generation-batch-size", str(rollout),
         "--forward-batch-size", str(rollout), "--max-grad-norm", "1.0", "--lr", str(spec["lr"]),
-        "--lr-schedule", "constant", "--total-episodes", str(rollout * spec["updates"]), "--eval-every", "0",
+        "--schedule", "constant", "--total-episodes", str(rollout * spec["updates"]), "--eval-every", "0",
         "--save-every", "1000000", "--log-samples", "0", "--seed", str(spec["seed"]),
         "--threads", str(spec["threads"]), "--mixed-precision", "no"]
     if stage == "grpo":

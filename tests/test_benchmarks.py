@@ -222,7 +222,7 @@ def test_group_cases_give_both_sides_the_same_settings(name):
     assert not trl["mask_truncated_completions"]
     # optimisation
     assert cfg.lr == trl["learning_rate"] == spec["lr"]
-    assert cfg.lr_schedule == "constant" and trl["lr_scheduler_type"] == "constant" and trl["warmup_steps"] == 0
+    assert cfg.schedule == "constant" and trl["lr_scheduler_type"] == "constant" and trl["warmup_steps"] == 0
     assert cfg.max_grad_norm == trl["max_grad_norm"] == 1.0 and trl["weight_decay"] == 0.0
     assert cfg.seed == trl["seed"] == 3 and cfg.threads == spec["threads"]
     # precision and recomputation

@@ -114,7 +114,7 @@ def test_ppo_two_processes_equal_one(tmp_path, tiny_model_dir, ppo_inputs):
     args = ["ppo", "--policy", tiny_model_dir, "--reward-model", rm, "--prompts", prompts, "--eval-prompts", prompts,
             "--eval-size", "4", "--reference-text", "none", "--rollout-batch-size", "8", "--minibatch-size", "4",
             "--total-episodes", "24", "--max-new-tokens", "6", "--ppo-epochs", "2", "--lr", "1e-2",
-            "--lr-schedule", "constant", "--kl-target", "0.05", "--kl-horizon", "16", "--reward-norm",
+            "--schedule", "constant", "--kl-target", "0.05", "--kl-horizon", "16", "--reward-norm",
             "--no-eos-penalty", "none", "--target-kl", "10", "--eval-every", "2", "--save-every", "2",
             "--threads", "1"]
     torchrun(args, tmp_path / "two")
@@ -148,7 +148,7 @@ def test_grpo_two_processes_equal_one(tmp_path, tiny_model_dir):
     args = ["grpo", "--policy", tiny_model_dir, "--prompts", str(tmp_path / "prompts.jsonl"), "--eval-prompts", "none",
             "--reference-text", "none", "--reward", f"{tmp_path / 'rewards.py'}:digits", "--group-size", "4",
             "--rollout-batch-size", "16", "--minibatch-size", "8", "--total-episodes", "48", "--max-new-tokens", "6",
-            "--lr", "1e-2", "--lr-schedule", "constant", "--ppo-epochs", "2", "--save-every", "2", "--threads", "1"]
+            "--lr", "1e-2", "--schedule", "constant", "--ppo-epochs", "2", "--save-every", "2", "--threads", "1"]
     torchrun(args, tmp_path / "two")
     assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0
     assert_same_weights(tmp_path / "one", tmp_path / "two", tiny_model_dir, min_moved=1e-2, atol=2e-5)

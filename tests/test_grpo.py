@@ -40,7 +40,7 @@ def args(command, model, files, out, *extra):
     return [command, "--policy", model, "--prompts", str(files / "prompts.jsonl"), "--eval-prompts",
             str(files / "prompts.jsonl"), "--eval-size", "4", "--reference-text", "none",
             "--reward", f"{files / 'rewards.py'}:digits", "--rollout-batch-size", "16", "--minibatch-size", "8",
-            "--total-episodes", "48", "--max-new-tokens", "6", "--lr", "1e-2", "--lr-schedule", "constant",
+            "--total-episodes", "48", "--max-new-tokens", "6", "--lr", "1e-2", "--schedule", "constant",
             "--eval-every", "2", "--save-every", "1", "--threads", "1", "--out", str(out), *extra]
 
 

@@ -157,7 +157,7 @@ def test_packing_changes_no_training_number(tiny_tokenizer, tmp_path):
     rows = {}
     for pack in (False, True):
         cfg = PPOConfig(out=str(tmp_path / str(pack)), rollout_batch_size=8, minibatch_size=4, total_episodes=8 * 3,
-                        lr=1e-2, max_new_tokens=8, beta=0.1, eval_prompts=None, lr_schedule="constant",
+                        lr=1e-2, max_new_tokens=8, beta=0.1, eval_prompts=None, schedule="constant",
                         save_every=0, pack_episodes=pack)
         train(cfg, PolicyWithValueHead(tiny_lm(tok)), tiny_lm(tok).eval().requires_grad_(False), tok,
               digit_reward(tok), PROMPTS * 2, log=lambda s: None)
@@ -270,7 +270,7 @@ def test_ppo_raises_a_toy_reward(tiny_tokenizer, tmp_path):
     lm, ref = tiny_lm(tok), tiny_lm(tok).eval().requires_grad_(False)
     cfg = PPOConfig(out=str(tmp_path / "ppo"), rollout_batch_size=16, minibatch_size=8, total_episodes=16 * 12,
                     lr=1e-2, max_new_tokens=12, beta=0.0, adap_kl_ctrl=False, eval_prompts=None,
-                    no_eos_penalty=None, lr_schedule="constant", save_every=0)
+                    no_eos_penalty=None, schedule="constant", save_every=0)
     train(cfg, PolicyWithValueHead(lm), ref, tok, digit_reward(tok), PROMPTS * 4, log=lambda s: None)
     rows = [json.loads(line) for line in open(tmp_path / "ppo" / "metrics.jsonl")]
     scores = [r["reward/score"] for r in rows]
@@ -288,7 +288,7 @@ def test_kl_penalty_holds_the_policy_near_the_reference(tiny_tokenizer, tmp_path
         out = tmp_path / f"b{beta}"
         cfg = PPOConfig(out=str(out), rollout_batch_size=16, minibatch_size=8, total_episodes=16 * 8, lr=1e-2,
                         max_new_tokens=12, beta=beta, adap_kl_ctrl=False, eval_prompts=None, no_eos_penalty=None,
-                        lr_schedule="constant", save_every=0)
+                        schedule="constant", save_every=0)
         train(cfg, PolicyWithValueHead(tiny_lm(tok)), tiny_lm(tok).eval().requires_grad_(False), tok,
               digit_reward(tok), PROMPTS * 4, log=lambda s: None)
         rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -336,7 +336,7 @@ def _cli(tiny_model_dir, tiny_rm_dir, prompt_file, out, *extra):
     return ["--policy", tiny_model_dir, "--reward_model", tiny_rm_dir, "--prompts", prompt_file,
             "--eval_prompts", prompt_file, "--reference_text", "none", "--out", str(out), "--rollout_batch_size", "4",
             "--minibatch_size", "2", "--total_episodes", "12", "--max_new_tokens", "6", "--eval_every", "2",
-            "--save_every", "1", "--ppo_epochs", "2", "--lr", "1e-3", "--lr_schedule", "constant", "--threads", "1",
+            "--save_every", "1", "--ppo_epochs", "2", "--lr", "1e-3", "--schedule", "constant", "--threads", "1",
             *extra]
 
 

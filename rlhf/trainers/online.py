@@ -71,9 +71,10 @@ class OnlineOptions:
     grad_accum: int = opt(1, "micro-batches per minibatch")
     generation_batch_size: int = opt(64, "prompts sampled together")
     forward_batch_size: int = opt(32, "rows per no-grad forward (reference, old log-probs)")
-    max_grad_norm: float | None = opt(1.0, "gradient clipping (none = off)")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this; 0 = no clipping")
     lr: float = opt(1e-5, "learning rate (AdamW, eps 1e-5)")
-    lr_schedule: Literal["constant", "linear"] = opt("linear", "constant, or linear decay to 0")
+    schedule: Literal["linear", "constant"] = opt("linear", "learning-rate decay over the updates: linear to 0, or "
+                                                            "constant")
     total_episodes: int = opt(4096, "responses to sample in total (updates = this / rollout_batch_size)")
     target_kl: float | None = opt(None, "stop an update's epochs once approx_kl passes this (none = off)")
     pack_episodes: bool = opt(True, "forward a minibatch's episodes packed into rows without padding (the same "
@@ -123,7 +124,7 @@ class OnlineOptions:
             raise UserError(f"{name}: 'temperature' 0 would be greedy; online RL needs sampling (use e.g. 1.0)")
         if not 0 < self.top_p <= 1:
             raise UserError(f"{name}: 'top_p' must be in (0, 1]")
-        for key in ("beta", "lr"):
+        for key in ("beta", "lr", "max_grad_norm"):
             if getattr(self, key) < 0:
                 raise UserError(f"{name}: '{key}' must be >= 0")
         if self.adap_kl_ctrl and (self.kl_target <= 0 or self.kl_horizon <= 0):
@@ -223,7 +224,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
     n_updates = cfg.n_updates
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
-    decay = (lambda u: max(0.0, 1.0 - u / n_updates)) if cfg.lr_schedule == "linear" else (lambda u: 1.0)
+    decay = (lambda u: max(0.0, 1.0 - u / n_updates)) if cfg.schedule == "linear" else (lambda u: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     kl_ctl = kl_controller(cfg)
