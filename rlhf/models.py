@@ -164,6 +164,25 @@ def disable_dropout(model) -> None:
                 setattr(holder, key, 0.0)
 
 
+def score_head(model):
+    """The scalar head (`score`, or BERT's `classifier`) of a sequence-classification model, under any DDP,
+    compile or peft wrapper; None when there is none."""
+    import torch
+
+    inner = model
+    for _ in range(6):
+        for name in ("score", "classifier"):
+            head = getattr(inner, name, None)
+            if isinstance(head, torch.nn.Module):
+                return head
+        inner = (getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
+                 or (inner.get_base_model() if hasattr(inner, "get_base_model") else None)
+                 or getattr(inner, "base_model", None) or getattr(inner, "model", None))
+        if inner is None:
+            break
+    return None
+
+
 def unwrap(model):
     """The plain transformers model under accelerate / peft wrappers (LoRA merged)."""
     inner = getattr(model, "module", model)

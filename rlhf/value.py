@@ -65,20 +65,6 @@ class PolicyWithValueHead(nn.Module):
         return logits, values
 
 
-def _score_head(model):
-    """The scalar head of a sequence-classification model (plain or peft-wrapped)."""
-    inner = model
-    for _ in range(4):
-        for name in ("score", "classifier"):
-            head = getattr(inner, name, None)
-            if isinstance(head, nn.Module):
-                return head
-        inner = getattr(inner, "model", None) or getattr(inner, "base_model", None)
-        if inner is None:
-            break
-    raise ValueError("the critic's reward model has no 'score' head; use value_model=head")
-
-
 class Critic(nn.Module):
     """Per-token values from a decoder-only reward model: its head applied at every position."""
 
@@ -91,7 +77,11 @@ class Critic(nn.Module):
             # are not values of prefixes, so it cannot serve as a token-level critic.
             raise ValueError("a critic needs a decoder-only reward model; this one is an encoder")
         self.model = reward_model
-        self.head = _score_head(reward_model)
+        from rlhf.models import score_head
+
+        self.head = score_head(reward_model)
+        if self.head is None:
+            raise ValueError("the critic's reward model has no 'score' head; use value_model=head")
 
     def forward(self, episodes: Episodes):
         """-> values (B, Lr) for the episodes' response tokens."""

@@ -215,19 +215,14 @@ def shared_prompt_agrees(model, batcher) -> bool:
 
 
 def score_head(model):
-    """The `score` linear head of a causal-LM reward model, under any DDP, compile or PEFT wrapper."""
-    import torch
+    """The scalar head of a reward model (`rlhf.models.score_head`), which shared-prompt scoring reads per token."""
+    from rlhf.models import score_head as find
 
-    inner = model
-    for _ in range(4):
-        if isinstance(getattr(inner, "score", None), torch.nn.Module):
-            return inner.score
-        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None) or \
-            (inner.get_base_model() if hasattr(inner, "get_base_model") else None)
-        if inner is None:
-            break
-    raise ValueError(f"{type(model).__name__}: no `score` head to read per-token scores from; "
-                     "train with --no-share-prompt")
+    head = find(model)
+    if head is None:
+        raise ValueError(f"{type(model).__name__}: no `score` head to read per-token scores from; "
+                         "train with --no-share-prompt")
+    return head
 
 
 def rm_step(model, batch: dict, *, use_margins: bool = True, center_coef: float = 0.0):
