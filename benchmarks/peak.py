@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from rlhf.trainers.runtime import available_cores  # noqa: E402,F401  (one count of the cores, the runtime's)
 
 
 def matmul_peak(n: int = 2048, threads: int = 0, repeats: int = 5, dtype: str = "float32") -> dict:

@@ -481,7 +481,9 @@ def _cpu_model() -> str | None:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from rlhf.trainers.runtime import available_cores
+
+    return available_cores()
 
 
 def _gpu_name() -> str | None:

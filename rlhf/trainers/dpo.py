@@ -47,6 +47,7 @@ from rlhf.config import opt, parse
 from rlhf.errors import UserError
 from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, check_start, share_prompt_or_fall_back,
                                 train, train_options)
+from rlhf.trainers.runtime import note as _note
 
 # Per-loss default beta: DPO-style losses scale a log-ratio of whole
 # sequences (0.1, Rafailov et al.); SimPO scales a per-token average (2.0, Meng et al.).
@@ -316,8 +317,6 @@ class ORPOConfig(_SharePrompt, _OfflineConfig):
 
 # --- the commands -------------------------------------------------------------------------------------------
 
-def _note(message: str) -> None:
-    print(f"rlhf: {message}", file=sys.stderr, flush=True)
 
 
 def shared_logps_agree(model, batcher) -> bool:
