@@ -50,6 +50,7 @@ from typing import Optional, Sequence
 from rlhf.config import opt, parse
 from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
+from rlhf.judges import parse_openai_spec
 
 CONSTITUTION_FIELDS = ("name", "rule", "critique", "revision")
 EXAMPLE_FIELDS = ("principle", "prompt", "response", "critique", "revision")
@@ -255,7 +256,7 @@ class HTTPChat:
 
     def reply(self, conversations: Sequence[list[dict]], *, seed: int = 0) -> list[tuple[str, bool]]:
         def one(messages):
-            choice = self._client._call(messages).choices[0]
+            choice = self._client.complete(messages).choices[0]
             content = choice.message.content if choice.message else ""
             return content or "", choice.finish_reason != "length"
 
@@ -263,11 +264,6 @@ class HTTPChat:
             return list(pool.map(one, list(conversations)))
 
 
-def parse_openai_spec(spec: str) -> tuple[str, str]:
-    url, _, model = spec[len("openai:"):].partition("#")
-    if not url.startswith(("http://", "https://")) or not model:
-        raise UserError(f"'{spec}': write it as openai:http://HOST:PORT/v1#MODEL")
-    return url, model
 
 
 # --------------------------------------------------------------------------- critique and revision

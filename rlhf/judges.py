@@ -712,6 +712,14 @@ class HumanJudge(Judge):
 JUDGE_KINDS = ("gold", "rm:PATH", "llm:PATH", "openai:URL#MODEL", "human:FILE")
 
 
+def parse_openai_spec(spec: str) -> tuple[str, str]:
+    """`openai:URL#MODEL` -> (URL, MODEL); one clear line when it is not that."""
+    url, _, model = spec[len("openai:"):].partition("#")
+    if not url.startswith(("http://", "https://")) or not model:
+        raise UserError(f"'{spec}': write it as openai:http://HOST:PORT/v1#MODEL")
+    return url, model
+
+
 def make_judge(spec: str, *, api_key_env: str = "OPENAI_API_KEY", principles: Sequence[str] | None = None,
                batch_size: int = 8, max_len: int = 1024, dtype: str = "float32", timeout: float = 60.0,
                max_retries: int = 4, concurrency: int = 4, trust_remote_code: bool = False, device="auto") -> Judge:
@@ -728,9 +736,7 @@ def make_judge(spec: str, *, api_key_env: str = "OPENAI_API_KEY", principles: Se
         return LLMJudge.load(arg, dtype=dtype, trust_remote_code=trust_remote_code, principles=principles,
                              batch_size=batch_size, max_len=max(max_len, 256), device=device)
     if kind == "openai" and arg:
-        url, _, model = arg.partition("#")
-        if not url.startswith(("http://", "https://")) or not model:
-            raise UserError(f"judge '{spec}': write it as openai:http://HOST:PORT/v1#MODEL")
+        url, model = parse_openai_spec(spec)
         return OpenAIJudge(url, model, api_key_env=api_key_env, principles=principles, timeout=timeout,
                            max_retries=max_retries, concurrency=concurrency)
     if kind == "human" and arg:
@@ -738,6 +744,6 @@ def make_judge(spec: str, *, api_key_env: str = "OPENAI_API_KEY", principles: Se
     raise UserError(f"unknown judge '{spec}'; use one of: {', '.join(JUDGE_KINDS)}")
 
 
-__all__ = ["Judge", "GoldJudge", "RewardModelJudge", "LLMJudge", "OpenAIJudge", "HumanJudge", "make_judge",
+__all__ = ["parse_openai_spec", "Judge", "GoldJudge", "RewardModelJudge", "LLMJudge", "OpenAIJudge", "HumanJudge", "make_judge",
            "both_orders", "pairwise_prompt", "parse_answer", "read_human_labels", "DEFAULT_PRINCIPLES",
            "sigmoid", "letter_token_ids"]
