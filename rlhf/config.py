@@ -207,10 +207,6 @@ def build_parser(cls, prog: str, description: str | None = None) -> argparse.Arg
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    pass
-
-
 def parse(cls, argv: list[str] | None = None, prog: str | None = None):
     """Parse `argv` into an instance of the config dataclass `cls`."""
     argv = list(sys.argv[1:] if argv is None else argv)

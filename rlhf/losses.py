@@ -343,9 +343,10 @@ def _simpo(pc, pr, rc, rr, ct, rt, beta=2.0, gamma=0.5, label_smoothing=0.0):
 
 
 def _orpo(pc, pr, rc, rr, ct, rt, beta=0.1):
-    # beta is ORPO's lambda (TRL's naming); the SFT term is the chosen responses' per-token NLL
-    pc_avg = _avg(pc, ct)
-    return orpo_loss(pc_avg, _avg(pr, rt), -pc_avg, lam=beta)
+    # beta is ORPO's lambda (TRL's naming); the SFT term is the token-mean NLL over every chosen token of the
+    # batch (TRL's, and what `rlhf orpo` steps: the one ORPO loss)
+    nll = -pc.sum() / torch.as_tensor(ct).sum().clamp(min=1)
+    return orpo_loss(_avg(pc, ct), _avg(pr, rt), nll, lam=beta)
 
 
 PREFERENCE_LOSSES = {"dpo": _dpo, "cdpo": _cdpo, "ipo": _ipo, "simpo": _simpo, "orpo": _orpo}

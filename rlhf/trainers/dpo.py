@@ -118,13 +118,11 @@ def preference_step(loss: str = "dpo", *, reference=None, reference_free: bool =
 
 def orpo_step(lam: float = 0.1):
     """ORPO (Hong et al. 2024): token-mean NLL of the chosen responses plus lam times the odds-ratio term."""
-    from rlhf.losses import orpo_loss
+    from rlhf.losses import PREFERENCE_LOSSES
 
     def step(model, batch):
         pc, pr, ct, rt = pair_logps(model, batch)
-        # The SFT term is the usual token-mean cross-entropy over every chosen token of the batch.
-        nll = -pc.sum() / ct.sum().clamp(min=1)
-        value, metrics = orpo_loss(pc / ct.clamp(min=1), pr / rt.clamp(min=1), nll, lam=lam)
+        value, metrics = PREFERENCE_LOSSES["orpo"](pc, pr, None, None, ct, rt, beta=lam)
         metrics["pairs"] = float(pc.numel())
         return value, metrics
 
