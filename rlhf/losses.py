@@ -104,8 +104,13 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | None 
 
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                       margin: torch.Tensor | None = None, center_coef: float = 0.0):
+                       margin: torch.Tensor | None = None, center_coef: float = 0.0,
+                       weights: torch.Tensor | None = None):
     """Reward-model loss: mean of -log sigmoid(r_chosen - r_rejected - margin).
+
+    `weights` (P,) makes it a weighted mean: InstructGPT's ranking loss weighs each
+    of a prompt's C(K,2) pairs 1/C(K,2), so that every prompt counts once however
+    many responses it ranked (`pair_weights`).
 
     `margin` (P,) is Llama 2's preference-strength margin (chosen must win by
     at least that much). `center_coef` adds coef * mean((r_c + r_r)^2)
@@ -114,7 +119,8 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     """
     diff = chosen_rewards.float() - rejected_rewards.float()  # (P,)
     target = diff - margin.float() if margin is not None else diff
-    loss = -F.logsigmoid(target).mean()
+    per_pair = -F.logsigmoid(target)
+    loss = per_pair.mean() if weights is None else (per_pair * weights).sum() / weights.sum()
     if center_coef:
         loss = loss + center_coef * ((chosen_rewards.float() + rejected_rewards.float()) ** 2).mean()
     return loss, {"loss": _f(loss), "accuracy": _f((diff > 0).float()), "chosen_reward": _f(chosen_rewards),
@@ -157,6 +163,13 @@ def token_total(x: torch.Tensor, mask: torch.Tensor, num_tokens=None) -> torch.T
     if num_tokens is None:
         return masked_mean(x, mask)
     return (x * mask).sum() / num_tokens
+
+
+def pair_weights(groups: torch.Tensor) -> torch.Tensor:
+    """1 / (pairs of the same prompt) for each pair, from each pair's prompt index (P,): InstructGPT's
+    per-prompt average of a ranking's C(K,2) comparisons (Ouyang et al. 2022, eq. 1)."""
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].float()
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,

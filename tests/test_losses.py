@@ -481,3 +481,22 @@ def test_policy_gradient_loss_k3_kl_term_by_hand():
     loss0, m0 = policy_gradient_loss(logp, old, adv, mask, 0.2, 0.28, ref_logprobs=ref)
     close(loss0, -0.386)
     assert float(m0["policy/kl_ref"]) == pytest.approx((math.log(2) - 0.5) / 5, rel=1e-5)
+
+
+def test_ranking_pairs_weighed_per_prompt_as_instructgpt():
+    """Prompt A ranked 3 responses (3 pairs), prompt B 2 (1 pair). Per pair: the mean of the 4 losses; per
+    prompt (InstructGPT): the mean of A's 3 losses and B's 1, averaged over the 2 prompts."""
+    from rlhf.losses import bradley_terry_loss, pair_weights
+
+    import torch.nn.functional as F
+
+    diffs = torch.tensor([0.5, -1.0, 2.0, -2.0])
+    groups = torch.tensor([0, 0, 0, 1])
+    each = -F.logsigmoid(diffs)  # -log sigmoid(d) per pair
+    w = pair_weights(groups)
+    close(w, torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0]))
+    per_pair, _ = bradley_terry_loss(diffs, torch.zeros(4))
+    per_prompt, _ = bradley_terry_loss(diffs, torch.zeros(4), weights=w)
+    close(per_pair, each.mean())
+    close(per_prompt, (each[:3].mean() + each[3]) / 2)
+    assert float(per_prompt) - float(per_pair) > 0.3  # B's one bad pair counts as much as A's three

@@ -392,3 +392,40 @@ def test_short_groups_share_a_row_and_keep_their_scores(tiny_tokenizer, tiny_mod
     model = load_reward_model(tiny_model_dir, pad_token_id=tiny_tokenizer.pad_token_id).eval()
     with torch.no_grad():
         assert torch.allclose(rewards_of(model, shared), rewards_of(model, plain), atol=1e-5)
+
+
+def test_pair_weighting_per_prompt_weighs_each_rankings_pairs_by_its_size(tmp_path, tiny_model_dir):
+    """rm_step with per_prompt: on a batch of a 3-response and a 2-response ranking, the loss is the mean over
+    the two prompts of each one's mean pair loss, from the rewards the model gives (by hand below); the CLI
+    option reaches it."""
+    import json
+
+    import torch.nn.functional as F
+
+    from rlhf.cli import main as cli
+    from rlhf.data import RewardBatcher, load_groups
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.trainers.rm import rewards_of, rm_step
+
+    rows = [{"prompt": "What is 1 + 1?", "responses": ["2.", "3.", "no idea"], "ranking": [0, 1, 2]},
+            {"prompt": "What is 2 + 2?", "responses": ["4.", "5."], "ranking": [0, 1]}]
+    data = tmp_path / "rankings.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_reward_model(tiny_model_dir, pad_token_id=tok.pad_token_id)
+    torch.nn.init.normal_(model.score.weight, std=1.0)  # rewards far apart, so the weighting shows
+    batch = RewardBatcher(tok, load_groups(data), max_len=64, batch_size=2, shuffle=False).collate([0, 1])
+    with torch.no_grad():
+        r = rewards_of(model, batch)
+        pairs = batch["pairs"]
+        each = -F.logsigmoid(r[pairs[:, 0]] - r[pairs[:, 1]])
+        a_pairs = batch["group"][pairs[:, 0]] == 0
+        want = (each[a_pairs].mean() + each[~a_pairs].mean()) / 2
+        got, _ = rm_step(model, batch, per_prompt=True)
+        plain, _ = rm_step(model, batch)
+    assert int(a_pairs.sum()) == 3 and len(pairs) == 4
+    assert float(got) == pytest.approx(float(want), abs=1e-6)
+    assert float(plain) == pytest.approx(float(each.mean()), abs=1e-6)
+    assert cli(["rm", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "2", "--max-steps", "1",
+                "--val-fraction", "0", "--save-every", "0", "--threads", "1", "--quiet", "--pair-weighting", "prompt",
+                "--out", str(tmp_path / "rm")]) == 0

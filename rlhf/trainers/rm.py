@@ -42,7 +42,7 @@ import sys
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse
 from rlhf.device import DeviceOptions
@@ -65,6 +65,9 @@ class _RMData:
     val_fraction: float = opt(0.1, "share of prompts held out for validation accuracy; 0 = none")
     use_margins: bool = opt(True, "use the comparisons' margin field (the better response must win by that much)")
     center_coef: float = opt(0.0, "weight of mean((r_better + r_worse)^2), which keeps rewards near 0 while training")
+    pair_weighting: Literal["pair", "prompt"] = opt(
+        "pair", "how a ranking's pairs weigh: each pair once (pair), or each prompt once, its C(K,2) pairs "
+                "1/C(K,2) each (prompt: InstructGPT's loss, so prompts with more responses do not count more)")
     reference: Optional[str] = opt(None, "prompt/response rows whose mean reward is set to 0; default: the training responses")
     normalize: bool = opt(True, "store the offset that makes the reference responses' mean reward 0")
 
@@ -157,7 +160,8 @@ def run(cfg: RMConfig) -> TrainResult:
         start(folder, cfg)
 
     def step(m, batch):
-        return rm_step(m, batch, use_margins=cfg.use_margins, center_coef=cfg.center_coef)
+        return rm_step(m, batch, use_margins=cfg.use_margins, center_coef=cfg.center_coef,
+                       per_prompt=cfg.pair_weighting == "prompt")
 
     def save(plain):
         if reference is not None:
@@ -225,14 +229,18 @@ def score_head(model):
     return head
 
 
-def rm_step(model, batch: dict, *, use_margins: bool = True, center_coef: float = 0.0):
-    """Bradley-Terry over every comparison in the batch; each response was forwarded once."""
-    from rlhf.losses import bradley_terry_loss
+def rm_step(model, batch: dict, *, use_margins: bool = True, center_coef: float = 0.0, per_prompt: bool = False):
+    """Bradley-Terry over every comparison in the batch; each response was forwarded once.
+
+    `per_prompt`: each prompt's pairs weigh 1/(its pairs), InstructGPT's per-prompt average."""
+    from rlhf.losses import bradley_terry_loss, pair_weights
 
     rewards = rewards_of(model, batch)  # (N,)
     pairs = batch["pairs"]  # (P, 2): (better row, worse row)
     margins = batch["margins"] if use_margins and bool(batch["has_margin"].any()) else None
-    loss, metrics = bradley_terry_loss(rewards[pairs[:, 0]], rewards[pairs[:, 1]], margins, center_coef=center_coef)
+    weights = pair_weights(batch["group"][pairs[:, 0]]) if per_prompt else None
+    loss, metrics = bradley_terry_loss(rewards[pairs[:, 0]], rewards[pairs[:, 1]], margins, center_coef=center_coef,
+                                       weights=weights)
     return loss, {"accuracy": metrics["accuracy"], "margin": metrics["margin"], "pairs": float(len(pairs))}
 
 
