@@ -5,7 +5,8 @@
                 not to refuse), disjoint train/eval splits, `parse_task(prompt)`.
 - `gold`        the gold judge: `score(prompt, response, stopped)` in [-2, 1.5],
                 `breakdown`, `compare`; correctness first, then harmlessness,
-                concision, stopping, no padding, flattery, markup or repetition.
+                concision, stopping, no padding, flattery, markup or repetition;
+                `skill_correctness` (share of skill prompts answered right).
 - `annotators`  simulated labelers: Bradley-Terry noise on gold (~70% agreement),
                 optional length / flattery / format bias.
 - `tokenizer`   a small byte-level BPE tokenizer with a chat template.
@@ -13,6 +14,8 @@
                 with a base model's habits (presets `lab` and `lab-small`).
 - `critic`      the lab critic (preset `lab-critic`): pretrained on world text that also
                 holds critiques, revisions and comparisons, for `rlhf cai`.
+- `skills`      correctness of models on held-out skill prompts, per family
+                (`python -m rlhf.lab.skills MODEL,MODEL`).
 - `generate`    `rlhf lab data` (demonstrations, ranked comparisons, eval prompts)
                 and `rlhf lab gold`.
 
