@@ -205,3 +205,52 @@ def test_a_checkpoint_with_non_finite_weights_is_not_written(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["step-0000001"]  # nothing of step 2, not even a temp folder
     model.requires_grad_(False)  # frozen weights are not what a run trains: not checked
     runtime.save_checkpoint(accelerator, root, 3, {"step": 3}, keep=2)
+
+
+def test_an_online_resume_takes_a_new_lr_only_when_named(tmp_path, tiny_model_dir, capsys):
+    """PPO: a new --lr on resume is refused without --change-on-resume; with it the resumed updates step at
+    the new rate (metrics' lr; constant schedule) and run.json records the change."""
+    import json
+
+    from test_ppo import PROMPTS, tiny_rm
+
+    from rlhf.metrics import read_metrics
+    from rlhf.trainers.ppo import main as ppo
+
+    from conftest import build_tiny_tokenizer
+
+    tok_dir = tmp_path / "rm"
+    tok = build_tiny_tokenizer()
+    tiny_rm(tok).save_pretrained(tok_dir)
+    tok.save_pretrained(tok_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out = tmp_path / "ppo"
+    args = ["--policy", tiny_model_dir, "--reward-model", str(tok_dir), "--prompts", str(prompts), "--eval-prompts",
+            "none", "--reference-text", "none", "--rollout-batch-size", "4", "--minibatch-size", "2",
+            "--total-episodes", "16", "--max-new-tokens", "4", "--save-every", "1", "--keep-checkpoints", "4",
+            "--schedule", "constant",
+            "--threads", "1", "--out", str(out)]
+    assert ppo([*args, "--lr", "1e-3"]) == 0
+    # as a kill after update 2 leaves it: drop the later checkpoints
+    import shutil
+
+    for step in (3, 4):
+        shutil.rmtree(out / "checkpoints" / f"step-{step:07d}", ignore_errors=True)
+    capsys.readouterr()
+    assert main_refused(ppo, [*args, "--lr", "1e-4", "--resume"], capsys)
+    assert ppo([*args, "--lr", "1e-4", "--resume", "--change-on-resume", "lr"]) == 0
+    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl") if "lr" in r]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    resumes = json.loads((out / "run.json").read_text())["resumes"]
+    assert resumes[-1]["changed"] == {"lr": [1e-3, 1e-4]}
+
+
+def main_refused(fn, argv, capsys) -> bool:
+    from rlhf.errors import UserError
+
+    try:
+        code = fn(argv)
+    except UserError as e:
+        return "--change-on-resume lr" in str(e)
+    return code == 2 and "--change-on-resume lr" in capsys.readouterr().err

@@ -112,13 +112,8 @@ class TrainOptions:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
-            (not self.change_on_resume or self.resume, "--change-on-resume goes with --resume"),
         ]
-        self.change_on_resume = [c.strip().lstrip("-").replace("-", "_") for c in self.change_on_resume if c.strip()]
-        for name in self.change_on_resume:
-            if name not in CHANGE_ON_RESUME:
-                raise UserError(f"--change-on-resume {name}: a resume may change only "
-                                f"{', '.join(CHANGE_ON_RESUME)}")
+        self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
@@ -591,6 +586,17 @@ def _restore(accelerator, checkpoint: Path, out: Path, optimizer, scheduler, opt
         changes = f"; new {', '.join(opts.change_on_resume)}" if opts.change_on_resume else ""
         _note(f"resuming from {checkpoint} (step {state.step}{changes})")
     return state
+
+
+def changes_on_resume(names, resume: bool) -> list[str]:
+    """The options `--change-on-resume` names, checked (only `CHANGE_ON_RESUME`, only with --resume)."""
+    names = [c.strip().lstrip("-").replace("-", "_") for c in names if c.strip()]
+    if names and not resume:
+        raise UserError("--change-on-resume goes with --resume")
+    for name in names:
+        if name not in CHANGE_ON_RESUME:
+            raise UserError(f"--change-on-resume {name}: a resume may change only {', '.join(CHANGE_ON_RESUME)}")
+    return names
 
 
 def set_base_lr(optimizer, scheduler, lr: float) -> None:

@@ -92,6 +92,9 @@ class OnlineOptions:
     threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
     keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
     resume: bool = opt(False, "continue from the last checkpoint in the output folder")
+    change_on_resume: list[str] = opt([], "with --resume: options that take their new values from the resumed "
+                                          "update on (lr, max_grad_norm; comma-separated; recorded in run.json); "
+                                          "others must stay as they were")
     quiet: bool = opt(False, "no progress bar and no progress lines")
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the "
                                  "files it wrote)")
@@ -129,6 +132,9 @@ class OnlineOptions:
                 raise UserError(f"{name}: '{key}' must be >= 0")
         if self.adap_kl_ctrl and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise UserError(f"{name}: the adaptive KL controller needs kl_target > 0 and kl_horizon > 0")
+        from rlhf.trainers.loop import changes_on_resume
+
+        self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
         if self.resume and self.overwrite:
             raise UserError(f"{name}: --resume continues the run in the output folder and --overwrite replaces it; "
                             "pass one")
@@ -241,6 +247,10 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
             if obj is not None and saved.get(name) is not None:
                 obj.load_state_dict(saved[name])
         state = {k: saved[k] for k in state}
+        if "lr" in cfg.change_on_resume:  # max_grad_norm is read from the config at every step
+            from rlhf.trainers.loop import set_base_lr
+
+            set_base_lr(optimizer, scheduler, cfg.lr)
         if main:
             truncate_after(out / METRICS_FILE, state["update"])
             truncate_after(out / "samples.jsonl", state["update"])
