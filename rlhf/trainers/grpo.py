@@ -344,57 +344,15 @@ def train(cfg: CriticFreeOptions, policy, reference, tokenizer, reward_fn, promp
 
 
 def run(cfg: CriticFreeOptions) -> dict:
-    from rlhf.runfolder import TRAIN_MAY_CHANGE, RunFolder
-    from rlhf.trainers.ppo_setup import load_prompt_rows
-
-    folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, cfg.prompts, cfg.eval_prompts, cfg.reference_text],
-                                    may_change=(*TRAIN_MAY_CHANGE, "eval_every", "stop_on_alarm"))
-    prompts = load_prompt_rows(cfg.prompts, split="train", seed=cfg.seed)  # bad data stops before torch loads
-
-    import torch
-
-    from rlhf.models import LoraOptions, load_causal_lm, load_tokenizer
-    from rlhf.trainers.ppo_eval import Evaluator
-    from rlhf.trainers.ppo_setup import gold_function, load_reference_examples
-    from rlhf.models import quiet_transformers
-    from rlhf.trainers.runtime import process_state, set_threads
     from rlhf.value import Policy
 
-    set_threads(cfg.threads)
-    quiet_transformers(cfg.quiet)
-    torch.manual_seed(cfg.seed)
-    device = process_state().device
+    folder, prompts = online.claim(cfg)
+    device = online.start_process(cfg)
     reward_fn = reward_function(cfg, device)
-    reward_fn.combined.check([p for p, _ in prompts[:8]],
-                             **{k: [f.get(k) for _, f in prompts[:8]] for k in {k for _, f in prompts[:8] for k in f}})
-    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
-                       target_modules=list(cfg.lora_targets)) if cfg.lora_r > 0 else None
-    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, lora=lora, dropout_off=True)
-    reference = None
-    if lora is None and cfg.kl != "none" and cfg.beta > 0:
-        reference = load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).eval().requires_grad_(False)
-    elif lora is None:
-        # no KL: the reference is only the evaluation's SFT baseline, answered at update 0, before any step
-        reference = lm
-    evaluator = None
-    if cfg.eval_prompts:
-        eval_rows = load_prompt_rows(cfg.eval_prompts, split="eval", n=cfg.eval_size, seed=cfg.seed)
-        eval_prompts = [p for p, _ in eval_rows]
-        eval_fields = [f for _, f in eval_rows]
-
-        def proxy(ps, texts):
-            from rlhf.trainers.ppo_step import RewardOut
-
-            return RewardOut(reward_fn(ps, texts, eval_fields)[0])
-
-        evaluator = Evaluator(tokenizer, eval_prompts, proxy, gold_fn=gold_function(eval_prompts),
-                              heldout=load_reference_examples(cfg.reference_text, eval_prompts),
-                              ppl_max_len=cfg.max_prompt_len + cfg.max_new_tokens,
-                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
-                              max_prompt_len=cfg.max_prompt_len, batch_size=cfg.generation_batch_size,
-                              seed=cfg.seed)
-    return train(cfg, Policy(lm), reference, tokenizer, reward_fn, prompts, evaluator=evaluator, folder=folder)
+    online.check_reward(reward_fn.combined, prompts)
+    tokenizer, lm, reference = online.load_policy(cfg, reference=cfg.kl != "none" and cfg.beta > 0)
+    ev = online.evaluator(cfg, tokenizer, lambda ps, texts, fields: reward_fn(ps, texts, fields)[0])
+    return train(cfg, Policy(lm), reference, tokenizer, reward_fn, prompts, evaluator=ev, folder=folder)
 
 
 def _main(config_cls, argv: list[str]) -> int:

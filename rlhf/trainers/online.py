@@ -180,6 +180,80 @@ def save_policy(lm, tokenizer, out: Path, extra: dict | None = None) -> None:
     save_model(lm, tokenizer, out, extra=extra, keep=RUN_FILES)
 
 
+# --- what the critic-free and online-DPO commands build ---------------------------------------------
+
+def claim(cfg: OnlineOptions):
+    """The output folder claimed and the training prompt rows (prompt, fields) read: both before torch loads,
+    so a refused folder or a bad data file is one line at once."""
+    from rlhf.runfolder import TRAIN_MAY_CHANGE, RunFolder
+    from rlhf.trainers.ppo_setup import load_prompt_rows
+
+    folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, cfg.prompts, cfg.eval_prompts, cfg.reference_text],
+                                    may_change=(*TRAIN_MAY_CHANGE, "eval_every", "stop_on_alarm"))
+    return folder, load_prompt_rows(cfg.prompts, split="train", seed=cfg.seed)
+
+
+def start_process(cfg: OnlineOptions):
+    """Threads, transformers' output, the seed; returns this process's device."""
+    import torch
+
+    from rlhf.models import quiet_transformers
+    from rlhf.trainers.runtime import process_state, set_threads
+
+    set_threads(cfg.threads)
+    quiet_transformers(cfg.quiet)
+    torch.manual_seed(cfg.seed)
+    return process_state().device
+
+
+def check_reward(combined, rows: list) -> None:
+    """Call a reward spec's functions on the first rows before training (`CombinedReward.check`)."""
+    sample = rows[:8]
+    names = {k for _, f in sample for k in f}
+    combined.check([p for p, _ in sample], **{k: [f.get(k) for _, f in sample] for k in names})
+
+
+def load_policy(cfg: OnlineOptions, *, reference: bool):
+    """-> (tokenizer, policy LM, frozen reference or None). With LoRA the reference is the adapter turned off
+    (None); without a reference the policy itself stands in as the evaluation's SFT baseline, answered at update
+    0 before any step."""
+    from rlhf.models import LoraOptions, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
+    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
+                       target_modules=list(cfg.lora_targets)) if cfg.lora_r > 0 else None
+    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, lora=lora, dropout_off=True)
+    if lora is not None:
+        return tokenizer, lm, None
+    if not reference:
+        return tokenizer, lm, lm
+    return tokenizer, lm, load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).eval().requires_grad_(False)
+
+
+def evaluator(cfg: OnlineOptions, tokenizer, score=None):
+    """The held-out evaluation (`ppo_eval.Evaluator`), or None without eval prompts. `score(prompts, texts,
+    fields) -> (B,)` is its proxy reward (None: no scalar score, e.g. a pairwise judge)."""
+    if not cfg.eval_prompts:
+        return None
+    import torch
+
+    from rlhf.trainers.ppo_eval import Evaluator
+    from rlhf.trainers.ppo_setup import gold_function, load_prompt_rows, load_reference_examples
+    from rlhf.trainers.ppo_step import RewardOut
+
+    rows = load_prompt_rows(cfg.eval_prompts, split="eval", n=cfg.eval_size, seed=cfg.seed)
+    prompts, fields = [p for p, _ in rows], [f for _, f in rows]
+
+    def proxy(ps, texts):
+        return RewardOut(torch.zeros(len(texts)) if score is None else score(ps, texts, fields))
+
+    return Evaluator(tokenizer, prompts, proxy, gold_fn=gold_function(prompts),
+                     heldout=load_reference_examples(cfg.reference_text, prompts),
+                     ppl_max_len=cfg.max_prompt_len + cfg.max_new_tokens, max_new_tokens=cfg.max_new_tokens,
+                     temperature=cfg.eval_temperature, max_prompt_len=cfg.max_prompt_len,
+                     batch_size=cfg.generation_batch_size, seed=cfg.seed)
+
+
 # --- the loop -------------------------------------------------------------------
 
 def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=None, ptx_batches=None, folder=None,

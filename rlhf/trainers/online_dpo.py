@@ -235,56 +235,23 @@ def labeller(cfg: OnlineDPOConfig, device):
 
 
 def run(cfg: OnlineDPOConfig) -> dict:
-    from rlhf.runfolder import TRAIN_MAY_CHANGE, RunFolder
-    from rlhf.trainers.ppo_setup import load_prompt_rows
-
-    folder = RunFolder.claim_config(cfg, inputs=[cfg.policy, cfg.prompts, cfg.eval_prompts, cfg.reference_text],
-                                    may_change=(*TRAIN_MAY_CHANGE, "eval_every", "stop_on_alarm"))
-    prompts = load_prompt_rows(cfg.prompts, split="train", seed=cfg.seed)  # bad data stops before torch loads
-
-    import torch
-
-    from rlhf.models import LoraOptions, load_causal_lm, load_tokenizer
-    from rlhf.trainers.ppo_eval import Evaluator
-    from rlhf.trainers.ppo_setup import gold_function, load_reference_examples
-    from rlhf.trainers.ppo_step import RewardOut
-    from rlhf.models import quiet_transformers
-    from rlhf.trainers.runtime import process_state, set_threads
     from rlhf.value import Policy
 
-    set_threads(cfg.threads)
-    quiet_transformers(cfg.quiet)
-    torch.manual_seed(cfg.seed)
-    device = process_state().device
+    folder, prompts = online.claim(cfg)
+    device = online.start_process(cfg)
     label = labeller(cfg, device)
     if hasattr(label, "combined"):
-        sample = prompts[:8]
-        label.combined.check([p for p, _ in sample], **{k: [f.get(k) for _, f in sample]
-                                                        for k in {k for _, f in sample for k in f}})
-    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-    lora = LoraOptions(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
-                       target_modules=list(cfg.lora_targets)) if cfg.lora_r > 0 else None
-    lm = load_causal_lm(cfg.policy, dtype=cfg.dtype, lora=lora, dropout_off=True)
-    reference = None if lora else load_causal_lm(cfg.policy, dtype=cfg.dtype, dropout_off=True).eval().requires_grad_(False)
-    evaluator = None
-    if cfg.eval_prompts:
-        eval_rows = load_prompt_rows(cfg.eval_prompts, split="eval", n=cfg.eval_size, seed=cfg.seed)
-        eval_prompts = [p for p, _ in eval_rows]
-        if cfg.judge:
-            proxy = lambda ps, texts: RewardOut(torch.zeros(len(texts)))  # noqa: E731  (a judge has no scalar score)
-        else:
-            from rlhf.trainers.grpo import reward_function
+        online.check_reward(label.combined, prompts)
+    tokenizer, lm, reference = online.load_policy(cfg, reference=True)
+    score = None  # a pairwise judge has no scalar score for the evaluation's proxy
+    if not cfg.judge:
+        from rlhf.trainers.grpo import reward_function
 
-            scalar = reward_function(cfg, device)
-            proxy = lambda ps, texts: RewardOut(scalar(ps, texts, [f for _, f in eval_rows])[0])  # noqa: E731
-        evaluator = Evaluator(tokenizer, eval_prompts, proxy, gold_fn=gold_function(eval_prompts),
-                              heldout=load_reference_examples(cfg.reference_text, eval_prompts),
-                              ppl_max_len=cfg.max_prompt_len + cfg.max_new_tokens,
-                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
-                              max_prompt_len=cfg.max_prompt_len, batch_size=cfg.generation_batch_size,
-                              seed=cfg.seed)
+        scalar = reward_function(cfg, device)
+        score = lambda ps, texts, fields: scalar(ps, texts, fields)[0]  # noqa: E731
     method = OnlineDPOMethod(cfg, Policy(lm), reference, tokenizer, label)
-    return online.train(cfg, method, tokenizer, prompts, evaluator=evaluator, folder=folder)
+    return online.train(cfg, method, tokenizer, prompts, evaluator=online.evaluator(cfg, tokenizer, score),
+                        folder=folder)
 
 
 def main(argv: list[str]) -> int:
