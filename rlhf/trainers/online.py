@@ -8,6 +8,7 @@ advantages) and which loss they step. Each is a small "method" object:
     method.module            the nn.Module trained (an actor-critic, or the policy alone), `.lm` the LM
     method.reference         the frozen reference model, or None (the LoRA policy with its adapter off)
     method.samples           responses sampled per prompt
+    method.hp                the options its steps read (its own copy of the config: packing may be turned off)
     method.experience(prompts, keys, *, beta, seed, accelerator) -> experience of the whole batch
     method.metrics(experience) -> dict of floats (`kl/ref` among them: the KL the controller reads)
     method.update(model, optimizer, experience, *, generator, update, accelerator, ptx_batches) -> dict
@@ -343,8 +344,11 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
     if main:
         write_text(out / "config.yaml", _yaml(to_dict(cfg)))
     if cfg.pack_episodes:
+        from rlhf.trainers.ppo_step import check_packing
+
         with accelerator.autocast():
-            packs = method.probe_packing([_prompt(p) for p in prompts[:2]])
+            packs = check_packing(module, reference, tokenizer, method.hp, [_prompt(p) for p in prompts[:2]])
+        method.hp.pack_episodes = packs
         if not packs:
             log(f"{cfg.command}: this model does not give packed episodes the numbers of separate rows; "
                 "forwarding one episode per row (pack_episodes off)")

@@ -100,16 +100,6 @@ class OnlineDPOMethod:
         self.hp = copy.copy(cfg)  # its own copy: the packing check may turn pack_episodes off
         self.options = preference_options(cfg.loss, cfg.beta, cfg.label_smoothing)
 
-    def probe_packing(self, prompts) -> bool:
-        from rlhf.rollout import generate
-        from rlhf.trainers.ppo_step import packing_agrees
-        from rlhf.value import PolicyWithValueHead
-
-        probe = generate(self.module.lm, self.tokenizer, prompts, max_new_tokens=4, temperature=self.hp.temperature,
-                         max_prompt_len=self.hp.max_prompt_len)
-        self.hp.pack_episodes = packing_agrees(PolicyWithValueHead(self.module.lm), self.reference, probe)
-        return self.hp.pack_episodes
-
     def experience(self, prompts, keys, *, beta, seed, accelerator) -> PairExperience:
         import torch
 

@@ -132,15 +132,6 @@ class PPOMethod:
         self.hp = copy.copy(cfg)  # its own copy: the packing check may turn pack_episodes off
         self.moments = RunningMoments()
 
-    def probe_packing(self, prompts) -> bool:
-        from rlhf.rollout import generate
-        from rlhf.trainers.ppo_step import packing_agrees
-
-        probe = generate(self.module.lm, self.tokenizer, prompts, max_new_tokens=4, temperature=self.hp.temperature,
-                         max_prompt_len=self.hp.max_prompt_len)
-        self.hp.pack_episodes = packing_agrees(self.module, self.reference, probe)
-        return self.hp.pack_episodes
-
     def experience(self, prompts, keys, *, beta, seed, accelerator):
         from rlhf.trainers.ppo_step import make_experience
 

@@ -145,6 +145,17 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_re
     return old * mask, values * mask, ref * mask
 
 
+def check_packing(module, reference, tokenizer, hp, prompts) -> bool:
+    """Whether this method's model gives packed episodes its padded-row numbers (`packing_agrees`), on two
+    short samples of `prompts`; a policy without a value function is checked through a (zero) value head."""
+    from rlhf.value import PolicyAndCritic, PolicyWithValueHead
+
+    probe = generate(module.lm, tokenizer, prompts, max_new_tokens=4, temperature=hp.temperature,
+                     max_prompt_len=hp.max_prompt_len)
+    checked = module if isinstance(module, (PolicyWithValueHead, PolicyAndCritic)) else PolicyWithValueHead(module.lm)
+    return packing_agrees(checked, reference, probe)
+
+
 def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e-3) -> bool:
     """Whether packed episodes give this model's padded-row numbers (values, policy and reference logits).
 
