@@ -179,3 +179,16 @@ def test_overopt_end_to_end_on_lab_small(ensemble, tmp_path):
     assert bon["fit_gold"]["form"] == "bon" and result["ppo"]["fit_gold"]["form"] == "rl"
     assert "best-of-N" in (out / "overopt.md").read_text() and "PPO" in (out / "overopt.md").read_text()
     assert (out / "overopt.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_refused_ensemble_resume_writes_nothing(ensemble, tiny_model_dir, capsys):
+    """Every member's folder is checked before the ensemble's manifest records a resume: a changed --lr is
+    refused with one line and no run.json (the ensemble's or a member's) changes."""
+    before = {p: p.read_bytes() for p in ensemble.rglob("run.json")}
+    assert len(before) == 3
+    code = cli_main(["rm", "--model", tiny_model_dir, "--data", str(ensemble.parent / "prefs.jsonl"), "--out",
+                     str(ensemble), "--ensemble", "2", "--lr", "1e-2", "--batch-size", "4", "--val-fraction", "0.25",
+                     "--save-every", "0", "--warmup-ratio", "0", "--threads", "1", "--quiet", "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--lr" in err, err
+    assert {p: p.read_bytes() for p in ensemble.rglob("run.json")} == before
