@@ -161,7 +161,7 @@ def test_online_dpo_on_fixed_samples_is_rlhf_dpos_loss(tiny_model_dir, files, tm
     chosen = torch.where(first, keep[0::2], keep[1::2])
     rejected = torch.where(first, keep[1::2], keep[0::2])
     order = torch.cat([chosen, rejected])
-    ids, attn = exp.input_ids[order], exp.attention_mask[order]
+    ids, attn = exp.rollout.input_ids[order], exp.rollout.attention_mask[order]
     labels = ids.clone()
     labels[:, :exp.rollout.query_ids.size(1)] = -100
     labels[attn == 0] = -100

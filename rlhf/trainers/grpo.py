@@ -137,14 +137,6 @@ class GroupExperience:
     beta: float = 0.0  # the KL coefficient of this update
     extras: dict = field(default_factory=dict)
 
-    @property
-    def input_ids(self):
-        return self.rollout.input_ids
-
-    @property
-    def attention_mask(self):
-        return self.rollout.attention_mask
-
 
 class CriticFreeMethod:
     """GRPO, RLOO or REINFORCE++ as an online method (`rlhf.trainers.online`)."""

@@ -77,14 +77,6 @@ class PairExperience:
         sign[1::2] *= -1
         return sign.to(self.mask.device) * self.keep.float()
 
-    @property
-    def input_ids(self):
-        return self.rollout.input_ids
-
-    @property
-    def attention_mask(self):
-        return self.rollout.attention_mask
-
 
 class OnlineDPOMethod:
     """Online DPO as an online method (`rlhf.trainers.online`)."""

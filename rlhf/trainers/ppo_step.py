@@ -332,7 +332,7 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
     rank = accelerator.process_index if accelerator is not None else 0
     device = exp.mask.device
     n_query = exp.rollout.query_ids.size(1)
-    ids, attn = exp.input_ids, exp.attention_mask  # CPU: layouts are worked out on the host
+    ids, attn = exp.rollout.input_ids, exp.rollout.attention_mask  # CPU: layouts are worked out on the host
     pool = torch.arange(exp.mask.size(0)) if rows is None else torch.as_tensor(rows, dtype=torch.long)
     if hp.minibatch_size % group or len(pool) % group:
         raise ValueError(f"minibatches and rows must hold whole groups of {group}")
