@@ -51,6 +51,7 @@ from typing import Any, Callable, Literal, Sequence
 from rlhf.config import opt
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
+from rlhf.trainers.runtime import RunOptions
 from rlhf.trainers.runtime import (BEST_WEIGHTS, CHECKPOINTS, STATE_FILE, TrainingDiverged, check_resumable,
                                    check_weights, latest_checkpoint, link_or_copy,
                                    load_checkpoint, make_accelerator, multi_cpu, process_state,
@@ -66,7 +67,7 @@ CHANGE_ON_RESUME = ("lr", "max_grad_norm")
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(RunOptions):
     """Options of the training loop, shared by every offline stage's config (flat flags)."""
 
     lr: float = opt(1e-4, "peak learning rate (AdamW)")
@@ -84,17 +85,7 @@ class TrainOptions:
     patience: int = opt(0, "stop after N evaluations without improvement; 0 = never stop early")
     keep_best: bool = opt(True, "end with the weights of the best evaluation rather than the last step")
     save_every: int = opt(50, "write a checkpoint every N steps; 0 = none")
-    keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
     log_every: int = opt(1, "write a metrics row every N steps")
-    resume: bool = opt(False, "continue from the last checkpoint in the output folder")
-    change_on_resume: list[str] = opt([], "with --resume: options that take their new values from the resumed "
-                                          "step on (lr, max_grad_norm; comma-separated; recorded in run.json); "
-                                          "others must stay as they were")
-    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the files it wrote)")
-    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
-    threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
-    quiet: bool = opt(False, "no progress bar and no progress lines")
 
     def __post_init__(self):
         checks = [
@@ -109,11 +100,8 @@ class TrainOptions:
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0"),
             (self.patience >= 0, "patience must be >= 0"),
-            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
-            (self.threads >= 0, "threads must be >= 0"),
         ]
-        self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
         for ok, message in checks:
             if not ok:
                 raise UserError(message)

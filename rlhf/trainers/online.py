@@ -32,6 +32,7 @@ from typing import Literal
 
 from rlhf.config import opt, to_dict
 from rlhf.errors import UserError
+from rlhf.trainers.runtime import RunOptions
 
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl", "alarms.json", "config.yaml", "checkpoints",
              "tensorboard")
@@ -40,7 +41,7 @@ OLD_CHECKPOINT = "checkpoint"  # PPO's own format before the shared runtime; ref
 
 
 @dataclass
-class OnlineOptions:
+class OnlineOptions(RunOptions):
     """Options every online method shares (flat flags): prompts, sampling, KL, optimisation, runtime."""
 
     policy: str = opt("runs/sft", "SFT model folder: the initial policy and the frozen reference")
@@ -88,17 +89,6 @@ class OnlineOptions:
     save_every: int = opt(10, "checkpoint every this many updates")
     stop_on_alarm: bool = opt(False, "stop when a reward-hacking alarm fires")
     seed: int = opt(0, "random seed")
-    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
-    threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
-    keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
-    resume: bool = opt(False, "continue from the last checkpoint in the output folder")
-    change_on_resume: list[str] = opt([], "with --resume: options that take their new values from the resumed "
-                                          "update on (lr, max_grad_norm; comma-separated; recorded in run.json); "
-                                          "others must stay as they were")
-    quiet: bool = opt(False, "no progress bar and no progress lines")
-    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the "
-                                 "files it wrote)")
 
     # what the method samples per prompt (GRPO's group, online DPO's pair); a method's config sets it
     samples_per_prompt = 1
@@ -133,12 +123,6 @@ class OnlineOptions:
                 raise UserError(f"{name}: '{key}' must be >= 0")
         if self.adap_kl_ctrl and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise UserError(f"{name}: the adaptive KL controller needs kl_target > 0 and kl_horizon > 0")
-        from rlhf.trainers.loop import changes_on_resume
-
-        self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
-        if self.resume and self.overwrite:
-            raise UserError(f"{name}: --resume continues the run in the output folder and --overwrite replaces it; "
-                            "pass one")
         getattr(super(), "__post_init__", lambda: None)()
 
     @property

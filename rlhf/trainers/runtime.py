@@ -32,6 +32,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from dataclasses import dataclass
+from typing import Literal
+
+from rlhf.config import opt
 from rlhf.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -49,6 +53,37 @@ class TrainingDiverged(UserError):
 # The checkpoint folder of the run this process runs (set when it saves or loads one; a new accelerator
 # forgets it), so that a message deep inside an update can name the last good checkpoint truthfully.
 _run: dict = {"root": None}
+
+
+@dataclass
+class RunOptions:
+    """How any training run runs (flat flags, the same in every training stage): precision, memory, threads,
+    checkpoints kept, and what happens to an earlier run in the output folder."""
+
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "autocast precision (bf16 needs a CPU or GPU with it)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    threads: int = opt(0, "CPU threads per process; 0 = the available cores shared among the processes")
+    keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
+    resume: bool = opt(False, "continue from the last checkpoint in the output folder")
+    change_on_resume: list[str] = opt([], "with --resume: options that take their new values from the resumed "
+                                          "step on (lr, max_grad_norm; comma-separated; recorded in run.json); "
+                                          "others must stay as they were")
+    overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the "
+                                 "files it wrote)")
+    quiet: bool = opt(False, "no progress bar and no progress lines")
+
+    def __post_init__(self):
+        from rlhf.trainers.loop import changes_on_resume
+
+        if self.threads < 0:
+            raise UserError("threads must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise UserError("keep_checkpoints must be >= 1")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues the run in the output folder and --overwrite replaces it: "
+                            "give one of them")
+        self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
+        getattr(super(), "__post_init__", lambda: None)()
 
 
 # --- processes, devices, threads ------------------------------------------------------------------------
