@@ -2,13 +2,21 @@
 
 Every row has `step` and `time` (seconds of training so far, summed over
 resumed runs); training rows add `epoch`, `loss`, `lr`, a throughput such as
-`tokens_per_s`, and evaluation rows `eval_*` keys. Rows are appended and
+`tokens_per_s`, and evaluation rows `eval/*` keys. Rows are appended and
 flushed as they come, so a killed run keeps everything up to its last line;
 on `--resume` the rows after the checkpoint's step are dropped (they are
 recomputed), so the file always reads as one uninterrupted run.
 
-TensorBoard event files go to `<out>/tensorboard` when the `tensorboard`
-package is installed (`pip install 'rlhf[tensorboard]'`); nothing needs it.
+Evaluation keys are `eval/<name>` in every stage, like the other grouped
+keys (`policy/approx_kl`). Files written before that named the offline
+stages' evaluations `eval_<name>`; `current_keys` (applied by
+`read_metrics`) is the one place that reads them under today's names.
+
+`--report-to tensorboard,wandb,mlflow` logs the same rows to accelerate's
+trackers as well (the accelerator's `log_with`: `init_trackers`, `log`);
+TensorBoard's event files go to `<out>/tensorboard/rlhf`, W&B's run folder to
+`<out>/wandb` (unless WANDB_DIR says otherwise), MLflow's to its tracking URI.
+None of these packages is needed otherwise (`pip install 'rlhf[trackers]'`).
 """
 
 from __future__ import annotations
@@ -30,8 +38,15 @@ def _plain(value):
     return value
 
 
+def current_keys(row):
+    """`row` with an older file's `eval_<name>` keys renamed `eval/<name>`; anything else as it is."""
+    if not isinstance(row, dict) or not any(k.startswith("eval_") for k in row):
+        return row
+    return {("eval/" + k[len("eval_"):] if k.startswith("eval_") else k): v for k, v in row.items()}
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a metrics file; a torn last line (the run was killed mid-write) is skipped."""
+    """Rows of a metrics file under today's key names; a torn last line (the run was killed mid-write) is skipped."""
     rows = []
     p = Path(path)
     if not p.exists():
@@ -39,7 +54,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     with open(p, encoding="utf-8") as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
+                rows.append(current_keys(json.loads(line)))
             except json.JSONDecodeError:
                 break  # only the last line can be torn: rows are appended whole and flushed
     return rows
@@ -61,14 +76,20 @@ def _append(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+TRACKER_PROJECT = "rlhf"  # the W&B project, MLflow experiment (unless MLFLOW_EXPERIMENT_NAME) and TensorBoard folder
+
+
 class MetricsLogger:
-    """Appends rows to `<out_dir>/metrics.jsonl` (and TensorBoard when installed).
+    """Appends rows to `<out_dir>/metrics.jsonl`, and to the accelerator's trackers (`--report-to`) if any.
 
     Each row is written whole or not at all: a full disk is one line (`UserError`) with the file cut back
-    to its last whole row. Only the main process of a distributed run should own one.
+    to its last whole row. Only the main process of a distributed run should own one. `purge_step`
+    (a resume): TensorBoard drops its events from that step on, as the rows after the checkpoint are.
+    `config`: the run's options, stored by the trackers as its hyperparameters.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, tensorboard: bool = True, purge_step: int | None = None):
+    def __init__(self, out_dir: str | os.PathLike, *, accelerator=None, purge_step: int | None = None,
+                 config: dict | None = None):
         from rlhf.files import disk_errors
 
         self.dir = Path(out_dir)
@@ -76,7 +97,9 @@ class MetricsLogger:
         with disk_errors(self.path):
             self.dir.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        self._tb = _tensorboard_writer(self.dir / "tensorboard", purge_step) if tensorboard else None
+        self._trackers = accelerator if accelerator is not None and accelerator.log_with else None
+        if self._trackers is not None:
+            _start_trackers(accelerator, self.dir, purge_step, config)
 
     def log(self, row: dict) -> dict:
         from rlhf.files import disk_errors
@@ -93,19 +116,23 @@ class MetricsLogger:
                 except OSError:
                     pass
                 raise
-        if self._tb is not None:
-            step = int(row.get("step", 0))
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+        if self._trackers is not None:
+            numbers = {k: v for k, v in row.items()
+                       if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._trackers.log(numbers, step=int(row.get("step", 0)))
         return row
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._tb is not None:
-            self._tb.close()
+        if self._trackers is not None:
+            # what accelerator.end_training() does on this process, less destroying the process group,
+            # which the other processes of the run still wait on (the final save)
+            for tracker in self._trackers.trackers:
+                tracker.finish()
+            self._trackers.trackers.clear()
+            self._trackers = None
 
     def __enter__(self):
         return self
@@ -114,10 +141,15 @@ class MetricsLogger:
         self.close()
 
 
-def _tensorboard_writer(log_dir: Path, purge_step: int | None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    # purge_step drops events after the resumed step, like truncate_after does for the JSONL
-    return SummaryWriter(str(log_dir), purge_step=purge_step)
+def _start_trackers(accelerator, out: Path, purge_step: int | None, config: dict | None) -> None:
+    from rlhf.config import flatten
+
+    kwargs: dict = {"wandb": {"name": str(out)}, "mlflow": {"run_name": str(out)}}
+    if purge_step is not None:
+        kwargs["tensorboard"] = {"purge_step": purge_step}
+    if not os.environ.get("WANDB_DIR"):
+        kwargs["wandb"]["dir"] = str(out)  # W&B makes <out>/wandb
+    flat = None
+    if config is not None:  # trackers take scalars only (TensorBoard's hparams not even None): others as text
+        flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(config).items()}
+    accelerator.init_trackers(TRACKER_PROJECT, config=flat, init_kwargs=kwargs)

@@ -355,7 +355,7 @@ class Pipeline:
         result = evaluate_models(cfg, base=cfg.base, sft=sft, rm=rm_now, policies=policies,  # on cfg.device
                                  eval_file=data["eval"], uses_lab=uses_lab)
         result["rounds"] = rounds
-        result["rm_val_accuracy"] = _last_metric(rm_now / "metrics.jsonl", "eval_accuracy")
+        result["rm_val_accuracy"] = _last_metric(rm_now / "metrics.jsonl", "eval/accuracy")
         result["timings"] = self.timings
         for row in result["table"]:  # the wall time of the stage that made each model (base: none)
             if row["model"] in self.timings:
@@ -373,11 +373,9 @@ class Pipeline:
 
 def _last_metric(path: Path, key: str):
     """The kept (best) value of an evaluation metric, else its last logged value."""
-    from rlhf.files import read_jsonl
+    from rlhf.metrics import read_metrics
 
-    if not path.exists():
-        return None
-    rows = [r for r in read_jsonl(path) if key in r]
+    rows = [r for r in read_metrics(path) if key in r]
     return rows[-1][key] if rows else None
 
 

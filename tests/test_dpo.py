@@ -256,7 +256,7 @@ def test_dpo_command(tiny_model_dir, tmp_path, loss, capsys):
                 "logps/chosen", "logps/rejected", "pairs_per_s"):
         assert key in rows[1], key
     if loss in ("dpo", "cdpo"):
-        assert rows[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+        assert rows[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert (out / "ref_logps.safetensors").exists() == (loss != "simpo")
     assert (out / "config.yaml").exists()
     AutoModelForCausalLM.from_pretrained(out)  # a plain HF folder
@@ -294,7 +294,7 @@ def test_kto_and_orpo_commands(tiny_model_dir, tmp_path):
                       (["orpo", "--data", str(prefs)], tmp_path / "orpo")):
         assert main([*argv, "--model", tiny_model_dir, "--out", str(out), *COMMON]) == 0
         rows = _metrics(out)
-        assert rows[-1]["step"] == 2 and "eval_loss" in rows[-1]
+        assert rows[-1]["step"] == 2 and "eval/loss" in rows[-1]
         assert (out / "model.safetensors").exists()
     assert "kl" in _metrics(tmp_path / "kto")[1]
     assert "or_loss" in _metrics(tmp_path / "orpo")[1]
@@ -349,7 +349,7 @@ def test_dpo_command_shares_prompts_without_changing_the_run(tiny_model_dir, tmp
     a, b = read_metrics(tmp_path / "shared" / "metrics.jsonl"), read_metrics(tmp_path / "plain" / "metrics.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 3
     for x, y in zip(a, b):
-        for key in ("loss", "eval_loss", "logps/chosen", "eval_rewards/accuracy"):
+        for key in ("loss", "eval/loss", "logps/chosen", "eval/rewards/accuracy"):
             if key in y:
                 assert x[key] == pytest.approx(y[key], rel=1e-3, abs=1e-4), (key, x, y)
 

@@ -56,7 +56,7 @@ def test_learns_logs_and_follows_the_schedule(tmp_path):
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert res.steps == 48 and res.epoch == 6.0  # 8 micro-batches x 6 epochs, one per step
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 48
-    first_eval, last_eval = rows[0]["eval_loss"], rows[-1]["eval_loss"]
+    first_eval, last_eval = rows[0]["eval/loss"], rows[-1]["eval/loss"]
     assert last_eval < first_eval / 10, (first_eval, last_eval)
     train_rows = [r for r in rows if "loss" in r]
     assert len(train_rows) == 48

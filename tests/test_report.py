@@ -72,6 +72,18 @@ def test_win_rate_cell_folds_interval():
     assert cell({"win_rate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}, "win_rate") == "n/a"
 
 
+def test_an_older_runs_eval_underscore_keys_read_as_eval_slash(tmp_path):
+    from rlhf.pipeline import _last_metric
+
+    old = _write_metrics(tmp_path / "rm", [{"step": 0, "eval_loss": 0.69, "eval_accuracy": 0.5},
+                                           {"step": 4, "loss": 0.4, "eval_accuracy": 0.75, "policy/loss": 1.0}])
+    rows = read_metrics(old)
+    assert rows == [{"step": 0, "eval/loss": 0.69, "eval/accuracy": 0.5},
+                    {"step": 4, "loss": 0.4, "eval/accuracy": 0.75, "policy/loss": 1.0}]
+    assert _last_metric(old / "metrics.jsonl", "eval/accuracy") == 0.75
+    assert numeric_keys(rows) == ["eval/loss", "eval/accuracy", "loss", "policy/loss"]
+
+
 def test_report_escapes_model_text_and_links_existing_pngs(tmp_path):
     sft = _write_metrics(tmp_path / "sft", [{"step": s, "loss": 3.0 / s, "lr": 1e-4, "eval/loss": 2.5 / s,
                                              "eval/ppl": 12.0 / s} for s in range(1, 9)])

@@ -71,11 +71,11 @@ def test_rm_learns_an_easy_task(trained):
 
     data, out = trained
     rows = read_metrics(out / "metrics.jsonl")
-    evals = [r for r in rows if "eval_accuracy" in r]
+    evals = [r for r in rows if "eval/accuracy" in r]
     # a fresh head gives rewards near 0, so the Bradley-Terry loss starts near ln 2 = 0.693
-    assert abs(evals[0]["eval_loss"] - math.log(2)) < 0.1
-    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.3
-    assert max(e["eval_accuracy"] for e in evals) >= 0.9
+    assert abs(evals[0]["eval/loss"] - math.log(2)) < 0.1
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] - 0.3
+    assert max(e["eval/accuracy"] for e in evals) >= 0.9
     model, tok = load_rm(out)
     _, pairs = train_pairs(data)
     # 45 pair prompts + 15 rankings x 3 comparisons; the 80% kept for training
@@ -189,8 +189,8 @@ def test_encoder_backbone_trains_and_round_trips(tmp_path):
     data = write_prefs(tmp_path / "prefs.jsonl")
     out = tmp_path / "rm"
     assert cli_main(rm_args(bert, data, out)) == 0
-    evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
-    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.2 and evals[-1]["eval_accuracy"] >= 0.8
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval/loss" in r]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] - 0.2 and evals[-1]["eval/accuracy"] >= 0.8
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert type(hf).__name__ == "BertForSequenceClassification"
     tok = AutoTokenizer.from_pretrained(out)

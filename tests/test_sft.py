@@ -34,12 +34,12 @@ def test_sft_learns_and_writes_a_model_folder(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     assert cli_main(sft_args(tiny_model_dir, data, out, "--epochs", "4", "--eval-every", "5")) == 0
     rows = read_metrics(out / "metrics.jsonl")
-    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
     # 50 prompts, 10 for validation: 40 train -> 5 batches of 8 -> 4 epochs of 5 steps
     assert rows[-1]["step"] == 20 and len(evals) == 5  # steps 0, 5, 10, 15, 20
     # a random 300-token model starts near ln(300) = 5.7 nats; the answers are learnable digits
     assert evals[0] > 5.0 and evals[-1] < evals[0] - 1.5, evals
-    assert rows[-1]["eval_ppl"] == pytest.approx(2.718281828 ** rows[-1]["eval_loss"], rel=1e-5)
+    assert rows[-1]["eval/ppl"] == pytest.approx(2.718281828 ** rows[-1]["eval/loss"], rel=1e-5)
     assert all(r["tokens_per_s"] > 0 for r in rows if "loss" in r)
 
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -73,7 +73,7 @@ def test_lora_and_packing_save_a_merged_plain_model(tmp_path, tiny_model_dir):
     assert (w1 - w0).abs().max() > 1e-4
     assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)
     rows = read_metrics(out / "metrics.jsonl")
-    assert rows[0]["eval_loss"] - rows[-1]["eval_loss"] > 0.1
+    assert rows[0]["eval/loss"] - rows[-1]["eval/loss"] > 0.1
 
 
 def test_bad_data_fails_fast_and_writes_nothing(tmp_path, capsys):

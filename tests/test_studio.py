@@ -69,7 +69,7 @@ def make_runs(root: Path) -> Path:
              updated="2020-01-01T00:01:40+0000")
     write_jsonl(root / "pipe" / "sft" / "metrics.jsonl",
                 [{"step": 1, "loss": 2.0, "time": 1.0}, {"step": 2, "loss": 1.5, "time": 2.0},
-                 {"step": 2, "eval_loss": 1.7, "time": 2.0}])
+                 {"step": 2, "eval_loss": 1.7, "time": 2.0}])  # an older file's key: read as eval/loss
     (root / "pipe" / "sft" / "config.yaml").write_text(f"lr: 0.0001\nepochs: 1\nnote: '{XSS}'\n")
     ppo = root / "pipe" / "ppo"
     manifest(ppo, "ppo", "running", {"lr": 1e-5, "beta": 0.1, "seed": 0, "ppo": {"epochs": 4}},
@@ -134,7 +134,7 @@ def test_runs_list_with_status_parent_wall_time_and_final_numbers(client):
     final = runs["pipe/ppo"]["final"]
     assert final["reward/score"] == pytest.approx(0.4) and final["eval/gold"] == pytest.approx(-0.9)
     assert final["eval/win_rate"] == pytest.approx(0.55) and runs["pipe/ppo"]["last_step"] == 4
-    assert runs["pipe/sft"]["final"] == {"loss": 1.5, "eval_loss": 1.7}
+    assert runs["pipe/sft"]["final"] == {"loss": 1.5, "eval/loss": 1.7}
 
 
 def test_run_detail_config_alarms_and_pipeline_table(client):

@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 # What a PPO run logs, in reading order (names from the PPO papers; see trainers/ppo.py).
 PPO_KEYS = ["reward/score", "kl/ref", "beta", "response/length", "entropy", "policy/clipfrac",
             "policy/approx_kl", "value/loss", "value/explained_var", "eval/gold", "eval/win_rate", "eval/ppl"]
-# What the offline stages (SFT, RM, DPO family) log; the shared loop names evaluations `eval_*`.
-TRAIN_KEYS = ["loss", "eval_loss", "eval/loss", "eval_ppl", "eval/ppl", "eval_accuracy", "eval/accuracy", "lr"]
+# What the offline stages (SFT, RM, DPO family) log; the shared loop names evaluations `eval/*`.
+TRAIN_KEYS = ["loss", "eval/loss", "eval/ppl", "eval/accuracy", "lr"]
 # Bookkeeping keys that are never worth a plot of their own.
 SKIP_KEYS = {"step", "epoch", "time", "wall_time", "elapsed", "update"}
 # Bookkeeping worth a panel only after the learning curves (throughput, timings, counters).

@@ -24,14 +24,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from rlhf.config import flatten
+from rlhf.metrics import current_keys
+
 MANIFEST = "run.json"
-SKIP_DIRS = {"checkpoints", "checkpoint", "tensorboard", "plots", "__pycache__", "node_modules"}
+SKIP_DIRS = {"checkpoints", "checkpoint", "tensorboard", "wandb", "mlruns", "plots", "__pycache__", "node_modules"}
 MAX_DEPTH = 6
 MAX_DIRS = 20_000
 MAX_TEXT = 256 * 1024  # config.yaml and friends: larger is not a config
 # Headline numbers of a run: the last logged value of each (evaluations are logged every few steps).
 FINAL_KEYS = ("reward/score", "kl/ref", "beta", "entropy", "response/length", "eval/proxy", "eval/gold",
-              "eval/win_rate", "loss", "eval_loss", "eval_accuracy", "accuracy", "policy/loss", "value/loss",
+              "eval/win_rate", "loss", "eval/loss", "eval/accuracy", "accuracy", "policy/loss", "value/loss",
               "value/explained_var", "episodes_per_s", "tokens_per_s", "pairs_per_s")
 
 
@@ -74,19 +77,6 @@ def _read_json(path: Path):
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def flatten(d, prefix: str = "") -> dict:
-    """Nested options as dotted keys: {"ppo": {"lr": 1}} -> {"ppo.lr": 1}."""
-    out = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key))
-            else:
-                out[key] = v
-    return out
 
 
 def config_diff(runs: list[dict]) -> list[dict]:
@@ -259,7 +249,7 @@ class Runs:
             return self._cache[key]
         final: dict = {}
         last_step = train_s = None
-        for row in read_jsonl(path):
+        for row in map(current_keys, read_jsonl(path)):
             for k in FINAL_KEYS:
                 if _finite(row.get(k)):
                     final[k] = row[k]
@@ -308,7 +298,7 @@ class Runs:
 
     def metrics(self, run_id, offset: int = 0) -> dict:
         rows, new, reset = JsonlTail.read(self.file(run_id, "metrics.jsonl"), offset)
-        keep = [{k: v for k, v in r.items() if _finite(v) or k == "alarms"} for r in rows]
+        keep = [{k: v for k, v in current_keys(r).items() if _finite(v) or k == "alarms"} for r in rows]
         return {"rows": keep, "offset": new, "reset": reset}
 
     def rollouts(self, run_id) -> list[dict]:

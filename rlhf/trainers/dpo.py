@@ -32,7 +32,7 @@ Metrics (the `rlhf.losses` names, per step in `metrics.jsonl`): `loss`,
 policy/reference log-ratio), `rewards/accuracy` (share of pairs whose chosen
 reward is higher), `rewards/margin`, `logps/chosen`, `logps/rejected` (summed
 over the response; SimPO and ORPO report per-token averages), `pairs_per_s`;
-with `eval_` in front for the validation split. See docs/dpo.md for how to
+with `eval/` in front for the validation split. See docs/dpo.md for how to
 read them (why `logps/chosen` usually falls).
 """
 

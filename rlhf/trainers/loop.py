@@ -52,7 +52,8 @@ from rlhf.config import opt
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
 from rlhf.trainers.runtime import RunOptions
-from rlhf.trainers.runtime import (BEST_WEIGHTS, CHECKPOINTS, STATE_FILE, TrainingDiverged, check_resumable,
+from rlhf.trainers.runtime import (BEST_WEIGHTS, CHECKPOINTS, STATE_FILE, TRACKER_DIRS, TrainingDiverged,
+                                   check_resumable,
                                    check_weights, latest_checkpoint, link_or_copy,
                                    load_checkpoint, make_accelerator, multi_cpu, process_state,
                                    save_checkpoint, set_threads)
@@ -61,7 +62,7 @@ from rlhf.trainers.runtime import note as _note
 __all__ = ["latest_checkpoint", "multi_cpu", "process_state", "TrainingDiverged"]  # this module's interface too
 # Files of a run that live beside the model files in the output folder and
 # survive the final (atomic, whole-folder) model save.
-RUN_FILES = ("metrics.jsonl", "config.yaml", CHECKPOINTS, "tensorboard")
+RUN_FILES = ("metrics.jsonl", "config.yaml", CHECKPOINTS, *TRACKER_DIRS)
 # Options a resume may give new values when it names them in --change-on-resume.
 CHANGE_ON_RESUME = ("lr", "max_grad_norm")
 
@@ -160,7 +161,7 @@ class TrainResult:
     steps: int
     epoch: float
     loss: float | None  # mean training loss of the last logged step
-    eval: dict = field(default_factory=dict)  # last evaluation, keys "eval_*"
+    eval: dict = field(default_factory=dict)  # last evaluation, keys "eval/*"
     best: float | None = None
     best_step: int | None = None
     best_eval: dict = field(default_factory=dict)  # the evaluation of the kept weights when keep_best
@@ -180,7 +181,7 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
       `<count_key>_per_s`.
     - `eval_fn(model) -> dict` runs (under no_grad, in eval mode, on every
       process) at the start, every `eval_every` steps and at the end; its keys
-      are logged as `eval_<key>`; `best_metric` (one of its keys) drives early
+      are logged as `eval/<key>`; `best_metric` (one of its keys) drives early
       stopping and the best weights. It may also be a list of (key,
       higher_is_better) compared in order, later ones breaking ties: a
       reward model's accuracy on a small validation set often ties while
@@ -191,8 +192,9 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
     from accelerate.utils import set_seed
 
     criteria = [(best_metric, higher_is_better)] if isinstance(best_metric, str) else list(best_metric)
-    accelerator = make_accelerator(grad_accum=opts.grad_accum, mixed_precision=opts.mixed_precision)
     out = Path(out_dir)
+    accelerator = make_accelerator(grad_accum=opts.grad_accum, mixed_precision=opts.mixed_precision,
+                                   report_to=opts.report_to, out=out)
     ckpt_root = out / CHECKPOINTS
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
@@ -224,7 +226,8 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
 
     from rlhf.metrics import MetricsLogger
 
-    logger = MetricsLogger(out, purge_step=state.step + 1 if checkpoint else None) if main else None
+    logger = MetricsLogger(out, accelerator=accelerator, purge_step=state.step + 1 if checkpoint else None,
+                           config=asdict(opts)) if main else None
     show = main and not opts.quiet
     bar = _progress_bar(total_steps, state.step, enabled=show and sys.stderr.isatty())
     print_every = max(opts.log_every, math.ceil(total_steps / 10))
@@ -245,12 +248,12 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
             key = [metrics[k] if higher else -metrics[k] for k, higher in criteria]
             if state.best_key is None or key > state.best_key:  # lexicographic: ties go to the next criterion
                 state.best, state.best_key, state.best_step, state.bad_evals = metrics[criteria[0][0]], key, step, 0
-                state.best_eval = {f"eval_{k}": v for k, v in metrics.items()}
+                state.best_eval = {f"eval/{k}": v for k, v in metrics.items()}
                 _save_best(accelerator, model, ckpt_root)
             else:
                 state.bad_evals += 1
                 stopped_early = opts.patience > 0 and state.bad_evals >= opts.patience
-        return {f"eval_{k}": v for k, v in metrics.items()}
+        return {f"eval/{k}": v for k, v in metrics.items()}
 
     if eval_fn is not None and checkpoint is None:
         last_eval = evaluate()
@@ -313,13 +316,13 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
                 if logger:
                     logger.log(row)
                 if bar is not None:
-                    brief = {k: v for k, v in row.items() if k == "loss" or k.endswith("_per_s") or k.startswith("eval_")}
+                    brief = {k: v for k, v in row.items() if k == "loss" or k.endswith("_per_s") or k.startswith("eval/")}
                     if brief:
                         bar.set_postfix_str(_fmt(brief), refresh=False)
-                    if any(k.startswith("eval_") for k in row):  # kept above the bar
+                    if any(k.startswith("eval/") for k in row):  # kept above the bar
                         bar.write(f"rlhf: step {step}/{total_steps} "
-                                  + _fmt({k: v for k, v in row.items() if k.startswith("eval_")}), file=sys.stderr)
-                elif show and (step % print_every == 0 or step == total_steps or any(k.startswith("eval_") for k in row)):
+                                  + _fmt({k: v for k, v in row.items() if k.startswith("eval/")}), file=sys.stderr)
+                elif show and (step % print_every == 0 or step == total_steps or any(k.startswith("eval/") for k in row)):
                     _note(f"step {step}/{total_steps} " + _fmt({k: v for k, v in row.items() if k != "step"}))
             if bar is not None:
                 bar.update(1)
@@ -553,11 +556,12 @@ def _checkpoints_of(out: Path) -> Path:
 def _restore(accelerator, checkpoint: Path, out: Path, optimizer, scheduler, opts: TrainOptions) -> TrainerState:
     import json
 
-    from rlhf.metrics import METRICS_FILE, truncate_after
+    from rlhf.metrics import METRICS_FILE, current_keys, truncate_after
 
     saved = json.loads((checkpoint / STATE_FILE).read_text())
     saved.pop("runtime", None)
     state = TrainerState(**saved)
+    state.best_eval = current_keys(state.best_eval)  # a checkpoint of an older version
     load_checkpoint(accelerator, checkpoint)  # weights, optimizer, scheduler, RNG of every process
     if "lr" in opts.change_on_resume:
         set_base_lr(optimizer, scheduler, opts.lr)
@@ -605,7 +609,8 @@ def _start_fresh(out: Path, main: bool) -> None:
     if latest_checkpoint(out / CHECKPOINTS) is not None:
         _note(f"{out} holds checkpoints of an earlier run; starting over (pass --resume to continue it)")
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    for name in TRACKER_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 

@@ -59,9 +59,9 @@ def train_ensemble(cfg) -> list:
 
 
 def _best_eval(result) -> dict:
-    """The kept weights' validation numbers (`eval_accuracy`, `eval_loss`), where the run had a validation split."""
+    """The kept weights' validation numbers (`eval/accuracy`, `eval/loss`), where the run had a validation split."""
     ev = result.best_eval or result.eval or {}
-    return {k: float(v) for k, v in ev.items() if k in ("eval_accuracy", "eval_loss")}
+    return {k: float(v) for k, v in ev.items() if k in ("eval/accuracy", "eval/loss")}
 
 
 def members(paths: str | Sequence[str]) -> list[str]:

@@ -15,8 +15,8 @@
     ["eval/gold", "eval: gold reward (lab)"], ["eval/win_rate", "eval: win rate vs SFT"],
     ["kl/ref", "KL to the reference (per sequence)"], ["beta", "KL coefficient beta"], ["entropy", "entropy"],
     ["response/length", "response length (tokens)"], ["policy/loss", "policy loss"], ["value/loss", "value loss"],
-    ["loss", "training loss"], ["eval_loss", "eval loss"], ["accuracy", "accuracy"],
-    ["eval_accuracy", "eval accuracy"], ["policy/clipfrac", "clip fraction"],
+    ["loss", "training loss"], ["eval/loss", "eval loss"], ["accuracy", "accuracy"],
+    ["eval/accuracy", "eval accuracy"], ["policy/clipfrac", "clip fraction"],
     ["value/explained_var", "value explained variance"], ["episodes_per_s", "throughput (episodes/s)"],
     ["tokens_per_s", "throughput (tokens/s)"], ["pairs_per_s", "throughput (pairs/s)"],
   ];
@@ -138,7 +138,7 @@
       name.style.paddingLeft = (depth(run) * 1.2) + "em";
       const swatch = el("span", {class: "swatch"});
       if (state.picked.includes(run.id)) swatch.style.background = color(run.id);
-      const lossAcc = fin.eval_accuracy !== undefined ? "acc " + fmt(fin.eval_accuracy)
+      const lossAcc = fin["eval/accuracy"] !== undefined ? "acc " + fmt(fin["eval/accuracy"])
         : fin.loss !== undefined ? fmt(fin.loss) : fin["policy/loss"] !== undefined ? fmt(fin["policy/loss"]) : "-";
       const tr = el("tr", {"data-id": run.id, class: "run-row"},
         el("td", {}, box, swatch), el("td", {}, name), el("td", {text: run.command}), statusCell(run),
