@@ -1,12 +1,13 @@
-"""Advantages for the critic-free online methods: GRPO, Dr. GRPO, RLOO, REINFORCE++, and DAPO's filters.
+"""Advantages for the online methods: PPO's GAE (with a critic), and the critic-free GRPO, Dr. GRPO, RLOO,
+REINFORCE++, and DAPO's filters.
 
 Pure functions on tensors. Rows are prompt-major, as `rlhf.rollout.generate(num_samples=G)`
 returns them: p0 s0, p0 s1, ..., p0 s(G-1), p1 s0, ...; B = P * G rows. `scores` (B,)
 are the sequence rewards; `mask` (B, T) is 1 on response tokens, and every (B, T) output
 is 0 off the mask. Outputs are detached: advantages are constants to the policy update.
 
-PPO's estimator (GAE with a critic) lives in `rlhf.rewards`, with the KL-shaped
-per-token rewards and the whitening reused here.
+The KL-shaped per-token rewards are `rlhf.rewards.kl_shaped_rewards`, the
+whitening `rlhf.stats.whiten`.
 
 Groups are whole within a batch: every process samples all G responses of its
 prompts, so the group statistics below need no reduction across processes. The
@@ -17,7 +18,36 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.rewards import kl_shaped_rewards, whiten
+from rlhf.rewards import kl_shaped_rewards
+from rlhf.stats import whiten
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over response tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1}.
+    Masked-out positions are skipped entirely (their rewards and values are
+    never read, and the recursion passes through them), so a row may be
+    ragged or have holes; the value after the last response token is 0
+    because the episode ends there. Returns (advantages, returns = A + V),
+    both (B, T), 0 off the mask, detached.
+    """
+    rewards, values = rewards.detach().float(), values.detach().float()
+    valid = mask != 0
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        m = valid[:, t]
+        advantages[:, t] = torch.where(m, adv, 0.0)
+        next_value = torch.where(m, values[:, t], next_value)
+        next_adv = torch.where(m, adv, next_adv)
+    returns = torch.where(valid, advantages + values, 0.0)
+    return advantages, returns
 
 
 def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.data.batches import IGNORE  # noqa: F401  (the label that carries no loss; part of this module's interface)
-from rlhf.rewards import kl_estimate, masked_mean
+from rlhf.kl import kl_estimate
+from rlhf.stats import masked_mean
 
 
 def _f(x) -> float:

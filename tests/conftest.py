@@ -80,3 +80,17 @@ def require_shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs ../shared/data/{name} (the project's shared data folder is not beside this checkout)")
     return path
+
+
+def ragged_mask(B: int, T: int, g: torch.Generator) -> torch.Tensor:
+    """Rows that start after a prompt, end at different places, and one with a hole."""
+    import torch
+
+    mask = torch.zeros(B, T)
+    for b in range(B):
+        start = int(torch.randint(0, 3, (1,), generator=g))
+        end = int(torch.randint(start + 1, T + 1, (1,), generator=g))
+        mask[b, start:end] = 1
+    mask[0, :] = 1
+    mask[0, T // 2] = 0
+    return mask

@@ -1,4 +1,4 @@
-"""Critic-free advantages against values worked out by hand (arithmetic in the comments)."""
+"""Advantages against values worked out by hand (arithmetic in the comments): GAE and the critic-free ones."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import ragged_mask
 
-from rlhf.advantages import (dynamic_sampling_keep, group_advantages, leave_one_out_advantages, overlong_penalty,
+from rlhf.advantages import (dynamic_sampling_keep, gae, group_advantages, leave_one_out_advantages, overlong_penalty,
                              reinforce_pp_advantages, return_to_go, sequence_to_tokens)
-from rlhf.rewards import gae
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
@@ -151,3 +151,46 @@ def test_overlong_penalty_by_hand():
     close(overlong_penalty(lengths, 10, 4, penalty=2.0), [0.0, 0.0, -0.5, -1.0, -2.0, -2.0])
     with pytest.raises(ValueError, match="cache_len"):
         overlong_penalty(lengths, 10, 0)
+
+
+# --- GAE ------------------------------------------------------------------------------
+
+def test_gae_three_steps_by_hand():
+    # gamma 0.9, lambda 0.8; rewards [1, 0, 2]; values [0.5, 1.0, 1.5]; V after the end = 0
+    # deltas: d2 = 2 + 0 - 1.5 = 0.5;  d1 = 0 + 0.9 * 1.5 - 1.0 = 0.35;  d0 = 1 + 0.9 * 1.0 - 0.5 = 1.4
+    # A2 = 0.5;  A1 = 0.35 + 0.72 * 0.5 = 0.71;  A0 = 1.4 + 0.72 * 0.71 = 1.9112
+    # returns = A + V = [2.4112, 1.71, 2.0]; the padded 4th step (garbage) is ignored
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 100.0]])
+    values = torch.tensor([[0.5, 1.0, 1.5, -50.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    close(adv, [[1.9112, 0.71, 0.5, 0.0]])
+    close(ret, [[2.4112, 1.71, 2.0, 0.0]])
+    # lambda 1: returns are the discounted reward-to-go: [1 + 0.9 * 1.8, 0 + 0.9 * 2, 2] = [2.62, 1.8, 2]
+    close(gae(rewards, values, mask, gamma=0.9, lam=1.0)[1], [[2.62, 1.8, 2.0, 0.0]])
+    # lambda 0: one-step TD errors
+    close(gae(rewards, values, mask, gamma=0.9, lam=0.0)[0], [[1.4, 0.35, 0.5, 0.0]])
+
+
+def _gae_loop(rewards, values, mask, gamma, lam):
+    """Textbook GAE on each row's response tokens taken out of the padding."""
+    adv = torch.zeros_like(rewards, dtype=torch.float64)
+    for b in range(rewards.shape[0]):
+        idx = [t for t in range(rewards.shape[1]) if mask[b, t]]
+        a_next, v_next = 0.0, 0.0
+        for t in reversed(idx):
+            delta = rewards[b, t].item() + gamma * v_next - values[b, t].item()
+            a_next = delta + gamma * lam * a_next
+            adv[b, t], v_next = a_next, values[b, t].item()
+    return adv, (adv + values.double()) * mask
+
+
+def test_gae_vectorised_matches_loop_on_ragged_rows():
+    g = torch.Generator().manual_seed(3)
+    B, T = 6, 12
+    rewards, values = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
+    mask = ragged_mask(B, T, g)
+    adv, ret = gae(rewards, values, mask, gamma=0.97, lam=0.9)
+    want_adv, want_ret = _gae_loop(rewards, values, mask, 0.97, 0.9)
+    close(adv, want_adv)
+    close(ret, want_ret)

@@ -157,7 +157,7 @@ class CriticFreeMethod:
 
         from rlhf.advantages import (dynamic_sampling_keep, group_advantages, leave_one_out_advantages,
                                      overlong_penalty, reinforce_pp_advantages)
-        from rlhf.rewards import kl_estimate
+        from rlhf.kl import kl_estimate
         from rlhf.rollout import concat_rollouts, generate, pad_columns
         from rlhf.trainers.ppo_step import forward_experience, gather_parts
 
@@ -211,7 +211,7 @@ class CriticFreeMethod:
     def metrics(self, exp: GroupExperience) -> dict:
         import torch
 
-        from rlhf.rewards import masked_mean
+        from rlhf.stats import masked_mean
         from rlhf.trainers.ppo_step import to_floats
 
         G = self.cfg.group_size
@@ -233,7 +233,7 @@ class CriticFreeMethod:
         import torch
 
         from rlhf.losses import entropy_from_logits, policy_gradient_loss
-        from rlhf.rewards import masked_mean
+        from rlhf.stats import masked_mean
         from rlhf.trainers.ppo_step import _lp, adjusted, optimize
 
         cfg, hp = self.cfg, self.hp

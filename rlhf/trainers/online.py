@@ -151,7 +151,7 @@ def prompt_batch(prompts: list, update: int, batch_size: int, seed: int) -> list
 
 
 def kl_controller(cfg: OnlineOptions):
-    from rlhf.rewards import AdaptiveKLController, FixedKLController
+    from rlhf.kl import AdaptiveKLController, FixedKLController
 
     if cfg.adap_kl_ctrl:
         return AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)

@@ -126,7 +126,7 @@ class PPOMethod:
     def __init__(self, cfg: PPOConfig, actor_critic, reference, tokenizer, reward_fn):
         import copy
 
-        from rlhf.rewards import RunningMoments
+        from rlhf.stats import RunningMoments
 
         self.module, self.reference, self.tokenizer, self.reward_fn = actor_critic, reference, tokenizer, reward_fn
         self.hp = copy.copy(cfg)  # its own copy: the packing check may turn pack_episodes off

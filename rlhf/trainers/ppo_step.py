@@ -21,12 +21,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from rlhf.advantages import gae
 from rlhf.errors import UserError
 from rlhf.losses import clipped_surrogate, entropy_from_logits, sft_loss, token_logprobs, value_loss_per_token
 from rlhf.models import layouts_agree
-from rlhf.rewards import (RunningMoments, explained_variance, gae, kl_shaped_rewards, masked_mean,
-                          normalize_and_clip, penalize_unfinished, whiten)
+from rlhf.rewards import kl_shaped_rewards, normalize_and_clip, penalize_unfinished
 from rlhf.rollout import Rollout, concat_rollouts, episode_logits, generate, lay_out, pad_columns
+from rlhf.stats import RunningMoments, explained_variance, masked_mean, whiten
 from rlhf.trainers.sft import label_logits
 
 
