@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label user": ("rlhf.labeling.cli:user_main", "add or change an annotator account (admin)"),
     "label stats": ("rlhf.labeling.cli:stats_main", "inter-annotator agreement and progress"),
     "label export": ("rlhf.labeling.cli:export_main", "export labels as preference JSONL"),
+    "label rescore": ("rlhf.labeling.cli:rescore_main", "score a project's queue with reward models (or a judge) "
+                      "for active learning and AI suggestions"),
+    "label settings": ("rlhf.labeling.cli:settings_main", "show or change a project's order and AI suggestions"),
+    "label active-lab": ("rlhf.labeling.active_lab:main", "measure active vs random labelling order in the lab"),
     "observe overopt": ("rlhf.observe.overopt:main", "overoptimization curves: proxy vs gold reward against KL"),
     "studio": ("rlhf.studio.cli:main", "local web page to watch, debug and compare runs (curves, samples, alarms)"),
 }

@@ -141,14 +141,48 @@ def gold_accuracy(labels: list[dict], mode: str) -> dict[str, dict]:
     for lab in labels:
         if not lab.get("is_gold") or lab.get("gold") is None:
             continue
-        gold = label_values({"item_id": lab["item_id"], "choice": "rank" if mode == "ranking" else lab["gold"],
-                             "ranking": lab["gold"]}, mode)
+        gold = answer_values(lab["item_id"], lab["gold"], mode)
         mine = label_values(lab, mode)
         for unit, want in gold.items():
             if unit in mine:
                 out[lab["annotator"]]["n"] += 1
                 out[lab["annotator"]]["agree"] += mine[unit] == want
     return {w: {**d, "rate": d["agree"] / d["n"]} for w, d in sorted(out.items())}
+
+
+def answer_values(item_id, answer, mode: str) -> dict[Hashable, str]:
+    """The units of a known answer in item terms (a gold answer, an AI suggestion): like a label's."""
+    return label_values({"item_id": item_id, "choice": "rank" if mode == "ranking" else answer, "ranking": answer},
+                        mode)
+
+
+def suggestion_agreement(labels: list[dict], suggestions: Mapping[int, object], mode: str) -> dict:
+    """How often the annotators' labels agree with the AI's suggestions, per unit, on items with both.
+
+    Every (label, unit) with a suggestion counts once, gold items too; a human
+    tie or "both bad" against a suggested A or B is a disagreement. Cohen's
+    kappa treats the AI as one rater and the humans, pooled, as the other.
+    """
+    human, ai = [], []
+    per: dict[str, dict] = defaultdict(lambda: {"agree": 0, "n": 0})
+    items = set()
+    for lab in labels:
+        answer = suggestions.get(lab["item_id"])
+        if answer is None:
+            continue
+        want = answer_values(lab["item_id"], answer, mode)
+        for unit, value in label_values(lab, mode).items():
+            if unit in want:
+                human.append(value)
+                ai.append(want[unit])
+                items.add(lab["item_id"])
+                per[lab["annotator"]]["n"] += 1
+                per[lab["annotator"]]["agree"] += value == want[unit]
+    n = len(human)
+    return {"items": len(items), "n": n, "agree": sum(h == a for h, a in zip(human, ai)),
+            "rate": sum(h == a for h, a in zip(human, ai)) / n if n else None,
+            "kappa": cohen_kappa(human, ai) if n else None,
+            "annotators": {w: {**d, "rate": d["agree"] / d["n"]} for w, d in sorted(per.items())}}
 
 
 def summarize(labels: list[dict], mode: str) -> dict:

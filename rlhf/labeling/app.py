@@ -42,7 +42,7 @@ from werkzeug.routing import BaseConverter
 
 from rlhf.errors import UserError
 from rlhf.labeling import agreement, display
-from rlhf.labeling.store import SKIP_REASONS, Project, Refused, Store
+from rlhf.labeling.store import ORDERS, SKIP_REASONS, Project, Refused, Store
 from rlhf.web import CSP, SAFE_METHODS, add_security_headers, csrf_problem, security_headers  # noqa: F401
 
 HERE = Path(__file__).parent
@@ -235,6 +235,7 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         previous = display.answer_in_display_terms(mine, proj.mode, shown)
         progress = store.progress(proj, g.user["id"])
         return render_template("task.html", item=item, responses=responses, prompt=prompt, previous=previous,
+                               suggestion=_suggestion(item.id, shown),
                                mine=mine or {}, revisit=revisit and mine is not None, progress=progress,
                                reasons=SKIP_REASONS, can_undo=progress["labelled"] > 0,
                                guidelines=display.to_html(proj.guidelines, "markdown") if proj.guidelines else "",
@@ -309,7 +310,10 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
                    "total_minutes": sum(t) / 60} for n, t in sorted(times.items())]
         disputed = agreement.disagreements(labels)
         decided = store.decisions(proj)
+        scores = store.scores(proj)
+        ai = agreement.suggestion_agreement(labels, {i: x["suggestion"] for i, x in scores.items()}, proj.mode)
         return render_template("admin.html", summary=summary, progress=store.progress(proj),
+                               settings=store.project(proj.name), orders=ORDERS, scored=len(scores), ai=ai,
                                users=store.users(), notes=notes, timing=timing,
                                adjudication={"open": sum(i not in decided for i in disputed), "decided": len(decided)})
 
@@ -423,8 +427,19 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
         item = store.item_view(item_id)
         shown = display.shown_order(secret, g.user["id"], item.id, len(item.responses))
         # Raw text here (JSON is not HTML); model names and item order stay on the server.
-        return {"item_id": item.id, "mode": proj.mode, "prompt": item.prompt,
-                "responses": [{"letter": display.LETTERS[n], "text": item.responses[i]} for n, i in enumerate(shown)]}
+        out = {"item_id": item.id, "mode": proj.mode, "prompt": item.prompt,
+               "responses": [{"letter": display.LETTERS[n], "text": item.responses[i]} for n, i in enumerate(shown)]}
+        suggestion = _suggestion(item.id, shown)
+        if suggestion:
+            out["suggestion"] = suggestion
+        return out
+
+    def _suggestion(item_id: int, shown: list[int]) -> str:
+        """The stored AI suggestion in this annotator's letters, only where the project shows suggestions."""
+        if not store.suggestions_on(proj):
+            return ""
+        sc = store.score(item_id)
+        return display.suggestion_text(sc["suggestion"], proj.mode, shown) if sc else ""
 
     def _label_json(label: dict) -> dict:
         shown = label["shown"]
@@ -436,6 +451,15 @@ def create_app(store: Store, project: str | None = None, *, secure_cookies: bool
     def _admin_done(message: str, anchor: str):
         flash(message)
         return redirect(url_for("admin") + anchor)
+
+    @app.post("/admin/settings")
+    @login_required(admin=True)
+    def admin_settings():
+        order = request.form.get("order", "")
+        if order not in ORDERS:
+            raise Refused(400, f"order must be one of {', '.join(ORDERS)}")
+        store.configure(proj, order=order, suggestions=request.form.get("suggestions") == "1", actor=g.user["name"])
+        return _admin_done("Settings saved.", "#settings")
 
     @app.post("/admin/users")
     @login_required(admin=True)

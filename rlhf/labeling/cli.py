@@ -5,6 +5,8 @@
     rlhf label serve project.db --port 8080
     rlhf label stats project.db
     rlhf label export project.db -o prefs.jsonl
+    rlhf label rescore project.db --reward-model runs/rm-ensemble
+    rlhf label settings project.db --order disagreement --suggestions
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
+
+ORDER_HELP = ("which item is handed out next: sequential (by position), random, uncertainty (the reward model's "
+              "margin closest to zero) or disagreement (the reward-model ensemble disagrees most); the last two "
+              "read the scores `rlhf label rescore` stores")
+SUGGESTIONS_HELP = "show annotators the stored AI suggestion (folded, text only); off by default"
 
 
 @dataclass
@@ -41,6 +49,8 @@ class CreateConfig:
     strength: bool = opt(True, "ask how strong a pairwise preference is (exported as margin)")
     render: Literal["markdown", "text"] = opt("markdown", "show responses as markdown (raw HTML off) or plain text")
     append: bool = opt(False, "add the items to an existing project of that name")
+    order: Literal["sequential", "random", "uncertainty", "disagreement"] = opt("sequential", ORDER_HELP)
+    suggestions: bool = opt(False, SUGGESTIONS_HELP)
     max_new_tokens: int = opt(128, "sampling: longest response in tokens")
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "sampling nucleus")
@@ -111,6 +121,40 @@ class StatsConfig:
 
 
 @dataclass
+class SettingsConfig:
+    """Show or change how a project hands out items and whether annotators see AI suggestions."""
+
+    command = "label settings"
+    db: str = opt("project.db", "database file or URL", positional=True)
+    project: Optional[str] = opt(None, "project (default: the only one)")
+    order: Optional[Literal["sequential", "random", "uncertainty", "disagreement"]] = opt(None, ORDER_HELP)
+    suggestions: Optional[bool] = opt(None, SUGGESTIONS_HELP + " (--no-suggestions hides it)")
+
+
+@dataclass
+class RescoreConfig(DeviceOptions):
+    """Score a project's queue with reward models (or a judge): acquisition order and AI suggestions."""
+
+    command = "label rescore"
+    db: str = opt("project.db", "database file or URL", positional=True)
+    project: Optional[str] = opt(None, "project (default: the only one)")
+    reward_model: list[str] = opt([], "reward-model folder(s); several, or an ensemble folder (rlhf rm --ensemble), "
+                                      "give the disagreement order its spread")
+    judge: Optional[str] = opt(None, "a pairwise judge instead: llm:FOLDER, openai:URL#MODEL or rm:FOLDER")
+    every: bool = opt(False, "score every item, labelled ones too (default: those still handed out, and gold)")
+    batch_size: int = opt(16, "sequences per forward pass")
+    max_len: int = opt(512, "longest prompt + response in tokens (the prompt is cut first)")
+    quiet: bool = opt(False, "no progress on stderr")
+
+    def __post_init__(self):
+        if bool(self.reward_model) == bool(self.judge):
+            raise UserError("give --reward-model FOLDER[,FOLDER...] or --judge SPEC (one of the two)")
+        if self.batch_size < 1 or self.max_len < 8:
+            raise UserError("batch_size must be >= 1 and max_len >= 8")
+        super().__post_init__()
+
+
+@dataclass
 class ExportConfig:
     """Export labels as training JSONL: preferences (TRL), thumbs as KTO rows, demonstrations as SFT rows."""
 
@@ -152,7 +196,7 @@ def create_main(argv: list[str]) -> int:
     project = store.create_project(cfg.name, mode=cfg.mode, overlap=cfg.overlap,
                                    lease_seconds=int(cfg.lease_minutes * 60), strength=cfg.strength,
                                    render=cfg.render, guidelines=guidelines, items=interleave(items, gold),
-                                   append=cfg.append)
+                                   append=cfg.append, order=cfg.order, suggestions=cfg.suggestions)
     p = store.progress(project)
     print(f"rlhf: project '{project.name}' in {cfg.db}: {p['items']} items, {p['gold_items']} gold, "
           f"{project.mode}, {project.overlap} annotators each")
@@ -267,16 +311,21 @@ def _fmt(x) -> str:
 
 
 def stats_main(argv: list[str]) -> int:
-    from rlhf.labeling.agreement import summarize
+    from rlhf.labeling.agreement import suggestion_agreement, summarize
     from rlhf.labeling.store import Store
 
     cfg = parse(StatsConfig, argv)
     store = Store(cfg.db)
     project = store.project(cfg.project)
     progress = store.progress(project)
-    summary = summarize(store.project_labels(project), project.mode)
+    labels = store.project_labels(project)
+    summary = summarize(labels, project.mode)
+    scores = store.scores(project)
+    ai = suggestion_agreement(labels, {i: s["suggestion"] for i, s in scores.items()}, project.mode)
     if cfg.json:
-        print(json.dumps({"project": project.name, "progress": progress, "agreement": summary}, indent=2))
+        print(json.dumps({"project": project.name, "progress": progress, "agreement": summary,
+                          "ai_suggestions": {"scored_items": len(scores), "order": project.order,
+                                             "shown": project.suggestions, **ai}}, indent=2))
         return 0
     print(f"project {project.name}: {project.mode}, {project.overlap} annotators per item")
     print(f"progress: {progress['complete']}/{progress['items']} items complete, "
@@ -294,6 +343,70 @@ def stats_main(argv: list[str]) -> int:
             maj = _fmt(a["majority"]["rate"]) if a["majority"] else "-"
             gold = _fmt(a["gold"]["rate"]) if a["gold"] else "-"
             print(f"{a['name']:<16}{a['labels']:>8}{a['skips']:>8}{maj:>10}{gold:>8}")
+    if scores:
+        shown = "shown to annotators" if project.suggestions else "hidden from annotators"
+        print(f"\nAI suggestions ({shown}; order {project.order}): {len(scores)} items scored; "
+              f"{ai['n']} units on {ai['items']} items labelled by both, AI-human agreement {_fmt(ai['rate'])}, "
+              f"kappa {_fmt(ai['kappa'])}")
+        for name, a in ai["annotators"].items():
+            print(f"  {name:<16}{a['n']:>6} units  agreement {_fmt(a['rate'])}")
+    return 0
+
+
+def settings_main(argv: list[str]) -> int:
+    from rlhf.labeling.store import Store
+
+    cfg = parse(SettingsConfig, argv)
+    store = Store(cfg.db)
+    project = store.configure(store.project(cfg.project), order=cfg.order, suggestions=cfg.suggestions)
+    scored = len(store.scores(project))
+    print(f"rlhf: project '{project.name}': order {project.order}, AI suggestions "
+          f"{'shown' if project.suggestions else 'hidden'} ({scored} items scored)")
+    if project.order in ("uncertainty", "disagreement") and not scored:
+        print(f"rlhf: no scores yet: items go out by position until `rlhf label rescore {cfg.db} --reward-model ...`")
+    return 0
+
+
+def rescore_main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from rlhf.labeling.store import Store
+
+    cfg = parse(RescoreConfig, argv)
+    store = Store(cfg.db)
+    project = store.project(cfg.project)
+    members = []
+    if cfg.reward_model:
+        from rlhf.trainers.rm_ensemble import members as expand
+
+        members = expand(cfg.reward_model)
+        for path in members:  # every folder checked before any model loads
+            if not (Path(path) / "config.json").exists():
+                raise UserError(f"--reward-model {path}: not a model folder (no config.json)")
+    from rlhf.device import use_device
+    from rlhf.labeling.rescore import rescore
+    from rlhf.trainers.sft import quiet_transformers
+
+    device = use_device(cfg)
+    quiet_transformers(cfg.quiet)
+    log = None if cfg.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    out = rescore(store, project, reward_models=members, judge=cfg.judge, every=cfg.every,
+                  batch_size=cfg.batch_size, max_len=cfg.max_len, device=device, log=log)
+    if not out["items"]:
+        print(f"rlhf: project '{project.name}': nothing left to score")
+        return 0
+    margins = sorted(abs(r["margin"]) for r in out["rows"])
+    spreads = sorted(r["spread"] for r in out["rows"] if r["spread"] is not None)
+    what = f"{out['members']} reward models" if out["members"] > 1 else ("judge " + cfg.judge if cfg.judge
+                                                                         else "1 reward model")
+    line = f"rlhf: scored {out['items']} items of '{project.name}' with {what}: median |margin| " \
+           f"{margins[len(margins) // 2]:.3f}"
+    if spreads:
+        line += f", median spread {spreads[len(spreads) // 2]:.3f}"
+    print(line + f"; order {project.order}")
+    if project.order in ("sequential", "random"):
+        print(f"rlhf: to serve the least certain first: rlhf label settings {cfg.db} --order "
+              f"{'disagreement' if spreads else 'uncertainty'}")
     return 0
 
 

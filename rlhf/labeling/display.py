@@ -152,3 +152,16 @@ def answer_in_display_terms(label: dict | None, mode: str, shown: list[int]) -> 
         return {"choice": "rank", "order": ["=".join(sorted(LETTERS[shown.index(i)] for i in tied))
                                             for tied in places(label["ranking"])]}
     return {"choice": label["choice"]}
+
+
+def suggestion_text(suggestion, mode: str, shown: list[int]) -> str:
+    """An AI suggestion (an answer in item terms) as this annotator sees the responses: plain text."""
+    if suggestion is None:
+        return ""
+    if mode == "thumbs":
+        return {"up": "good", "down": "bad"}.get(suggestion, "")
+    if mode == "pairwise":
+        seen = answer_in_display_terms({"choice": suggestion}, mode, shown)
+        return f"{seen['choice']} is better" if seen.get("choice") in LETTERS else ""
+    seen = answer_in_display_terms({"choice": "rank", "ranking": suggestion}, mode, shown)
+    return " > ".join(p.replace("=", " = ") for p in seen.get("order", []))

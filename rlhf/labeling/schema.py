@@ -10,6 +10,13 @@ whose responses are all bad is choice `all_bad` with no list. A thumbs
 label is `up`, `down` or `skip` on the item's one response; a demonstration
 is choice `write` with the annotator's response in `text` (or `skip`).
 
+A project hands out its items in its `serve_order`: `sequential` (by position),
+`random`, or an acquisition order read from `item_scores`, which `rlhf label
+rescore` fills from reward models (or a judge) in another process: the web
+process only sorts by the stored numbers. The same row holds the model's
+suggested answer, shown to annotators only where the project's
+`suggestions` is on.
+
 An admin's adjudication of an item the annotators disagree on is a row of
 `decisions`, in the same terms as a label, kept beside the votes (which stay
 as they were); an export gives the decision in place of that item's votes.
@@ -18,9 +25,9 @@ as they were); an export gives the decision in place of that item's votes.
 from __future__ import annotations
 
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint)
+                        UniqueConstraint, false)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 metadata = MetaData()
 
@@ -65,6 +72,9 @@ projects = Table(
     Column("render", String(16), nullable=False),  # markdown | text
     Column("guidelines", Text, nullable=False, default=""),
     Column("created_at", Float, nullable=False),
+    # which item is handed out next: sequential | random | uncertainty | disagreement (store.ORDERS)
+    Column("serve_order", String(16), nullable=False, server_default="sequential"),
+    Column("suggestions", Boolean, nullable=False, server_default=false()),  # show annotators the AI's suggestion
 )
 
 items = Table(
@@ -127,6 +137,18 @@ labels = Table(
     UniqueConstraint("item_id", "user_id"),
     # An undone label's id is never reused, so the audit log's label ids stay unambiguous.
     sqlite_autoincrement=True,
+)
+
+# What a reward model (or an ensemble, or a judge) thinks of an item, written by `rlhf label rescore`.
+item_scores = Table(
+    "item_scores", metadata,
+    Column("item_id", Integer, ForeignKey("items.id"), primary_key=True),
+    # pairwise: r(response 0) - r(response 1); ranking: the smallest gap between two responses; thumbs: r
+    Column("margin", Float, nullable=False),
+    Column("spread", Float, nullable=True),  # how much ensemble members disagree on that margin (std); one model: None
+    Column("suggestion", Text, nullable=True),  # JSON answer in item terms, as `items.gold`
+    Column("source", String(512), nullable=False),  # the reward-model folders or the judge spec
+    Column("scored_at", Float, nullable=False),
 )
 
 # An admin's decision on an item the annotators disagree on: one per item, in a label's terms.

@@ -41,6 +41,9 @@ RANK_CHOICES = ("rank", "all_bad", "skip")
 THUMB_CHOICES = ("up", "down", "skip")  # thumbs: the item's one response is good (up) or bad (down)
 DEMO_CHOICES = ("write", "skip")  # demonstration: the annotator writes (or edits a draft of) the response
 SKIP_REASONS = ("unsure", "expertise", "harmful", "broken", "other")
+# Which item is handed out next: by position; at random; the reward model's margin closest to zero;
+# the reward-model ensemble's largest disagreement (the last two from `rlhf label rescore`'s scores).
+ORDERS = ("sequential", "random", "uncertainty", "disagreement")
 MAX_COMMENT = 2000
 MAX_TEXT = 20000  # a written demonstration, in characters
 
@@ -63,12 +66,21 @@ Q_HELD = (select(_a.c.item_id, _a.c.id, _a.c.expires_at).join(_i, _i.c.id == _a.
           .order_by(_a.c.leased_at.desc()))
 _live_leases = select(func.count()).select_from(_a).where(
     _a.c.item_id == _i.c.id, _a.c.state == "leased", _a.c.expires_at > P("now")).scalar_subquery()
-# First item by position that is gold or has a free slot, and that this user has not had.
-Q_NEXT = (select(_i.c.id).where(
+# The first item, in the project's order, that is gold or has a free slot, and that this user has not had.
+_s = S.item_scores
+_eligible = select(_i.c.id).where(
     _i.c.project_id == P("project_id"),
     or_(_i.c.is_gold, and_(_i.c.done_count < P("overlap"), _i.c.done_count + _live_leases < P("overlap"))),
     ~exists().where(_a.c.item_id == _i.c.id, _a.c.user_id == P("user_id")))
-    .order_by(_i.c.position).limit(1))
+_scored = _eligible.outerjoin(_s, _s.c.item_id == _i.c.id)
+# Unscored items (added since the last rescore) come after the scored ones, by position.
+Q_NEXT = {
+    "sequential": _eligible.order_by(_i.c.position).limit(1),
+    "random": _eligible.order_by(func.random()).limit(1),
+    "uncertainty": _scored.order_by(_s.c.margin.is_(None), func.abs(_s.c.margin), _i.c.position).limit(1),
+    "disagreement": _scored.order_by(_s.c.spread.is_(None), _s.c.spread.desc(), _i.c.position).limit(1),
+}
+Q_ORDER = select(S.projects.c.serve_order).where(S.projects.c.id == P("project_id"))
 I_LEASE = insert(_a)
 U_RENEW = update(_a).where(_a.c.id == P("aid")).values(expires_at=P("exp"))
 D_LEASE = delete(_a).where(_a.c.id == P("aid"))
@@ -112,6 +124,8 @@ class Project:
     strength: bool
     render: str
     guidelines: str
+    order: str = "sequential"  # one of ORDERS
+    suggestions: bool = False  # annotators see the stored AI suggestion
 
 
 @dataclass
@@ -216,7 +230,12 @@ class Store:
             return
         S.metadata.create_all(self.engine)  # tables that are missing, e.g. sessions
         have = {col["name"] for col in inspect(self.engine).get_columns("labels")}
+        have_p = {col["name"] for col in inspect(self.engine).get_columns("projects")}
         with self.write() as c:
+            if "serve_order" not in have_p:
+                c.exec_driver_sql("ALTER TABLE projects ADD COLUMN serve_order VARCHAR(16) NOT NULL DEFAULT 'sequential'")
+            if "suggestions" not in have_p:
+                c.exec_driver_sql("ALTER TABLE projects ADD COLUMN suggestions BOOLEAN NOT NULL DEFAULT FALSE")
             if "comment" not in have:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN comment TEXT")
             if "flagged" not in have:
@@ -357,9 +376,11 @@ class Store:
     # -- projects ----------------------------------------------------------
     def create_project(self, name: str, *, mode: str, overlap: int, lease_seconds: int, strength: bool,
                        render: str, guidelines: str, items: list[ItemSpec], append: bool = False,
-                       actor: str = "cli") -> Project:
+                       actor: str = "cli", order: str = "sequential", suggestions: bool = False) -> Project:
         if mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
+        if order not in ORDERS:
+            raise UserError(f"order must be one of {', '.join(ORDERS)}, got '{order}'")
         for spec in items:
             check_item(spec, mode)
         with self.write() as c:
@@ -371,7 +392,8 @@ class Store:
             if row is None:
                 pid = c.execute(insert(S.projects).values(
                     name=name, mode=mode, overlap=overlap, lease_seconds=lease_seconds, strength=strength,
-                    render=render, guidelines=guidelines, created_at=time.time())).inserted_primary_key[0]
+                    render=render, guidelines=guidelines, created_at=time.time(), serve_order=order,
+                    suggestions=suggestions)).inserted_primary_key[0]
                 start = 0
             else:
                 pid = row.id
@@ -413,7 +435,67 @@ class Store:
         if r is None:
             raise UserError(f"no project named '{name}' (have: {', '.join(names) or 'none'})")
         return Project(id=r.id, name=r.name, mode=r.mode, overlap=r.overlap, lease_seconds=r.lease_seconds,
-                       strength=bool(r.strength), render=r.render, guidelines=r.guidelines or "")
+                       strength=bool(r.strength), render=r.render, guidelines=r.guidelines or "",
+                       order=r.serve_order, suggestions=bool(r.suggestions))
+
+    def configure(self, project: Project, *, order: str | None = None, suggestions: bool | None = None,
+                  actor: str = "cli") -> Project:
+        """Change how a project hands out items (`order`) and whether annotators see AI suggestions."""
+        if order is not None and order not in ORDERS:
+            raise UserError(f"order must be one of {', '.join(ORDERS)}, got '{order}'")
+        values = {k: v for k, v in (("serve_order", order), ("suggestions", suggestions)) if v is not None}
+        if values:
+            with self.write() as c:
+                self._lock_project(c, project.id)
+                old = c.execute(select(S.projects).where(S.projects.c.id == project.id)).one()
+                c.execute(update(S.projects).where(S.projects.c.id == project.id).values(**values))
+                self._audit(c, actor, "project.settings", {
+                    "name": project.name, "before": {k: getattr(old, k) for k in values}, "after": values})
+        return self.project(project.name)
+
+    # -- acquisition scores and AI suggestions -----------------------------------
+    def queue(self, project: Project, *, every: bool = False) -> list[Item]:
+        """The items still to hand out (gold, or fewer than `overlap` votes), or `every` item, by position."""
+        items = self.project_items(project).values()
+        return [it for it in items if every or it.is_gold or it.done_count < project.overlap]
+
+    def set_scores(self, project: Project, rows: list[dict], *, source: str, actor: str = "cli",
+                   now: float | None = None) -> int:
+        """Store each row's `margin`, `spread` and `suggestion` for its `item_id` (replacing older scores)."""
+        now = time.time() if now is None else now
+        s = S.item_scores
+        with self.write() as c:
+            self._lock_project(c, project.id)
+            ids = [r["item_id"] for r in rows]
+            mine = set(c.execute(select(_i.c.id).where(_i.c.project_id == project.id, _i.c.id.in_(ids))).scalars())
+            if len(mine) != len(set(ids)):
+                raise UserError("scores for items of another project")
+            if ids:
+                c.execute(delete(s).where(s.c.item_id.in_(ids)))
+                c.execute(insert(s), [{"item_id": r["item_id"], "margin": float(r["margin"]),
+                                       "spread": None if r.get("spread") is None else float(r["spread"]),
+                                       "suggestion": None if r.get("suggestion") is None else _dumps(r["suggestion"]),
+                                       "source": source[:512], "scored_at": now} for r in rows])
+            self._audit(c, actor, "project.rescore", {"name": project.name, "items": len(rows), "source": source},
+                        now=now)
+        return len(rows)
+
+    def scores(self, project: Project) -> dict[int, dict]:
+        """Every stored score of the project by item id: margin, spread, suggestion, source, scored_at."""
+        s = S.item_scores
+        with self.read() as c:
+            rows = c.execute(select(s).join(_i, _i.c.id == s.c.item_id).where(_i.c.project_id == project.id)).all()
+        return {r.item_id: _score_dict(r) for r in rows}
+
+    def score(self, item_id: int) -> Optional[dict]:
+        with self.read() as c:
+            r = c.execute(select(S.item_scores).where(S.item_scores.c.item_id == item_id)).first()
+        return _score_dict(r) if r else None
+
+    def suggestions_on(self, project: Project) -> bool:
+        """Whether annotators see suggestions, as stored now (changed while the app runs, too)."""
+        with self.read() as c:
+            return bool(c.execute(select(S.projects.c.suggestions).where(S.projects.c.id == project.id)).scalar())
 
     def item(self, item_id: int) -> Optional[Item]:
         with self.read() as c:
@@ -467,8 +549,11 @@ class Store:
                 c.execute(U_RENEW, {"aid": h.id, "exp": expires})
                 return h.item_id
             c.execute(D_LEASE, {"aid": h.id})  # lost to others while away
-        item_id = c.execute(Q_NEXT, {"project_id": project.id, "user_id": user_id, "now": now,
-                                     "overlap": project.overlap}).scalar()
+        # The order as stored now: `rlhf label` commands may change it while the app runs.
+        order = c.execute(Q_ORDER, {"project_id": project.id}).scalar()
+        item_id = c.execute(Q_NEXT.get(order, Q_NEXT["sequential"]),
+                            {"project_id": project.id, "user_id": user_id, "now": now,
+                             "overlap": project.overlap}).scalar()
         if item_id is not None:
             c.execute(I_LEASE, {"item_id": item_id, "user_id": user_id, "state": "leased", "leased_at": now,
                                 "expires_at": expires})
@@ -710,6 +795,12 @@ class Store:
         with self.read() as c:
             rows = c.execute(select(S.audit).order_by(S.audit.c.id.desc()).limit(limit)).all()
         return [{**dict(r._mapping), "detail": json.loads(r.detail)} for r in rows]
+
+
+def _score_dict(r) -> dict:
+    return {"item_id": r.item_id, "margin": r.margin, "spread": r.spread,
+            "suggestion": json.loads(r.suggestion) if r.suggestion else None, "source": r.source,
+            "scored_at": r.scored_at}
 
 
 def _answer_dict(r) -> dict:

@@ -1,0 +1,113 @@
+"""`rlhf label rescore`: score a project's queue with reward models (or a judge), for active learning.
+
+Each item's responses are scored by every reward model given (one folder,
+several, or an ensemble folder: `rlhf rm --ensemble K`), and the store gets,
+per item, in the item's own terms:
+
+- `margin`: pairwise, mean r(response 0) - r(response 1); ranking, the
+  smallest gap between two responses' mean rewards; thumbs, the mean reward
+  (0 is the reward of an average training response: `rlhf rm` normalises);
+- `spread`: how much the members disagree about it: the population std over
+  members of the pairwise margin (ranking: the largest over its pairs;
+  thumbs: of the reward); None with one model;
+- `suggestion`: the answer the models' mean reward gives (`a`/`b`, a ranking,
+  `up`/`down`), shown to annotators only where the project turns suggestions on.
+
+`--order uncertainty` hands out the smallest |margin| first (the model is
+least sure), `--order disagreement` the largest spread first (the ensemble
+disagrees most). An LLM judge (`--judge`, a spec as `rlhf eval` takes: `llm:`,
+`openai:`, `rm:`) gives a pairwise margin of logit P(A better) and a
+suggestion, no spread.
+
+This module imports torch only inside `rescore`; the web process imports
+none of it, it only sorts by the stored numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from itertools import combinations
+from typing import Optional, Sequence
+
+from rlhf.errors import UserError
+
+
+def item_score(mode: str, member_scores: Sequence[Sequence[float]]) -> dict:
+    """(M members, K responses) rewards of one item -> {margin, spread, suggestion} in item terms."""
+    m = len(member_scores)
+    k = len(member_scores[0])
+    mean = [sum(s[i] for s in member_scores) / m for i in range(k)]
+
+    def spread_of(values: list[float]) -> Optional[float]:
+        return statistics.pstdev(values) if m > 1 else None
+
+    if mode == "thumbs":
+        return {"margin": mean[0], "spread": spread_of([s[0] for s in member_scores]),
+                "suggestion": "up" if mean[0] > 0 else "down" if mean[0] < 0 else None}
+    if mode == "pairwise":
+        margin = mean[0] - mean[1]
+        return {"margin": margin, "spread": spread_of([s[0] - s[1] for s in member_scores]),
+                "suggestion": "a" if margin > 0 else "b" if margin < 0 else None}
+    if mode == "ranking":
+        pairs = list(combinations(range(k), 2))
+        spreads = [spread_of([s[i] - s[j] for s in member_scores]) for i, j in pairs]
+        order = sorted(range(k), key=lambda i: -mean[i])
+        places: list = []
+        for i in order:  # exactly equal rewards share a place
+            if places and mean[places[-1][0]] == mean[i]:
+                places[-1].append(i)
+            else:
+                places.append([i])
+        return {"margin": min(abs(mean[i] - mean[j]) for i, j in pairs),
+                "spread": None if m == 1 else max(spreads),
+                "suggestion": [p[0] if len(p) == 1 else p for p in places]}
+    raise UserError(f"rescore: a {mode} project has nothing to compare (only pairwise, ranking and thumbs)")
+
+
+def judge_score(p_first: float) -> dict:
+    """A pairwise judge's P(response 0 better) -> {margin (its logit), spread None, suggestion}."""
+    p = min(max(p_first, 1e-6), 1 - 1e-6)
+    return {"margin": math.log(p / (1 - p)), "spread": None,
+            "suggestion": "a" if p_first > 0.5 else "b" if p_first < 0.5 else None}
+
+
+def rescore(store, project, *, reward_models: Sequence[str] = (), judge: Optional[str] = None, every: bool = False,
+            batch_size: int = 16, max_len: int = 512, device="cpu", log=print) -> dict:
+    """Score the project's queue (or `every` item) and store the scores; -> a summary."""
+    if project.mode == "demonstration":
+        raise UserError(f"rescore: project '{project.name}' collects demonstrations: nothing to compare")
+    if judge and project.mode != "pairwise":
+        raise UserError(f"--judge compares two responses: project '{project.name}' is {project.mode} "
+                        "(give --reward-model instead)")
+    items = [it for it in store.queue(project, every=every) if it.responses]
+    if not items:
+        return {"items": 0, "members": 0, "source": None}
+    prompts = [it.prompt for it in items for _ in it.responses]
+    responses = [r for it in items for r in it.responses]
+    if judge:
+        from rlhf.judges import make_judge
+
+        j = make_judge(judge, batch_size=batch_size, max_len=max_len, device=device)
+        p = j.compare([it.prompt for it in items], [it.responses[0] for it in items],
+                      [it.responses[1] for it in items])
+        rows = [{"item_id": it.id, **judge_score(x)} for it, x in zip(items, p)]
+        source, members = judge, 1
+    else:
+        from rlhf.judges import RewardModelJudge
+
+        per_member = []
+        for n, path in enumerate(reward_models):
+            if log:
+                log(f"rlhf label rescore: reward model {n + 1}/{len(reward_models)}: {path}")
+            rm = RewardModelJudge.load(path, batch_size=batch_size, max_len=max_len, device=device)
+            per_member.append(rm.score(prompts, responses))
+            del rm
+        rows, start = [], 0
+        for it in items:
+            k = len(it.responses)
+            rows.append({"item_id": it.id, **item_score(project.mode, [s[start:start + k] for s in per_member])})
+            start += k
+        source, members = ",".join(reward_models), len(reward_models)
+    store.set_scores(project, rows, source=source)
+    return {"items": len(rows), "members": members, "source": source, "rows": rows}
