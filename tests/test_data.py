@@ -316,7 +316,7 @@ def test_split_keeps_prompts_whole_and_is_deterministic():
     assert [r for r in recs if r in train] == train  # input order kept
     assert data.split(recs[:2], 0.01, seed=0)[1] != []  # at least one prompt when asked for any
     assert data.split(recs, 0.0) == (recs, [])
-    with pytest.raises(UserError, match="val_fraction"):
+    with pytest.raises(ValueError, match="val_fraction"):  # a programming error: the stages check the option first
         data.split(recs, 1.0)
 
 

@@ -239,3 +239,15 @@ def test_optimizer_is_the_fused_adamw_with_the_default_kernels_update():
     apart = [float((p - q).abs().max()) for p, q in zip(models[0].parameters(), models[1].parameters())]
     moved = [float((p - s).abs().max()) for p, s in zip(models[0].parameters(), start)]
     assert max(apart) < 1e-6 and min(moved) > 1e-3  # five real steps, the same within float rounding
+
+
+@pytest.mark.parametrize("command", ["sft", "rm", "dpo", "kto", "orpo"])
+def test_every_offline_stage_checks_max_len_and_val_fraction_alike(command, capsys, tmp_path):
+    from rlhf.cli import main
+
+    data = str(tmp_path / "x.jsonl")
+    assert main([command, "--data", data, "--max-len", "4", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "rlhf: max_len must be at least 8, got 4\n"
+    assert main([command, "--data", data, "--val-fraction", "1", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "rlhf: val_fraction must be in [0, 1), got 1.0\n"
+    assert not (tmp_path / "o").exists()

@@ -13,7 +13,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, TypeVar
 
-from rlhf.errors import UserError
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -168,8 +167,8 @@ def split(records: Sequence[T], val_fraction: float, seed: int = 0) -> tuple[lis
     fraction is above 0 and there are two or more; never all of them) go to
     validation, chosen by `seed`; both halves keep the input order.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:  # the stages' configs refuse such an option (loop.check_data_options)
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     keys = []
     for n, rec in enumerate(records):
         key = prompt_key(getattr(rec, "prompt", None))

@@ -45,8 +45,8 @@ from typing import Literal
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
-from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, check_start, share_prompt_or_fall_back,
-                                train, train_options)
+from rlhf.trainers.loop import (ModelOptions, TrainOptions, TrainResult, check_data_options, check_start,
+                                share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.runtime import note as _note
 
 # Per-loss default beta: DPO-style losses scale a log-ratio of whole
@@ -220,10 +220,7 @@ class _OfflineConfig(TrainOptions, ModelOptions, _PrefData):
                     "(ties broken by the loss) or the loss itself")
 
     def __post_init__(self):
-        if self.max_len < 8:
-            raise UserError(f"max_len must be at least 8, got {self.max_len}")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_data_options(self.max_len, self.val_fraction)
         super().__post_init__()
 
 

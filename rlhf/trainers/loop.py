@@ -506,6 +506,14 @@ def load_weights(model, path: str | os.PathLike) -> None:
         model.tie_weights()
 
 
+def check_data_options(max_len: int, val_fraction: float) -> None:
+    """An offline stage's --max-len and --val-fraction (its config checks them before anything loads)."""
+    if max_len < 8:
+        raise UserError(f"max_len must be at least 8, got {max_len}")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
 def check_start(opts: TrainOptions, out: str | os.PathLike, n_batches: int) -> None:
     """What `train` would refuse about the data and a resume, checked before the stage writes anything.
 

@@ -48,7 +48,7 @@ from rlhf.config import opt, parse
 from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_start,
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_data_options, check_start,
                                 process_state, share_prompt_or_fall_back, train, train_options)
 from rlhf.trainers.sft import quiet_transformers, summary
 
@@ -91,10 +91,7 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
     def __post_init__(self):
         if self.ensemble < 1:
             raise UserError(f"ensemble must be at least 1, got {self.ensemble}")
-        if self.max_len < 8:
-            raise UserError(f"max_len must be at least 8, got {self.max_len}")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_data_options(self.max_len, self.val_fraction)
         if self.center_coef < 0:
             raise UserError("center_coef must be >= 0")
         super().__post_init__()

@@ -23,8 +23,8 @@ from rlhf.config import opt, parse, to_dict
 from rlhf.errors import UserError
 from rlhf.models import quiet_transformers
 from rlhf.runfolder import TRAIN_MAY_CHANGE, RunFolder
-from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_start, process_state,
-                                train, train_options)
+from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_data_options, check_start,
+                                process_state, train, train_options)
 
 
 @dataclass
@@ -47,10 +47,7 @@ class SFTConfig(TrainOptions, ModelOptions, _SFTData):
     epochs: int = opt(2, "passes over the training data")
 
     def __post_init__(self):
-        if self.max_len < 8:
-            raise UserError(f"max_len must be at least 8, got {self.max_len}")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_data_options(self.max_len, self.val_fraction)
         super().__post_init__()
 
 
