@@ -173,6 +173,19 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(d, prefix: str = "") -> dict:
+    """Nested options as dotted keys: {"ppo": {"lr": 1}} -> {"ppo.lr": 1}."""
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    return out
+
+
 def build_parser(cls, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,

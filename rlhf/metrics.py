@@ -152,4 +152,15 @@ def _start_trackers(accelerator, out: Path, purge_step: int | None, config: dict
     flat = None
     if config is not None:  # trackers take scalars only (TensorBoard's hparams not even None): others as text
         flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(config).items()}
-    accelerator.init_trackers(TRACKER_PROJECT, config=flat, init_kwargs=kwargs)
+    try:
+        accelerator.init_trackers(TRACKER_PROJECT, init_kwargs=kwargs)
+        for tracker in accelerator.trackers if flat else ():
+            # not TensorBoard's: its hyperparameters go to a new folder per call; config.yaml says the same
+            if tracker.name != "tensorboard":
+                tracker.store_init_configuration(flat)
+    except Exception as e:  # a tracker's own settings (its server, its store) refused: say which, in one line
+        from rlhf.errors import UserError
+
+        names = ",".join(str(t) for t in accelerator.log_with)
+        message = " ".join(str(e).split())
+        raise UserError(f"--report-to {names}: a tracker did not start: {type(e).__name__}: {message}") from None

@@ -104,7 +104,7 @@ def test_check_output_file_refuses_with_one_line_and_writes_nothing(tmp_path):
 def test_a_full_disk_while_appending_metrics_is_one_line_and_leaves_whole_rows(tmp_path, monkeypatch):
     import rlhf.metrics as metrics
 
-    logger = metrics.MetricsLogger(tmp_path, tensorboard=False)
+    logger = metrics.MetricsLogger(tmp_path)
     logger.log({"step": 1, "loss": 0.5})
     real = metrics.os.write
 

@@ -32,10 +32,10 @@ from typing import Literal
 
 from rlhf.config import opt, to_dict
 from rlhf.errors import UserError
-from rlhf.trainers.runtime import RunOptions
+from rlhf.trainers.runtime import TRACKER_DIRS, RunOptions
 
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl", "alarms.json", "config.yaml", "checkpoints",
-             "tensorboard")
+             *TRACKER_DIRS)
 ROLLOUTS = "rollouts.jsonl"
 OLD_CHECKPOINT = "checkpoint"  # PPO's own format before the shared runtime; refused on --resume
 
@@ -271,7 +271,7 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
         raise ValueError("reference=None means 'the LoRA policy with its adapter disabled'; this policy has no adapter")
     out = Path(cfg.out)
     ckpt_root = out / runtime.CHECKPOINTS
-    accelerator = runtime.make_accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = runtime.make_accelerator(mixed_precision=cfg.mixed_precision, report_to=cfg.report_to, out=out)
     runtime.set_threads(cfg.threads, accelerator.device)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     per_update = cfg.rollout_batch_size // cfg.samples_per_prompt  # prompts per update
@@ -319,7 +319,8 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
         out.mkdir(parents=True, exist_ok=True)
         for name in (METRICS_FILE, "samples.jsonl", ROLLOUTS, "alarms.json"):
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(ckpt_root, ignore_errors=True)
+        for name in (runtime.CHECKPOINTS, *TRACKER_DIRS):
+            shutil.rmtree(out / name, ignore_errors=True)
     if main and folder is not None:  # after the checkpoint loaded: a refused resume writes nothing
         folder.start(step=None if checkpoint is not None else 0)
         folder.wrote(*RUN_FILES)
@@ -340,7 +341,8 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
     if ptx_batches is not None:
         ptx_batches = _Counted(ptx_batches, skip=state["ptx_used"])
 
-    logger = MetricsLogger(out, purge_step=state["update"] + 1) if main else None
+    logger = MetricsLogger(out, accelerator=accelerator, purge_step=state["update"] + 1 if checkpoint else None,
+                           config=to_dict(cfg)) if main else None
     samples_file = open(out / "samples.jsonl", "a", encoding="utf-8") if main else None
     rollouts_file = open(out / ROLLOUTS, "a", encoding="utf-8") if main and cfg.log_samples else None
     last: dict = {}

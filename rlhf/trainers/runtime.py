@@ -39,6 +39,8 @@ from rlhf.config import opt
 from rlhf.errors import UserError
 
 CHECKPOINTS = "checkpoints"
+# Folders the `--report-to` trackers write in a run's output folder (W&B only when WANDB_DIR is not set).
+TRACKER_DIRS = ("tensorboard", "wandb")
 STATE_FILE = "trainer_state.json"
 BEST_WEIGHTS = "best.safetensors"
 # Trained weights of real models stay orders of magnitude below this; a checkpoint with a larger (or a
@@ -71,6 +73,10 @@ class RunOptions:
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the "
                                  "files it wrote)")
     quiet: bool = opt(False, "no progress bar and no progress lines")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = opt(
+        [], "also log every metrics row to these trackers through accelerate (comma-separated: tensorboard "
+            "writes <out>/tensorboard; wandb and mlflow follow their own settings, e.g. WANDB_MODE=offline, "
+            "MLFLOW_TRACKING_URI); pip install 'rlhf[trackers]'")
 
     def __post_init__(self):
         from rlhf.trainers.loop import changes_on_resume
@@ -83,7 +89,21 @@ class RunOptions:
             raise UserError("--resume continues the run in the output folder and --overwrite replaces it: "
                             "give one of them")
         self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
+        self.report_to = check_trackers(self.report_to)
         getattr(super(), "__post_init__", lambda: None)()
+
+
+def check_trackers(names) -> list[str]:
+    """The `--report-to` trackers, each once, refused (one line, before torch loads) when its package is
+    not installed: accelerate would silently log to nothing."""
+    import importlib.util
+
+    names = list(dict.fromkeys(names))
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"--report-to {name}: the {name} package is not installed "
+                            f"(pip install {name}, or pip install 'rlhf[trackers]' for all three)")
+    return names
 
 
 # --- processes, devices, threads ------------------------------------------------------------------------
@@ -160,11 +180,16 @@ def pick_device(name: str = "auto"):
     return device
 
 
-def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no"):
-    """A fresh accelerate `Accelerator` for one run (a second run in one process inherits nothing)."""
+def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no", report_to: list[str] = (),
+                     out: str | os.PathLike | None = None):
+    """A fresh accelerate `Accelerator` for one run (a second run in one process inherits nothing).
+
+    `report_to`: accelerate's trackers (`log_with`), started by `rlhf.metrics.MetricsLogger`; TensorBoard
+    writes under `<out>/tensorboard`."""
     import logging
 
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
     from accelerate.state import AcceleratorState, GradientState
 
     # "Removed shared tensor ... while saving" on every checkpoint of a model with
@@ -173,11 +198,15 @@ def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no"):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     _run["root"] = None
+    trackers = {}
+    if report_to:
+        folders = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
+        trackers = {"log_with": list(report_to), "project_config": folders}
     try:
         # The scheduler is stepped once per optimizer step by the loops themselves:
         # accelerate's default would step it once per process.
         return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision,
-                           step_scheduler_with_optimizer=False, cpu=multi_cpu())
+                           step_scheduler_with_optimizer=False, cpu=multi_cpu(), **trackers)
     except ValueError as e:  # e.g. fp16 requested without a GPU
         raise UserError(f"mixed_precision={mixed_precision}: {e}") from None
 
