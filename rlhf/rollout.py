@@ -242,7 +242,8 @@ def draw(probs, u):
 
 
 def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperature: float, top_p: float,
-                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, uniforms=None, prune: bool = True):
+                 do_sample: bool, eos_ids: Sequence[int], pad_id: int, uniforms=None, prune: bool = True,
+                 on_token=None):
     """KV-cached sampling for one left-padded batch, on the model's device.
 
     `uniforms` (B, max_new_tokens): the random numbers of each row's draws
@@ -255,6 +256,9 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     short one stepping to the end. On an accelerator the host reads "is every
     row done?" only every 8th token, so the loop does not wait on the device
     at each step.
+
+    `on_token(response_ids, response_mask)`, when given, is called after every token with the batch's
+    responses so far ((B, step + 1) each): the studio's playground streams its answers from it.
     """
     import torch
 
@@ -300,6 +304,8 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
         ended = live & torch.isin(tok, eos)
         finished[rows] = finished[rows] | ended
         live = live & ~ended
+        if on_token is not None:
+            on_token(response[:, :length], mask[:, :length])
         if step == max_new_tokens - 1:
             break
         if step % check_every == check_every - 1:
@@ -322,7 +328,8 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, do_sample: bool = True, batch_size: int = 16, seed: int = 0,
-             num_samples: int = 1, max_prompt_len: int = 1024, keys: Sequence[int] | None = None) -> Rollout:
+             num_samples: int = 1, max_prompt_len: int = 1024, keys: Sequence[int] | None = None,
+             on_token=None) -> Rollout:
     """Sample `num_samples` responses per prompt (rows prompt-major: p0 s0, p0 s1, ..., p1 s0, ...).
 
     Greedy when `temperature == 0` or `do_sample=False`. Prompts longer than
@@ -336,6 +343,8 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temper
     so it does not depend on the batch it was sampled in: a caller that splits
     a batch of prompts across processes passes each prompt's position in the
     whole batch as its key and gets the one-process samples.
+
+    `on_token`: passed to `sample_batch` (the rows of the batch being sampled).
     """
     import torch
 
@@ -367,7 +376,7 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temper
                 r_ids, r_mask, lps, fin = (t.cpu() for t in sample_batch(
                     model, q_ids.to(device), q_mask.to(device), max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p, do_sample=do_sample, eos_ids=eos_ids, pad_id=pad_id,
-                    uniforms=u))
+                    uniforms=u, on_token=on_token))
                 for j, i in enumerate(idx):
                     n = int(r_mask[j].sum())
                     results[i] = (r_ids[j, :n].tolist(), lps[j, :n], bool(fin[j]))

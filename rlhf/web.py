@@ -64,10 +64,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_waitress(app, *, host: str, port: int, threads: int, ident: str):
-    """A waitress server for `app`, bound but not yet serving (`.effective_port`, `.run()`, `.close()`)."""
+def make_waitress(app, *, host: str, port: int, threads: int, ident: str, stream: bool = False):
+    """A waitress server for `app`, bound but not yet serving (`.effective_port`, `.run()`, `.close()`).
+
+    `stream`: send what a response yields at once; waitress otherwise holds back a running response's
+    output until 18,000 bytes have gathered, which would deliver a streamed answer all at the end."""
     from waitress.server import create_server
 
     # clear_untrusted_proxy_headers: X-Forwarded-* from clients are ignored.
+    at_once = {"send_bytes": 1} if stream else {}
     return create_server(app, host=host, port=port, threads=threads, ident=ident,
-                         clear_untrusted_proxy_headers=True, connection_limit=200)
+                         clear_untrusted_proxy_headers=True, connection_limit=200, **at_once)

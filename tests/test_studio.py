@@ -284,12 +284,30 @@ def test_page_headers_and_escaping(tmp_path):
 
 
 class FakePlayer:
-    def __init__(self):
-        self.calls = []
+    """The worker's events for each model's answer, two pieces each; `produced` counts the events made so far."""
 
-    def play(self, models, prompt, *, max_new_tokens, reward_model):
+    def __init__(self, pause: float = 0.0):
+        self.calls = []
+        self.produced = 0
+        self.pause = pause
+
+    def stream(self, models, prompt, *, max_new_tokens, reward_model):
         self.calls.append((models, prompt, max_new_tokens, reward_model))
-        return [{"response": f"answer of {Path(m).name}: {XSS}", "finished": True, "reward": 0.5} for m in models]
+        for i, m in enumerate(models):
+            text = f"answer of {Path(m).name}: {XSS}"
+            for delta in (text[:10], text[10:]):
+                self.produced += 1
+                yield {"event": "token", "model": i, "delta": delta}
+                time.sleep(self.pause)
+            self.produced += 1
+            yield {"event": "answer", "model": i, "response": text, "finished": True}
+        for i in range(len(models)):
+            self.produced += 1
+            yield {"event": "score", "model": i, "reward": 0.5 + i}
+
+
+def read_events(response) -> list[dict]:
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
 
 
 def test_playground_needs_the_csrf_token_and_model_folders_under_the_runs_dir(runs_dir, tmp_path):
@@ -310,13 +328,67 @@ def test_playground_needs_the_csrf_token_and_model_folders_under_the_runs_dir(ru
     assert c.post("/api/play", json={**body, "max_new_tokens": 10_000}, headers={"X-CSRF-Token": csrf}).status_code == 400
     assert player.calls == []
     r = c.post("/api/play", json={**body, "max_new_tokens": 8}, headers={"X-CSRF-Token": csrf})
-    assert r.status_code == 200
-    answers = r.get_json()["answers"]
+    assert r.status_code == 200 and r.mimetype == "application/x-ndjson"
+    events = read_events(r)
+    assert [(e["event"], e["model"]) for e in events[:3]] == [("token", "pipe/sft"), ("token", "pipe/sft"),
+                                                             ("answer", "pipe/sft")]
+    assert events[0]["delta"] + events[1]["delta"] == events[2]["response"] == "answer of sft: " + XSS
+    done = events[-1]
+    assert done["event"] == "done" and done["prompt"] == "What is 2 + 3?"
+    answers = done["answers"]
     assert [a["model"] for a in answers] == ["pipe/sft", "pipe/ppo"] and answers[0]["response"].endswith(XSS)
+    assert [a["reward"] for a in answers] == [0.5, 1.5] and answers[1]["finished"] is True
     models, prompt, n, rm = player.calls[0]
     assert [Path(m) for m in models] == [(runs_dir / "pipe" / "sft").resolve(), (runs_dir / "pipe" / "ppo").resolve()]
     assert (prompt, n, rm) == ("What is 2 + 3?", 8, None)
     assert c.get("/api/play").status_code == 405
+
+
+def csrf_of(page: str) -> str:
+    return page.split('name="csrf-token" content="')[1].split('"')[0]
+
+
+def test_play_answers_are_streamed_as_they_are_made(runs_dir):
+    (runs_dir / "pipe" / "sft" / "config.json").write_text("{}")
+    player = FakePlayer()
+    c = create_app(runs_dir, player=player).test_client()
+    csrf = csrf_of(c.get("/").get_data(as_text=True))
+    r = c.post("/api/play", json={"models": ["pipe/sft"], "prompt": "Hi"}, headers={"X-CSRF-Token": csrf},
+               buffered=False)
+    pieces = iter(r.response)
+    first = json.loads(next(pieces))
+    assert first == {"event": "token", "model": "pipe/sft", "delta": "answer of "}
+    assert player.produced == 1  # the rest is not made yet: the response goes out as the worker answers
+    second = json.loads(next(pieces))
+    assert second["delta"] == "sft: " + XSS and player.produced == 2
+    rest = [json.loads(p) for p in pieces]
+    assert [e["event"] for e in rest] == ["answer", "score", "done"] and player.produced == 4
+    r.close()
+
+
+def test_play_answers_stream_through_the_server(runs_dir):
+    """Over HTTP (waitress): the first piece arrives while the worker is still answering (0.4 s per piece)."""
+    requests = pytest.importorskip("requests")
+    import threading
+
+    from rlhf.studio.cli import StudioConfig, make_server
+
+    (runs_dir / "pipe" / "sft" / "config.json").write_text("{}")
+    server, _, _ = make_server(StudioConfig(runs_dir=str(runs_dir), port=0, threads=2), player=FakePlayer(pause=0.4))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        base = f"http://127.0.0.1:{server.effective_port}"
+        s = requests.Session()
+        csrf = csrf_of(s.get(base + "/").text)
+        start = time.monotonic()
+        r = s.post(base + "/api/play", json={"models": ["pipe/sft"], "prompt": "Hi"},
+                   headers={"X-CSRF-Token": csrf}, stream=True, timeout=30)
+        seen = [(time.monotonic() - start, json.loads(line)) for line in r.iter_lines() if line]
+    finally:
+        server.close()
+    assert [e["event"] for _, e in seen] == ["token", "token", "answer", "score", "done"]
+    assert seen[0][0] < 0.3 and seen[-1][0] > 0.75  # two pauses of 0.4 s after the first and the second token
 
 
 def test_the_web_process_imports_no_torch(runs_dir):

@@ -166,11 +166,27 @@ def test_playground_answers_with_two_models(browser, studio):
     page.check("input.play-model[value='models/b']")
     page.fill("#play-max", "5")
     page.fill("#play-prompt", "Say <b>hi</b> " + XSS)
+    # every piece of text added to a column while it streams, in order
+    page.evaluate("""() => {
+      window.__pieces = [];
+      new MutationObserver((records) => { for (const r of records) {
+        if (!r.target.classList || !r.target.classList.contains("text")) continue;
+        const model = r.target.closest("article").dataset.model;
+        for (const n of r.addedNodes) window.__pieces.push([model, n.textContent, r.removedNodes.length]);
+      } }).observe(document.getElementById("play-answers"), {childList: true, subtree: true});
+    }""")
     page.click("#play-go")
-    page.wait_for_selector("article.answer[data-model='models/b']", timeout=120000)
+    page.wait_for_selector("article.answer[data-model='models/b'][data-state='done']", timeout=120000)
     answers = page.locator("article.answer")
     assert answers.count() == 2
     # the same tiny weights answer greedily: the same text twice
     texts = [a.locator(".text").inner_text() for a in answers.all()]
-    assert texts[0] == texts[1]
+    assert texts[0] == texts[1] and texts[0]
+    pieces = page.evaluate("window.__pieces")
+    for model in ("models/a", "models/b"):
+        grown = [text for m, text, removed in pieces if m == model and not removed]
+        final = [text for m, text, removed in pieces if m == model and removed]
+        assert len(grown) >= 2, pieces  # the column filled in piece by piece ...
+        assert "".join(grown) == texts[0] and final == [texts[0]]  # ... then took the whole answer as sent
+    assert int(answers.first.get_attribute("data-tokens")) == len(grown)
     assert page.evaluate("window.__pwned") is None and page.errors == []

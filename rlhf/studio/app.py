@@ -22,7 +22,11 @@ API (JSON):
     GET  /api/evals?id=ID                  -> {prompts: [{prompt, sft_response, answers: [{step, response, ...}]}]}
     GET  /api/overopt?id=ID                -> overopt.json's curves
     GET  /api/models                       -> model folders under RUNS_DIR (for the playground)
-    POST /api/play {models: [ID...], prompt, max_new_tokens?, reward_model?} -> answers side by side
+    POST /api/play {models: [ID...], prompt, max_new_tokens?, reward_model?} -> a stream of JSON lines
+         (application/x-ndjson) as the answers are generated: {"event": "token", model: ID, delta},
+         {"event": "answer", model, response, finished}, {"event": "score", model, reward?, gold?}, then
+         {"event": "done", prompt, answers: [{model, response, finished, reward?, gold?}...]} or
+         {"event": "error", error}
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, redirect, render_template, request, session
+from flask import Flask, Response, jsonify, redirect, render_template, request, session
 
 from rlhf.studio.runs import NotFound, Runs, config_diff
 from rlhf.web import SAFE_METHODS, add_security_headers, csrf_problem, is_loopback
@@ -188,14 +192,27 @@ def create_app(runs_dir, *, token: str | None = None, local: bool = True, stale_
             from rlhf.studio.play import Player
 
             state["player"] = Player()
-        try:
-            answers = state["player"].play([str(f) for f in folders], prompt, max_new_tokens=max_new,
-                                           reward_model=str(rm_folder) if rm_folder else None)
-        except RuntimeError as e:
-            raise Refused(500, f"the model worker failed: {e}") from None
-        for a, i in zip(answers, ids):
-            a["model"] = i
-        return jsonify({"prompt": prompt, "answers": answers})
+        events = state["player"].stream([str(f) for f in folders], prompt, max_new_tokens=max_new,
+                                        reward_model=str(rm_folder) if rm_folder else None)
+
+        def lines():
+            import json
+
+            answers = [{"model": i} for i in ids]
+            try:
+                for event in events:
+                    n = event["model"]  # the worker counts the models; the page names them
+                    event = {**event, "model": ids[n]}
+                    if event["event"] != "token":
+                        answers[n].update({k: v for k, v in event.items() if k not in ("event", "model")})
+                    yield json.dumps(event) + "\n"
+                yield json.dumps({"event": "done", "prompt": prompt, "answers": answers}) + "\n"
+            except RuntimeError as e:
+                yield json.dumps({"event": "error", "error": f"the model worker failed: {e}"}) + "\n"
+            finally:
+                events.close()
+
+        return Response(lines(), mimetype="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
     def _model_folder(run_id) -> Path:
         folder = runs.folder(run_id)

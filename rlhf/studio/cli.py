@@ -49,7 +49,8 @@ def make_server(cfg: StudioConfig, player=None):
     local = is_loopback(cfg.host)
     token = cfg.token or os.environ.get("RLHF_STUDIO_TOKEN") or (None if local else secrets.token_urlsafe(24))
     app = create_app(cfg.runs_dir, token=token, local=local, stale_after=cfg.stale_after, player=player)
-    server = make_waitress(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="rlhf-studio")
+    server = make_waitress(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="rlhf-studio",
+                           stream=True)
     return server, token, app
 
 

@@ -1,14 +1,18 @@
 """The playground's model worker: a subprocess, so the studio's web process never imports torch.
 
 `Player` starts `python -m rlhf.studio.play` on its first request and talks
-to it in JSON lines (one request, one answer; one at a time). The worker
-keeps the models it loaded (at most `KEEP`) for the next prompt. Each model
-answers greedily; the reward model picked scores every answer, and on lab
-prompts the lab's gold judge does too. The web app only hands it folders it
-found under RUNS_DIR.
+to it in JSON lines (one request at a time, answered by a stream of events).
+The worker keeps the models it loaded (at most `KEEP`) for the next prompt.
+Each model answers greedily, token by token (`rlhf.rollout.generate`'s
+`on_token`), one model after the other; then the reward model picked scores
+every answer, and on lab prompts the lab's gold judge does too. The web app
+only hands it folders it found under RUNS_DIR.
 
     request:  {"models": [folder...], "prompt": str, "max_new_tokens": int, "reward_model": folder | null}
-    answer:   {"answers": [{"response", "finished", "reward"?, "gold"?}...]}  or  {"error": str}
+    events:   {"event": "token", "model": i, "delta": str}       the answer of model i grew by delta
+              {"event": "answer", "model": i, "response": str, "finished": bool}
+              {"event": "score", "model": i, "reward"?: float, "gold"?: float}
+              {"event": "done"}  or  {"event": "error", "error": str}   the last event of a request
 """
 
 from __future__ import annotations
@@ -39,26 +43,35 @@ class Player:
         return subprocess.Popen([sys.executable, "-m", "rlhf.studio.play"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=None, text=True, encoding="utf-8", env=env)
 
-    def play(self, models: list[str], prompt: str, *, max_new_tokens: int = 48,
-             reward_model: str | None = None) -> list[dict]:
+    def stream(self, models: list[str], prompt: str, *, max_new_tokens: int = 48,
+               reward_model: str | None = None):
+        """The worker's events for one request, as they come (see the module's docstring), up to and without
+        "done"; an "error" event or a dead worker raises `RuntimeError`. Closing the generator early (the
+        browser went away) stops the worker, which would otherwise go on answering into the pipe."""
         request = {"models": models, "prompt": prompt, "max_new_tokens": max_new_tokens, "reward_model": reward_model}
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
                 self.proc = self._start()
+            complete = False
             try:
                 self.proc.stdin.write(json.dumps(request) + "\n")
                 self.proc.stdin.flush()
-                line = _readline(self.proc, TIMEOUT_S)
+                while True:
+                    line = _readline(self.proc, TIMEOUT_S)
+                    if not line:
+                        raise RuntimeError("the worker exited (see the studio's terminal)")
+                    event = json.loads(line)
+                    if event.get("event") in ("done", "error"):
+                        complete = True
+                        if event["event"] == "error":
+                            raise RuntimeError(event["error"])
+                        return
+                    yield event
             except (BrokenPipeError, OSError, TimeoutError) as e:
-                self._kill()
                 raise RuntimeError(f"{type(e).__name__}: {e}") from None
-            if not line:
-                self._kill()
-                raise RuntimeError("the worker exited (see the studio's terminal)")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer["answers"]
+            finally:
+                if not complete:
+                    self._kill()
 
     def _kill(self) -> None:
         if self.proc is not None:
@@ -107,19 +120,31 @@ class Worker:
         self.models.move_to_end(folder)
         return self.models[folder]
 
-    def answer(self, request: dict) -> dict:
+    def answer(self, request: dict, emit) -> None:
+        """Answer one request, calling `emit(event)` for each event but the last ("done" or "error")."""
         import torch
 
-        from rlhf.rollout import generate
+        from rlhf.rollout import eos_token_ids, generate
 
         prompt = request["prompt"]
         out = []
         with torch.no_grad():
-            for folder in request["models"]:
+            for i, folder in enumerate(request["models"]):
                 model, tok = self._policy(folder)
+                eos, sent = set(eos_token_ids(model, tok)), [""]
+
+                def grew(ids, mask, i=i, tok=tok, eos=eos, sent=sent):
+                    body = [t for t, m in zip(ids[0].tolist(), mask[0].tolist()) if m and t not in eos]
+                    text = tok.decode(body, skip_special_tokens=True)
+                    # a character split across tokens decodes as U+FFFD until its last byte comes
+                    if text.startswith(sent[0]) and len(text) > len(sent[0]) and not text.endswith("\ufffd"):
+                        emit({"event": "token", "model": i, "delta": text[len(sent[0]):]})
+                        sent[0] = text
+
                 ro = generate(model, tok, [prompt], max_new_tokens=int(request.get("max_new_tokens") or 48),
-                              temperature=0.0, do_sample=False, batch_size=1)
+                              temperature=0.0, do_sample=False, batch_size=1, on_token=grew)
                 out.append({"response": ro.texts[0], "finished": bool(ro.finished[0])})
+                emit({"event": "answer", "model": i, **out[-1]})
             rm = request.get("reward_model")
             if rm:
                 from rlhf.judges import RewardModelJudge
@@ -138,7 +163,10 @@ class Worker:
                                       stopped=[a["finished"] for a in out])
             for a, g in zip(out, golds):
                 a["gold"] = g
-        return {"answers": out}
+        for i, a in enumerate(out):
+            scores = {k: a[k] for k in ("reward", "gold") if k in a}
+            if scores:
+                emit({"event": "score", "model": i, **scores})
 
 
 def main() -> int:
@@ -155,13 +183,17 @@ def main() -> int:
 
     quiet_transformers(True)
     worker = Worker()
+
+    def emit(event: dict) -> None:
+        channel.write(json.dumps(event) + "\n")
+        channel.flush()
+
     for line in sys.stdin:
         try:
-            reply = worker.answer(json.loads(line))
+            worker.answer(json.loads(line), emit)
+            emit({"event": "done"})
         except Exception as e:  # one bad request (a damaged folder) must not end the worker
-            reply = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-        channel.write(json.dumps(reply) + "\n")
-        channel.flush()
+            emit({"event": "error", "error": f"{type(e).__name__}: {str(e)[:500]}"})
     return 0
 
 

@@ -566,25 +566,68 @@
     } catch (e) { showError(e.message); }
   }
 
+  // The answers stream in as JSON lines (see /api/play): each model's column fills in token by token, then its scores.
   async function play() {
     const models = [...document.querySelectorAll(".play-model:checked")].map((i) => i.value);
     const prompt = $("play-prompt").value;
     if (!models.length || models.length > 4) { $("play-status").textContent = "pick one to four models"; return; }
     $("play-status").textContent = "answering (the first request loads the models)...";
     $("play-go").disabled = true;
+    const box = $("play-answers");
+    clear(box);
+    const cols = models.map((m) => {
+      const col = {text: el("div", {class: "text"}), meta: el("div", {class: "meta", text: "waiting"}), tokens: 0};
+      col.node = el("article", {class: "answer", "data-model": m, "data-state": "waiting"}, el("h4", {text: m}), col.text, col.meta);
+      box.append(col.node);
+      return col;
+    });
+    const handle = (e) => {
+      const col = cols[models.indexOf(e.model)];
+      if (e.event === "error") throw new Error(e.error);
+      if (!col) return;
+      if (e.event === "token") {
+        col.text.append(document.createTextNode(e.delta));  // text, never HTML
+        col.tokens += 1;
+        col.node.dataset.tokens = String(col.tokens);
+        col.node.dataset.state = "streaming";
+        col.meta.textContent = "answering...";
+      } else if (e.event === "answer") {
+        col.text.textContent = e.response;  // the worker's own decoding of the whole answer
+        col.node.dataset.state = "answered";
+        col.meta.textContent = e.finished ? "" : "(ran into the token limit)";
+      } else if (e.event === "score") {
+        const meta = [];
+        if (typeof e.reward === "number") meta.push("reward " + fmt(e.reward));
+        if (typeof e.gold === "number") meta.push("gold " + fmt(e.gold));
+        col.meta.textContent = meta.join(" · ");
+        col.node.dataset.state = "scored";
+      }
+    };
     try {
-      const d = await api("/api/play", {method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": CSRF},
+      const resp = await fetch("/api/play", {method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": CSRF},
         body: JSON.stringify({models, prompt, max_new_tokens: parseInt($("play-max").value, 10) || 48,
                               reward_model: $("play-rm").value || null})});
-      const box = $("play-answers");
-      clear(box);
-      for (const a of d.answers) {
-        const meta = [];
-        if (typeof a.reward === "number") meta.push("reward " + fmt(a.reward));
-        if (typeof a.gold === "number") meta.push("gold " + fmt(a.gold));
-        box.append(el("article", {class: "answer", "data-model": a.model}, el("h4", {text: a.model}),
-          el("div", {class: "text", text: a.response}), el("div", {class: "meta", text: meta.join(" · ")})));
+      if (!resp.ok) {
+        let body = null;
+        try { body = await resp.json(); } catch (e) { body = null; }
+        throw new Error((body && body.error) || ("HTTP " + resp.status));
       }
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let pending = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (value) pending += decoder.decode(value, {stream: true});
+        let cut;
+        while ((cut = pending.indexOf("\n")) >= 0) {
+          const line = pending.slice(0, cut);
+          pending = pending.slice(cut + 1);
+          if (line.trim()) handle(JSON.parse(line));
+        }
+        if (done) break;
+      }
+      for (const col of cols) if (col.node.dataset.state !== "scored") col.node.dataset.state = "done";
       $("play-status").textContent = "";
     } catch (e) { $("play-status").textContent = e.message; }
     $("play-go").disabled = false;
