@@ -83,7 +83,7 @@ def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tok
 
     out = []
     samples = sample(model, tokenizer, prompts, n=2, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed,
-                     batch_size=64)
+                     batch_size=256)
     for p, ((a, sa), (b, sb)) in zip(prompts, samples):
         a, b = a.strip(), b.strip()
         if a and b and a != b:
@@ -91,19 +91,42 @@ def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tok
     return out
 
 
-def build_pool(cfg: ActiveLabConfig) -> tuple[list[Pair], list[Pair]]:
-    """(pool pairs, test pairs gold decides)."""
+def build_pool(cfg: ActiveLabConfig, log=None) -> tuple[list[Pair], list[Pair]]:
+    """(pool pairs, test pairs gold decides), sampled once per model and size and cached (sampling is the slow part)."""
+    import hashlib
+
     import torch
 
+    from rlhf.files import write_json
     from rlhf.lab.generate import comparison_prompts, eval_prompts
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import cache_dir, load_causal_lm, load_tokenizer, resolve
 
+    path = resolve(cfg.model)
+    key = hashlib.sha256(json.dumps([path, cfg.pool, cfg.test, cfg.max_new_tokens, _code_version()]).encode())
+    cached = cache_dir() / "active-lab" / f"pool-{key.hexdigest()[:16]}.json"
+    if cached.exists():
+        rows = json.loads(cached.read_text(encoding="utf-8"))
+        return [Pair(**r) for r in rows["pool"]], [Pair(**r) for r in rows["test"]]
+    if log:
+        log(f"active lab: sampling the pool ({cfg.pool} + {cfg.test} prompts, two responses each) from {cfg.model}")
     tok = load_tokenizer(cfg.model, padding_side="left")
     lm = load_causal_lm(cfg.model).eval()
     torch.manual_seed(0)
     pool = sample_pairs(lm, tok, comparison_prompts(cfg.pool, seed=0), seed=0, max_new_tokens=cfg.max_new_tokens)
-    test = sample_pairs(lm, tok, eval_prompts(cfg.test, seed=0), seed=1, max_new_tokens=cfg.max_new_tokens)
-    return pool, [t for t in test if t.gold != 0]
+    test = [t for t in sample_pairs(lm, tok, eval_prompts(cfg.test, seed=0), seed=1,
+                                    max_new_tokens=cfg.max_new_tokens) if t.gold != 0]
+    write_json(cached, {"pool": [asdict(p) for p in pool], "test": [asdict(t) for t in test]})
+    return pool, test
+
+
+def _code_version() -> str:
+    """The lab's world and gold judge decide the pairs and their gold answers."""
+    import hashlib
+
+    from rlhf import lab
+
+    here = Path(lab.__file__).parent
+    return hashlib.sha256(b"".join((here / n).read_bytes() for n in ("world.py", "gold.py", "generate.py"))).hexdigest()
 
 
 def annotate(pool: list[Pair], seed: int) -> list[bool]:
@@ -161,7 +184,8 @@ def run_order(cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], labels: 
         agree = gold_agreement(model, tok, test)
         curve.append({"labels": len(chosen), "agreement": agree, "seconds": time.time() - t0})
         if log:
-            log(f"active lab: seed {seed} {order:<11} {len(chosen):>5} labels  agreement {agree:.3f}")
+            log(f"active lab: seed {seed} {order:<11} {len(chosen):>5} labels  agreement {agree:.3f}  "
+                f"({time.time() - t0:.0f}s)")
         if r + 1 == cfg.rounds:
             break
         taken = set(chosen)
@@ -189,7 +213,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 
 def experiment(cfg: ActiveLabConfig, log=print) -> dict:
     t0 = time.time()
-    pool, test = build_pool(cfg)
+    pool, test = build_pool(cfg, log)
     if cfg.round_size * cfg.rounds > len(pool):
         raise UserError(f"{cfg.rounds} rounds of {cfg.round_size} labels need {cfg.round_size * cfg.rounds} pairs; "
                         f"the pool has {len(pool)} (raise --pool)")

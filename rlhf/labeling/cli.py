@@ -198,8 +198,10 @@ def create_main(argv: list[str]) -> int:
                                    render=cfg.render, guidelines=guidelines, items=interleave(items, gold),
                                    append=cfg.append, order=cfg.order, suggestions=cfg.suggestions)
     p = store.progress(project)
+    settings = "".join([f", order {project.order}" if project.order != "sequential" else "",
+                        ", AI suggestions shown" if project.suggestions else ""])
     print(f"rlhf: project '{project.name}' in {cfg.db}: {p['items']} items, {p['gold_items']} gold, "
-          f"{project.mode}, {project.overlap} annotators each")
+          f"{project.mode}, {project.overlap} annotators each{settings}")
     if not store.users():
         print(f"rlhf: next, add an admin: rlhf label user add NAME --admin --db {cfg.db}")
     return 0
