@@ -29,7 +29,8 @@ from rlhf.kl import kl_estimate
 from rlhf.stats import masked_mean
 
 
-def _f(x) -> float:
+def _mean(x) -> float:
+    """The mean of a tensor (or a number) as a Python float: what a metric holds."""
     return float(x.detach().float().mean()) if torch.is_tensor(x) else float(x)
 
 
@@ -101,7 +102,7 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | None 
     denom = num_tokens if num_tokens is not None else max(n, 1)
     loss = -lp.sum() / denom
     mean_nll = -lp.detach().sum().item() / max(n, 1)
-    return loss, {"loss": _f(loss), "ppl": math.exp(min(mean_nll, 50.0)), "tokens": float(n)}
+    return loss, {"loss": _mean(loss), "ppl": math.exp(min(mean_nll, 50.0)), "tokens": float(n)}
 
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
@@ -124,8 +125,8 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     loss = per_pair.mean() if weights is None else (per_pair * weights).sum() / weights.sum()
     if center_coef:
         loss = loss + center_coef * ((chosen_rewards.float() + rejected_rewards.float()) ** 2).mean()
-    return loss, {"loss": _f(loss), "accuracy": _f((diff > 0).float()), "chosen_reward": _f(chosen_rewards),
-                  "rejected_reward": _f(rejected_rewards), "margin": _f(diff)}
+    return loss, {"loss": _mean(loss), "accuracy": _mean((diff > 0).float()), "chosen_reward": _mean(chosen_rewards),
+                  "rejected_reward": _mean(rejected_rewards), "margin": _mean(diff)}
 
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
@@ -221,34 +222,34 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 # --- preference losses -------------------------------------------------------
 
-def _pref_metrics(loss, chosen_r, rejected_r, pc, pr) -> dict:
-    return {"loss": _f(loss), "rewards/chosen": _f(chosen_r), "rewards/rejected": _f(rejected_r),
-            "rewards/accuracy": _f((chosen_r > rejected_r).float()), "rewards/margin": _f(chosen_r - rejected_r),
-            "logps/chosen": _f(pc), "logps/rejected": _f(pr)}
+def _pref_metrics(loss, chosen_r, rejected_r, policy_chosen, policy_rejected) -> dict:
+    return {"loss": _mean(loss), "rewards/chosen": _mean(chosen_r), "rewards/rejected": _mean(rejected_r),
+            "rewards/accuracy": _mean((chosen_r > rejected_r).float()), "rewards/margin": _mean(chosen_r - rejected_r),
+            "logps/chosen": _mean(policy_chosen), "logps/rejected": _mean(policy_rejected)}
 
 
-def _log_ratios(pc, pr, rc, rr):
+def _log_ratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected):
     """Policy/reference log-ratios of chosen and rejected; a missing reference
     is a uniform one (log-ratio = policy log-prob), which is reference-free DPO."""
-    rc = torch.zeros_like(pc) if rc is None else rc.detach()
-    rr = torch.zeros_like(pr) if rr is None else rr.detach()
-    return pc.float() - rc.float(), pr.float() - rr.float()
+    ref_chosen = torch.zeros_like(policy_chosen) if ref_chosen is None else ref_chosen.detach()
+    ref_rejected = torch.zeros_like(policy_rejected) if ref_rejected is None else ref_rejected.detach()
+    return policy_chosen.float() - ref_chosen.float(), policy_rejected.float() - ref_rejected.float()
 
 
-def dpo_loss(pc, pr, rc, rr, beta: float = 0.1, label_smoothing: float = 0.0):
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 0.1, label_smoothing: float = 0.0):
     """DPO (Rafailov et al. 2023): -log sigmoid(beta * h), h = the chosen log-ratio
     minus the rejected one. `label_smoothing` = eps > 0 is conservative DPO
     (cDPO): each label is wrong with probability eps, so the loss is
     -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h).
-    `rc`/`rr` None is reference-free DPO. Implicit rewards: beta * log-ratio."""
-    lc, lr = _log_ratios(pc, pr, rc, rr)
+    `ref_chosen`/`ref_rejected` None is reference-free DPO. Implicit rewards: beta * log-ratio."""
+    lc, lr = _log_ratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     z = beta * (lc - lr)  # (P,)
     losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
     loss = losses.mean()
-    return loss, _pref_metrics(loss, beta * lc.detach(), beta * lr.detach(), pc, pr)
+    return loss, _pref_metrics(loss, beta * lc.detach(), beta * lr.detach(), policy_chosen, policy_rejected)
 
 
-def ipo_loss(pc, pr, rc, rr, beta: float = 0.1):
+def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float = 0.1):
     """IPO (Azar et al. 2023): (h - 1/(2 beta))^2, regressing the log-ratio
     margin h onto 1/(2 beta) instead of pushing it to infinity.
 
@@ -256,22 +257,22 @@ def ipo_loss(pc, pr, rc, rr, beta: float = 0.1):
     the response (the default in PREFERENCE_LOSSES); TRL averages per token
     (`PREFERENCE_LOSSES["ipo"](..., average=True)`), which makes the target
     margin per token and beta's scale length-independent."""
-    lc, lr = _log_ratios(pc, pr, rc, rr)
+    lc, lr = _log_ratios(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     h = lc - lr
     loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
-    return loss, _pref_metrics(loss, beta * lc.detach(), beta * lr.detach(), pc, pr)
+    return loss, _pref_metrics(loss, beta * lc.detach(), beta * lr.detach(), policy_chosen, policy_rejected)
 
 
-def simpo_loss(pc_avg, pr_avg, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0):
+def simpo_loss(chosen_avg, rejected_avg, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0):
     """SimPO (Meng et al. 2024): reference-free, length-normalised DPO with a
-    target margin: -log sigmoid(beta * (pc_avg - pr_avg) - gamma), where the
+    target margin: -log sigmoid(beta * (chosen_avg - rejected_avg) - gamma), where the
     inputs are per-token average log-probs and gamma is in reward units, as in
     the paper (TRL's gamma_beta_ratio is gamma / beta)."""
-    chosen_r, rejected_r = beta * pc_avg.float(), beta * pr_avg.float()
+    chosen_r, rejected_r = beta * chosen_avg.float(), beta * rejected_avg.float()
     z = chosen_r - rejected_r - gamma
     losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
     loss = losses.mean()
-    return loss, _pref_metrics(loss, chosen_r.detach(), rejected_r.detach(), pc_avg, pr_avg)
+    return loss, _pref_metrics(loss, chosen_r.detach(), rejected_r.detach(), chosen_avg, rejected_avg)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,7 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1):
+def orpo_loss(chosen_avg, rejected_avg, chosen_nll, lam: float = 0.1):
     """ORPO (Hong et al. 2024): SFT on the chosen response plus lam times the
     odds-ratio term -log sigmoid(log odds(chosen) - log odds(rejected)), with
     log odds(p) = log p - log(1 - p) on per-token average log-probs. No reference.
@@ -287,15 +288,16 @@ def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1):
     `chosen_nll` is the SFT loss on the chosen responses (a scalar, or (P,)
     which is averaged). Rewards are lam * average log-probs, as in TRL."""
     # log p = 0 exactly would make log(1 - p) = -inf; the odds are already maximal there
-    c = pc_avg.float().clamp(max=-1e-6)
-    r = pr_avg.float().clamp(max=-1e-6)
+    c = chosen_avg.float().clamp(max=-1e-6)
+    r = rejected_avg.float().clamp(max=-1e-6)
     log_odds = (c - log1mexp(c)) - (r - log1mexp(r))  # (P,)
     ratio_loss = -F.logsigmoid(log_odds).mean()
     nll = chosen_nll.float().mean()
     loss = nll + lam * ratio_loss
-    metrics = _pref_metrics(loss, lam * pc_avg.detach().float(), lam * pr_avg.detach().float(), pc_avg, pr_avg)
-    metrics.update({"nll_loss": _f(nll), "or_loss": _f(ratio_loss), "log_odds_ratio": _f(log_odds),
-                    "log_odds_chosen": _f(c - log1mexp(c))})
+    metrics = _pref_metrics(loss, lam * chosen_avg.detach().float(), lam * rejected_avg.detach().float(), chosen_avg,
+                            rejected_avg)
+    metrics.update({"nll_loss": _mean(nll), "or_loss": _mean(ratio_loss), "log_odds_ratio": _mean(log_odds),
+                    "log_odds_chosen": _mean(c - log1mexp(c))})
     return loss, metrics
 
 
@@ -320,11 +322,12 @@ def kto_loss(policy_logps, ref_logps, desirable, kl_ref, beta: float = 0.1, desi
                          undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
     loss = losses.mean()
     rewards = beta * r.detach()
-    metrics = {"loss": _f(loss), "kl": _f(z0)}
+    metrics = {"loss": _mean(loss), "kl": _mean(z0)}
     if desirable.any():
-        metrics.update({"rewards/chosen": _f(rewards[desirable]), "logps/chosen": _f(policy_logps[desirable])})
+        metrics.update({"rewards/chosen": _mean(rewards[desirable]), "logps/chosen": _mean(policy_logps[desirable])})
     if (~desirable).any():
-        metrics.update({"rewards/rejected": _f(rewards[~desirable]), "logps/rejected": _f(policy_logps[~desirable])})
+        metrics.update({"rewards/rejected": _mean(rewards[~desirable]),
+                        "logps/rejected": _mean(policy_logps[~desirable])})
     if desirable.any() and (~desirable).any():
         metrics["rewards/margin"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return loss, metrics
@@ -336,31 +339,36 @@ def _avg(logps, tokens):
     return logps / tokens.to(logps.dtype).clamp(min=1)
 
 
-def _dpo(pc, pr, rc, rr, ct, rt, beta=0.1, label_smoothing=0.0):
-    return dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing)
+def _dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens, beta=0.1,
+         label_smoothing=0.0):
+    return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing)
 
 
-def _cdpo(pc, pr, rc, rr, ct, rt, beta=0.1, label_smoothing=0.1):
-    return dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing)
+def _cdpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens, beta=0.1,
+          label_smoothing=0.1):
+    return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, label_smoothing)
 
 
-def _ipo(pc, pr, rc, rr, ct, rt, beta=0.1, average=False):
+def _ipo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens, beta=0.1,
+         average=False):
     if average:
-        pc, pr = _avg(pc, ct), _avg(pr, rt)
-        rc = None if rc is None else _avg(rc, ct)
-        rr = None if rr is None else _avg(rr, rt)
-    return ipo_loss(pc, pr, rc, rr, beta=beta)
+        policy_chosen, policy_rejected = _avg(policy_chosen, chosen_tokens), _avg(policy_rejected, rejected_tokens)
+        ref_chosen = None if ref_chosen is None else _avg(ref_chosen, chosen_tokens)
+        ref_rejected = None if ref_rejected is None else _avg(ref_rejected, rejected_tokens)
+    return ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta)
 
 
-def _simpo(pc, pr, rc, rr, ct, rt, beta=2.0, gamma=0.5, label_smoothing=0.0):
-    return simpo_loss(_avg(pc, ct), _avg(pr, rt), beta=beta, gamma=gamma, label_smoothing=label_smoothing)
+def _simpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens, beta=2.0,
+           gamma=0.5, label_smoothing=0.0):
+    return simpo_loss(_avg(policy_chosen, chosen_tokens), _avg(policy_rejected, rejected_tokens), beta, gamma,
+                      label_smoothing)
 
 
-def _orpo(pc, pr, rc, rr, ct, rt, beta=0.1):
+def _orpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens, beta=0.1):
     # beta is ORPO's lambda (TRL's naming); the SFT term is the token-mean NLL over every chosen token of the
     # batch (TRL's, and what `rlhf orpo` steps: the one ORPO loss)
-    nll = -pc.sum() / torch.as_tensor(ct).sum().clamp(min=1)
-    return orpo_loss(_avg(pc, ct), _avg(pr, rt), nll, lam=beta)
+    nll = -policy_chosen.sum() / torch.as_tensor(chosen_tokens).sum().clamp(min=1)
+    return orpo_loss(_avg(policy_chosen, chosen_tokens), _avg(policy_rejected, rejected_tokens), nll, lam=beta)
 
 
 PREFERENCE_LOSSES = {"dpo": _dpo, "cdpo": _cdpo, "ipo": _ipo, "simpo": _simpo, "orpo": _orpo}

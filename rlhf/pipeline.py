@@ -192,9 +192,9 @@ def call(target: str, options: dict) -> None:
     import importlib
 
     module, func = target.split(":")
-    rc = getattr(importlib.import_module(module), func)(_argv(options))
-    if rc:
-        raise UserError(f"pipeline: stage {target} exited with status {rc}")
+    status = getattr(importlib.import_module(module), func)(_argv(options))
+    if status:
+        raise UserError(f"pipeline: stage {target} exited with status {status}")
 
 
 STAGE_FILE = "stage.json"  # written when a stage has finished: its wall time

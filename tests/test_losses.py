@@ -113,19 +113,19 @@ def test_sft_loss_equals_cross_entropy_on_random_batch():
 # --- Bradley-Terry ---------------------------------------------------------------
 
 def test_bradley_terry_by_hand():
-    rc, rr = torch.tensor([2.0, 0.0], requires_grad=True), torch.tensor([0.0, 1.0])
+    chosen, rejected = torch.tensor([2.0, 0.0], requires_grad=True), torch.tensor([0.0, 1.0])
     # gaps [2, -1]: loss = (log(1 + e^-2) + log(1 + e^1)) / 2 = (0.126928 + 1.313262) / 2 = 0.720095
-    loss, m = bradley_terry_loss(rc, rr)
+    loss, m = bradley_terry_loss(chosen, rejected)
     close(loss, (softplus(-2) + softplus(1)) / 2)
     assert m == pytest.approx({"loss": 0.720095, "accuracy": 0.5, "chosen_reward": 1.0, "rejected_reward": 0.5,
                                "margin": 0.5}, abs=1e-6)
     # d loss / d r_c = -sigmoid(-gap) / P: [-sigmoid(-2) / 2, -sigmoid(1) / 2]
-    (grad,) = torch.autograd.grad(loss, rc)
+    (grad,) = torch.autograd.grad(loss, chosen)
     close(grad, [-1 / (1 + math.e**2) / 2, -1 / (1 + math.e**-1) / 2])
     # Llama 2 margin [1, 0]: gaps minus margin [1, -1] -> (log(1 + e^-1) + log(1 + e^1)) / 2 = 0.813262
-    close(bradley_terry_loss(rc, rr, margin=torch.tensor([1.0, 0.0]))[0], (softplus(-1) + softplus(1)) / 2)
+    close(bradley_terry_loss(chosen, rejected, margin=torch.tensor([1.0, 0.0]))[0], (softplus(-1) + softplus(1)) / 2)
     # centring: + 0.01 * mean((2 + 0)^2, (0 + 1)^2) = + 0.025
-    close(bradley_terry_loss(rc, rr, center_coef=0.01)[0], 0.720095 + 0.025)
+    close(bradley_terry_loss(chosen, rejected, center_coef=0.01)[0], 0.720095 + 0.025)
 
 
 # --- PPO ---------------------------------------------------------------------------
@@ -205,6 +205,8 @@ def test_value_loss_by_hand():
 
 
 # --- DPO family ------------------------------------------------------------------
+# pc, pr, rc, rr, ct, rt: the policy's and the reference's summed log-probs of the chosen and rejected
+# responses, and their lengths (the order of PREFERENCE_LOSSES' arguments, named in rlhf/losses.py)
 
 def _grads(fn, *xs):
     xs = [x.clone().requires_grad_() for x in xs]

@@ -62,9 +62,9 @@ def pair_logps(model, batch):
     from rlhf.refcache import blocks, response_logps
 
     sums, counts = response_logps(model, batch)
-    pc, pr = blocks(sums, 2).unbind(-1)
-    ct, rt = blocks(counts, 2).unbind(-1)
-    return pc, pr, ct, rt
+    policy_chosen, policy_rejected = blocks(sums, 2).unbind(-1)
+    chosen_tokens, rejected_tokens = blocks(counts, 2).unbind(-1)
+    return policy_chosen, policy_rejected, chosen_tokens, rejected_tokens
 
 
 def preference_options(loss: str, beta: float | None = None, label_smoothing: float | None = None,
@@ -105,12 +105,13 @@ def preference_step(loss: str = "dpo", *, reference=None, reference_free: bool =
     use_ref = NEEDS_REFERENCE[loss] and not reference_free
 
     def step(model, batch):
-        pc, pr, ct, rt = pair_logps(model, batch)
-        rc = rr = None
+        policy_chosen, policy_rejected, chosen_tokens, rejected_tokens = pair_logps(model, batch)
+        ref_chosen = ref_rejected = None
         if use_ref:
-            rc, rr = reference_of(batch, reference).to(pc.dtype).unbind(-1)
-        value, metrics = fn(pc, pr, rc, rr, ct, rt, **kwargs)
-        metrics["pairs"] = float(pc.numel())
+            ref_chosen, ref_rejected = reference_of(batch, reference).to(policy_chosen.dtype).unbind(-1)
+        value, metrics = fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens,
+                            **kwargs)
+        metrics["pairs"] = float(policy_chosen.numel())
         return value, metrics
 
     return step
@@ -121,9 +122,10 @@ def orpo_step(lam: float = 0.1):
     from rlhf.losses import PREFERENCE_LOSSES
 
     def step(model, batch):
-        pc, pr, ct, rt = pair_logps(model, batch)
-        value, metrics = PREFERENCE_LOSSES["orpo"](pc, pr, None, None, ct, rt, beta=lam)
-        metrics["pairs"] = float(pc.numel())
+        policy_chosen, policy_rejected, chosen_tokens, rejected_tokens = pair_logps(model, batch)
+        value, metrics = PREFERENCE_LOSSES["orpo"](policy_chosen, policy_rejected, None, None, chosen_tokens,
+                                                   rejected_tokens, beta=lam)
+        metrics["pairs"] = float(policy_chosen.numel())
         return value, metrics
 
     return step
@@ -382,13 +384,13 @@ def run(cfg, kind: str) -> TrainResult:
     """`rlhf dpo|kto|orpo`: validate the data, batch it, reference pass, train, save. Returns the loop's result."""
     import time
 
-    from rlhf import data as D
+    from rlhf.data import LabelBatcher, PairBatcher, load_labels, load_pairs, split
     from rlhf.trainers.sft import claim, lab_data, save_causal_lm, start, summary
 
     folder = claim(cfg, inputs=[cfg.model, cfg.data, getattr(cfg, "reference", None)])  # before anything is loaded
     path = cfg.data or lab_data("prefs")
-    records = D.load_labels(path) if kind == "kto" else D.load_pairs(path)  # every row checked first
-    train_recs, val_recs = D.split(records, cfg.val_fraction, seed=cfg.seed)
+    records = load_labels(path) if kind == "kto" else load_pairs(path)  # every row checked first
+    train_recs, val_recs = split(records, cfg.val_fraction, seed=cfg.seed)
 
     from accelerate import PartialState
     from accelerate.utils import set_seed
@@ -401,7 +403,7 @@ def run(cfg, kind: str) -> TrainResult:
 
     quiet_transformers(cfg.quiet)
     tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    Batcher = D.LabelBatcher if kind == "kto" else D.PairBatcher
+    Batcher = LabelBatcher if kind == "kto" else PairBatcher
     share = {"share_prompt": True} if kind != "kto" and cfg.share_prompt else {}
     train_b = Batcher(tok, train_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed, **share)
     val_b = Batcher(tok, val_recs, max_len=cfg.max_len, batch_size=cfg.batch_size, shuffle=False,

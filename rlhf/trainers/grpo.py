@@ -234,20 +234,20 @@ class CriticFreeMethod:
 
         from rlhf.losses import entropy_from_logits, policy_gradient_loss
         from rlhf.stats import masked_mean
-        from rlhf.trainers.ppo_step import _lp, adjusted, optimize
+        from rlhf.trainers.ppo_step import adjusted, optimize, sampler_logprobs
 
         cfg, hp = self.cfg, self.hp
         temperature = hp.temperature if hp.temperature > 0 else 1.0
         kl_coef = exp.beta if cfg.kl == "loss" and exp.ref_logprobs is not None else 0.0
         per_token_adv = exp.advantages.dim() == 2
 
-        def chunk_loss(model, exp, rows, episodes, labels, rc, counts):
-            mask = exp.mask[rows][:, rc]
+        def chunk_loss(model, exp, rows, episodes, labels, response_cols, counts):
+            mask = exp.mask[rows][:, response_cols]
             logits, _ = model(episodes)
-            logprobs = _lp(logits, labels, hp.temperature)
-            adv = exp.advantages[rows][:, rc] if per_token_adv else exp.advantages[rows]
-            ref = exp.ref_logprobs[rows][:, rc] if exp.ref_logprobs is not None else None
-            loss, m = policy_gradient_loss(logprobs, exp.logprobs[rows][:, rc], adv, mask, cfg.clip_eps,
+            logprobs = sampler_logprobs(logits, labels, hp.temperature)
+            adv = exp.advantages[rows][:, response_cols] if per_token_adv else exp.advantages[rows]
+            ref = exp.ref_logprobs[rows][:, response_cols] if exp.ref_logprobs is not None else None
+            loss, m = policy_gradient_loss(logprobs, exp.logprobs[rows][:, response_cols], adv, mask, cfg.clip_eps,
                                            cfg.clip_eps_high, cfg.loss_aggregation, ref_logprobs=ref,
                                            kl_coef=kl_coef, max_len=cfg.max_new_tokens,
                                            num_tokens=counts["tokens"], num_sequences=counts["sequences"])

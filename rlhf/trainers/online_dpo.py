@@ -143,15 +143,15 @@ class OnlineDPOMethod:
         import torch
 
         from rlhf.losses import PREFERENCE_LOSSES
-        from rlhf.trainers.ppo_step import _lp, adjusted, optimize
+        from rlhf.trainers.ppo_step import adjusted, optimize, sampler_logprobs
 
         fn = PREFERENCE_LOSSES[self.cfg.loss]
         options = self.options
 
-        def chunk_loss(model, exp, rows, episodes, labels, rc, counts):
-            mask = exp.mask[rows][:, rc]
+        def chunk_loss(model, exp, rows, episodes, labels, response_cols, counts):
+            mask = exp.mask[rows][:, response_cols]
             logits, _ = model(episodes)
-            logps = (_lp(logits, labels, 1.0) * mask).sum(1)  # (2p,) the rows come in pairs
+            logps = (sampler_logprobs(logits, labels, 1.0) * mask).sum(1)  # (2p,) the rows come in pairs
             ref = exp.ref_logps[rows]
             first = exp.chosen_first[rows[0::2] // 2]
             a, b = logps[0::2], logps[1::2]

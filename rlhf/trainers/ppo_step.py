@@ -88,7 +88,8 @@ def trim(input_ids, attention_mask, n_query: int):
     return input_ids[:, cols], attention_mask[:, cols], n_query - start, slice(0, r_end)
 
 
-def _lp(logits, labels, temperature: float):
+def sampler_logprobs(logits, labels, temperature: float):
+    """Token log-probabilities as the sampler drew the tokens: at its temperature (greedy, 0, counts as 1)."""
     return token_logprobs(logits, labels, temperature if temperature > 0 else 1.0)
 
 
@@ -127,20 +128,20 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_re
     try:
         for s in range(0, B, hp.forward_batch_size):
             rows = slice(s, s + hp.forward_batch_size)
-            i, a, nq, rc = trim(ids[rows], attn[rows], n_query)
+            i, a, nq, response_cols = trim(ids[rows], attn[rows], n_query)
             labels = i[:, nq:].to(device)
             episodes = lay_out(i, a, nq, pack=hp.pack_episodes).to(device)
             if separate_critic:
-                values[rows, rc] = actor_critic.critic(episodes).float()
+                values[rows, response_cols] = actor_critic.critic(episodes).float()
             else:
                 logits, v = actor_critic(episodes)
-                old[rows, rc] = _lp(logits, labels, hp.temperature)
+                old[rows, response_cols] = sampler_logprobs(logits, labels, hp.temperature)
                 if v is not None:  # a policy without a value function (`rlhf.value.Policy`) has none
-                    values[rows, rc] = v.float()
+                    values[rows, response_cols] = v.float()
             if with_reference:
                 with reference_mode(actor_critic.lm, reference) as ref_model:
                     ref_logits, _ = episode_logits(ref_model, episodes)
-                ref[rows, rc] = _lp(ref_logits, labels, hp.temperature)
+                ref[rows, response_cols] = sampler_logprobs(ref_logits, labels, hp.temperature)
     finally:
         actor_critic.train(was)
     return old * mask, values * mask, ref * mask
@@ -363,12 +364,12 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
             optimizer.zero_grad(set_to_none=True)
             mb_kl = torch.zeros((), device=device)
             for j, chunk in enumerate(chunks):
-                i, a, nq, rc = trim(ids[chunk], attn[chunk], n_query)
+                i, a, nq, response_cols = trim(ids[chunk], attn[chunk], n_query)
                 last = j == len(chunks) - 1
                 with contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(model):
                     episodes = lay_out(i, a, nq, pack=hp.pack_episodes).to(device)
-                    loss, stats = chunk_loss(model, exp, chunk.to(device), episodes, i[:, nq:].to(device), rc,
-                                             counts)
+                    loss, stats = chunk_loss(model, exp, chunk.to(device), episodes, i[:, nq:].to(device),
+                                             response_cols, counts)
                     loss = loss * world
                     if ptx_batches is not None and getattr(hp, "ptx_coef", 0) > 0:
                         p_loss, _ = sft_loss(*label_logits(lm, ptx_batches.next_on(device)))
@@ -428,13 +429,14 @@ def ppo_update(model, optimizer, exp: Experience, hp, *, generator: torch.Genera
     """PPO's update (`optimize`): clipped surrogate + vf_coef x clipped value loss, over the minibatch's tokens."""
     temperature = hp.temperature if hp.temperature > 0 else 1.0
 
-    def chunk_loss(model, exp, rows, episodes, labels, rc, counts):
-        mask = exp.mask[rows][:, rc]
+    def chunk_loss(model, exp, rows, episodes, labels, response_cols, counts):
+        old_logprobs, advantages, old_values, returns = (x[rows][:, response_cols] for x in (
+            exp.logprobs, exp.advantages, exp.values, exp.returns))  # (b, t): the chunk's rows and response columns
+        mask = exp.mask[rows][:, response_cols]
         logits, values = model(episodes)
-        logprobs = _lp(logits, labels, hp.temperature)
-        pg = clipped_surrogate(logprobs, exp.logprobs[rows][:, rc], exp.advantages[rows][:, rc], hp.clip_eps)
-        vf, vf_clipped = value_loss_per_token(values, exp.values[rows][:, rc], exp.returns[rows][:, rc],
-                                              hp.cliprange_value)
+        logprobs = sampler_logprobs(logits, labels, hp.temperature)
+        pg = clipped_surrogate(logprobs, old_logprobs, advantages, hp.clip_eps)
+        vf, vf_clipped = value_loss_per_token(values, old_values, returns, hp.cliprange_value)
         loss = ((pg["loss"] + hp.vf_coef * vf) * mask).sum() / counts["tokens"]
         with torch.no_grad():
             ent = entropy_from_logits(logits.detach(), temperature)
