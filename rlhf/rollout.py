@@ -38,6 +38,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from rlhf.errors import UserError
+
 # `generate` and friends import torch lazily so `import rlhf.rollout` stays light.
 
 
@@ -146,7 +148,7 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     elif extra:
         ids.update(int(i) for i in extra)
     if not ids:
-        raise ValueError("the tokenizer has no EOS token; generation could never stop")
+        raise UserError("the model's tokenizer and generation config name no EOS token: generation could never stop")
     return sorted(ids)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlhf.errors import UserError
 from rlhf.rollout import Episodes, episode_logits
 
 
@@ -26,7 +27,7 @@ def hidden_size(model) -> int:
     for key in ("hidden_size", "n_embd", "d_model", "dim"):
         if cfg is not None and getattr(cfg, key, None):
             return int(getattr(cfg, key))
-    raise ValueError("cannot tell the model's hidden size from its config")
+    raise UserError(f"{type(model).__name__}: cannot tell the hidden size from its config, so no value head fits it")
 
 
 class Policy(nn.Module):
@@ -75,13 +76,13 @@ class Critic(nn.Module):
         if is_encoder(reward_model):
             # An encoder reads the whole sequence at once: its per-position outputs
             # are not values of prefixes, so it cannot serve as a token-level critic.
-            raise ValueError("a critic needs a decoder-only reward model; this one is an encoder")
+            raise UserError("value_model=critic: a critic needs a decoder-only reward model; this one is an encoder")
         self.model = reward_model
         from rlhf.models import score_head
 
         self.head = score_head(reward_model)
         if self.head is None:
-            raise ValueError("the critic's reward model has no 'score' head; use value_model=head")
+            raise UserError("value_model=critic: the reward model has no 'score' head; use value_model=head")
 
     def forward(self, episodes: Episodes):
         """-> values (B, Lr) for the episodes' response tokens."""

@@ -173,7 +173,7 @@ def test_critic_rejects_an_encoder():
 
     bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                     num_attention_heads=2, intermediate_size=32, num_labels=1))
-    with pytest.raises(ValueError, match="decoder-only"):
+    with pytest.raises(UserError, match="value_model=critic: a critic needs a decoder-only"):
         Critic(bert)
 
 

@@ -144,9 +144,5 @@ def build_models(cfg):
         critic_rm = load_reward_model(paths[0], dtype=cfg.dtype, lora=lora,
                                       pad_token_id=tokenizer.pad_token_id)
         disable_dropout(critic_rm)
-        try:
-            critic = Critic(critic_rm)
-        except ValueError as e:
-            raise UserError(f"value_model=critic: {e}") from None
-        actor_critic = PolicyAndCritic(lm, critic)
+        actor_critic = PolicyAndCritic(lm, Critic(critic_rm))
     return actor_critic, reference, tokenizer, rms, rm_toks

@@ -327,8 +327,9 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
     (Huang et al. 2024, detail "early stopping"; SB3/CleanRL). Metrics are weighted means over the
     update, reduced over processes once at the end.
 
-    The host waits for the device once per minibatch (the gradient norm, which must be finite) and, with
-    `target_kl`, for the minibatch's KL.
+    The host waits for the device once per minibatch (the gradient norm, which must be finite: a loss
+    that is not finite makes it so, so the loss needs no check of its own) and, with `target_kl`, for the
+    minibatch's KL.
     """
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
@@ -409,7 +410,6 @@ def optimize(model, optimizer, exp, hp, chunk_loss: Callable, *, generator: torc
         flat = accelerator.reduce(flat, reduction="sum")
     values = flat.tolist()
     metrics = {k: values[2 * n] / max(values[2 * n + 1], 1e-12) for n, k in enumerate(names)}
-    _finite(metrics.get("policy/loss", 0.0), "policy loss", update)
     metrics["grad_norm"] = norm_sum / max(n_minibatches, 1)
     if ptx_n:
         metrics["ptx/loss"] = float(ptx_sum) / ptx_n
