@@ -374,8 +374,11 @@ def test_play_answers_stream_through_the_server(runs_dir):
     from rlhf.studio.cli import StudioConfig, make_server
 
     (runs_dir / "pipe" / "sft" / "config.json").write_text("{}")
+    from test_labeling_browser import run_until
+
     server, _, _ = make_server(StudioConfig(runs_dir=str(runs_dir), port=0, threads=2), player=FakePlayer(pause=0.4))
-    t = threading.Thread(target=server.run, daemon=True)
+    stop = threading.Event()
+    t = threading.Thread(target=run_until, args=(server, stop), daemon=True)
     t.start()
     try:
         base = f"http://127.0.0.1:{server.effective_port}"
@@ -386,7 +389,8 @@ def test_play_answers_stream_through_the_server(runs_dir):
                    headers={"X-CSRF-Token": csrf}, stream=True, timeout=30)
         seen = [(time.monotonic() - start, json.loads(line)) for line in r.iter_lines() if line]
     finally:
-        server.close()
+        stop.set()
+        t.join(timeout=10)
     assert [e["event"] for _, e in seen] == ["token", "token", "answer", "score", "done"]
     assert seen[0][0] < 0.3 and seen[-1][0] > 0.75  # two pauses of 0.4 s after the first and the second token
 

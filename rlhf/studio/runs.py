@@ -79,6 +79,17 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _no_nan(value):
+    """`value` with NaN and infinities as None: JSON has none (a win rate with no decided comparison is NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 def config_diff(runs: list[dict]) -> list[dict]:
     """The options that differ between runs: [{key, values: [one per run, None where absent]}]."""
     flat = [flatten({"command": r.get("command"), **(r.get("options") or {})}) for r in runs]
@@ -272,7 +283,7 @@ class Runs:
         summary = _read_json(self.file(run_id, "summary.json"))
         return {**self.summary(run_id), "manifest": m, "options": m.get("options") or {}, "config_yaml": text,
                 "alarm_list": self.alarms(run_id),
-                "pipeline": summary if isinstance(summary, dict) else None,
+                "pipeline": _no_nan(summary) if isinstance(summary, dict) else None,
                 "stages": [s for s in self.scan() if self.summary_parent(s) == run_id]}
 
     def summary_parent(self, run_id) -> str | None:

@@ -191,7 +191,11 @@
         for (const a of d.alarm_list) ul.append(el("li", {}, el("b", {text: a.alarm}), " at step " + a.step + ": " + a.message));
         box.append(el("h3", {text: "alarms"}), ul);
       }
-      if (d.pipeline && Array.isArray(d.pipeline.table)) box.append(el("h3", {text: "pipeline evaluation"}), pipelineTable(d.pipeline.table));
+      if (d.pipeline && Array.isArray(d.pipeline.table)) {
+        const summary = el("div", {id: "pipeline-summary"});
+        box.append(summary, el("h3", {text: "pipeline evaluation"}), pipelineTable(d.pipeline.table));
+        drawPipelineSummary(summary, d.pipeline, d.stages || []);
+      }
       if (d.stages && d.stages.length) box.append(el("h3", {text: "stages"}), el("p", {text: d.stages.join(", ")}));
       if (d.config_yaml !== null && d.config_yaml !== undefined) {
         box.append(el("h3", {text: "config.yaml"}), el("pre", {class: "config", text: d.config_yaml}));
@@ -199,6 +203,51 @@
         box.append(el("h3", {text: "options"}), el("pre", {class: "config", text: JSON.stringify(d.options, null, 2)}));
       }
     } catch (e) { showError(e.message); }
+  }
+
+  // A pipeline's answers to "did it beat SFT, where did the KL go, which answers changed", in words.
+  function pct(v) { return typeof v === "number" ? (100 * v).toFixed(1) + "%" : "-"; }
+  async function drawPipelineSummary(box, summary, stages) {
+    const rows = summary.table.filter((r) => typeof r.wins === "number" && r.model !== "base");
+    const sft = summary.table.find((r) => r.model === "sft") || {};
+    box.append(el("h3", {text: "summary"}));
+    for (const r of rows) {
+      const decided = typeof r.win_rate_vs_sft === "number";
+      box.append(el("p", {class: "verdict", "data-model": r.model, "data-win-rate": decided ? r.win_rate_vs_sft : null,
+        "data-ci-low": r.ci_low, "data-ci-high": r.ci_high},
+        el("b", {text: r.model + " against SFT: " + (decided ? "wins " + pct(r.win_rate_vs_sft) : "no comparison decided")}),
+        (decided ? " of the decided comparisons (95% interval " + pct(r.ci_low) + " to " + pct(r.ci_high) + "; " : " (") +
+        r.wins + " wins, " + r.losses + " losses, " + r.ties + " ties; judge " + summary.judge + ", " +
+        summary.n_prompts + " prompts). Gold reward " + fmt(sft.gold) + " (SFT) to " + fmt(r.gold) +
+        "; KL to SFT " + fmt(r.kl_to_sft) + "."));
+    }
+    const online = state.runs.filter((r) => stages.includes(r.id) && r.has && r.has.samples);
+    for (const run of online) {
+      const kl = (run.final || {})["kl/ref"];
+      if (typeof kl === "number") {
+        box.append(el("p", {class: "kl-last", "data-run": run.id, "data-kl": kl},
+          "KL to the reference at " + run.id + "'s last update: " + fmt(kl) + " (its curve: tick the run, Curves tab)."));
+      }
+      try {
+        const evals = (await api("/api/evals?" + q({id: run.id}))).prompts;
+        const changed = [];
+        for (const p of evals) {
+          const last = p.answers[p.answers.length - 1];
+          if (last && p.sft_response !== null && last.response !== p.sft_response) changed.push([p, last]);
+        }
+        box.append(el("h4", {text: "changed answers: " + changed.length + " of " + evals.length +
+          " evaluation prompts answered differently by " + run.id + " (its last evaluation) than by SFT"}));
+        const t = el("table", {class: "grid answers changed-answers", "data-run": run.id},
+          el("tr", {}, el("th", {text: "prompt"}), el("th", {text: "SFT"}), el("th", {text: "gold"}),
+            el("th", {text: run.id}), el("th", {text: "gold"})));
+        for (const [p, a] of changed) {
+          t.append(el("tr", {class: "changed-answer"}, el("td", {class: "text prompt", text: p.prompt}),
+            el("td", {class: "text sft", text: p.sft_response}), el("td", {text: fmt(p.sft_gold)}),
+            el("td", {class: "text now", text: a.response}), el("td", {text: fmt(a.gold)})));
+        }
+        box.append(t);
+      } catch (e) { showError(e.message); }
+    }
   }
 
   function pipelineTable(rows) {
