@@ -89,6 +89,36 @@ def test_grpo_raises_a_verifiable_reward(tiny_model_dir, files, tmp_path):
     assert last > first + 0.1, (first, last)
 
 
+def test_old_logprobs_from_the_sampler_save_the_policy_forward(tiny_model_dir):
+    """In float32 the critic-free methods take the sampler's log-probs as the old ones: the same numbers as the
+    training forward's (to 1e-5), with no policy forward (only the reference's)."""
+    import copy
+
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.rollout import generate
+    from rlhf.trainers.grpo import GRPOConfig
+    from rlhf.trainers.ppo_step import forward_experience
+    from rlhf.value import Policy
+
+    tok = load_tokenizer(tiny_model_dir, padding_side="left")
+    policy = Policy(load_causal_lm(tiny_model_dir).eval())
+    reference = copy.deepcopy(policy.lm)
+    rollout = generate(policy.lm, tok, PROMPTS, max_new_tokens=6, temperature=0.7, seed=3)
+    hp = GRPOConfig(policy=tiny_model_dir, temperature=0.7)
+    recomputed, _, ref = forward_experience(policy, reference, rollout, hp)
+    calls = []
+    handle = policy.lm.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        sampled, _, ref2 = forward_experience(policy, reference, rollout, hp, old_from_sampler=True)
+    finally:
+        handle.remove()
+    assert calls == []  # the policy did not run
+    mask = rollout.response_mask.float()
+    assert (sampled - rollout.logprobs * mask).abs().max() == 0
+    assert (sampled - recomputed).abs().max() < 1e-5
+    assert torch.equal(ref, ref2) and ref.abs().sum() > 0
+
+
 def test_bad_reward_specs_stop_with_one_line(tiny_model_dir, files, tmp_path, capsys):
     bad = {
         "missing.py:fn": "no such file",

@@ -171,8 +171,11 @@ class CriticFreeMethod:
         rows = [f for f in fields_of for _ in range(G)]
         ids = [rollout.response_ids[i, :int(n)].tolist() for i, n in enumerate(rollout.response_lengths)]
         total, parts = self.reward_fn(rollout.prompts, rollout.texts, rows, ids)
+        # in float32 the sampler's log-probs are the old ones (no policy forward); under autocast they are
+        # recomputed by the training forward, and their gap to the sampler's is logged
+        from_sampler = cfg.mixed_precision == "no"
         logprobs, _, ref = forward_experience(self.module, self.reference, rollout, self.hp,
-                                              with_reference=self.uses_reference)
+                                              with_reference=self.uses_reference, old_from_sampler=from_sampler)
         gathered = gather_parts(accelerator, (rollout, total, parts, logprobs, ref))
         if len(gathered) > 1:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -204,9 +207,10 @@ class CriticFreeMethod:
                 advantages = group_advantages(scores, G, scale_std=cfg.scale_rewards)
         keep = (dynamic_sampling_keep(raw, G) if cfg.dynamic_sampling and G > 1
                 else torch.ones_like(raw, dtype=torch.bool))
-        sampler_diff = ((logprobs - rollout.logprobs.to(device)).abs() * mask).max()
+        extras = {} if from_sampler else {
+            "sampler_logprob_diff": ((logprobs - rollout.logprobs.to(device)).abs() * mask).max()}
         return GroupExperience(rollout, scores, raw, {k: v.to(device) for k, v in parts.items()}, logprobs, ref_lp,
-                               kl, advantages, mask, keep, beta, {"sampler_logprob_diff": sampler_diff})
+                               kl, advantages, mask, keep, beta, extras)
 
     def metrics(self, exp: GroupExperience) -> dict:
         import torch
@@ -223,8 +227,9 @@ class CriticFreeMethod:
              "kl/ref": (exp.kl * exp.mask).sum(1).mean(),
              "kl/ref_per_token": masked_mean(exp.kl, exp.mask),
              "response/length": exp.rollout.response_lengths.float().mean(),
-             "groups/kept_frac": exp.keep.float().mean(),
-             "policy/sampler_logprob_diff": exp.extras["sampler_logprob_diff"]}
+             "groups/kept_frac": exp.keep.float().mean()}
+        if "sampler_logprob_diff" in exp.extras:
+            m["policy/sampler_logprob_diff"] = exp.extras["sampler_logprob_diff"]
         for name, values in exp.components.items():
             m[f"reward/{name}"] = values.nanmean()
         return to_floats(m)

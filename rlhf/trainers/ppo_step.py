@@ -104,22 +104,27 @@ def reference_mode(policy_lm, reference):
 
 
 @torch.no_grad()
-def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_reference: bool = True):
+def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_reference: bool = True,
+                       old_from_sampler: bool = False):
     """Old log-probs, values and reference log-probs for a rollout, in chunks, on the model's device. Each (B, T).
 
     With a value head one policy forward gives the old log-probs and the values
-    (and checks the sampler's log-probs). With a separate critic the sampler's
-    log-probs are the old ones (they equal the training forward's to ~1e-6,
-    `tests/test_rollout.py`), which saves a policy forward.
+    (and checks the sampler's log-probs). With a separate critic, or with
+    `old_from_sampler` (a policy without values, sampled at `hp.temperature`),
+    the sampler's log-probs are the old ones (they equal the training forward's
+    to ~1e-6 in float32, `tests/test_rollout.py`), which saves a policy forward.
     """
-    from rlhf.value import PolicyAndCritic
+    from rlhf.value import Policy, PolicyAndCritic
 
     device = next(actor_critic.parameters()).device
     B, T = rollout.response_ids.shape
     n_query = rollout.query_ids.size(1)
     ids, attn = rollout.input_ids, rollout.attention_mask  # CPU: the layouts are worked out on the host
     separate_critic = isinstance(actor_critic, PolicyAndCritic)
-    old = rollout.logprobs.to(device) if separate_critic else torch.zeros(B, T, device=device)
+    if old_from_sampler and not isinstance(actor_critic, Policy):
+        raise ValueError("old_from_sampler is for a policy without values (rlhf.value.Policy)")
+    from_sampler = separate_critic or old_from_sampler
+    old = rollout.logprobs.to(device) if from_sampler else torch.zeros(B, T, device=device)
     ref = torch.zeros(B, T, device=device)
     values = torch.zeros(B, T, device=device)
     mask = rollout.response_mask.float().to(device)
@@ -133,7 +138,7 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_re
             episodes = lay_out(i, a, nq, pack=hp.pack_episodes).to(device)
             if separate_critic:
                 values[rows, response_cols] = actor_critic.critic(episodes).float()
-            else:
+            elif not old_from_sampler:
                 logits, v = actor_critic(episodes)
                 old[rows, response_cols] = sampler_logprobs(logits, labels, hp.temperature)
                 if v is not None:  # a policy without a value function (`rlhf.value.Policy`) has none
