@@ -57,6 +57,8 @@ def markdown(info: dict, rows: list[dict]) -> str:
         f"fp32 matmul peak (2048x2048, best of 5): "
         + ", ".join(f"{p['flops_per_s'] / 1e9:.1f}" for p in peaks) + " GFLOP/s at start, end; "
         f"MFU uses {info.get('peak_flops', 0) / 1e9:.1f}.",
+        *([f"Background load: {info['background_load']} busy processes (one spinning core each) through every "
+           "run of both sides."] if info.get("background_load") else []),
         f"Run {info['started']} to {info.get('finished')}; load average before {info['load_before']}, "
         f"after {info.get('load_after')}.",
         f"Command: `{info['command']}`",

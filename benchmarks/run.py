@@ -18,6 +18,7 @@ Writes `benchmarks/results/<stamp>.json` and `.md` (and `latest.*`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -242,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
                    help="both sides train the SFT, RM and DPO cases under bf16 autocast (fp32 master weights): "
                         "ours with --mixed-precision bf16, TRL's with bf16=True; PPO cases stay fp32")
+    p.add_argument("--background-load", type=int, default=0, metavar="N",
+                   help="keep N busy processes (one spinning core each) running through every run of both "
+                        "sides: the same controlled contention for ours and TRL's (BENCHMARKS.md, contention)")
     p.add_argument("--profile", metavar="DIR", help="one profiled run per side (torch.profiler op table and "
                    "cProfile of the Python side written to DIR/<case>-<side>.*); no table")
     args = p.parse_args(argv)
@@ -269,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     info = {"machine": machine(), "threads": threads, "started": started, "load_before": load_average(),
+            "background_load": args.background_load,
             "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:])}
+    with background_load(args.background_load):
+        return _measure(args, cases, sides, threads, info, log)
+
+
+def _measure(args, cases, sides, threads, info, log) -> int:
     log(f"machine: {info['machine']['cpu']}, {info['machine']['cores']} cores; load {info['load_before']}")
     peaks = [measure_peak(threads)]
     log(f"fp32 matmul peak: {peaks[0]['flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -297,6 +307,21 @@ def main(argv: list[str] | None = None) -> int:
                 peak_flops=peak, versions=versions(cases))
     write(Path(args.out), info, rows, raw)
     return 0
+
+
+BUSY = "while True: pass"  # one core's worth of pure-Python work, no memory traffic
+
+
+@contextlib.contextmanager
+def background_load(n: int):
+    """`n` busy processes for the duration (niceness 0, like the runs): a fixed, repeatable contention."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def rep_seed(case: Case, seed: int, rep: int) -> int:

@@ -317,3 +317,18 @@ def test_reward_eval_samples_the_same_for_the_same_policy(tmp_path, tiny_model_d
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     a, b = reward_eval(spec, model), reward_eval(spec, model)
     assert a == b and a["eval_samples"] == 6 and 0.0 <= a["eval_reward"] <= 1.0
+
+
+def test_background_load_runs_busy_processes_and_stops_them():
+    """`--background-load N`: N processes spinning on a core each while the runs go, all gone afterwards."""
+    import time
+
+    from benchmarks.run import background_load
+
+    with background_load(2) as procs:
+        assert len(procs) == 2
+        time.sleep(0.5)
+        assert all(p.poll() is None for p in procs)  # still running
+        ticks = [int(open(f"/proc/{p.pid}/stat").read().split()[13]) for p in procs]
+        assert all(t > 0 for t in ticks)  # they used CPU time
+    assert all(p.poll() is not None for p in procs)  # killed and reaped
