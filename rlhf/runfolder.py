@@ -40,7 +40,8 @@ from rlhf.errors import UserError
 
 MANIFEST = "run.json"
 # Options that never change what a run means: a resume may give other values.
-ALWAYS_MAY_CHANGE = frozenset({"resume", "overwrite", "quiet", "out", "change_on_resume", "report_to"})
+ALWAYS_MAY_CHANGE = frozenset({"resume", "overwrite", "quiet", "out", "change_on_resume", "report_to",
+                               "deterministic"})
 # Options a resume may change only when it names them in --change-on-resume (the training loops apply them).
 NAMED_CHANGES = ("lr", "max_grad_norm")
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "rlhf")

@@ -84,3 +84,59 @@ def test_ppos_old_checkpoint_format_is_refused_with_one_line(tmp_path, tiny_mode
                 "--out", str(old)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "earlier rlhf release" in err, err
+
+
+@pytest.fixture
+def restores_determinism():
+    """torch's deterministic mode and CUBLAS_WORKSPACE_CONFIG as they were before the test."""
+    import os
+
+    import torch
+
+    was, env = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(was)
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    if env is not None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+
+
+def test_deterministic_runs_reach_torch_and_give_bit_identical_weights(tmp_path, tiny_model_dir,
+                                                                       restores_determinism):
+    """--deterministic (offline SFT and online PPO) turns torch's deterministic mode on, is recorded in run.json,
+    and two runs give the same weights to the bit (on a CPU they would without it; the option must not spoil it)."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file
+    from test_ppo import PROMPTS
+    from test_sft import write_arithmetic
+
+    data = write_arithmetic(tmp_path / "sft.jsonl")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+
+    def sft(out):
+        return ["sft", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "4", "--max-steps", "3",
+                "--save-every", "0", "--val-fraction", "0.2", "--threads", "1", "--quiet", "--deterministic",
+                "--out", str(tmp_path / out)]
+
+    def ppo(out):
+        return ["ppo", "--policy", tiny_model_dir, "--reward-model", str(tmp_path / "sft-1"), "--prompts", str(prompts),
+                "--eval-prompts", "none", "--rollout-batch-size", "4", "--minibatch-size", "2", "--total-episodes",
+                "8", "--max-new-tokens", "4", "--save-every", "0", "--threads", "1", "--quiet", "--deterministic",
+                "--out", str(tmp_path / out)]
+
+    assert cli(sft("sft-1")) == 0
+    assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    torch.use_deterministic_algorithms(False)
+    for args in (sft("sft-2"), ppo("ppo-1"), ppo("ppo-2")):
+        assert cli(args) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(False)
+    for a, b in (("sft-1", "sft-2"), ("ppo-1", "ppo-2")):
+        assert json.loads((tmp_path / a / "run.json").read_text())["options"]["deterministic"] is True
+        one, two = load_file(tmp_path / a / "model.safetensors"), load_file(tmp_path / b / "model.safetensors")
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one), (a, b)

@@ -397,7 +397,7 @@ def run(cfg, kind: str) -> TrainResult:
 
     from rlhf.models import load_causal_lm, load_tokenizer, quiet_transformers
     from rlhf.refcache import CACHE_FILE, response_logps
-    from rlhf.trainers.runtime import process_state, set_threads
+    from rlhf.trainers.runtime import process_state, set_deterministic, set_threads
     main_process = PartialState().is_main_process
     show = main_process and not cfg.quiet
 
@@ -418,7 +418,8 @@ def run(cfg, kind: str) -> TrainResult:
         _check_kto_balance(cfg, train_recs)
 
     set_seed(cfg.seed)  # LoRA's initial weights
-    set_threads(cfg.threads)  # the loop sets threads itself; the reference pass runs before it
+    set_threads(cfg.threads)  # the loop sets these itself; the reference pass runs before it
+    set_deterministic(cfg.deterministic)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
                            dropout_off=True)
     if share and not share_prompt_or_fall_back(model, [train_b, val_b], response_logps) and show:

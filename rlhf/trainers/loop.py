@@ -194,7 +194,7 @@ def train(model, train_batches, step_fn: Callable, opts: TrainOptions, *, out_di
     criteria = [(best_metric, higher_is_better)] if isinstance(best_metric, str) else list(best_metric)
     out = Path(out_dir)
     accelerator = make_accelerator(grad_accum=opts.grad_accum, mixed_precision=opts.mixed_precision,
-                                   report_to=opts.report_to, out=out)
+                                   report_to=opts.report_to, out=out, deterministic=opts.deterministic)
     ckpt_root = out / CHECKPOINTS
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process

@@ -183,9 +183,10 @@ def start_process(cfg: OnlineOptions):
     import torch
 
     from rlhf.models import quiet_transformers
-    from rlhf.trainers.runtime import process_state, set_threads
+    from rlhf.trainers.runtime import process_state, set_deterministic, set_threads
 
     set_threads(cfg.threads)
+    set_deterministic(cfg.deterministic)  # before the reference and reward models first run
     quiet_transformers(cfg.quiet)
     torch.manual_seed(cfg.seed)
     return process_state().device
@@ -271,7 +272,8 @@ def train(cfg: OnlineOptions, method, tokenizer, prompts: list, *, evaluator=Non
         raise ValueError("reference=None means 'the LoRA policy with its adapter disabled'; this policy has no adapter")
     out = Path(cfg.out)
     ckpt_root = out / runtime.CHECKPOINTS
-    accelerator = runtime.make_accelerator(mixed_precision=cfg.mixed_precision, report_to=cfg.report_to, out=out)
+    accelerator = runtime.make_accelerator(mixed_precision=cfg.mixed_precision, report_to=cfg.report_to, out=out,
+                                           deterministic=cfg.deterministic)
     runtime.set_threads(cfg.threads, accelerator.device)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     per_update = cfg.rollout_batch_size // cfg.samples_per_prompt  # prompts per update

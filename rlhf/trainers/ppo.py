@@ -184,19 +184,12 @@ def main(argv: list[str]) -> int:
                                     may_change=(*TRAIN_MAY_CHANGE, "eval_every", "stop_on_alarm"))
     prompts = load_prompt_list(cfg.prompts, split="train", seed=cfg.seed)  # bad data stops before torch loads
 
-    import torch
-
     from rlhf.trainers.ppo_eval import Evaluator
     from rlhf.trainers.ppo_setup import (build_models, gold_function, load_reference_examples, ptx_stream,
                                          reward_function)
-    from rlhf.models import quiet_transformers
-    from rlhf.trainers.runtime import process_state, set_threads
 
-    set_threads(cfg.threads)
-    quiet_transformers(cfg.quiet)
-    torch.manual_seed(cfg.seed)
+    device = online.start_process(cfg)
     actor_critic, reference, tokenizer, rms, rm_toks = build_models(cfg)
-    device = process_state().device
     for rm in rms:
         rm.to(device)
     reward_fn = reward_function(rms, rm_toks, reduction=cfg.ensemble, lam=cfg.ensemble_lambda,

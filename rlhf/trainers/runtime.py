@@ -73,6 +73,9 @@ class RunOptions:
     overwrite: bool = opt(False, "replace an earlier run of this command in the output folder (deletes only the "
                                  "files it wrote)")
     quiet: bool = opt(False, "no progress bar and no progress lines")
+    deterministic: bool = opt(False, "deterministic algorithms only (torch.use_deterministic_algorithms): the same "
+                                     "seed gives the same weights again on the same machine and versions; slower on "
+                                     "a GPU, and an operation without a deterministic version stops the run")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = opt(
         [], "also log every metrics row to these trackers through accelerate (comma-separated: tensorboard "
             "writes <out>/tensorboard; wandb and mlflow follow their own settings, e.g. WANDB_MODE=offline, "
@@ -90,6 +93,9 @@ class RunOptions:
                             "give one of them")
         self.change_on_resume = changes_on_resume(self.change_on_resume, self.resume)
         self.report_to = check_trackers(self.report_to)
+        if self.deterministic:
+            # cuBLAS reads it when it first starts, which may be before the loop does (a reference pass)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         getattr(super(), "__post_init__", lambda: None)()
 
 
@@ -180,12 +186,27 @@ def pick_device(name: str = "auto"):
     return device
 
 
+def set_deterministic(on: bool) -> None:
+    """--deterministic: torch runs deterministic algorithms only, from here to the end of the process.
+
+    cuBLAS needs a fixed workspace for that (`CUBLAS_WORKSPACE_CONFIG`, set unless the user set it) and
+    cuDNN must not pick its algorithms by timing them. Off leaves torch as it is.
+    """
+    if not on:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no", report_to: list[str] = (),
-                     out: str | os.PathLike | None = None):
+                     out: str | os.PathLike | None = None, deterministic: bool = False):
     """A fresh accelerate `Accelerator` for one run (a second run in one process inherits nothing).
 
     `report_to`: accelerate's trackers (`log_with`), started by `rlhf.metrics.MetricsLogger`; TensorBoard
-    writes under `<out>/tensorboard`."""
+    writes under `<out>/tensorboard`. `deterministic`: `set_deterministic`."""
     import logging
 
     from accelerate import Accelerator
@@ -198,6 +219,7 @@ def make_accelerator(*, grad_accum: int = 1, mixed_precision: str = "no", report
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     _run["root"] = None
+    set_deterministic(deterministic)
     trackers = {}
     if report_to:
         folders = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
