@@ -5,18 +5,29 @@ The humans are the lab's simulated annotators, the truth is its gold judge:
 1. a pool of comparison pairs: two responses per train-split prompt, sampled
    from a lab model, each pair labelled once per seed by a simulated annotator
    (about 70 % agreement with gold, like people); a held-out test set of pairs
-   on eval-split prompts that gold decides (gold ties left out);
+   on eval-split prompts that gold decides (gold ties left out). Sampled once
+   and cached;
 2. for each seed and each order, labels are taken from the pool in rounds of
    `round_size`: `random` draws them at random; `uncertainty` takes the pairs
-   whose reward-model margin |r(a) - r(b)| is closest to zero (what `rlhf label
-   rescore` stores and `--order uncertainty` serves). Both orders start from
-   the same random first round;
-3. after each round a reward model is trained from scratch on every label so
-   far (`rlhf rm`'s own `run`, on the lab base model) and its agreement with
-   gold on the test pairs is recorded: the curve of agreement against labels.
+   whose reward-model margin |r(a) - r(b)| is closest to zero; `disagreement`
+   those where an ensemble's margins spread most (what `rlhf label rescore`
+   stores and `--order uncertainty|disagreement` serves). Every order starts
+   from the same random first round of its seed;
+3. after each round the reward model is retrained from scratch on every
+   label so far, and its agreement with gold on the test pairs recorded.
+
+The reward model (`--reward-model`):
+- `probe` (default): the lab model's hidden state at the last token, where
+  `rlhf rm` reads its score, frozen, under a Bradley-Terry linear head (L2
+  `l2`) refit each round; the disagreement ensemble is `members` heads on
+  bootstrap resamples. Features are computed once, so a round takes
+  milliseconds and three seeds of every order take minutes on a laptop;
+- `full`: `rlhf rm`'s own training of the whole model each round (minutes per
+  round on a CPU; `uncertainty` and `random` only).
 
 The bar: reach random order's final agreement with at least 30 % fewer labels
-(`labels_to_reach`). `rlhf label active-lab --help` lists the sizes; rlhf/labeling/README.md has the measured curve and its command.
+(`labels_to_reach`). `rlhf label active-lab --help` lists the sizes;
+rlhf/labeling/README.md has the measured curves and their command.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from typing import Literal, Optional
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
 
-ORDERS = ("random", "uncertainty")
+ORDERS = ("random", "uncertainty", "disagreement")
 
 
 @dataclass
@@ -44,13 +55,18 @@ class ActiveLabConfig:
     model: str = opt("lab", "lab model that samples the pool's responses and is the reward model's backbone")
     pool: int = opt(1200, "train-split prompts in the pool (two sampled responses each)")
     test: int = opt(400, "eval-split prompts for the held-out test pairs (those gold decides are kept)")
-    round_size: int = opt(100, "labels per round: the reward model is retrained after each round")
-    rounds: int = opt(8, "rounds per run (so round_size * rounds labels at the end)")
+    round_size: int = opt(50, "labels per round: the reward model is retrained after each round")
+    rounds: int = opt(12, "rounds per run (so round_size * rounds labels at the end)")
     seeds: list[int] = opt([0, 1, 2], "seeds: annotator noise, random draws, reward-model initialisation")
-    orders: list[str] = opt(list(ORDERS), "orders to compare: random, uncertainty")
-    epochs: int = opt(2, "reward-model epochs per retraining")
-    lr: float = opt(5e-5, "reward-model learning rate")
-    batch_size: int = opt(16, "reward-model batch size (prompts)")
+    orders: list[str] = opt(list(ORDERS), "orders to compare: random, uncertainty, disagreement")
+    reward_model: Literal["probe", "full"] = opt(
+        "probe", "probe: frozen last-token features of --model under a Bradley-Terry linear head refit each round; "
+                 "full: rlhf rm fine-tunes the whole model each round (slow)")
+    l2: float = opt(0.1, "probe: L2 penalty on the head's weights (features are standardised)")
+    members: int = opt(5, "probe: bootstrap heads whose margins' spread is the disagreement order's score")
+    epochs: int = opt(2, "full: reward-model epochs per retraining")
+    lr: float = opt(5e-5, "full: reward-model learning rate")
+    batch_size: int = opt(16, "full: reward-model batch size (prompts)")
     max_new_tokens: int = opt(40, "longest sampled response")
     out: Optional[str] = opt(None, "write the curves as JSON here")
     quiet: bool = opt(False, "no progress on stderr")
@@ -64,6 +80,10 @@ class ActiveLabConfig:
             raise UserError(f"orders: each is one of {', '.join(ORDERS)}; got {', '.join(self.orders) or 'none'}")
         if not self.seeds:
             raise UserError("seeds: give at least one")
+        if self.reward_model == "full" and "disagreement" in self.orders:
+            raise UserError("orders: disagreement needs an ensemble each round; use --reward-model probe")
+        if self.l2 < 0 or self.members < 2:
+            raise UserError("l2 must be >= 0 and members at least 2")
 
 
 @dataclass
@@ -137,66 +157,156 @@ def annotate(pool: list[Pair], seed: int) -> list[bool]:
     return [who.prefer(p.prompt, p.a, p.b, p.stopped_a, p.stopped_b) for p in pool]
 
 
-def train_rm(cfg: ActiveLabConfig, rows: list[dict], seed: int, out: Path):
-    """A reward model from scratch on these preference rows (`rlhf rm`'s run, no validation split)."""
-    from rlhf.files import write_jsonl
-    from rlhf.trainers.rm import RMConfig, run
+class FullRM:
+    """`rlhf rm` fine-tuning the whole lab model on the labels so far, each round."""
 
-    data = out / "prefs.jsonl"
-    write_jsonl(data, rows)
-    rm_cfg = parse(RMConfig, ["--model", cfg.model, "--data", str(data), "--out", str(out / "rm"),
-                              "--val-fraction", "0", "--epochs", str(cfg.epochs), "--lr", str(cfg.lr),
-                              "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--save-every", "0",
-                              "--max-len", "256", "--quiet", "--overwrite"])
-    return run(rm_cfg).model
+    def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
+        from rlhf.models import load_tokenizer
+
+        self.cfg, self.pool, self.test, self.work = cfg, pool, test, work
+        self.tokenizer = load_tokenizer(cfg.model)
+
+    def fit(self, chosen: list[int], labels: list[bool], seed: int):
+        from rlhf.files import write_jsonl
+        from rlhf.trainers.rm import RMConfig, run
+
+        cfg, data = self.cfg, self.work / "prefs.jsonl"
+        write_jsonl(data, [{"prompt": self.pool[i].prompt, "chosen": self.pool[i].a if labels[i] else self.pool[i].b,
+                            "rejected": self.pool[i].b if labels[i] else self.pool[i].a} for i in chosen])
+        rm_cfg = parse(RMConfig, ["--model", cfg.model, "--data", str(data), "--out", str(self.work / "rm"),
+                                  "--val-fraction", "0", "--epochs", str(cfg.epochs), "--lr", str(cfg.lr),
+                                  "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--save-every", "0",
+                                  "--max-len", "256", "--quiet", "--overwrite"])
+        return run(rm_cfg).model
+
+    def _margins(self, model, pairs: list[Pair]) -> list[float]:
+        from rlhf.trainers.rm import score
+
+        n = len(pairs)
+        s = score(model, self.tokenizer, [p.prompt for p in pairs] * 2, [p.a for p in pairs] + [p.b for p in pairs],
+                  batch_size=64, max_len=256)
+        return [x - y for x, y in zip(s[:n], s[n:])]
+
+    def pool_margins(self, model, idx: list[int]) -> list[float]:
+        return self._margins(model, [self.pool[i] for i in idx])
+
+    def test_margins(self, model) -> list[float]:
+        return self._margins(model, self.test)
 
 
-def margins(model, tokenizer, pairs: list[Pair]) -> list[float]:
-    """r(a) - r(b) for each pair, one scoring pass."""
-    from rlhf.trainers.rm import score
+class ProbeRM:
+    """The lab model's last-token hidden state (frozen) under a Bradley-Terry linear head.
 
-    n = len(pairs)
-    s = score(model, tokenizer, [p.prompt for p in pairs] * 2, [p.a for p in pairs] + [p.b for p in pairs],
-              batch_size=64, max_len=256)
-    return [x - y for x, y in zip(s[:n], s[n:])]
+    A pair's feature is h(a) - h(b), standardised over the pool; the head w
+    minimises mean softplus(-y w.x) + l2 |w|^2 (L-BFGS, full batch), y = +1
+    when the annotator preferred a. Features are computed once.
+    """
+
+    def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
+        self.cfg = cfg
+        x_pool, x_test = pair_features(cfg.model, pool), pair_features(cfg.model, test)
+        sd = x_pool.std(0) + 1e-6
+        self.x_pool, self.x_test = x_pool / sd, x_test / sd
+
+    def fit(self, chosen: list[int], labels: list[bool], seed: int, *, weights=None):
+        import torch
+
+        x = self.x_pool[chosen]
+        y = torch.tensor([1.0 if labels[i] else -1.0 for i in chosen])
+        wts = torch.ones(len(chosen)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = (torch.nn.functional.softplus(-y * (x @ w)) * wts).sum() / wts.sum() + self.cfg.l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return w.detach()
+
+    def pool_margins(self, w, idx: list[int]) -> list[float]:
+        return (self.x_pool[idx] @ w).tolist()
+
+    def test_margins(self, w) -> list[float]:
+        return (self.x_test @ w).tolist()
+
+    def pool_spread(self, chosen: list[int], labels: list[bool], seed: int, idx: list[int]) -> list[float]:
+        """Std over `members` heads fit on bootstrap resamples of the labels: the ensemble's disagreement."""
+        import torch
+
+        rng = random.Random(seed * 7919 + len(chosen))
+        margins = []
+        for _ in range(self.cfg.members):
+            counts = [0] * len(chosen)
+            for _ in chosen:
+                counts[rng.randrange(len(chosen))] += 1
+            w = self.fit(chosen, labels, seed, weights=counts)
+            margins.append(self.x_pool[idx] @ w)
+        return torch.stack(margins).std(0, unbiased=False).tolist()
 
 
-def gold_agreement(model, tokenizer, test: list[Pair]) -> float:
+def pair_features(model_name: str, pairs: list[Pair]):
+    """(N, H) h(a) - h(b): the reward-model backbone's last-token hidden states, read where `rlhf rm` reads scores."""
+    import torch
+
+    from rlhf.chat import as_messages
+    from rlhf.data import encode_all, pad_id, pad_sequences
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.trainers.rm import score_head
+
+    tok = load_tokenizer(model_name)
+    model = load_reward_model(model_name, pad_token_id=tok.pad_token_id).eval()
+    prompts = [as_messages(p.prompt) for p in pairs] * 2
+    seqs = encode_all(tok, list(zip(prompts, [p.a for p in pairs] + [p.b for p in pairs])), 256, encoder=False)
+    caught, out = [], []
+    hook = score_head(model).register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(seqs), 128):
+                batch = pad_sequences(seqs[i:i + 128], pad_id(tok))  # right-padded
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                hidden, last = caught.pop(), batch["attention_mask"].sum(1) - 1  # (B, T, H), (B,)
+                out.append(hidden[torch.arange(hidden.shape[0]), last])
+    finally:
+        hook.remove()
+    h = torch.cat(out).float()
+    return h[:len(pairs)] - h[len(pairs):]
+
+
+def agreement_with_gold(margins: list[float], test: list[Pair]) -> float:
     """Share of test pairs where the reward model prefers what gold prefers (a reward tie counts as wrong)."""
-    m = margins(model, tokenizer, test)
-    return sum((x > 0 and t.gold > 0) or (x < 0 and t.gold < 0) for x, t in zip(m, test)) / len(test)
+    return sum((x > 0 and t.gold > 0) or (x < 0 and t.gold < 0) for x, t in zip(margins, test)) / len(test)
 
 
-def run_order(cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], labels: list[bool], seed: int, order: str,
-              work: Path, log=print) -> list[dict]:
+def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labels: list[bool], seed: int,
+              order: str, log=print) -> list[dict]:
     """One curve: [{labels, agreement, seconds}] after each round."""
-    from rlhf.models import load_tokenizer
-
-    tok = load_tokenizer(cfg.model)
     rng = random.Random(seed)
     first = rng.sample(range(len(pool)), cfg.round_size)  # the same first round for every order of a seed
     chosen, curve = list(first), []
     for r in range(cfg.rounds):
         t0 = time.time()
-        rows = [{"prompt": pool[i].prompt, "chosen": pool[i].a if labels[i] else pool[i].b,
-                 "rejected": pool[i].b if labels[i] else pool[i].a} for i in chosen]
-        model = train_rm(cfg, rows, seed, work)
-        agree = gold_agreement(model, tok, test)
-        curve.append({"labels": len(chosen), "agreement": agree, "seconds": time.time() - t0})
+        model = rm.fit(chosen, labels, seed)
+        agree = agreement_with_gold(rm.test_margins(model), test)
         if log:
-            log(f"active lab: seed {seed} {order:<11} {len(chosen):>5} labels  agreement {agree:.3f}  "
-                f"({time.time() - t0:.0f}s)")
-        if r + 1 == cfg.rounds:
-            break
+            log(f"active lab: seed {seed} {order:<12} {len(chosen):>5} labels  agreement {agree:.3f}  "
+                f"({time.time() - t0:.1f}s)")
         taken = set(chosen)
         left = [i for i in range(len(pool)) if i not in taken]
-        if len(left) < cfg.round_size:
-            raise UserError(f"the pool ran out: {len(pool)} pairs, {cfg.rounds} rounds of {cfg.round_size}")
-        if order == "random":
-            chosen += rng.sample(left, cfg.round_size)
-        else:  # uncertainty: the margins closest to zero
-            m = margins(model, tok, [pool[i] for i in left])
-            chosen += [i for _, i in sorted(zip((abs(x) for x in m), left))[:cfg.round_size]]
+        if r + 1 < cfg.rounds:
+            if len(left) < cfg.round_size:
+                raise UserError(f"the pool ran out: {len(pool)} pairs, {cfg.rounds} rounds of {cfg.round_size}")
+            if order == "random":
+                chosen += rng.sample(left, cfg.round_size)
+            elif order == "uncertainty":  # the margins closest to zero
+                m = rm.pool_margins(model, left)
+                chosen += [i for _, i in sorted(zip((abs(x) for x in m), left))[:cfg.round_size]]
+            else:  # disagreement: the largest spread across the ensemble's margins
+                spread = rm.pool_spread(chosen, labels, seed, left)
+                chosen += [i for _, i in sorted(zip((-x for x in spread), left))[:cfg.round_size]]
+        curve.append({"labels": len(taken), "agreement": agree, "seconds": time.time() - t0})
     return curve
 
 
@@ -222,21 +332,27 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
             f"({time.time() - t0:.0f}s to sample)")
     curves: dict[str, list] = {o: [] for o in cfg.orders}
     with tempfile.TemporaryDirectory(prefix="rlhf-active-") as tmp:
+        t1 = time.time()
+        rm = (ProbeRM if cfg.reward_model == "probe" else FullRM)(cfg, pool, test, Path(tmp))
+        if log and cfg.reward_model == "probe":
+            log(f"active lab: features of {2 * (len(pool) + len(test))} responses in {time.time() - t1:.0f}s")
         for seed in cfg.seeds:
             labels = annotate(pool, seed)
             for order in cfg.orders:
-                curves[order].append(run_order(cfg, pool, test, labels, seed, order, Path(tmp), log=log))
+                curves[order].append(run_order(cfg, rm, pool, test, labels, seed, order, log=log))
     means = {o: mean_curve(c) for o, c in curves.items()}
     out = {"config": asdict(cfg), "pool": len(pool), "test": len(test),
            "annotator_gold_agreement": _annotator_agreement(pool, cfg.seeds),
            "curves": curves, "mean": means, "seconds": time.time() - t0}
-    if "random" in means and "uncertainty" in means:
-        target = means["random"][-1]["agreement"]
-        need = labels_to_reach(means["uncertainty"], target)
-        full = means["random"][-1]["labels"]
-        out["bar"] = {"random_final": target, "random_labels": full, "uncertainty_labels_to_reach": need,
-                      "saving": None if need is None else 1 - need / full,
-                      "met": need is not None and need <= 0.7 * full}
+    if "random" in means:
+        target, full = means["random"][-1]["agreement"], means["random"][-1]["labels"]
+        out["bar"] = {"random_final": target, "random_labels": full, "orders": {}}
+        for order in means:
+            if order != "random":
+                need = labels_to_reach(means[order], target)
+                out["bar"]["orders"][order] = {"labels_to_reach": need,
+                                               "saving": None if need is None else 1 - need / full,
+                                               "met": need is not None and need <= 0.7 * full}
     return out
 
 
@@ -258,11 +374,12 @@ def report(result: dict) -> str:
         lines.append(f"{pts[0]['labels']:>7}" + "".join(f"{p['agreement']:>13.3f}" for p in pts))
     bar = result.get("bar")
     if bar:
-        need = bar["uncertainty_labels_to_reach"]
-        lines.append(f"random order's final agreement {bar['random_final']:.3f} at {bar['random_labels']} labels; "
-                     + (f"uncertainty order reaches it at {need} labels ({bar['saving']:.0%} fewer)" if need
-                        else "uncertainty order never reaches it")
-                     + f"; the 30%-fewer bar is {'met' if bar['met'] else 'not met'}")
+        lines.append(f"random order's final mean agreement {bar['random_final']:.3f} at {bar['random_labels']} labels")
+        for order, b in bar["orders"].items():
+            need = b["labels_to_reach"]
+            lines.append(f"  {order}: " + (f"reaches it at {need} labels ({b['saving']:.0%} fewer)" if need
+                                           else "never reaches it")
+                         + f"; the 30%-fewer bar is {'met' if b['met'] else 'not met'}")
     lines.append(f"pool {result['pool']} pairs, test {result['test']} pairs, annotator-gold agreement "
                  f"{result['annotator_gold_agreement']:.3f}, {result['seconds']:.0f}s")
     return "\n".join(lines)

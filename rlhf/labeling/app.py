@@ -15,7 +15,8 @@ Security model, for annotators on a shared network and responses from models:
 
 JSON API (same session cookie; send `X-CSRF-Token` on POST):
     GET  /api/session          -> {user, admin, project, mode, csrf_token}
-    GET  /api/task             -> the task leased to you, or {"task": null}
+    GET  /api/task             -> the task leased to you, or {"task": null}; with the project's
+                                  suggestions on, the task carries the AI's `suggestion` as text
     POST /api/next             -> lease (or renew) your next task
     POST /api/labels           {item_id, choice, order?, strength?, comment?, flag?, reason?, seconds?, next?}
                                -> {label, task?}
