@@ -306,8 +306,16 @@ def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labe
             else:  # disagreement: the largest spread across the ensemble's margins
                 spread = rm.pool_spread(chosen, labels, seed, left)
                 chosen += [i for _, i in sorted(zip((-x for x in spread), left))[:cfg.round_size]]
-        curve.append({"labels": len(taken), "agreement": agree, "seconds": time.time() - t0})
+        curve.append({"labels": len(taken), "agreement": agree, "seconds": time.time() - t0,
+                      **label_quality([pool[i] for i in taken], [labels[i] for i in taken])})
     return curve
+
+
+def label_quality(pairs: list[Pair], labels: list[bool]) -> dict:
+    """Of the labelled pairs: the share gold calls a tie, and how often the annotator agrees with gold elsewhere."""
+    decided = [(p, lab) for p, lab in zip(pairs, labels) if p.gold]
+    return {"gold_ties": 1 - len(decided) / len(pairs),
+            "annotator_gold": sum((p.gold > 0) == lab for p, lab in decided) / max(1, len(decided))}
 
 
 def labels_to_reach(curve: list[dict], target: float) -> Optional[int]:
@@ -316,8 +324,9 @@ def labels_to_reach(curve: list[dict], target: float) -> Optional[int]:
 
 
 def mean_curve(curves: list[list[dict]]) -> list[dict]:
-    """Agreement averaged over seeds, point by point."""
-    return [{"labels": pts[0]["labels"], "agreement": sum(p["agreement"] for p in pts) / len(pts)}
+    """Agreement (and the labels' quality) averaged over seeds, point by point."""
+    keys = ("agreement", "gold_ties", "annotator_gold")
+    return [{"labels": pts[0]["labels"], **{k: sum(p[k] for p in pts) / len(pts) for k in keys}}
             for pts in zip(*curves)]
 
 
@@ -380,6 +389,9 @@ def report(result: dict) -> str:
             lines.append(f"  {order}: " + (f"reaches it at {need} labels ({b['saving']:.0%} fewer)" if need
                                            else "never reaches it")
                          + f"; the 30%-fewer bar is {'met' if b['met'] else 'not met'}")
+    lines.append("labels at the end: " + "; ".join(
+        f"{o}: {m[-1]['gold_ties']:.0%} gold ties, annotator agrees with gold on {m[-1]['annotator_gold']:.1%} "
+        "of the rest" for o, m in result["mean"].items()))
     lines.append(f"pool {result['pool']} pairs, test {result['test']} pairs, annotator-gold agreement "
                  f"{result['annotator_gold_agreement']:.3f}, {result['seconds']:.0f}s")
     return "\n".join(lines)
