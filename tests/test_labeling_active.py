@@ -155,6 +155,16 @@ def test_settings_command_and_its_refusals(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["label", "rescore", str(db), "--reward-model", str(tmp_path / "nothing")]) == 2
     assert "not a model folder" in capsys.readouterr().err
+    store = Store(str(db))
+    store.create_project("r", mode="ranking", overlap=1, lease_seconds=600, strength=False, render="text",
+                         guidelines="", items=[ItemSpec("x", "x", "Q?", ["a", "b", "c"])])
+    store.create_project("d", mode="demonstration", overlap=1, lease_seconds=600, strength=False, render="text",
+                         guidelines="", items=[ItemSpec("y", "y", "Write.", [])])
+    assert cli_main(["label", "rescore", str(db), "--project", "r", "--judge", "gold"]) == 2
+    assert "--judge compares two responses: project 'r' is ranking" in capsys.readouterr().err
+    assert cli_main(["label", "rescore", str(db), "--project", "d", "--judge", "gold"]) == 2
+    assert "collects demonstrations: nothing to compare" in capsys.readouterr().err
+    assert store.scores(store.project("r")) == {} and store.scores(store.project("d")) == {}
 
 
 def test_suggestion_agreement_by_hand():

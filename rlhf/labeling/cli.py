@@ -401,8 +401,8 @@ def rescore_main(argv: list[str]) -> int:
     spreads = sorted(r["spread"] for r in out["rows"] if r["spread"] is not None)
     what = f"{out['members']} reward models" if out["members"] > 1 else ("judge " + cfg.judge if cfg.judge
                                                                          else "1 reward model")
-    line = f"rlhf: scored {out['items']} items of '{project.name}' with {what}: median |margin| " \
-           f"{margins[len(margins) // 2]:.3f}"
+    items = f"{out['items']} item{'s' if out['items'] != 1 else ''}"
+    line = f"rlhf: scored {items} of '{project.name}' with {what}: median |margin| {margins[len(margins) // 2]:.3f}"
     if spreads:
         line += f", median spread {spreads[len(spreads) // 2]:.3f}"
     print(line + f"; order {project.order}")

@@ -233,7 +233,8 @@ class Store:
         have_p = {col["name"] for col in inspect(self.engine).get_columns("projects")}
         with self.write() as c:
             if "serve_order" not in have_p:
-                c.exec_driver_sql("ALTER TABLE projects ADD COLUMN serve_order VARCHAR(16) NOT NULL DEFAULT 'sequential'")
+                c.exec_driver_sql("ALTER TABLE projects ADD COLUMN serve_order VARCHAR(16) NOT NULL "
+                                  "DEFAULT 'sequential'")
             if "suggestions" not in have_p:
                 c.exec_driver_sql("ALTER TABLE projects ADD COLUMN suggestions BOOLEAN NOT NULL DEFAULT FALSE")
             if "comment" not in have:
