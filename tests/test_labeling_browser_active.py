@@ -14,7 +14,7 @@ import pytest
 
 from rlhf.labeling.cli import ServeConfig, make_server
 from rlhf.labeling.store import ItemSpec, Store
-from test_labeling_browser import XSS, browser, new_page, run_until, shown, submit_and_wait  # noqa: F401
+from test_labeling_browser import XSS, browser, run_until, shown, submit_and_wait  # noqa: F401
 
 FAST = "pbkdf2:sha256:1000"
 
