@@ -40,6 +40,22 @@ class DeviceOptions:
         getattr(super(), "__post_init__", lambda: None)()
 
 
+@dataclass
+class ScoringOptions(DeviceOptions):
+    """What a command that scores texts with a reward model adds to `--device`/`--threads` (`rlhf rm score`,
+    `rlhf label rescore`): how many sequences go through together and how long they may be."""
+
+    batch_size: int = field(default=16, kw_only=True, metadata={"help": "sequences per forward pass",
+                                                                 "positional": False})
+    max_len: int = field(default=512, kw_only=True, metadata={
+        "help": "longest prompt + response in tokens (the prompt is cut first)", "positional": False})
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_len < 8:
+            raise UserError(f"batch_size must be >= 1 and max_len >= 8, got {self.batch_size} and {self.max_len}")
+        super().__post_init__()
+
+
 def use_device(cfg):
     """`cfg.device` as a torch.device (a missing GPU fails with one line) and torch's threads set.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from rlhf.config import opt, parse
-from rlhf.device import DeviceOptions
+from rlhf.device import ScoringOptions
 from rlhf.errors import UserError
 
 ORDER_HELP = ("which item is handed out next: sequential (by position), random, uncertainty (the reward model's "
@@ -132,7 +132,7 @@ class SettingsConfig:
 
 
 @dataclass
-class RescoreConfig(DeviceOptions):
+class RescoreConfig(ScoringOptions):
     """Score a project's queue with reward models (or a judge): acquisition order and AI suggestions."""
 
     command = "label rescore"
@@ -142,15 +142,11 @@ class RescoreConfig(DeviceOptions):
                                       "give the disagreement order its spread")
     judge: Optional[str] = opt(None, "a pairwise judge instead: llm:FOLDER, openai:URL#MODEL or rm:FOLDER")
     every: bool = opt(False, "score every item, labelled ones too (default: those still handed out, and gold)")
-    batch_size: int = opt(16, "sequences per forward pass")
-    max_len: int = opt(512, "longest prompt + response in tokens (the prompt is cut first)")
     quiet: bool = opt(False, "no progress on stderr")
 
     def __post_init__(self):
         if bool(self.reward_model) == bool(self.judge):
             raise UserError("give --reward-model FOLDER[,FOLDER...] or --judge SPEC (one of the two)")
-        if self.batch_size < 1 or self.max_len < 8:
-            raise UserError("batch_size must be >= 1 and max_len >= 8")
         super().__post_init__()
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from rlhf.config import opt, parse
-from rlhf.device import DeviceOptions
+from rlhf.device import ScoringOptions
 from rlhf.errors import UserError
 from rlhf.models import layouts_agree
 from rlhf.trainers.loop import (RUN_FILES, ModelOptions, TrainOptions, TrainResult, check_data_options, check_start,
@@ -368,7 +368,7 @@ def scores_shared_agree(model, seqs: Sequence, pad: int, tol: float = 1e-3) -> b
 
 
 @dataclass
-class ScoreConfig(DeviceOptions):
+class ScoreConfig(ScoringOptions):
     """Print reward-model scores for prompt/response pairs, one per line."""
 
     command = "rm score"
@@ -377,8 +377,6 @@ class ScoreConfig(DeviceOptions):
     prompt: Optional[str] = opt(None, "one prompt (with --response)")
     response: Optional[str] = opt(None, "one response (with --prompt)")
     out: Optional[str] = opt(None, "also write the rows with their score to this JSONL file")
-    batch_size: int = opt(16, "sequences per forward pass")
-    max_len: int = opt(512, "longest prompt + response in tokens (the prompt is cut first)")
     raw: bool = opt(False, "raw scores, without subtracting the stored offset")
     overwrite: bool = opt(False, "replace an existing --out file (otherwise refused)")
     quiet: bool = opt(False, "print only the scores: no progress on stderr")
@@ -386,8 +384,6 @@ class ScoreConfig(DeviceOptions):
     def __post_init__(self):
         if (self.data is None) == (self.prompt is None or self.response is None):
             raise UserError("give either --data FILE or both --prompt and --response")
-        if self.batch_size < 1 or self.max_len < 8:
-            raise UserError("batch_size must be >= 1 and max_len >= 8")
         super().__post_init__()
 
 
