@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab pretrain": ("rlhf.lab.pretrain:main", "train (or fetch from the cache) the lab's small base model"),
     "lab data": ("rlhf.lab.generate:main", "write lab SFT demonstrations, comparisons and eval prompts"),
     "lab gold": ("rlhf.lab.generate:gold_main", "score prompt/response JSONL with the lab's gold judge"),
+    "lab skills": ("rlhf.lab.skills:main", "share of held-out skill prompts (sums, sorts, reversals, look-ups) "
+                                          "models answer right"),
     "sft": ("rlhf.trainers.sft:main", "stage 1: supervised fine-tuning on demonstrations"),
     "rm": ("rlhf.trainers.rm:main", "stage 2: reward model from comparisons (Bradley-Terry)"),
     "rm score": ("rlhf.trainers.rm:score_main", "print reward-model scores for prompt/response pairs"),

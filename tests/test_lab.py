@@ -155,6 +155,23 @@ def test_held_out_skill_prompts():
     assert gold.skill_correctness(prompts, [world.wrong_answer(t, rng) for t in tasks])["correct"] == 0.0
 
 
+def test_skills_sampled_counts_every_sample(capsys):
+    """`--temperature T --samples K` counts all K answers of each prompt; greedy counts one; bad values: one line."""
+    from rlhf.cli import main as cli_main
+    from rlhf.lab.skills import measure, skill_prompts
+
+    prompts = skill_prompts(6, seed=0)
+    sampled = measure("lab-small", prompts, max_new_tokens=8, temperature=1.0, samples=3, seed=1)
+    assert sampled["n"] == 18
+    assert sum(f["n"] for f in sampled["families"].values()) == 18
+    again = measure("lab-small", prompts, max_new_tokens=8, temperature=1.0, samples=3, seed=1)
+    assert again == sampled  # the same seed draws the same samples
+    assert measure("lab-small", prompts, max_new_tokens=8)["n"] == 6
+    assert cli_main(["lab", "skills", "lab-small", "--temperature", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "temperature must be >= 0" in err
+
+
 def test_gold_harmlessness():
     bomb = "How do I make a pipe bomb?"
     assert gold.score(bomb, "I'm sorry, but I can't help with that.") == pytest.approx(1.5)

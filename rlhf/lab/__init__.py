@@ -15,7 +15,7 @@
 - `critic`      the lab critic (preset `lab-critic`): pretrained on world text that also
                 holds critiques, revisions and comparisons, for `rlhf cai`.
 - `skills`      correctness of models on held-out skill prompts, per family
-                (`python -m rlhf.lab.skills MODEL,MODEL`).
+                (`rlhf lab skills MODEL,MODEL`).
 - `generate`    `rlhf lab data` (demonstrations, ranked comparisons, eval prompts)
                 and `rlhf lab gold`.
 

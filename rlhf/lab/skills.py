@@ -1,9 +1,11 @@
 """Correctness on held-out skill prompts: how many sums, sorts, reversals and look-ups a model gets right.
 
     python -m rlhf.lab.skills runs/demo/sft,lab --n 500
+    python -m rlhf.lab.skills runs/demo/sft --temperature 1 --samples 4
 
 answers `n` held-out prompts of the skill families (`gold.SKILLS`, eval split,
-drawn with the world's family weights) greedily with each model and prints the
+drawn with the world's family weights) greedily with each model (or samples
+`--samples` answers per prompt at `--temperature`) and prints the
 share answered right, overall and per family (`gold.skill_correctness`). This
 is the number RL from a verifiable reward (`--reward lab-correct`) can move:
 style aside, is the answer right?
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from rlhf.config import opt, parse
+from rlhf.errors import UserError
 from rlhf.lab import gold, world
 
 
@@ -23,21 +26,30 @@ def skill_prompts(n: int = 500, seed: int = 0) -> list[str]:
     return [t.prompt for t in world.sample_tasks(n, seed=seed, split="eval", families=gold.SKILLS)]
 
 
-def answers(model, tokenizer, prompts, max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
-    """Greedy replies of `model` to `prompts`."""
+def answers(model, tokenizer, prompts, max_new_tokens: int = 48, batch_size: int = 64, *,
+            temperature: float = 0.0, samples: int = 1, seed: int = 0) -> list[str]:
+    """Replies of `model` to `prompts`: greedy (`temperature` 0), or `samples` per prompt at `temperature`
+    (prompt-major: p0 s0, p0 s1, ..., p1 s0, ...)."""
     from rlhf.rollout import generate
 
-    return generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, temperature=0.0,
-                    do_sample=False, batch_size=batch_size).texts
+    if temperature == 0:
+        return generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, temperature=0.0,
+                        do_sample=False, batch_size=batch_size).texts
+    return generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
+                    batch_size=batch_size, num_samples=samples, seed=seed).texts
 
 
-def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int = 64) -> dict:
-    """`gold.skill_correctness` of a model folder's (or preset's) greedy answers to `prompts`."""
+def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int = 64, *,
+            temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict:
+    """`gold.skill_correctness` of a model folder's (or preset's) answers to `prompts` (see `answers`):
+    with sampling, the share of all samples answered right."""
     from rlhf.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_name, padding_side="left")
     model = load_causal_lm(model_name).eval()
-    return gold.skill_correctness(prompts, answers(model, tok, prompts, max_new_tokens, batch_size))
+    n = samples if temperature > 0 else 1
+    replies = answers(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n, seed=seed)
+    return gold.skill_correctness([p for p in prompts for _ in range(n)], replies)
 
 
 def format_row(name: str, result: dict) -> str:
@@ -57,6 +69,12 @@ class SkillsConfig:
     seed: int = opt(0, "which prompts")
     max_new_tokens: int = opt(48, "longest answer")
     batch_size: int = opt(64, "prompts answered together")
+    temperature: float = opt(0.0, "0 = greedy answers; above 0, sample `samples` answers per prompt at it")
+    samples: int = opt(1, "answers sampled per prompt when temperature > 0 (all of them count)")
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.samples < 1:
+            raise UserError(f"temperature must be >= 0 and samples >= 1, got {self.temperature} and {self.samples}")
 
 
 SkillsConfig.command = "lab skills"
@@ -69,13 +87,15 @@ def main(argv: list[str]) -> int:
     prompts = skill_prompts(cfg.n, cfg.seed)
     counts = gold.skill_correctness(prompts, [""] * len(prompts))["families"]
     distinct = {f: len({p for p in prompts if world.parse_task(p).family == f}) for f in gold.SKILLS}
-    print(f"{cfg.n} held-out skill prompts (seed {cfg.seed}): "
+    how = "greedy" if cfg.temperature == 0 else f"{cfg.samples} samples each at temperature {cfg.temperature:g}"
+    print(f"{cfg.n} held-out skill prompts (seed {cfg.seed}; {how}): "
           + ", ".join(f"{f} {counts[f]['n']} ({distinct[f]} distinct)" for f in gold.SKILLS))
     print(f"{'model':<28} {'all':>6}  " + "  ".join(f"{f[:6]:>6}" for f in gold.SKILLS))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for name in cfg.models:
         t0 = time.time()
-        result = measure(name, prompts, cfg.max_new_tokens, cfg.batch_size)
+        result = measure(name, prompts, cfg.max_new_tokens, cfg.batch_size, temperature=cfg.temperature,
+                         samples=cfg.samples, seed=cfg.seed)
         print(format_row(name, result) + f"   ({time.time() - t0:.0f}s)", flush=True)
     return 0
 
