@@ -61,6 +61,20 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# Commands that serve web pages and never run torch's threads themselves.
+WEB_COMMANDS = ("label serve", "studio")
+
+
+def _wait_policy() -> None:
+    """OpenMP threads wait passively when the machine is busy at start (rlhf.trainers.runtime.choose_wait_policy)."""
+    from rlhf.trainers.runtime import available_cores, choose_wait_policy
+
+    busy = choose_wait_policy()
+    if busy is not None:
+        print(f"rlhf: other processes keep {busy:.1f} of {available_cores()} cores busy: OpenMP threads wait "
+              "passively (OMP_WAIT_POLICY=PASSIVE; set OMP_WAIT_POLICY yourself to choose)", file=sys.stderr)
+
+
 def _available(target: str) -> bool:
     module = target.split(":")[0]
     try:
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         name, target, rest = resolve(argv)
         if not _available(target):
             raise UserError(f"command '{name}' is not available in this installation")
+        if name not in WEB_COMMANDS:
+            _wait_policy()
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)
         _runs_failed(None)  # only the runs this command starts are its own

@@ -417,7 +417,7 @@ def _now() -> str:
 def _environment(options: dict) -> dict:
     return {"versions": _versions(), "commit": _git_commit(), "python": platform.python_version(),
             "machine": {"cpu": _cpu_model(), "cores": _cores(), "gpu": _gpu_name(), "host": platform.node()},
-            "threads": _threads(options), "seeds": {k: v for k, v in options.items() if k == "seed" or
+            "threads": _threads(options), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "seeds": {k: v for k, v in options.items() if k == "seed" or
                                                      k.endswith("_seed")}}
 
 

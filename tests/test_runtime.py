@@ -140,3 +140,71 @@ def test_deterministic_runs_reach_torch_and_give_bit_identical_weights(tmp_path,
         assert json.loads((tmp_path / a / "run.json").read_text())["options"]["deterministic"] is True
         one, two = load_file(tmp_path / a / "model.safetensors"), load_file(tmp_path / b / "model.safetensors")
         assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one), (a, b)
+
+
+def test_others_busy_reads_proc_stat_between_two_samples():
+    """Busy cores = (ticks - idle ticks) / ticks x the CPU count, over the sampling interval."""
+    import os
+
+    from rlhf.trainers.runtime import others_busy
+
+    readings = iter(["cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3\n", "cpu  200 10 140 840 10 0 0 0 0 0\n"])
+    # 200 ticks passed, 50 of them idle or waiting on I/O: 3/4 of the machine busy
+    assert others_busy(0.0, stat=lambda: next(readings)) == pytest.approx(0.75 * (os.cpu_count() or 1))
+    assert others_busy(0.0, stat=lambda: "garbage") == 0.0
+
+
+def _run_cli(args, env_extra, busy_processes=0):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    env.update(env_extra)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy_processes)]
+    try:
+        return subprocess.run([sys.executable, "-m", "rlhf", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(runtime.available_cores() < 2, reason="one core: a single thread never waits on another")
+def test_a_busy_machine_makes_openmp_wait_passively_and_says_so():
+    """Beside busy processes the CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads (one line on stderr);
+    a policy the user set is left alone."""
+    import time
+
+    busy = _run_cli(["lab", "skills", "--help"], {}, busy_processes=runtime.available_cores())
+    assert busy.returncode == 0
+    notes = [line for line in busy.stderr.splitlines() if "OMP_WAIT_POLICY=PASSIVE" in line]
+    assert len(notes) == 1 and notes[0].startswith("rlhf: other processes keep"), busy.stderr
+    time.sleep(0.2)
+    mine = _run_cli(["lab", "skills", "--help"], {"OMP_WAIT_POLICY": "ACTIVE"}, busy_processes=runtime.available_cores())
+    assert mine.returncode == 0 and "OMP_WAIT_POLICY" not in mine.stderr
+
+
+def test_choose_wait_policy_before_torch_only():
+    """The policy is chosen in a process without torch (libgomp reads it once, when torch loads), only when
+    the measured load reaches BUSY_CORES; in a process that already has torch nothing changes."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from rlhf.trainers.runtime import choose_wait_policy; "
+            "assert 'torch' not in sys.modules; "
+            "print(choose_wait_policy(lambda: 0.2), os.environ.get('OMP_WAIT_POLICY')); "
+            "print(choose_wait_policy(lambda: 1.5), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    if runtime.available_cores() >= 2:
+        assert lines[0] == "None None" and lines[1] == "1.5 PASSIVE", out.stdout
+    import torch  # noqa: F401  (this process has torch: too late to choose)
+
+    before = os.environ.get("OMP_WAIT_POLICY")
+    assert runtime.choose_wait_policy(lambda: 9.0) is None and os.environ.get("OMP_WAIT_POLICY") == before

@@ -134,6 +134,51 @@ def default_threads() -> int:
     return share
 
 
+# OpenMP's wait policy on a busy machine (BENCHMARKS.md, "Processes and contention"). libgomp's threads spin
+# while they wait for work; beside another busy process they spin in the time slices their partners need.
+# Measured on 2 cores beside one busy core: PASSIVE gives PPO 2.5-3x and DPO 1.7x the default's throughput;
+# on a quiet machine it halves PPO's, so it is chosen only when other processes keep the CPUs busy.
+BUSY_CORES = 0.5  # other processes' use, in cores, from which threads wait passively
+SAMPLE_SECONDS = 0.1
+
+
+def others_busy(seconds: float = SAMPLE_SECONDS, stat: Callable[[], str] | None = None) -> float:
+    """How many cores' worth of CPU time the machine spent busy over the next `seconds`, read from
+    /proc/stat while this process sleeps (so: other processes). 0.0 where /proc/stat cannot be read."""
+    import time
+
+    def sample():
+        text = stat() if stat else Path("/proc/stat").read_text()
+        fields = [int(x) for x in text.split("\n", 1)[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = total1 - total0
+    if ticks <= 0:
+        return 0.0
+    return (ticks - (idle1 - idle0)) / ticks * (os.cpu_count() or 1)
+
+
+def choose_wait_policy(busy: Callable[[], float] = others_busy) -> float | None:
+    """Before torch loads: `OMP_WAIT_POLICY=PASSIVE` when other processes keep at least `BUSY_CORES` of a
+    core busy and this process would run several threads. Returns the busy cores measured when it set it,
+    else None (the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT, one thread, or torch already loaded)."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ or "torch" in sys.modules:
+        return None
+    if default_threads() < 2:
+        return None
+    cores = busy()
+    if cores < BUSY_CORES:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return cores
+
+
 def set_threads(threads: int = 0, device=None) -> int:
     """torch's intra-op threads: `threads`, or `default_threads()` when 0. Returns the number set.
 
