@@ -66,13 +66,11 @@ WEB_COMMANDS = ("label serve", "studio")
 
 
 def _wait_policy() -> None:
-    """OpenMP threads wait passively when the machine is busy at start (rlhf.trainers.runtime.choose_wait_policy)."""
-    from rlhf.trainers.runtime import available_cores, choose_wait_policy
+    """OpenMP threads wait passively when the machine is busy at start (rlhf.trainers.runtime.choose_wait_policy);
+    silent (an error stays one line), recorded in each run's run.json."""
+    from rlhf.trainers.runtime import choose_wait_policy
 
-    busy = choose_wait_policy()
-    if busy is not None:
-        print(f"rlhf: other processes keep {busy:.1f} of {available_cores()} cores busy: OpenMP threads wait "
-              "passively (OMP_WAIT_POLICY=PASSIVE; set OMP_WAIT_POLICY yourself to choose)", file=sys.stderr)
+    choose_wait_policy()
 
 
 def _available(target: str) -> bool:
