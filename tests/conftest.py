@@ -74,6 +74,22 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return str(path)
 
 
+DIGIT_PROMPTS = ["What is 2 + 3?", "Count to five.", "Name a colour.", "Say something."]
+
+
+def digit_task(folder: Path, prompts=DIGIT_PROMPTS) -> tuple[Path, str]:
+    """A prompts file and a toy verifiable reward a random tiny model can learn (the share of digit characters
+    in the reply), written into `folder`: -> (prompts.jsonl, the `--reward` spec)."""
+    import json
+
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    (folder / "rewards.py").write_text(
+        "def digits(prompts, completions, **kw):\n"
+        "    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n")
+    return path, f"{folder / 'rewards.py'}:digits"
+
+
 def require_shared_data(name: str) -> Path:
     """Path into ../shared/data, or skip the test with the reason when it is absent."""
     path = SHARED_DATA / name

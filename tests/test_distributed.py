@@ -137,16 +137,12 @@ def test_ppo_two_processes_equal_one(tmp_path, tiny_model_dir, ppo_inputs):
 
 def test_grpo_two_processes_equal_one(tmp_path, tiny_model_dir):
     """GRPO's groups split over two processes (whole groups each), gathered, data-parallel update: one process's run."""
-    import json
-
+    from conftest import digit_task
     from test_grpo import PROMPTS
 
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    (tmp_path / "rewards.py").write_text(
-        "def digits(prompts, completions, **kw):\n"
-        "    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n")
-    args = ["grpo", "--policy", tiny_model_dir, "--prompts", str(tmp_path / "prompts.jsonl"), "--eval-prompts", "none",
-            "--reference-text", "none", "--reward", f"{tmp_path / 'rewards.py'}:digits", "--group-size", "4",
+    prompts, reward = digit_task(tmp_path, PROMPTS)
+    args = ["grpo", "--policy", tiny_model_dir, "--prompts", str(prompts), "--eval-prompts", "none",
+            "--reference-text", "none", "--reward", reward, "--group-size", "4",
             "--rollout-batch-size", "16", "--minibatch-size", "8", "--total-episodes", "48", "--max-new-tokens", "6",
             "--lr", "1e-2", "--schedule", "constant", "--ppo-epochs", "2", "--save-every", "2", "--threads", "1"]
     torchrun(args, tmp_path / "two")

@@ -6,6 +6,7 @@ those labels. Responses carrying script and event-handler payloads show as
 text and run nothing.
 """
 
+import contextlib
 import os
 import shutil
 import threading
@@ -69,6 +70,19 @@ def run_until(srv, stop):
     while not stop.is_set():
         srv.asyncore.loop(timeout=0.05, map=srv._map, count=1)
     srv.close()
+
+
+@contextlib.contextmanager
+def serving(srv):
+    """`srv` (a waitress server on port 0) answering in a thread; yields its base URL, stops it after."""
+    stop = threading.Event()
+    t = threading.Thread(target=run_until, args=(srv, stop), daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.effective_port}"
+    finally:
+        stop.set()
+        t.join(timeout=10)
 
 
 def new_page(browser, base):

@@ -8,13 +8,12 @@ key; the admin page reports the AI-human agreement. A suggestion beside a
 hostile response runs nothing.
 """
 
-import threading
 
 import pytest
 
 from rlhf.labeling.cli import ServeConfig, make_server
 from rlhf.labeling.store import ItemSpec, Store
-from test_labeling_browser import XSS, browser, run_until, shown, submit_and_wait  # noqa: F401
+from test_labeling_browser import XSS, browser, serving, shown, submit_and_wait  # noqa: F401
 
 FAST = "pbkdf2:sha256:1000"
 
@@ -36,13 +35,8 @@ def server(tmp_path_factory):
                      source="runs/rm")
     store.add_user("ann", "password1", hash_method=FAST)
     store.add_user("boss", "password1", admin=True, hash_method=FAST)
-    srv = make_server(ServeConfig(db=db, port=0, threads=4))
-    stop = threading.Event()
-    t = threading.Thread(target=run_until, args=(srv, stop), daemon=True)
-    t.start()
-    yield store, f"http://127.0.0.1:{srv.effective_port}"
-    stop.set()
-    t.join(timeout=10)
+    with serving(make_server(ServeConfig(db=db, port=0, threads=4))) as base:
+        yield store, base
 
 
 def log_in(browser, base, name, wait="#label-form"):  # noqa: F811

@@ -8,7 +8,6 @@ two annotators disagree on. The exports are read back by `rlhf.data`.
 """
 
 import json
-import threading
 
 import pytest
 
@@ -16,7 +15,7 @@ from rlhf.data import load_labels, load_sft
 from rlhf.labeling.cli import ServeConfig, make_server
 from rlhf.labeling.export import export_project
 from rlhf.labeling.store import Answer, ItemSpec, Store
-from test_labeling_browser import browser, run_until  # noqa: F401
+from test_labeling_browser import browser, serving  # noqa: F401
 
 FAST = "pbkdf2:sha256:1000"
 
@@ -43,13 +42,8 @@ def server(tmp_path_factory):
         user = next(u for u in store.users() if u["name"] == name)
         item = store.lease_next(vote, user["id"])
         store.submit(vote, user, item, Answer(choice=choice), shown=[0, 1])
-    srv = make_server(ServeConfig(db=db, port=0, threads=4))
-    stop = threading.Event()
-    t = threading.Thread(target=run_until, args=(srv, stop), daemon=True)
-    t.start()
-    yield store, f"http://127.0.0.1:{srv.effective_port}"
-    stop.set()
-    t.join(timeout=10)
+    with serving(make_server(ServeConfig(db=db, port=0, threads=4))) as base:
+        yield store, base
 
 
 def log_in(browser, base, name):  # noqa: F811

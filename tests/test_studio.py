@@ -369,28 +369,20 @@ def test_play_answers_are_streamed_as_they_are_made(runs_dir):
 def test_play_answers_stream_through_the_server(runs_dir):
     """Over HTTP (waitress): the first piece arrives while the worker is still answering (0.4 s per piece)."""
     requests = pytest.importorskip("requests")
-    import threading
-
+    
     from rlhf.studio.cli import StudioConfig, make_server
 
     (runs_dir / "pipe" / "sft" / "config.json").write_text("{}")
-    from test_labeling_browser import run_until
+    from test_labeling_browser import serving
 
     server, _, _ = make_server(StudioConfig(runs_dir=str(runs_dir), port=0, threads=2), player=FakePlayer(pause=0.4))
-    stop = threading.Event()
-    t = threading.Thread(target=run_until, args=(server, stop), daemon=True)
-    t.start()
-    try:
-        base = f"http://127.0.0.1:{server.effective_port}"
+    with serving(server) as base:
         s = requests.Session()
         csrf = csrf_of(s.get(base + "/").text)
         start = time.monotonic()
         r = s.post(base + "/api/play", json={"models": ["pipe/sft"], "prompt": "Hi"},
                    headers={"X-CSRF-Token": csrf}, stream=True, timeout=30)
         seen = [(time.monotonic() - start, json.loads(line)) for line in r.iter_lines() if line]
-    finally:
-        stop.set()
-        t.join(timeout=10)
     assert [e["event"] for _, e in seen] == ["token", "token", "answer", "score", "done"]
     assert seen[0][0] < 0.3 and seen[-1][0] > 0.75  # two pauses of 0.4 s after the first and the second token
 
@@ -421,17 +413,14 @@ def test_a_real_tiny_grpo_run_reads_back(tiny_model_dir, tmp_path):
 
     from rlhf.cli import main
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["What is 2 + 3?", "Count to five.",
-                                                                          "Name a colour.", "Say something."]))
-    (tmp_path / "rewards.py").write_text(
-        "def digits(prompts, completions, **kw):\n"
-        "    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n")
+    from conftest import digit_task
+
+    prompts, reward = digit_task(tmp_path)
     out = tmp_path / "runs" / "grpo"
     n = torch.get_num_threads()
     try:
         assert main(["grpo", "--policy", tiny_model_dir, "--prompts", str(prompts), "--eval-prompts", str(prompts),
-                     "--eval-size", "4", "--reference-text", "none", "--reward", f"{tmp_path / 'rewards.py'}:digits",
+                     "--eval-size", "4", "--reference-text", "none", "--reward", reward,
                      "--rollout-batch-size", "8", "--minibatch-size", "8", "--group-size", "4",
                      "--total-episodes", "16", "--max-new-tokens", "6", "--eval-every", "1", "--threads", "1",
                      "--out", str(out)]) == 0

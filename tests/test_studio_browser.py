@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 
 import pytest
 
 from rlhf.studio.cli import StudioConfig, make_server
-from test_labeling_browser import ARGS, CHROMIUM, run_until
+from test_labeling_browser import ARGS, CHROMIUM, serving
 from test_studio import PPO_ROWS, ROLLOUTS, XSS, make_runs, manifest
 
 
@@ -40,12 +39,8 @@ def studio(tmp_path_factory, tiny_model_dir):
         shutil.copytree(tiny_model_dir, root / name)
         manifest(root / name, "sft", "finished")
     server, _, app = make_server(StudioConfig(runs_dir=str(root), port=0, threads=4))
-    stop = threading.Event()
-    t = threading.Thread(target=run_until, args=(server, stop), daemon=True)
-    t.start()
-    yield root, f"http://127.0.0.1:{server.effective_port}"
-    stop.set()
-    t.join(timeout=10)
+    with serving(server) as base:
+        yield root, base
     player = app.extensions["studio"]["player"]
     if player is not None:
         player.close()

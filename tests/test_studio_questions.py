@@ -10,14 +10,13 @@ learning rate high enough that some answers change).
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import yaml
 
 from rlhf.cli import main as cli
 from rlhf.studio.cli import StudioConfig, make_server
-from test_labeling_browser import ARGS, CHROMIUM, run_until
+from test_labeling_browser import ARGS, CHROMIUM, serving
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +49,13 @@ def page(pipeline_run):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium; `make test` does it)")
     server, _, _ = make_server(StudioConfig(runs_dir=str(pipeline_run), port=0, threads=4))
-    stop = threading.Event()
-    t = threading.Thread(target=run_until, args=(server, stop), daemon=True)
-    t.start()
-    with sync_api.sync_playwright() as p:
+    with serving(server) as base, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_context(base_url=f"http://127.0.0.1:{server.effective_port}",
-                                 viewport={"width": 1300, "height": 900}).new_page()
+        pg = browser.new_context(base_url=base, viewport={"width": 1300, "height": 900}).new_page()
         pg.goto("/")
         pg.wait_for_selector("body[data-ready='1']")
         yield pg
         browser.close()
-    stop.set()
-    t.join(timeout=10)
 
 
 def test_did_ppo_improve_over_sft(page, pipeline_run):

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import digit_task
 
 from rlhf.cli import main as cli_main
 
@@ -158,15 +159,10 @@ def test_the_online_loop_reports_too(tiny_model_dir, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["What is 2 + 3?", "Count to five.",
-                                                                          "Name a colour.", "Say something."]))
-    (tmp_path / "rewards.py").write_text(
-        "def digits(prompts, completions, **kw):\n"
-        "    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n")
+    prompts, reward = digit_task(tmp_path)
     out = tmp_path / "grpo"
     assert cli_main(["grpo", "--policy", tiny_model_dir, "--prompts", str(prompts), "--eval-prompts", str(prompts), "--eval-size", "4",
-                     "--reference-text", "none", "--reward", f"{tmp_path / 'rewards.py'}:digits",
+                     "--reference-text", "none", "--reward", reward,
                      "--rollout-batch-size", "8", "--minibatch-size", "8", "--group-size", "4",
                      "--total-episodes", "16", "--max-new-tokens", "6", "--threads", "1", "--quiet",
                      "--report-to", "tensorboard", "--out", str(out)]) == 0
