@@ -10,6 +10,7 @@ learning rate high enough that some answers change).
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
@@ -96,10 +97,18 @@ def test_which_answers_changed(page, pipeline_run):
                if r["step"] == final and r["response"] != r["sft_response"]]
     page.click("#tab-runs")
     page.click("a.run-name[data-id='demo']")
-    table = page.locator("#pipeline-summary table.changed-answers[data-run='demo/ppo']")
-    table.wait_for()
-    shown = [(tr.locator("td.prompt").inner_text(), tr.locator("td.sft").inner_text(),
-              tr.locator("td.now").inner_text()) for tr in table.locator("tr.changed-answer").all()]
+    # the clicks (and the live refresh) render the run again, each rendering fetching the answers on its own:
+    # read the table in one go once two reads 0.3 s apart agree
+    rows_of = "#pipeline-summary table.changed-answers[data-run='demo/ppo'] tr.changed-answer"
+    read = ("(sel) => [...document.querySelectorAll(sel)].map((tr) => ['td.prompt', 'td.sft', 'td.now']"
+            ".map((c) => tr.querySelector(c).innerText))")
+    shown, deadline = None, time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = [tuple(r) for r in page.evaluate(read, rows_of)]
+        if now and now == shown:
+            break
+        shown = now
+        page.wait_for_timeout(300)
     assert shown == changed
     heading = page.locator("#pipeline-summary h4").inner_text()
     assert heading.startswith(f"changed answers: {len(changed)} of {sum(r['step'] == final for r in rows)} ")
