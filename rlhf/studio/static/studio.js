@@ -162,8 +162,10 @@
   }
 
   async function showDetail(id) {
+    const turn = (state.detailTurn = (state.detailTurn || 0) + 1);
     try {
       const d = await api("/api/run?" + q({id}));
+      if (turn !== state.detailTurn) return;  // a later click's run is being shown
       state.detail = id;
       const box = $("run-detail");
       clear(box);
@@ -230,6 +232,7 @@
       }
       try {
         const evals = (await api("/api/evals?" + q({id: run.id}))).prompts;
+        if (!box.isConnected) return;  // the run was shown again meanwhile: that rendering fills its own box
         const changed = [];
         for (const p of evals) {
           const last = p.answers[p.answers.length - 1];
