@@ -198,8 +198,9 @@ class ProbeRM:
     """The lab model's last-token hidden state (frozen) under a Bradley-Terry linear head.
 
     A pair's feature is h(a) - h(b), standardised over the pool; the head w
-    minimises mean softplus(-y w.x) + l2 |w|^2 (L-BFGS, full batch), y = +1
-    when the annotator preferred a. Features are computed once.
+    minimises the Bradley-Terry loss, mean -log sigmoid(y w.x), + l2 |w|^2
+    (`losses.bradley_terry_loss`; L-BFGS, full batch), y = +1 when the
+    annotator preferred a. Features are computed once.
     """
 
     def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
@@ -211,6 +212,8 @@ class ProbeRM:
     def fit(self, chosen: list[int], labels: list[bool], seed: int, *, weights=None):
         import torch
 
+        from rlhf.losses import bradley_terry_loss
+
         x = self.x_pool[chosen]
         y = torch.tensor([1.0 if labels[i] else -1.0 for i in chosen])
         wts = torch.ones(len(chosen)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
@@ -219,7 +222,9 @@ class ProbeRM:
 
         def closure():
             opt.zero_grad()
-            loss = (torch.nn.functional.softplus(-y * (x @ w)) * wts).sum() / wts.sum() + self.cfg.l2 * (w * w).sum()
+            # Bradley-Terry on the pair's margin against a tie: -log sigmoid(y w.x), weighted
+            loss, _ = bradley_terry_loss(y * (x @ w), torch.zeros_like(y), weights=wts)
+            loss = loss + self.cfg.l2 * (w * w).sum()
             loss.backward()
             return loss
 
