@@ -61,18 +61,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-# Commands that serve web pages and never run torch's threads themselves.
-WEB_COMMANDS = ("label serve", "studio")
-
-
-def _wait_policy() -> None:
-    """OpenMP threads wait passively when the machine is busy at start (rlhf.trainers.runtime.choose_wait_policy);
-    silent (an error stays one line), recorded in each run's run.json."""
-    from rlhf.trainers.runtime import choose_wait_policy
-
-    choose_wait_policy()
-
-
 def _available(target: str) -> bool:
     module = target.split(":")[0]
     try:
@@ -106,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         name, target, rest = resolve(argv)
         if not _available(target):
             raise UserError(f"command '{name}' is not available in this installation")
-        if name not in WEB_COMMANDS:
-            _wait_policy()
         module, func = target.split(":")
         fn = getattr(importlib.import_module(module), func)
         _runs_failed(None)  # only the runs this command starts are its own

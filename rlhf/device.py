@@ -38,6 +38,9 @@ class DeviceOptions:
         if self.threads < 0:
             raise UserError(f"threads must be >= 0, got {self.threads}")
         getattr(super(), "__post_init__", lambda: None)()
+        from rlhf.trainers.runtime import wait_policy_once
+
+        wait_policy_once()  # OpenMP waits passively on a busy machine; before torch loads
 
 
 @dataclass

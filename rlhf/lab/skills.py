@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from rlhf.config import opt, parse
+from rlhf.device import DeviceOptions
 from rlhf.errors import UserError
 from rlhf.lab import gold, world
 
@@ -40,13 +41,14 @@ def answers(model, tokenizer, prompts, max_new_tokens: int = 48, batch_size: int
 
 
 def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int = 64, *,
-            temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict:
+            temperature: float = 0.0, samples: int = 1, seed: int = 0, device=None) -> dict:
     """`gold.skill_correctness` of a model folder's (or preset's) answers to `prompts` (see `answers`):
     with sampling, the share of all samples answered right."""
+    from rlhf.device import to_device
     from rlhf.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_name, padding_side="left")
-    model = load_causal_lm(model_name).eval()
+    model = to_device(load_causal_lm(model_name).eval(), device)
     n = samples if temperature > 0 else 1
     replies = answers(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n, seed=seed)
     return gold.skill_correctness([p for p in prompts for _ in range(n)], replies)
@@ -61,7 +63,7 @@ def format_row(name: str, result: dict) -> str:
 
 
 @dataclass
-class SkillsConfig:
+class SkillsConfig(DeviceOptions):
     """Correctness of models' greedy answers to held-out skill prompts, per family."""
 
     models: list[str] = opt(help="model folders or presets (lab, lab-small), comma-separated", positional=True)
@@ -73,6 +75,7 @@ class SkillsConfig:
     samples: int = opt(1, "answers sampled per prompt when temperature > 0 (all of them count)")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.temperature < 0 or self.samples < 1:
             raise UserError(f"temperature must be >= 0 and samples >= 1, got {self.temperature} and {self.samples}")
 
@@ -81,7 +84,7 @@ SkillsConfig.command = "lab skills"
 
 
 def main(argv: list[str]) -> int:
-    import torch
+    from rlhf.device import use_device
 
     cfg = parse(SkillsConfig, argv)
     prompts = skill_prompts(cfg.n, cfg.seed)
@@ -91,11 +94,11 @@ def main(argv: list[str]) -> int:
     print(f"{cfg.n} held-out skill prompts (seed {cfg.seed}; {how}): "
           + ", ".join(f"{f} {counts[f]['n']} ({distinct[f]} distinct)" for f in gold.SKILLS))
     print(f"{'model':<28} {'all':>6}  " + "  ".join(f"{f[:6]:>6}" for f in gold.SKILLS))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = use_device(cfg)
     for name in cfg.models:
         t0 = time.time()
         result = measure(name, prompts, cfg.max_new_tokens, cfg.batch_size, temperature=cfg.temperature,
-                         samples=cfg.samples, seed=cfg.seed)
+                         samples=cfg.samples, seed=cfg.seed, device=device)
         print(format_row(name, result) + f"   ({time.time() - t0:.0f}s)", flush=True)
     return 0
 

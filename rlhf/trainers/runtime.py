@@ -97,6 +97,7 @@ class RunOptions:
             # cuBLAS reads it when it first starts, which may be before the loop does (a reference pass)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         getattr(super(), "__post_init__", lambda: None)()
+        wait_policy_once()
 
 
 def check_trackers(names) -> list[str]:
@@ -167,7 +168,9 @@ def others_busy(seconds: float = SAMPLE_SECONDS, stat: Callable[[], str] | None 
 def choose_wait_policy(busy: Callable[[], float] = others_busy) -> float | None:
     """Before torch loads: `OMP_WAIT_POLICY=PASSIVE` when other processes keep at least `BUSY_CORES` of a
     core busy and this process would run several threads. Returns the busy cores measured when it set it,
-    else None (the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT, one thread, or torch already loaded)."""
+    else None (the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT, one thread, or torch already loaded).
+
+    The options of every command that runs a model call it through `wait_policy_once`."""
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ or "torch" in sys.modules:
         return None
     if default_threads() < 2:
@@ -177,6 +180,18 @@ def choose_wait_policy(busy: Callable[[], float] = others_busy) -> float | None:
         return None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return cores
+
+
+_wait_policy_done = False
+
+
+def wait_policy_once() -> None:
+    """`choose_wait_policy`, measured once per process: called by the options of every command that runs a
+    model (`RunOptions`, `rlhf.device.DeviceOptions`) once they are checked, which is before torch loads."""
+    global _wait_policy_done
+    if not _wait_policy_done:
+        _wait_policy_done = True
+        choose_wait_policy()
 
 
 def set_threads(threads: int = 0, device=None) -> int:
