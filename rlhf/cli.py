@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         _runs_failed(None)  # only the runs this command starts are its own
         code = int(fn(rest) or 0)
         _runs_failed(f"exited with status {code}" if code else None)
+        if code == 0:
+            _leave_process_group()
         return code
     except UserError as e:
         _runs_failed(str(e))
@@ -116,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:
         _runs_failed(f"{type(e).__name__}: {e}")
         raise
+
+
+def _leave_process_group() -> None:
+    """A process of a multi-process run (torchrun, accelerate launch) that finished its command leaves the
+    process group before the interpreter shuts down: left to finalisation, gloo's worker threads can outlive
+    it and abort the process (SIGABRT, "terminate called without an active exception") after a run that
+    succeeded. Only on success: a process that failed must not wait on ones that may never arrive."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _runs_failed(error: str | None) -> None:

@@ -153,3 +153,32 @@ def test_grpo_two_processes_equal_one(tmp_path, tiny_model_dir):
     for a, b in zip(one, two):
         for key in ("kl/ref", "reward/score", "policy/loss", "policy/clipfrac", "entropy", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def _finishes(rest):
+    return 0
+
+
+def _refuses(rest):
+    from rlhf.errors import UserError
+
+    raise UserError("bad input")
+
+
+@pytest.mark.parametrize("target,code,left", [("_finishes", 0, True), ("_refuses", 2, False)])
+def test_a_command_that_finished_leaves_the_process_group(tmp_path, monkeypatch, target, code, left):
+    """Left to interpreter shutdown, gloo's threads can abort a process whose run succeeded (SIGABRT,
+    "terminate called without an active exception"): a command that finished leaves the group itself; one
+    that failed does not wait on the others (they may never come)."""
+    import torch.distributed as dist
+
+    from rlhf import cli
+
+    monkeypatch.setattr(cli, "resolve", lambda argv: ("fake", f"{__name__}:{target}", []))
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert cli.main(["fake"]) == code
+        assert dist.is_initialized() is not left
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
