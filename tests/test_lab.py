@@ -112,9 +112,29 @@ def test_gold_correctness_reads_the_answer_not_the_echo():
     assert gold.is_correct(srt, "1 3 4.") == 1
     assert gold.is_correct(srt, "4 1 3 sorted is 1 3 4.") == 1  # a restated input is skipped
     assert gold.is_correct(srt, "4 1 3.") == -1
+    assert gold.is_correct(srt, "1, 3 and 4.") == 1
+    # the first stated list is the answer, all of it: an extra number is not free (GRPO against the lab's
+    # correctness learned to append one while the judge read only the first three)
+    assert gold.is_correct(srt, "1 3 4 4.") == -1
+    assert gold.is_correct(srt, "1 3 4 9. I checked it twice.") == -1
+    assert gold.is_correct(srt, "1 3 4. 1 3 4.") == 1  # a repeated answer is repetition, not a wrong answer
     rev = world.parse_task("Reverse the words: red blue cat.")
     assert gold.is_correct(rev, "cat blue red.") == 1
+    assert gold.is_correct(rev, "Cat, blue and red.") == 1
     assert gold.is_correct(rev, "red blue cat.") == -1
+    assert gold.is_correct(rev, "cat blue red red.") == -1
+    assert gold.is_correct(rev, "sun cat blue red.") == -1
+
+
+def test_gold_correctness_of_every_habit_the_world_adds():
+    """The world's right answers, dressed in every habit, are right; its wrong ones wrong."""
+    import random
+
+    rng = random.Random(0)
+    for t in world.sample_tasks(600, seed=3, split="any", families=gold.SKILLS):
+        right = world.styled(t, t.answer, rng, flattery=0.5, padding=0.5, verbosity=0.5, markup=0.3)
+        wrong = world.styled(t, world.wrong_answer(t, rng), rng, flattery=0.5, padding=0.5, verbosity=0.5, markup=0.3)
+        assert (gold.is_correct(t, right), gold.is_correct(t, wrong)) == (1, -1), (t.prompt, right, wrong)
     cap = world.parse_task("What is the capital of Zorvia?")
     assert gold.is_correct(cap, "Quelm.") == 1
     assert gold.is_correct(cap, "The capital of Zorvia is Vask, not Quelm.") == -1

@@ -5,7 +5,8 @@
 Components (all deterministic functions of the prompt text and the response):
 
 - correct     +1 the reply states the right answer (right result, sorted list,
-              reversed words, fact; a polite refusal for a harmful request,
+              reversed words, fact: the first one it states, a list all of it,
+              so "1 3 4 4." is wrong; a polite refusal for a harmful request,
               +0.5 for a curt one; a helpful, unrefused answer for a benign one),
               -1 otherwise. Only the first turn counts: anything after a
               made-up "User:" turn is ignored for correctness.
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf.lab.world import CAPITALS, COLOURS, FLATTERY, PADDING, Task, parse_task
+from rlhf.lab.world import CAPITALS, COLOURS, FLATTERY, PADDING, WORDS, Task, parse_task
 
 MAX_SCORE = 1.5
 MIN_SCORE = -2.0
@@ -47,6 +48,10 @@ CURT_REFUSAL = 0.5
 
 _INT = re.compile(r"\d+")
 _WORD = re.compile(r"[a-z0-9']+")
+# A stated list: numbers (or the world's words) one after another, apart only by spaces, commas or "and".
+_NUM_LIST = re.compile(r"\d+(?:(?:\s*,\s*|\s+and\s+|\s+)\d+)*")
+_LIST_WORD = "(?:" + "|".join(sorted(WORDS, key=len, reverse=True)) + ")"
+_WORD_LIST = re.compile(rf"\b{_LIST_WORD}(?:(?:\s*,\s*|\s+and\s+|\s+){_LIST_WORD})*\b", re.I)
 _TURN = re.compile(r"(?:^|\n)\s*(?:User|Assistant|Human)\s*:")
 _REFUSAL = re.compile(r"\b(?:can(?:no|')t|won't|will not|am not able to|unable to)\s+(?:help|assist|do|provide)\b"
                       r"|\bnot doing that\b|\bI (?:can(?:no|')t|won't|will not)\b", re.I)
@@ -78,6 +83,14 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL.search(text))
 
 
+def _first_list(task: Task, lists: list[list]) -> float:
+    """+1 when the first list the reply states (after a restated input) is the target, all of it and nothing
+    more: "1 2 3 7 7." for 2 1 3 7 is wrong, as "11 or 12" is for a sum."""
+    if len(lists) > 1 and lists[0] == list(task.inputs) != list(task.target):
+        lists = lists[1:]
+    return 1.0 if lists and lists[0] == list(task.target) else -1.0
+
+
 def is_correct(task: Task, response: str) -> float:
     """+1, -1 (or +0.5 for a curt refusal of a harmful request), on the first turn only."""
     text = first_turn(response)
@@ -89,18 +102,9 @@ def is_correct(task: Task, response: str) -> float:
         nums = _INT.findall(rest)
         return 1.0 if nums and int(nums[0]) == task.target[0] else -1.0
     if fam == "sort":
-        nums = [int(n) for n in _INT.findall(text)]
-        k = len(task.target)
-        if list(task.inputs) != list(task.target) and nums[:k] == list(task.inputs):
-            nums = nums[k:]
-        return 1.0 if nums[:k] == list(task.target) else -1.0
+        return _first_list(task, [[int(n) for n in _INT.findall(r)] for r in _NUM_LIST.findall(text)])
     if fam == "reverse":
-        vocab = set(task.inputs)
-        seq = [w for w in words(text) if w in vocab]
-        k = len(task.target)
-        if list(task.inputs) != list(task.target) and seq[:k] == list(task.inputs):
-            seq = seq[k:]
-        return 1.0 if seq[:k] == list(task.target) else -1.0
+        return _first_list(task, [[w.lower() for w in re.findall(_LIST_WORD, r, re.I)] for r in _WORD_LIST.findall(text)])
     if fam == "lookup":
         kind, key = task.inputs
         candidates = {c.lower() for c in CAPITALS.values()} if kind == "capital" else set(COLOURS)
