@@ -222,17 +222,18 @@ def _log(msg: str) -> None:
 def claim(cfg: PipelineConfig, command: str = "pipeline"):
     """The pipeline's output folder, claimed and started (`rlhf.runfolder`).
 
-    A pipeline always continues its own earlier run in `out` (finished stages
-    are skipped; an unfinished one resumes and checks its own options), so
-    any option may change; any other occupied folder is refused with one
-    line before anything runs.
+    A pipeline always continues its own earlier run in `out`, or a demo's (the
+    same pipeline on the lab's config; finished stages are skipped, an
+    unfinished one resumes and checks its own options), so any option may
+    change; any other occupied folder is refused with one line before
+    anything runs.
     """
     from rlhf.config import to_dict
     from rlhf.runfolder import RunFolder
 
     options = to_dict(cfg)
     run = RunFolder.claim(cfg.out, command=command, options=options, inputs=[cfg.base], resume=True,
-                          may_change=options)
+                          may_change=options, kin={"pipeline", "demo"} - {command})
     from rlhf.device import use_device
 
     use_device(cfg)  # a missing GPU fails with one line, before anything is written; threads set

@@ -110,14 +110,15 @@ class RunFolder:
 
     @classmethod
     def claim(cls, out, *, command: str, options: dict, inputs: Sequence[str | None] = (), resume: bool = False,
-              overwrite: bool = False, may_change: Iterable[str] = ()) -> "RunFolder":
+              overwrite: bool = False, may_change: Iterable[str] = (), kin: Iterable[str] = ()) -> "RunFolder":
         """May `command` write into `out`? Raises `UserError` (one line) to refuse; writes nothing.
 
         Allowed: `out` missing or empty; or `out` holding the manifest of an
         earlier run of `command`, continued with `resume` (options other than
         `may_change` must be those of that run) or replaced with `overwrite`
         (`start` deletes the files it lists). Refused: anything else (see the
-        module docstring).
+        module docstring). `kin`: other commands whose runs this one continues as
+        its own (`rlhf demo` is `rlhf pipeline` on the lab's config).
         """
         if not str(out).strip():
             raise UserError("--out is empty: name an output folder")
@@ -138,7 +139,7 @@ class RunFolder:
             return cls(path, command, options, main=main, inputs=prints)
         if manifest is None:
             raise UserError(_occupied(path, entries, command))
-        if manifest["command"] != command:
+        if manifest["command"] != command and manifest["command"] not in kin:
             raise UserError(f"{path} holds a run of `rlhf {manifest['command']}`, not of `rlhf {command}`; "
                             "choose another --out")
         if overwrite:

@@ -449,6 +449,21 @@ def test_the_pipeline_resumes_its_own_stages(tmp_path):
     assert "stage.json" in read_manifest(folder)["files"]
 
 
+@pytest.mark.parametrize("first,then", [("demo", "pipeline"), ("pipeline", "demo")])
+def test_a_pipeline_continues_a_demo_run_and_the_demo_a_pipeline_run(tmp_path, first, then):
+    """`rlhf demo` is `rlhf pipeline` on the lab's config: after `make demo`, `rlhf pipeline rlhf/configs/lab.yaml
+    --method dpo` (the config's own --out, runs/demo) adds a stage to the demo's run; anything else is refused."""
+    from rlhf.pipeline import PipelineConfig, claim
+
+    cfg = PipelineConfig(out=str(tmp_path / "demo"), base="lab-small")
+    claim(cfg, first)
+    assert read_manifest(tmp_path / "demo")["command"] == first
+    assert claim(cfg, then).resuming
+    RunFolder.claim(tmp_path / "sft", command="sft", options={}).start()
+    with pytest.raises(UserError, match="holds a run of `rlhf sft`"):
+        claim(PipelineConfig(out=str(tmp_path / "sft"), base="lab-small"), then)
+
+
 # --- heartbeat and failure ------------------------------------------------------------------------------
 
 def test_heartbeat_writes_at_most_once_per_interval(tmp_path):
