@@ -57,11 +57,15 @@ def test_lab_data_writes_four_valid_files(tmp_path, capsys):
     from rlhf.data import load_pairs, load_preferences, load_prompts, load_sft
     from rlhf.data.records import Ranking
 
+    from transformers.utils import logging as hf_logging
+
     out = tmp_path / "data"
+    hf_logging.enable_progress_bar()  # as in a fresh process: the command's output is its own lines, no loading bars
     rc = cli.main(["lab", "data", "model=lab-small", f"out={out}", "n_sft=40", "n_prefs=6", "k=3", "n_eval=12",
                    "max_new_tokens=16", "seed=1"])
     assert rc == 0
-    assert "40 demonstrations" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "40 demonstrations" in printed.out and "Loading weights" not in printed.err
     sft = load_sft(out / "sft.jsonl")
     assert len(sft) == 40
     rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
