@@ -124,6 +124,9 @@ def test_gold_correctness_reads_the_answer_not_the_echo():
     assert gold.is_correct(rev, "red blue cat.") == -1
     assert gold.is_correct(rev, "cat blue red red.") == -1
     assert gold.is_correct(rev, "sun cat blue red.") == -1
+    cap = world.parse_task("What is the capital of Zorvia?")
+    assert gold.is_correct(cap, "Quelm.") == 1
+    assert gold.is_correct(cap, "The capital of Zorvia is Vask, not Quelm.") == -1
 
 
 def test_gold_correctness_of_every_habit_the_world_adds():
@@ -135,9 +138,6 @@ def test_gold_correctness_of_every_habit_the_world_adds():
         right = world.styled(t, t.answer, rng, flattery=0.5, padding=0.5, verbosity=0.5, markup=0.3)
         wrong = world.styled(t, world.wrong_answer(t, rng), rng, flattery=0.5, padding=0.5, verbosity=0.5, markup=0.3)
         assert (gold.is_correct(t, right), gold.is_correct(t, wrong)) == (1, -1), (t.prompt, right, wrong)
-    cap = world.parse_task("What is the capital of Zorvia?")
-    assert gold.is_correct(cap, "Quelm.") == 1
-    assert gold.is_correct(cap, "The capital of Zorvia is Vask, not Quelm.") == -1
 
 
 def test_skill_correctness_counts_skill_prompts_per_family():

@@ -50,6 +50,7 @@ _INT = re.compile(r"\d+")
 _WORD = re.compile(r"[a-z0-9']+")
 # A stated list: numbers (or the world's words) one after another, apart only by spaces, commas or "and".
 _NUM_LIST = re.compile(r"\d+(?:(?:\s*,\s*|\s+and\s+|\s+)\d+)*")
+_LIST_WORDS = frozenset(WORDS)
 _LIST_WORD = "(?:" + "|".join(sorted(WORDS, key=len, reverse=True)) + ")"
 _WORD_LIST = re.compile(rf"\b{_LIST_WORD}(?:(?:\s*,\s*|\s+and\s+|\s+){_LIST_WORD})*\b", re.I)
 _TURN = re.compile(r"(?:^|\n)\s*(?:User|Assistant|Human)\s*:")
@@ -104,7 +105,7 @@ def is_correct(task: Task, response: str) -> float:
     if fam == "sort":
         return _first_list(task, [[int(n) for n in _INT.findall(r)] for r in _NUM_LIST.findall(text)])
     if fam == "reverse":
-        return _first_list(task, [[w.lower() for w in re.findall(_LIST_WORD, r, re.I)] for r in _WORD_LIST.findall(text)])
+        return _first_list(task, [[w for w in words(r) if w in _LIST_WORDS] for r in _WORD_LIST.findall(text)])
     if fam == "lookup":
         kind, key = task.inputs
         candidates = {c.lower() for c in CAPITALS.values()} if kind == "capital" else set(COLOURS)
