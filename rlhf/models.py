@@ -92,6 +92,9 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False, padding_side: 
 
 
 def _wrap_errors(fn, name):
+    """`fn()`, a transformers load: with no weight-loading bar (every command prints its own progress) and a
+    missing or broken model as one line."""
+    quiet_transformers()
     try:
         return fn()
     except OSError as e:

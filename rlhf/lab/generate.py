@@ -253,9 +253,8 @@ def run(cfg: DataConfig, log=print) -> dict:
         import torch
 
         from rlhf.device import use_device
-        from rlhf.models import load_causal_lm, load_tokenizer, quiet_transformers
+        from rlhf.models import load_causal_lm, load_tokenizer
 
-        quiet_transformers(cfg.quiet)
         device = use_device(cfg)
         tok = load_tokenizer(cfg.model, padding_side="left")
         model = load_causal_lm(cfg.model).to(device).eval()

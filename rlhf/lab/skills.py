@@ -45,9 +45,8 @@ def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int 
     """`gold.skill_correctness` of a model folder's (or preset's) answers to `prompts` (see `answers`):
     with sampling, the share of all samples answered right."""
     from rlhf.device import to_device
-    from rlhf.models import load_causal_lm, load_tokenizer, quiet_transformers
+    from rlhf.models import load_causal_lm, load_tokenizer
 
-    quiet_transformers()  # the table is the output, not weight-loading bars
     tok = load_tokenizer(model_name, padding_side="left")
     model = to_device(load_causal_lm(model_name).eval(), device)
     n = samples if temperature > 0 else 1
