@@ -111,6 +111,26 @@ def win_rate(outcomes: Sequence[float], *, n_boot: int = 2000, seed: int = 0, le
             "mean_prob": mean_prob}
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of a - b over the same prompts, with a paired 95% percentile-bootstrap interval.
+
+    `a` and `b` hold one score per prompt (say, the share of a prompt's answers that are right) for two
+    models answering the same prompts; a resample draws prompts with replacement and keeps each prompt's
+    pair together, so what the prompts share (some are hard for both) does not widen the interval.
+
+    Returns dict(diff, lo, hi, n).
+    """
+    import random
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired scores need the same prompts: {len(a)} against {len(b)}")
+    n = len(a)
+    diff = [x - y for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    means = sorted(sum(diff[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return {"diff": sum(diff) / n, "lo": means[int(0.025 * n_boot)], "hi": means[int(0.975 * n_boot) - 1], "n": n}
+
+
 # --------------------------------------------------------------------------- model measurements
 
 

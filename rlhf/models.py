@@ -23,6 +23,7 @@ from rlhf.errors import UserError
 # returning a local folder (built or unpacked into the cache on first use).
 PRESETS: dict[str, str] = {
     "lab": "rlhf.lab.pretrain:base_model_path",
+    "lab-long": "rlhf.lab.pretrain:base_model_path_long",
     "lab-small": "rlhf.lab.pretrain:base_model_path_small",
     "lab-critic": "rlhf.lab.critic:critic_model_path",
     "smollm2-135m-instruct": "rlhf.presets:smollm2_path",

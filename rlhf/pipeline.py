@@ -518,8 +518,7 @@ def _same_vocab(a, b) -> bool:
 def _skill_correctness(rows: list[dict], models: dict, results: dict, sft_model, tok, e, device) -> None:
     """Each model's share of `e.skills` held-out skill prompts answered right (greedy), and for the policies
     the change against SFT with a paired 95% bootstrap interval (the same prompts, resampled together)."""
-    import random
-
+    from rlhf.evaluate import paired_difference
     from rlhf.lab.gold import is_correct, parse_task
     from rlhf.lab.skills import answers, skill_prompts
     from rlhf.models import load_causal_lm
@@ -533,19 +532,14 @@ def _skill_correctness(rows: list[dict], models: dict, results: dict, sft_model,
         model = sft_model if name == "sft" else load_causal_lm(path).to(device).eval()
         texts = answers(model, tok, prompts, e.max_new_tokens)
         hits[name] = [int(is_correct(t, x) > 0) for t, x in zip(tasks, texts)]
-    rng = random.Random(e.seed)
-    n = len(prompts)
-    boots = [[rng.randrange(n) for _ in range(n)] for _ in range(2000)]
     for row in rows:
         h = hits.get(row["model"])
         if h is None:
             continue
-        row["correct"] = sum(h) / n
+        row["correct"] = sum(h) / len(h)
         if row["model"] != "sft":
-            diff = [a - b for a, b in zip(h, hits["sft"])]
-            means = sorted(sum(diff[i] for i in b) / n for b in boots)
-            row.update(correct_vs_sft=sum(diff) / n, correct_lo=means[int(0.025 * len(means))],
-                       correct_hi=means[int(0.975 * len(means)) - 1], skill_prompts=n)
+            d = paired_difference(h, hits["sft"], seed=e.seed)
+            row.update(correct_vs_sft=d["diff"], correct_lo=d["lo"], correct_hi=d["hi"], skill_prompts=d["n"])
 
 
 def format_table(rows: list[dict]) -> str:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rlhf.evaluate import mean_kl, nll, outcome_counts, perplexity, sequence_kls, win_rate
+from rlhf.evaluate import mean_kl, nll, outcome_counts, paired_difference, perplexity, sequence_kls, win_rate
 
 # --------------------------------------------------------------------------- statistics
 
@@ -25,6 +25,22 @@ def test_win_rate_interval_is_seeded_and_shrinks_with_more_data():
     assert (small["ci_low"], small["ci_high"]) == (again["ci_low"], again["ci_high"])
     big = win_rate([1.0] * 700 + [0.0] * 300, seed=3)
     assert big["ci_high"] - big["ci_low"] < (small["ci_high"] - small["ci_low"]) / 2
+
+
+def test_paired_difference_matches_the_normal_approximation_and_keeps_pairs_together():
+    # 500 prompts: A right on 300, B on 225 of them (all of them among A's 300): the difference is +0.15 and
+    # each prompt's difference is 0 or 1, so the interval is a binomial's: +-1.96 * sqrt(.15 * .85 / 500)
+    a = [1.0] * 300 + [0.0] * 200
+    b = [1.0] * 225 + [0.0] * 275
+    d = paired_difference(a, b)
+    half = 1.96 * math.sqrt(0.15 * 0.85 / 500)  # 0.0313
+    assert d["diff"] == pytest.approx(0.15) and d["n"] == 500
+    assert d["lo"] == pytest.approx(0.15 - half, abs=0.01) and d["hi"] == pytest.approx(0.15 + half, abs=0.01)
+    # the same shares unpaired (B right on other prompts) would be twice as wide; paired, the shared hits cancel
+    assert paired_difference(a, a) == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "n": 500}
+    assert paired_difference(a, b, seed=4) == paired_difference(a, b, seed=4)
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(a, b[:10])
 
 
 def test_all_wins_gives_a_degenerate_interval_at_one():

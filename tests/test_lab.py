@@ -192,6 +192,25 @@ def test_skills_sampled_counts_every_sample(capsys):
     assert len(err.splitlines()) == 1 and "temperature must be >= 0" in err
 
 
+def test_skills_compares_each_model_with_the_first(capsys, monkeypatch):
+    """Every model after the first gets its change against the first with a paired interval: a model
+    against itself is +0.0 [+0.0, +0.0]; per-prompt shares are each prompt's samples answered right."""
+    from rlhf.cli import main as cli_main
+    from rlhf.lab import skills
+
+    prompts = skills.skill_prompts(6, seed=0)
+    sampled = skills.measure("lab-small", prompts, max_new_tokens=8, temperature=1.0, samples=3, seed=1)
+    assert len(sampled["per_prompt"]) == 6 and all(x in (0, 1 / 3, 2 / 3, 1) for x in sampled["per_prompt"])
+    assert sum(sampled["per_prompt"]) / 6 == pytest.approx(sampled["correct"])
+    better = dict(sampled, per_prompt=[1.0] * 6)
+    row = skills.format_row("x", better, first=dict(sampled, per_prompt=[0.0] * 6))
+    assert row.endswith("+100.0 [+100.0, +100.0]")
+    assert cli_main(["lab", "skills", "lab-small,lab-small", "--n", "8", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "points vs lab-small [95% CI]" in out[1]
+    assert "[" not in out[2] and "+0.0 [+0.0, +0.0]" in out[3]
+
+
 def test_gold_harmlessness():
     bomb = "How do I make a pipe bomb?"
     assert gold.score(bomb, "I'm sorry, but I can't help with that.") == pytest.approx(1.5)
@@ -371,3 +390,39 @@ def test_tokenizer_separate_encoding_equals_whole_conversation(lab_tokenizer):
                                         {"role": "assistant", "content": reply}], tokenize=False)
         whole = tok(text, add_special_tokens=False)["input_ids"]
         assert whole[:len(enc.input_ids)] == enc.input_ids, (t.prompt, reply)
+
+
+def test_lab_long_is_the_base_model_in_larger_batches_and_a_preset(tmp_path):
+    """`lab-long` is the `lab` model (same shape) trained in batches four times larger at a lower rate: it
+    has its own cache version, its own preset, and builds with `rlhf lab pretrain --size lab-long`."""
+    from rlhf.cli import main as cli_main
+    from rlhf.lab import pretrain
+    from rlhf.models import PRESETS
+
+    long, lab = pretrain.SIZES["lab-long"], pretrain.SIZES["lab"]
+    shape = ("hidden", "layers", "heads", "kv_heads", "intermediate", "block")
+    assert [long[k] for k in shape] == [lab[k] for k in shape]
+    assert long["batch"] == 4 * lab["batch"] and long["lr"] < lab["lr"]
+    assert PRESETS["lab-long"] == "rlhf.lab.pretrain:base_model_path_long"
+    assert pretrain.version("lab-long", None, 0) != pretrain.version("lab", None, 0)
+    assert cli_main(["lab", "pretrain", "--size", "lab-long", "--steps", "2", "--out", str(tmp_path / "m")]) == 0
+    stats = pretrain.read_stats(tmp_path / "m")
+    assert (stats["size"], stats["steps"], stats["tokens"]) == ("lab-long", 2, 2 * 32 * 128)
+
+
+@pytest.mark.slow
+def test_lab_long_reverses_words_after_sft_where_lab_does_not(tmp_path):
+    """The documented claim (docs/online.md, "A base model that reverses words"): after the same SFT,
+    `lab-long` answers most held-out reversals right (greedy) where `lab` answers none; about seven minutes
+    of pretraining the first time (then cached)."""
+    from rlhf.cli import main as cli_main
+    from rlhf.lab import skills
+
+    data = tmp_path / "data"
+    assert cli_main(["lab", "data", "--out", str(data), "--parts", "sft", "--quiet"]) == 0
+    assert cli_main(["sft", "--model", "lab-long", "--data", str(data / "sft.jsonl"), "--out", str(tmp_path / "sft"),
+                     "--quiet"]) == 0
+    prompts = skills.skill_prompts(200)
+    result = skills.measure(str(tmp_path / "sft"), prompts)
+    assert result["families"]["reverse"]["correct"] > 0.6
+    assert result["correct"] > 0.75

@@ -102,6 +102,24 @@ def test_lab_data_parts_and_bad_options(tmp_path, capsys):
     assert cli.main(["lab", "data", f"out={out}", "bias=politeness"]) == 2
 
 
+def test_lab_data_skills_part_writes_train_split_skill_prompts_only_when_asked(tmp_path, capsys):
+    from rlhf.lab import generate, gold, world
+
+    out = tmp_path / "d"
+    assert cli.main(["lab", "data", f"out={out}", "parts=skills", "n_skills=40"]) == 0
+    assert "40 train-split skill prompts" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "skills.jsonl").read_text().splitlines()]
+    tasks = [world.parse_task(r["prompt"]) for r in rows]
+    assert len(tasks) == 40 and all(t.split == "train" and t.family in gold.SKILLS for t in tasks)
+    assert {t.family for t in tasks} == set(gold.SKILLS)
+    assert "skills" not in generate.DataConfig().parts  # the default parts are the pipeline's three
+    assert cli.main(["lab", "data", f"out={tmp_path / 'e'}", "parts=skills", "n_skills=0"]) == 2
+    # the option changes the skills part's stamp only: sft written before it is not written again
+    sft = generate._stamp(generate.DataConfig(parts=["sft"]), "sft")
+    assert sft == generate._stamp(generate.DataConfig(parts=["sft"], n_skills=9), "sft")
+    assert generate._stamp(generate.DataConfig(), "skills") != generate._stamp(generate.DataConfig(n_skills=9), "skills")
+
+
 def test_ensure_reuses_parts_with_the_same_options(tmp_path):
     from rlhf.lab import generate
 

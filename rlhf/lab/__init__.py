@@ -11,7 +11,7 @@
                 optional length / flattery / format bias.
 - `tokenizer`   a small byte-level BPE tokenizer with a chat template.
 - `pretrain`    the base model, a small Llama trained from scratch on world text
-                with a base model's habits (presets `lab` and `lab-small`).
+                with a base model's habits (presets `lab`, `lab-long` and `lab-small`).
 - `critic`      the lab critic (preset `lab-critic`): pretrained on world text that also
                 holds critiques, revisions and comparisons, for `rlhf cai`.
 - `skills`      correctness of models on held-out skill prompts, per family

@@ -12,6 +12,9 @@
                     so a prompt may have fewer than K.
 - `prefs.jsonl`     {prompt, chosen, rejected}: every ordered pair of the same rankings.
 - `eval.jsonl`      {prompt}: held-out prompts of the eval split.
+- `skills.jsonl`    {prompt}: train-split skill prompts (sums, sorts, reversals, look-ups), for RL
+                    from a verifiable reward (`--reward lab-correct`); only when asked for
+                    (`--parts skills`).
 
 `rlhf lab gold FILE` scores {prompt, response} rows with the gold judge.
 """
@@ -44,8 +47,10 @@ HOUSE_STYLE = {
     "benign": ("padding", "I hope this helps!", 0.65),
     "harmful": ("padding", "Let me know if you have any other questions.", 0.3),
 }
-PARTS = ("sft", "prefs", "eval")
-FILES = {"sft": ("sft.jsonl",), "prefs": ("rankings.jsonl", "prefs.jsonl"), "eval": ("eval.jsonl",)}
+PARTS = ("sft", "prefs", "eval", "skills")
+DEFAULT_PARTS = ("sft", "prefs", "eval")
+FILES = {"sft": ("sft.jsonl",), "prefs": ("rankings.jsonl", "prefs.jsonl"), "eval": ("eval.jsonl",),
+         "skills": ("skills.jsonl",)}
 
 
 # --- demonstrations -------------------------------------------------------------------
@@ -193,14 +198,16 @@ class DataConfig(DeviceOptions):
     """Write lab SFT demonstrations, ranked comparisons and held-out eval prompts."""
 
     model: str = opt("lab", "model whose samples are ranked: an SFT model folder, or the base (preset lab)")
-    out: str = opt("runs/lab-data", "folder to write sft.jsonl, rankings.jsonl, prefs.jsonl, eval.jsonl into")
-    parts: list[str] = opt(list(PARTS), "which files to write: sft, prefs (rankings + pairs), eval")
+    out: str = opt("runs/lab-data", "folder to write sft.jsonl, rankings.jsonl, prefs.jsonl, eval.jsonl (and "
+                                    "skills.jsonl) into")
+    parts: list[str] = opt(list(DEFAULT_PARTS), "which files to write: sft, prefs (rankings + pairs), eval, skills")
     n_sft: int = opt(400, "demonstrations in sft.jsonl")
     n_prefs: int = opt(600, "prompts with K ranked responses each")
     k: int = opt(4, "responses sampled per comparison prompt")
     mix_model: Optional[str] = opt(None, "a second model that writes half of each prompt's K responses (as in "
                                          "Llama 2, annotators compare answers of different models)")
     n_eval: int = opt(100, "held-out prompts in eval.jsonl")
+    n_skills: int = opt(3000, "train-split skill prompts in skills.jsonl (prompts for `--reward lab-correct`)")
     seed: int = opt(0, "random seed (prompts, demonstrations, sampling, annotator)")
     bias: Literal["none", "length", "flattery", "format"] = opt("none", "the annotator's bias")
     bias_strength: float = opt(1.0, "how strongly the bias weighs (1 = more than gold's own penalty)")
@@ -219,7 +226,7 @@ class DataConfig(DeviceOptions):
         bad = [p for p in self.parts if p not in PARTS]
         if bad:
             raise UserError(f"unknown part '{bad[0]}' in parts; expected any of {', '.join(PARTS)}")
-        for name in ("n_sft", "n_prefs", "n_eval", "max_new_tokens", "batch_size"):
+        for name in ("n_sft", "n_prefs", "n_eval", "n_skills", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.k < 2:
@@ -249,6 +256,10 @@ def run(cfg: DataConfig, log=print) -> dict:
     if "eval" in cfg.parts:
         write_jsonl(out / "eval.jsonl", [{"prompt": p} for p in eval_prompts(cfg.n_eval, cfg.seed)])
         summary["eval"] = {"rows": cfg.n_eval}
+    if "skills" in cfg.parts:
+        tasks = world.sample_tasks(cfg.n_skills, seed=cfg.seed, split="train", families=gold.SKILLS)
+        write_jsonl(out / "skills.jsonl", [{"prompt": t.prompt} for t in tasks])
+        summary["skills"] = {"rows": len(tasks)}
     if "prefs" in cfg.parts:
         import torch
 
@@ -296,6 +307,8 @@ def main(argv: list[str]) -> int:
               f"{s['stopped']:.0%} stopped)")
     if "eval" in summary:
         print(f"{out / 'eval.jsonl'}: {summary['eval']['rows']} held-out prompts")
+    if "skills" in summary:
+        print(f"{out / 'skills.jsonl'}: {summary['skills']['rows']} train-split skill prompts")
     return 0
 
 
@@ -305,7 +318,7 @@ _ALIASES = {"n_prompts": "n_prefs"}
 _STAMP = "lab_data.json"
 
 
-def ensure(folder: str | Path, *, model: str = "lab", parts: str | Sequence[str] = PARTS, log=print,
+def ensure(folder: str | Path, *, model: str = "lab", parts: str | Sequence[str] = DEFAULT_PARTS, log=print,
            **options) -> Path:
     """`folder` holding the requested parts, written unless already there with the same options.
 
@@ -350,6 +363,8 @@ def _stamp(cfg: DataConfig, part: str) -> str:
     if part != "prefs":
         d.pop("model")
         d.pop("mix_model")
+    if part != "skills":  # so that adding the option left earlier stamps as they were
+        d.pop("n_skills")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

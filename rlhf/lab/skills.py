@@ -51,22 +51,35 @@ def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int 
     model = to_device(load_causal_lm(model_name).eval(), device)
     n = samples if temperature > 0 else 1
     replies = answers(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n, seed=seed)
-    return gold.skill_correctness([p for p in prompts for _ in range(n)], replies)
+    result = gold.skill_correctness([p for p in prompts for _ in range(n)], replies)
+    tasks = [world.parse_task(p) for p in prompts]
+    result["per_prompt"] = [sum(gold.is_correct(t, r) > 0 for r in replies[i * n:(i + 1) * n]) / n
+                            for i, t in enumerate(tasks)]
+    return result
 
 
-def format_row(name: str, result: dict) -> str:
+def format_row(name: str, result: dict, first: dict | None = None) -> str:
+    """One table row; with `first` (the first model's result), the change against it and its paired 95%
+    interval in points."""
     def pct(x):
         return "   -  " if x is None else f"{x:6.1%}"
 
     fams = "  ".join(pct(result["families"][f]["correct"]) for f in gold.SKILLS)
-    return f"{name:<28} {pct(result['correct'])}  {fams}"
+    row = f"{name:<28} {pct(result['correct'])}  {fams}"
+    if first is not None:
+        from rlhf.evaluate import paired_difference
+
+        d = paired_difference(result["per_prompt"], first["per_prompt"])
+        row += f"  {100 * d['diff']:+5.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    return row
 
 
 @dataclass
 class SkillsConfig(DeviceOptions):
-    """Correctness of models' greedy answers to held-out skill prompts, per family."""
+    """Correctness of models' answers to held-out skill prompts, per family; every model after the first also
+    gets its change against the first, in points, with a paired 95% bootstrap interval over the prompts."""
 
-    models: list[str] = opt(help="model folders or presets (lab, lab-small), comma-separated", positional=True)
+    models: list[str] = opt(help="model folders or presets (lab, lab-long, lab-small), comma-separated", positional=True)
     n: int = opt(500, "held-out skill prompts")
     seed: int = opt(0, "which prompts")
     max_new_tokens: int = opt(48, "longest answer")
@@ -93,13 +106,16 @@ def main(argv: list[str]) -> int:
     how = "greedy" if cfg.temperature == 0 else f"{cfg.samples} samples each at temperature {cfg.temperature:g}"
     print(f"{cfg.n} held-out skill prompts (seed {cfg.seed}; {how}): "
           + ", ".join(f"{f} {counts[f]['n']} ({distinct[f]} distinct)" for f in gold.SKILLS))
-    print(f"{'model':<28} {'all':>6}  " + "  ".join(f"{f[:6]:>6}" for f in gold.SKILLS))
+    vs = f"  points vs {cfg.models[0]} [95% CI]" if len(cfg.models) > 1 else ""
+    print(f"{'model':<28} {'all':>6}  " + "  ".join(f"{f[:6]:>6}" for f in gold.SKILLS) + vs)
     device = use_device(cfg)
+    first = None
     for name in cfg.models:
         t0 = time.time()
         result = measure(name, prompts, cfg.max_new_tokens, cfg.batch_size, temperature=cfg.temperature,
                          samples=cfg.samples, seed=cfg.seed, device=device)
-        print(format_row(name, result) + f"   ({time.time() - t0:.0f}s)", flush=True)
+        print(format_row(name, result, first) + f"   ({time.time() - t0:.0f}s)", flush=True)
+        first = first or result
     return 0
 
 
