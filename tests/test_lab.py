@@ -420,9 +420,10 @@ def test_lab_long_reverses_words_after_sft_where_lab_does_not(tmp_path):
 
     data = tmp_path / "data"
     assert cli_main(["lab", "data", "--out", str(data), "--parts", "sft", "--quiet"]) == 0
-    assert cli_main(["sft", "--model", "lab-long", "--data", str(data / "sft.jsonl"), "--out", str(tmp_path / "sft"),
-                     "--quiet"]) == 0
     prompts = skills.skill_prompts(200)
-    result = skills.measure(str(tmp_path / "sft"), prompts)
-    assert result["families"]["reverse"]["correct"] > 0.6
-    assert result["correct"] > 0.75
+    reversals = {}
+    for base in ("lab", "lab-long"):
+        out = str(tmp_path / base)
+        assert cli_main(["sft", "--model", base, "--data", str(data / "sft.jsonl"), "--out", out, "--quiet"]) == 0
+        reversals[base] = skills.measure(out, prompts)["families"]["reverse"]["correct"]
+    assert reversals["lab"] < 0.05 and reversals["lab-long"] > 0.6
