@@ -145,9 +145,9 @@ class RunFolder:
         if overwrite:
             return cls(path, command, options, overwrite=True, manifest=manifest, main=main, inputs=prints)
         if not resume:
-            raise UserError(f"{path} holds an earlier run of `rlhf {command}`: pass --resume to continue it or "
-                            "--overwrite to replace it (deletes only the files that run wrote), or choose "
-                            "another --out")
+            how = "--resume to continue it or --overwrite" if "resume" in options else "--overwrite"
+            raise UserError(f"{path} holds an earlier run of `rlhf {command}`: pass {how} to replace it (deletes "
+                            "only the files that run wrote), or choose another --out")
         before = manifest.get("options") or {}
         free = ALWAYS_MAY_CHANGE | set(may_change)
         changed = {k: [before.get(k), options.get(k)] for k in sorted(set(before) | set(options))

@@ -85,12 +85,24 @@ def test_claim_refuses_with_one_line_and_writes_nothing(tmp_path, case):
 
 def test_an_earlier_run_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "run"
-    RunFolder.claim(out, command="sft", options={"lr": 1e-4, "seed": 0}).start()
-    with pytest.raises(UserError, match="--resume to continue it or --overwrite"):
-        RunFolder.claim(out, command="sft", options={"lr": 1e-4, "seed": 0})
+    options = {"lr": 1e-4, "seed": 0, "resume": False}
+    RunFolder.claim(out, command="sft", options=options).start()
+    with pytest.raises(UserError, match="pass --resume to continue it or --overwrite to replace it"):
+        RunFolder.claim(out, command="sft", options=options)
     with pytest.raises(UserError, match="give one of them"):
         RunFolder.claim(out, command="sft", options={}, resume=True, overwrite=True)
-    assert RunFolder.claim(out, command="sft", options={"lr": 1e-4, "seed": 0}, resume=True).resuming
+    assert RunFolder.claim(out, command="sft", options={**options, "resume": True}, resume=True).resuming
+
+
+def test_a_command_that_cannot_resume_is_not_told_to_resume(tmp_path, capsys):
+    from rlhf import cli
+
+    out = tmp_path / "data"
+    assert cli.main(["lab", "data", "--parts", "eval", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["lab", "data", "--parts", "eval", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace it" in err and "--resume" not in err
 
 
 def test_resume_refuses_changed_options_except_those_that_may_change(tmp_path):
