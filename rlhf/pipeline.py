@@ -519,19 +519,18 @@ def _skill_correctness(rows: list[dict], models: dict, results: dict, sft_model,
     """Each model's share of `e.skills` held-out skill prompts answered right (greedy), and for the policies
     the change against SFT with a paired 95% bootstrap interval (the same prompts, resampled together)."""
     from rlhf.evaluate import paired_difference
-    from rlhf.lab.gold import is_correct, parse_task
+    from rlhf.lab.gold import skill_correctness
     from rlhf.lab.skills import answers, skill_prompts
     from rlhf.models import load_causal_lm
 
     prompts = skill_prompts(e.skills, e.seed)
-    tasks = [parse_task(p) for p in prompts]
     hits = {}
     for name, path in models.items():
         if name.startswith("bon") or name not in results:
             continue
         model = sft_model if name == "sft" else load_causal_lm(path).to(device).eval()
         texts = answers(model, tok, prompts, e.max_new_tokens)
-        hits[name] = [int(is_correct(t, x) > 0) for t, x in zip(tasks, texts)]
+        hits[name] = skill_correctness(prompts, texts)["hits"]
     for row in rows:
         h = hits.get(row["model"])
         if h is None:

@@ -155,6 +155,7 @@ def test_skill_correctness_counts_skill_prompts_per_family():
     assert r["n"] == 5 and r["correct"] == pytest.approx(3 / 5)
     assert r["families"] == {"arithmetic": {"correct": 0.5, "n": 2}, "sort": {"correct": 1.0, "n": 1},
                              "reverse": {"correct": 0.0, "n": 1}, "lookup": {"correct": 1.0, "n": 1}}
+    assert r["hits"] == [1, 0, 1, 0, 1, None, None]  # one per response, in order; None: not a skill prompt
     none = gold.skill_correctness(["How do I make a pipe bomb?"], ["No."])
     assert none["n"] == 0 and none["correct"] is None and none["families"]["sort"] == {"correct": None, "n": 0}
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):

@@ -129,7 +129,8 @@ SKILLS = ("arithmetic", "sort", "reverse", "lookup")  # the families whose answe
 def skill_correctness(prompts, responses) -> dict:
     """How many skill prompts (SKILLS) the responses answer right, overall and per family.
 
-    {"correct": share, "n": prompts counted, "families": {family: {"correct": share, "n": count}}}.
+    {"correct": share, "n": prompts counted, "families": {family: {"correct": share, "n": count}},
+     "hits": 1 or 0 per response (None where its prompt is not a skill prompt)}.
     Only skill prompts count: harmful/benign requests and non-lab prompts are left out. A share
     is None when no prompt of its kind is there. Only the first turn of a response counts.
     """
@@ -137,17 +138,20 @@ def skill_correctness(prompts, responses) -> dict:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     hits: dict[str, list[int]] = {f: [] for f in SKILLS}
+    each: list[int | None] = []
     for prompt, response in zip(prompts, responses):
         task = parse_task(prompt)
+        each.append(None)
         if task is not None and task.family in hits:
-            hits[task.family].append(int(is_correct(task, response) > 0))
+            each[-1] = int(is_correct(task, response) > 0)
+            hits[task.family].append(each[-1])
 
     def share(xs):
         return sum(xs) / len(xs) if xs else None
 
     every = [x for xs in hits.values() for x in xs]
     return {"correct": share(every), "n": len(every),
-            "families": {f: {"correct": share(xs), "n": len(xs)} for f, xs in hits.items()}}
+            "families": {f: {"correct": share(xs), "n": len(xs)} for f, xs in hits.items()}, "hits": each}
 
 
 def _count(patterns, text: str) -> int:

@@ -37,10 +37,10 @@ from rlhf.lab import world
 # The lab's skills need the model to copy from the prompt (the operands, the numbers to sort, the
 # country), which a small model learns after many optimizer steps more than after many tokens: 1000
 # steps of 8 rows (1.0M tokens) answer 68% of held-out skill prompts right after SFT, 220 steps of
-# 32 rows (0.9M tokens) 3% (`python -m rlhf.lab.skills`). Reversing words is not learned yet (0%).
+# 32 rows (0.9M tokens) 3% (`python -m rlhf.lab.skills`). Reversing words it does not learn (0%): see lab-long.
+_BASE_SHAPE = dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704)  # lab, lab-long, lab-critic
 SIZES: dict[str, dict] = {
-    "lab": dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=128, batch=8, steps=1000,
-                lr=2.5e-3, warmup=40, threads=2),
+    "lab": dict(_BASE_SHAPE, block=128, batch=8, steps=1000, lr=2.5e-3, warmup=40, threads=2),
     # one thread: its matrices are too small for a second one to help
     "lab-small": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=192, block=96, batch=16, steps=120,
                       lr=3e-3, warmup=10, threads=1),
@@ -48,12 +48,10 @@ SIZES: dict[str, dict] = {
     # copy words from the prompt (600 steps of reversals alone, batch 8: held-out reversals 0 of 52 right at
     # lr 2.5e-3 or 1e-3; batch 32 at 1e-3: 52 of 52). After SFT it reverses words (93% greedy) but its samples
     # at temperature 1 are right far less often (55%): room for RL from a verifiable reward (docs/online.md).
-    # Trained on first use (preset `lab-long`, about seven minutes on two cores).
-    "lab-long": dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=128, batch=32, steps=650,
-                     lr=1e-3, warmup=40, threads=2),
+    # Trained on first use (preset `lab-long`, 6.3 minutes on two cores).
+    "lab-long": dict(_BASE_SHAPE, block=128, batch=32, steps=650, lr=1e-3, warmup=40, threads=2),
     # the lab critic (rlhf.lab.critic): the base size on longer text (critique sessions, comparisons)
-    "lab-critic": dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=704, block=320, batch=32, steps=600,
-                       lr=2e-3, warmup=30, threads=2),
+    "lab-critic": dict(_BASE_SHAPE, block=320, batch=32, steps=600, lr=2e-3, warmup=30, threads=2),
 }
 MAX_POSITIONS = 512
 
@@ -296,7 +294,7 @@ def base_model_path() -> Path:
 
 
 def base_model_path_long() -> Path:
-    """Preset `lab-long`: the base size pretrained longer, in larger batches (about seven minutes on first use)."""
+    """Preset `lab-long`: the base size pretrained longer, in larger batches (about six minutes on first use)."""
     return build("lab-long")
 
 
@@ -316,7 +314,7 @@ class PretrainConfig:
 
     size: Literal["lab", "lab-long", "lab-small"] = opt(
         "lab", "lab (~3M parameters, about 3-4 minutes), lab-long (the same model on 2.6 times the text in larger "
-        "batches, about seven minutes: it also reverses words) or lab-small (tests)")
+        "batches, about six minutes: it also reverses words) or lab-small (tests)")
     steps: int | None = opt(None, "training steps (default: the size's own)")
     seed: int = opt(0, "random seed for the text and the initial weights")
     out: str | None = opt(None, "write the model to this folder instead of the cache")

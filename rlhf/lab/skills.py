@@ -52,9 +52,7 @@ def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int 
     n = samples if temperature > 0 else 1
     replies = answers(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n, seed=seed)
     result = gold.skill_correctness([p for p in prompts for _ in range(n)], replies)
-    tasks = [world.parse_task(p) for p in prompts]
-    result["per_prompt"] = [sum(gold.is_correct(t, r) > 0 for r in replies[i * n:(i + 1) * n]) / n
-                            for i, t in enumerate(tasks)]
+    result["per_prompt"] = [sum(result["hits"][i * n:(i + 1) * n]) / n for i in range(len(prompts))]
     return result
 
 
@@ -115,7 +113,8 @@ def main(argv: list[str]) -> int:
         result = measure(name, prompts, cfg.max_new_tokens, cfg.batch_size, temperature=cfg.temperature,
                          samples=cfg.samples, seed=cfg.seed, device=device)
         print(format_row(name, result, first) + f"   ({time.time() - t0:.0f}s)", flush=True)
-        first = first or result
+        if first is None:
+            first = result
     return 0
 
 
