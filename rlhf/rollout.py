@@ -245,8 +245,12 @@ def draw(probs, u):
 
 def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperature: float, top_p: float,
                  do_sample: bool, eos_ids: Sequence[int], pad_id: int, uniforms=None, prune: bool = True,
-                 on_token=None):
+                 on_token=None, query_of=None):
     """KV-cached sampling for one left-padded batch, on the model's device.
+
+    `query_of` (B,) long, when given: row b continues query `query_of[b]` of
+    `query_ids`/`query_mask` (U rows), so a query sampled several times (G
+    samples per prompt) is forwarded once and its KV cache copied to its rows.
 
     `uniforms` (B, max_new_tokens): the random numbers of each row's draws
     (`row_uniforms`); required when sampling. Returns (response_ids (B, L),
@@ -269,13 +273,22 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
         raise ValueError("sampling needs the rows' uniforms (rlhf.rollout.row_uniforms)")
     scale = 1.0 if greedy else float(temperature)
     device = query_ids.device
-    B = query_ids.size(0)
-    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     attn = query_mask.long()
     pos = position_ids_from_mask(attn)
     kwargs = {"logits_to_keep": 1} if accepts_keyword(model, "logits_to_keep") else {}
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
     cache, cache_keyword = _kv_cache(out)
+    logits = out.logits[:, -1, :]
+    if query_of is not None:
+        if not hasattr(cache, "batch_select_indices"):  # a cache that cannot copy rows: forward every row
+            return sample_batch(model, query_ids[query_of], query_mask[query_of], max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, do_sample=do_sample, eos_ids=eos_ids,
+                                pad_id=pad_id, uniforms=uniforms, prune=prune, on_token=on_token)
+        query_of = query_of.to(device)
+        cache.batch_select_indices(query_of)
+        attn, pos, logits = attn[query_of], pos[query_of], logits[query_of]
+    B = attn.size(0)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     can_prune = prune and hasattr(cache, "batch_select_indices")
     check_every = 1 if device.type == "cpu" else 8
     next_pos = pos[:, -1:] + 1  # (b, 1)
@@ -288,7 +301,9 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     pad = torch.full((B,), pad_id, dtype=torch.long, device=device)
     length = 0
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()  # (b, V)
+        if step:
+            logits = out.logits[:, -1, :]
+        logits = logits.float()  # (b, V)
         logp = torch.log_softmax(logits / scale, dim=-1)
         if greedy:
             tok = logits.argmax(-1)
@@ -372,13 +387,17 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int, temper
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                q_ids, q_mask = _left_pad([q_rows[i] for i in idx], pad_id)
+                first: dict[tuple, int] = {}  # a query's rows (G samples of a prompt) share one prefill
+                query_of = torch.tensor([first.setdefault(tuple(q_rows[i]), len(first)) for i in idx])
+                q_ids, q_mask = _left_pad([list(q) for q in first], pad_id)
+                if len(first) == len(idx):
+                    query_of = None
                 u = row_uniforms([row_seed(seed, *row_keys[i]) for i in idx], max_new_tokens,
                                  device) if sampling else None
                 r_ids, r_mask, lps, fin = (t.cpu() for t in sample_batch(
                     model, q_ids.to(device), q_mask.to(device), max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p, do_sample=do_sample, eos_ids=eos_ids, pad_id=pad_id,
-                    uniforms=u, on_token=on_token))
+                    uniforms=u, on_token=on_token, query_of=query_of))
                 for j, i in enumerate(idx):
                     n = int(r_mask[j].sum())
                     results[i] = (r_ids[j, :n].tolist(), lps[j, :n], bool(fin[j]))
@@ -422,7 +441,8 @@ class Episodes:
     `lay_out` builds it. Padded: one episode per row, as given (left-padded
     query, right-padded response). Packed: each episode's real tokens only,
     several episodes to a row, each isolated by a block-diagonal causal mask
-    and positions restarting at 0, so every logit equals its padded row's.
+    and positions restarting at 0, the episodes of one query sharing its
+    tokens, so every logit equals its padded row's.
     Either way `gather` reads, for response token t of episode b, the output
     of the position that predicts it (the token before it, which is also where
     a value function reads V(s_t)); packed, `at[b, t]` is that position's flat
@@ -480,9 +500,11 @@ def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capa
     """`Episodes` for rows of [left-padded query (n_query columns) | right-padded response].
 
     `pack=True` packs the episodes' real tokens into rows as long as the
-    longest episode, or `capacity` tokens if that is more, with the layout
-    of shared-prompt reward batches (`rlhf.data.batches.place_shared`, each
-    episode a group of one). Every query needs at least one token.
+    longest group, or `capacity` tokens if that is more, with the layout of
+    shared-prompt reward batches (`rlhf.data.batches.place_shared`): the
+    episodes with the same query (G samples of one prompt) form a group whose
+    query is forwarded once, each response seeing it and itself. Every query
+    needs at least one token.
     """
     import torch
 
@@ -497,15 +519,22 @@ def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capa
     r_len = attention_mask[:, n_query:].sum(1).tolist()
     if min(q_len) < 1:
         raise ValueError("every episode needs at least one query token")
-    episodes = [[Encoded(row[n_query - q:n_query + r].tolist(), q, False)]
-                for row, q, r in zip(input_ids, q_len, r_len)]
-    inputs, where = place_shared(episodes, pad=0, width=capacity)
+    seqs = [Encoded(row[n_query - q:n_query + r].tolist(), q, False) for row, q, r in zip(input_ids, q_len, r_len)]
+    by_query: dict[tuple, list[int]] = {}
+    for b, e in enumerate(seqs):
+        by_query.setdefault(tuple(e.input_ids[:e.n_prompt]), []).append(b)
+    groups = list(by_query.values())
+    inputs, where = place_shared([[seqs[b] for b in g] for g in groups], pad=0, width=capacity)
+    place = [None] * len(seqs)
+    for g, members in zip(where, groups):
+        for p, b in zip(g, members):
+            place[b] = p
     # response token t is predicted at the episode's position q - 1 + t; past the response's end, read its
     # last position (any real one will do: those slots are masked out by the caller)
     n_resp = input_ids.size(1) - n_query
-    at = torch.tensor([[column_of(place[0], min(q - 1 + t, q + r - 1)) for t in range(n_resp)]
-                       for place, q, r in zip(where, q_len, r_len)], dtype=torch.long)
-    return Episodes(inputs, at.view(len(episodes), n_resp), n_query)
+    at = torch.tensor([[column_of(pl, min(q - 1 + t, q + r - 1)) for t in range(n_resp)]
+                       for pl, q, r in zip(place, q_len, r_len)], dtype=torch.long)
+    return Episodes(inputs, at.view(len(seqs), n_resp), n_query)
 
 
 def response_logits(model, input_ids, attention_mask, n_query: int, *, output_hidden_states: bool = False):

@@ -117,6 +117,38 @@ def test_packed_episodes_give_the_padded_logits_values_and_gradients(tiny_tokeni
     assert torch.allclose(g0, g1, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("value_model", ["head", "critic"])
+def test_packed_samples_of_one_prompt_share_its_tokens(tiny_tokenizer, value_model):
+    """G samples per prompt, packed: each query is forwarded once for its group, and log-probabilities, values
+    and gradients equal one episode per padded row."""
+    tok = tiny_tokenizer
+    lm = tiny_lm(tok)
+    ac = PolicyWithValueHead(lm) if value_model == "head" else PolicyAndCritic(lm, Critic(tiny_rm(tok)))
+    if value_model == "head":
+        torch.nn.init.normal_(ac.value_head.weight)
+    r = generate(lm, tok, PROMPTS[:3], max_new_tokens=6, num_samples=3, seed=3, temperature=1.0)
+    perm = torch.tensor([4, 0, 8, 1, 5, 2, 7, 3, 6])  # a minibatch's order: a group's rows are not adjacent
+    i, a, nq, rc = trim(r.input_ids[perm], r.attention_mask[perm], r.query_ids.size(1))
+    mask = r.response_mask[perm][:, rc].bool()
+    q_len, r_len = r.query_lengths[perm], r.response_lengths[perm]
+    shared_tokens = int(r.query_lengths[::3].sum() + r_len.sum())  # each query once, every response
+    assert shared_tokens < int(a.sum())
+    results = {}
+    for pack in (False, True):
+        episodes = lay_out(i, a, nq, pack=pack, capacity=shared_tokens)
+        if pack:  # one row of exactly the shared tokens: nothing forwarded twice
+            assert episodes.inputs["input_ids"].shape == (1, shared_tokens)
+        ac.zero_grad()
+        logits, values = ac(episodes)
+        lp = torch.log_softmax(logits, -1).gather(-1, i[:, nq:, None]).squeeze(-1)
+        ((lp * mask).sum() + (values * mask).sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in ac.parameters() if p.grad is not None])
+        results[pack] = (lp[mask], values[mask], grads)
+    assert int((q_len + r_len).sum()) == int(a.sum())
+    for x, y in zip(results[False], results[True]):
+        assert torch.allclose(x, y, atol=1e-4, rtol=1e-4)
+
+
 class IgnoresCustomMasks(torch.nn.Module):
     """A causal LM whose attention only knows 2D padding masks: given a 4D mask it attends causally across the
     whole row (transformers would still isolate sequences by restarting position ids, so those go too)."""

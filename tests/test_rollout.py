@@ -130,6 +130,44 @@ def test_num_samples_rows_are_prompt_major(tiny):
     assert sub.prompts == [PROMPTS[1], PROMPTS[0]] and torch.equal(sub.response_ids[1], r.response_ids[0])
 
 
+def test_samples_of_one_prompt_share_its_prefill(tiny):
+    """G samples of a prompt forward its query once (`query_of`): the same tokens and log-probabilities as
+    forwarding every row, and `generate` does it for repeated prompts."""
+    from rlhf.rollout import _encode_prompts, _left_pad, row_seed, row_uniforms, sample_batch
+
+    model, tok = tiny
+    rows, _ = _encode_prompts(tok, PROMPTS[:3], 1024)
+    q_ids, q_mask = _left_pad(rows, tok.pad_token_id)
+    query_of = torch.tensor([0, 0, 1, 2, 2, 2, 1])  # uneven groups, not in order
+    kw = dict(max_new_tokens=8, temperature=1.0, top_p=1.0, do_sample=True, eos_ids=[tok.eos_token_id],
+              pad_id=tok.pad_token_id, uniforms=row_uniforms([row_seed(3, i) for i in range(7)], 8))
+    with torch.no_grad():
+        shared = sample_batch(model, q_ids, q_mask, query_of=query_of, **kw)
+        full = sample_batch(model, q_ids[query_of], q_mask[query_of], **kw)
+    assert torch.equal(shared[0], full[0]) and torch.equal(shared[1], full[1]) and torch.equal(shared[3], full[3])
+    assert torch.allclose(shared[2], full[2], atol=1e-5, rtol=0)
+    assert len(set(map(tuple, shared[0][query_of == 2].tolist()))) > 1  # the rows of one query drew apart
+    calls = []
+    counting = CountsRows(model, calls)
+    r = generate(counting, tok, PROMPTS[:2], max_new_tokens=4, num_samples=3, batch_size=6, seed=0)
+    assert calls[0] == 2 and calls[1] == 6  # the prefill saw the two queries, the next token every row
+    lp = sequence_logprobs(model, r.input_ids, r.attention_mask, r.response_mask, 1.0)
+    assert torch.allclose(lp, r.logprobs, atol=1e-5, rtol=0)
+
+
+class CountsRows(torch.nn.Module):
+    """A causal LM that records the batch size of every forward."""
+
+    def __init__(self, lm, calls):
+        super().__init__()
+        self.lm, self.calls = lm, calls
+        self.config, self.generation_config = lm.config, lm.generation_config
+
+    def forward(self, input_ids, **kw):
+        self.calls.append(input_ids.size(0))
+        return self.lm(input_ids=input_ids, **kw)
+
+
 def test_top_p_keeps_only_the_nucleus():
     from rlhf.rollout import _top_p_filter
 

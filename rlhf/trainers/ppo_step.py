@@ -154,11 +154,12 @@ def forward_experience(actor_critic, reference, rollout: Rollout, hp, *, with_re
 
 def check_packing(module, reference, tokenizer, hp, prompts) -> bool:
     """Whether this method's model gives packed episodes its padded-row numbers (`packing_agrees`), on two
-    short samples of `prompts`; a policy without a value function is checked through a (zero) value head."""
+    short samples of each of `prompts` (so the check covers a shared query); a policy without a value function
+    is checked through a (zero) value head."""
     from rlhf.value import PolicyAndCritic, PolicyWithValueHead
 
     probe = generate(module.lm, tokenizer, prompts, max_new_tokens=4, temperature=hp.temperature,
-                     max_prompt_len=hp.max_prompt_len)
+                     max_prompt_len=hp.max_prompt_len, num_samples=2)
     checked = module if isinstance(module, (PolicyWithValueHead, PolicyAndCritic)) else PolicyWithValueHead(module.lm)
     return packing_agrees(checked, reference, probe)
 
@@ -166,14 +167,14 @@ def check_packing(module, reference, tokenizer, hp, prompts) -> bool:
 def packing_agrees(actor_critic, reference, rollout: Rollout, *, tol: float = 1e-3) -> bool:
     """Whether packed episodes give this model's padded-row numbers (values, policy and reference logits).
 
-    Checked on the rollout's first two episodes packed into one row, before
+    Checked on the rollout's first four episodes packed into one row, before
     training: a model whose attention ignores a 4D mask (or rejects one)
     would otherwise train on wrong numbers. PPO falls back to padded rows
     when this is False.
     """
     n_query = rollout.query_ids.size(1)
-    i, a, nq, _ = trim(rollout.input_ids[:2], rollout.attention_mask[:2], n_query)
-    mask = rollout.response_mask[:2, :i.size(1) - nq].bool()
+    i, a, nq, _ = trim(rollout.input_ids[:4], rollout.attention_mask[:4], n_query)
+    mask = rollout.response_mask[:4, :i.size(1) - nq].bool()
 
     def layout(pack: bool):
         episodes = lay_out(i, a, nq, pack=pack, capacity=int(a.sum()))
