@@ -76,7 +76,16 @@ class EvalSection:
     samples: int = opt(12, "prompts shown side by side in the report")
     skills: int = opt(0, "held-out skill prompts (lab: sums, sorts, reversals, look-ups) each model's correctness "
                          "is measured on, with its change against SFT and a 95% interval (0 = off)")
+    skills_temperature: float = opt(0.0, "0 = each model's greedy answer to every skill prompt; above 0, "
+                                         "skills_samples answers sampled at it, all of them counted (the "
+                                         "measure RL with a verifiable reward trains on: pass@1 at its temperature)")
+    skills_samples: int = opt(1, "answers sampled per skill prompt when skills_temperature > 0")
     seed: int = opt(0, "seed of the bootstrap and of sampling")
+
+    def __post_init__(self):
+        if self.skills_temperature < 0 or self.skills_samples < 1:
+            raise UserError(f"pipeline: eval: skills_temperature must be >= 0 and skills_samples >= 1, got "
+                            f"{self.skills_temperature} and {self.skills_samples}")
 
 
 @dataclass
@@ -516,11 +525,11 @@ def _same_vocab(a, b) -> bool:
 
 
 def _skill_correctness(rows: list[dict], models: dict, results: dict, sft_model, tok, e, device) -> None:
-    """Each model's share of `e.skills` held-out skill prompts answered right (greedy), and for the policies
-    the change against SFT with a paired 95% bootstrap interval (the same prompts, resampled together)."""
+    """Each model's share of `e.skills` held-out skill prompts answered right (greedy, or `e.skills_samples`
+    samples at `e.skills_temperature`), and for the policies the change against SFT with a paired 95%
+    bootstrap interval (the same prompts, resampled together)."""
     from rlhf.evaluate import paired_difference
-    from rlhf.lab.gold import skill_correctness
-    from rlhf.lab.skills import answers, skill_prompts
+    from rlhf.lab.skills import correctness, skill_prompts
     from rlhf.models import load_causal_lm
 
     prompts = skill_prompts(e.skills, e.seed)
@@ -529,8 +538,8 @@ def _skill_correctness(rows: list[dict], models: dict, results: dict, sft_model,
         if name.startswith("bon") or name not in results:
             continue
         model = sft_model if name == "sft" else load_causal_lm(path).to(device).eval()
-        texts = answers(model, tok, prompts, e.max_new_tokens)
-        hits[name] = skill_correctness(prompts, texts)["hits"]
+        hits[name] = correctness(model, tok, prompts, e.max_new_tokens, temperature=e.skills_temperature,
+                                 samples=e.skills_samples, seed=e.seed)["per_prompt"]
     for row in rows:
         h = hits.get(row["model"])
         if h is None:
@@ -575,6 +584,12 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path, stages: list[dict], re
 
     notes = [f"Held-out prompts: {result['n_prompts']}; answers are greedy; win rates by the {result['judge']} "
              "judge, ties excluded, with 95% bootstrap intervals; KL is to the SFT model, on samples at temperature 1."]
+    e = cfg.eval
+    if any("correct" in r for r in result["table"]):
+        how = ("each model's greedy answer" if e.skills_temperature == 0 else
+               f"{e.skills_samples} answers per prompt sampled at temperature {e.skills_temperature:g}, all counted")
+        notes.append(f"Correct: the share of {e.skills} held-out skill prompts answered right by the gold judge, "
+                     f"{how}; the change against SFT with a paired 95% bootstrap interval over the prompts.")
     for r in result.get("rounds", []):
         if "rm_acc_before" in r:
             notes.append(f"Round {r['round']}: reward-model accuracy on the new samples' comparisons (a fifth of "

@@ -72,12 +72,15 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
                      sft_model=str(run / "sft"), reward_model=str(run / "rm"),
                      data={"eval": str(run / "data" / "eval.jsonl")},
                      grpo={**small, "group_size": 4, "reward": ["lab-correct"]}, online_dpo=small,
-                     eval={"n": 6, "max_new_tokens": 12, "samples": 2, "skills": 40})
+                     eval={"n": 6, "max_new_tokens": 12, "samples": 2, "skills": 40, "skills_temperature": 1.0,
+                           "skills_samples": 2})
     assert cli(["pipeline", str(online)]) == 0
     summary = json.loads((tmp_path / "online" / "summary.json").read_text())
-    # correctness on 40 held-out skill prompts: each model's share, each policy's change against SFT in its interval
+    # correctness on 40 held-out skill prompts, 2 answers sampled for each: each model's share of the 80 answers,
+    # each policy's change against SFT in its interval
     for row in summary["table"]:
         assert 0.0 <= row["correct"] <= 1.0
+        assert abs(row["correct"] * 80 - round(row["correct"] * 80)) < 1e-9
         if row["model"] != "sft":
             assert row["skill_prompts"] == 40
             assert row["correct_lo"] <= row["correct_vs_sft"] <= row["correct_hi"]
@@ -87,7 +90,9 @@ def test_pipeline_runs_every_stage_and_writes_one_report(tmp_path, capsys):
     grpo_cfg = yaml.safe_load((tmp_path / "online" / "grpo" / "config.yaml").read_text())
     odpo_cfg = yaml.safe_load((tmp_path / "online" / "online-dpo" / "config.yaml").read_text())
     assert grpo_cfg["reward"] == ["lab-correct"] and odpo_cfg["reward"] == [str(run / "rm")]
-    assert "correct_vs_sft" in (tmp_path / "online" / "report.md").read_text()
+    report = (tmp_path / "online" / "report.md").read_text()
+    assert "correct_vs_sft" in report
+    assert "40 held-out skill prompts answered right by the gold judge, 2 answers per prompt sampled at temperature 1" in report
     assert "vs SFT [95% CI]" in capsys.readouterr().out  # the table the pipeline prints
 
 
@@ -130,6 +135,10 @@ def test_iterative_rounds_retrain_the_reward_model(tmp_path):
 
 def test_bad_pipeline_config_is_one_clear_line(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
+    path.write_text("eval: {skills: 10, skills_samples: 0}\n")
+    assert cli(["pipeline", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == ("rlhf: pipeline: eval: skills_temperature must be >= 0 and "
+                                               "skills_samples >= 1, got 0.0 and 0")
     path.write_text("method: sarsa\n")
     assert cli(["pipeline", str(path)]) == 2
     err = capsys.readouterr().err

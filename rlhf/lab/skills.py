@@ -42,13 +42,21 @@ def answers(model, tokenizer, prompts, max_new_tokens: int = 48, batch_size: int
 
 def measure(model_name: str, prompts, max_new_tokens: int = 48, batch_size: int = 64, *,
             temperature: float = 0.0, samples: int = 1, seed: int = 0, device=None) -> dict:
-    """`gold.skill_correctness` of a model folder's (or preset's) answers to `prompts` (see `answers`):
-    with sampling, the share of all samples answered right."""
+    """`correctness` of a model folder's (or preset's) answers."""
     from rlhf.device import to_device
     from rlhf.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_name, padding_side="left")
     model = to_device(load_causal_lm(model_name).eval(), device)
+    return correctness(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=samples,
+                       seed=seed)
+
+
+def correctness(model, tokenizer, prompts, max_new_tokens: int = 48, batch_size: int = 64, *,
+                temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict:
+    """`gold.skill_correctness` of a model's answers to `prompts` (see `answers`): with sampling, the share
+    of all samples answered right; `per_prompt` is each prompt's share of its samples (a hit, greedy)."""
+    tok = tokenizer
     n = samples if temperature > 0 else 1
     replies = answers(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n, seed=seed)
     result = gold.skill_correctness([p for p in prompts for _ in range(n)], replies)

@@ -79,8 +79,9 @@ class OnlineOptions(RunOptions):
                                                             "constant")
     total_episodes: int = opt(4096, "responses to sample in total (updates = this / rollout_batch_size)")
     target_kl: float | None = opt(None, "stop an update's epochs once approx_kl passes this (none = off)")
-    pack_episodes: bool = opt(True, "forward a minibatch's episodes packed into rows without padding (the same "
-                                    "numbers, less compute; checked on the model first)")
+    pack_episodes: bool = opt(True, "forward a minibatch's episodes packed into rows without padding, the "
+                                    "samples of one prompt sharing its tokens (the same numbers, less compute; "
+                                    "checked on the model first)")
 
     log_samples: int = opt(8, "rollout samples per update written to rollouts.jsonl (tokens, per-token KL; 0 = none)")
     log_samples_mb: float = opt(50.0, "stop writing rollouts.jsonl once it holds this many MB")
