@@ -28,7 +28,7 @@ A config, with every section optional:
     ppo: {total_episodes: 2048}
     grpo: {reward: lab-correct}   # the online methods' reward: the pipeline's reward model unless set
     dpo: {beta: 0.1}         # each method has its own section (online-dpo's is online_dpo)
-    eval: {n: 100, judge: gold}
+    eval: {n: 100, judge: gold}   # skills: 500 adds lab skill correctness (skills_temperature, skills_samples)
     device: auto             # where bon, lab sampling and the evaluation run (the training stages: accelerate)
     threads: 0               # CPU threads of every stage; 0 = each process's share of the cores
 """
