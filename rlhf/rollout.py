@@ -496,15 +496,20 @@ class Episodes:
         return model(**self.model_inputs(model), output_hidden_states=output_hidden_states)
 
 
-def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capacity: int | None = None) -> Episodes:
+def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capacity: int | None = None,
+            share_tokens: int = 1024) -> Episodes:
     """`Episodes` for rows of [left-padded query (n_query columns) | right-padded response].
 
     `pack=True` packs the episodes' real tokens into rows as long as the
     longest group, or `capacity` tokens if that is more, with the layout of
     shared-prompt reward batches (`rlhf.data.batches.place_shared`): the
     episodes with the same query (G samples of one prompt) form a group whose
-    query is forwarded once, each response seeing it and itself. Every query
-    needs at least one token.
+    query is forwarded once, each response seeing it and itself. A group is
+    cut into several, each laid out with its own copy of the query, where it
+    would pass `share_tokens` tokens (or the longest episode, if that is
+    more): a row's attention and its (W, W) mask grow with the square of its
+    width W, so G long responses behind one query would cost more than the
+    query's repeats save. Every query needs at least one token.
     """
     import torch
 
@@ -523,7 +528,16 @@ def lay_out(input_ids, attention_mask, n_query: int, *, pack: bool = False, capa
     by_query: dict[tuple, list[int]] = {}
     for b, e in enumerate(seqs):
         by_query.setdefault(tuple(e.input_ids[:e.n_prompt]), []).append(b)
-    groups = list(by_query.values())
+    limit = max(share_tokens, max(q + r for q, r in zip(q_len, r_len)))
+    groups: list[list[int]] = []
+    for query, members in by_query.items():
+        width = limit + 1  # start a new group at the first member
+        for b in members:
+            if width + r_len[b] > limit:
+                groups.append([])
+                width = len(query)
+            groups[-1].append(b)
+            width += r_len[b]
     inputs, where = place_shared([[seqs[b] for b in g] for g in groups], pad=0, width=capacity)
     place = [None] * len(seqs)
     for g, members in zip(where, groups):

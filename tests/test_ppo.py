@@ -147,6 +147,13 @@ def test_packed_samples_of_one_prompt_share_its_tokens(tiny_tokenizer, value_mod
     assert int((q_len + r_len).sum()) == int(a.sum())
     for x, y in zip(results[False], results[True]):
         assert torch.allclose(x, y, atol=1e-4, rtol=1e-4)
+    # a group wider than share_tokens is cut, each part with its own copy of the query: with room for one
+    # response behind a query, every episode is its own group again, and the numbers stay the same
+    alone = lay_out(i, a, nq, pack=True, capacity=int(a.sum()), share_tokens=1)
+    assert alone.inputs["input_ids"].shape == (1, int(a.sum()))
+    with torch.no_grad():
+        lp_alone = torch.log_softmax(ac(alone)[0], -1).gather(-1, i[:, nq:, None]).squeeze(-1)
+    assert torch.allclose(lp_alone[mask], results[False][0], atol=1e-4, rtol=1e-4)
 
 
 class IgnoresCustomMasks(torch.nn.Module):
