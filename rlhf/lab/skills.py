@@ -56,9 +56,9 @@ def correctness(model, tokenizer, prompts, max_new_tokens: int = 48, batch_size:
                 temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict:
     """`gold.skill_correctness` of a model's answers to `prompts` (see `answers`): with sampling, the share
     of all samples answered right; `per_prompt` is each prompt's share of its samples (a hit, greedy)."""
-    tok = tokenizer
     n = samples if temperature > 0 else 1
-    replies = answers(model, tok, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n, seed=seed)
+    replies = answers(model, tokenizer, prompts, max_new_tokens, batch_size, temperature=temperature, samples=n,
+                      seed=seed)
     result = gold.skill_correctness([p for p in prompts for _ in range(n)], replies)
     result["per_prompt"] = [sum(result["hits"][i * n:(i + 1) * n]) / n for i in range(len(prompts))]
     return result
