@@ -279,11 +279,7 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     out = model(input_ids=query_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
     cache, cache_keyword = _kv_cache(out)
     logits = out.logits[:, -1, :]
-    if query_of is not None:
-        if not hasattr(cache, "batch_select_indices"):  # a cache that cannot copy rows: forward every row
-            return sample_batch(model, query_ids[query_of], query_mask[query_of], max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, do_sample=do_sample, eos_ids=eos_ids,
-                                pad_id=pad_id, uniforms=uniforms, prune=prune, on_token=on_token)
+    if query_of is not None:  # every transformers Cache can copy rows
         query_of = query_of.to(device)
         cache.batch_select_indices(query_of)
         attn, pos, logits = attn[query_of], pos[query_of], logits[query_of]
@@ -301,8 +297,6 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
     pad = torch.full((B,), pad_id, dtype=torch.long, device=device)
     length = 0
     for step in range(max_new_tokens):
-        if step:
-            logits = out.logits[:, -1, :]
         logits = logits.float()  # (b, V)
         logp = torch.log_softmax(logits / scale, dim=-1)
         if greedy:
@@ -337,6 +331,7 @@ def sample_batch(model, query_ids, query_mask, *, max_new_tokens: int, temperatu
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
                     **{cache_keyword: cache})
         cache, _ = _kv_cache(out)
+        logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     used = mask[:, :length].any(0).nonzero()
     length = int(used.max()) + 1 if len(used) else 1
