@@ -312,6 +312,21 @@ def logits_at(model, inputs: dict, index, **kwargs):
     return _forward_at(model, inputs, index, ok, kwargs)
 
 
+def gather_positions(x, index):
+    """(rows, width, ...) -> index.shape + (...): the entries at flat positions `row * width + column`.
+
+    Through `index_select`, whose backward adds the gradients of a position read
+    several times (the shared query's last token, which predicts the first token
+    of each of its G responses) in index order: advanced indexing's backward adds
+    them in whatever order the threads finish, so two identical runs would drift
+    apart in the last bits.
+    """
+    import torch
+
+    flat = torch.index_select(x.flatten(0, 1), 0, index.reshape(-1).to(x.device))
+    return flat.view(*index.shape, *x.shape[2:])
+
+
 def _forward_at(model, inputs: dict, index, only_there: bool, kwargs: dict):
     find = getattr(getattr(model, "module", model), "get_output_embeddings", None)
     head = find() if only_there and find is not None else None
@@ -319,7 +334,7 @@ def _forward_at(model, inputs: dict, index, only_there: bool, kwargs: dict):
 
     def keep(_module, args):
         calls.append(1)
-        return (args[0].flatten(0, 1)[index.to(args[0].device)],) + tuple(args[1:])
+        return (gather_positions(args[0], index),) + tuple(args[1:])
 
     handle = head.register_forward_pre_hook(keep) if head is not None else None
     try:
@@ -330,4 +345,4 @@ def _forward_at(model, inputs: dict, index, only_there: bool, kwargs: dict):
     if calls:
         return out, out.logits
     # full logits (asked for, or the model computed them without calling the layer): read them at `index`
-    return out, out.logits.flatten(0, 1)[index.to(out.logits.device)]
+    return out, gather_positions(out.logits, index)

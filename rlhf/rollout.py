@@ -463,7 +463,9 @@ class Episodes:
         """(R, W, ...) per-position outputs -> (B, Lr, ...) at the response positions."""
         if self.at is None:
             return x[:, self.n_query - 1:-1]
-        return x.flatten(0, 1)[self.at.to(x.device)]
+        from rlhf.models import gather_positions
+
+        return gather_positions(x, self.at)
 
     def to(self, device) -> "Episodes":
         """On `device`; from the host to a GPU through pinned memory, so the copy does not wait for the GPU."""

@@ -147,3 +147,29 @@ def test_layouts_agree_allows_the_rounding_of_the_outputs_dtype_and_nothing_more
     plain32 = plain.float()
     assert layouts_agree(model, lambda cheap: plain32 * (1 + 5e-4) if cheap else plain32)
     assert not layouts_agree(model, lambda cheap: plain32 * 1.01 if cheap else plain32)
+
+
+def test_gather_positions_backward_is_repeatable_when_positions_repeat():
+    """A shared query's last position is read once per response: its gradients must add up in the same order
+    every run (advanced indexing's backward adds them in thread order: two runs drift in the last bits)."""
+    from rlhf.models import gather_positions
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(6, 100, 512, generator=gen, requires_grad=True)
+        index = torch.randint(0, 600, (40, 50), generator=gen)
+        index[:, :10] = 7  # one position read 400 times
+        g = torch.randn(40, 50, 512, generator=gen)
+        out = gather_positions(x, index)
+        assert torch.equal(out, x.flatten(0, 1)[index])  # the same entries as indexing
+        grads = []
+        for _ in range(10):
+            x.grad = None
+            gather_positions(x, index).backward(g)
+            grads.append(x.grad.clone())
+        assert all(torch.equal(grads[0], gr) for gr in grads[1:])
+        assert torch.allclose(grads[0][0, 7], g[index == 7].sum(0), atol=1e-3)  # every read's gradient, added
+    finally:
+        torch.set_num_threads(n)
