@@ -1,6 +1,7 @@
 """Active learning and AI suggestions: acquisition orders, `rlhf label rescore`, suggestions, AI-human agreement."""
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 from rlhf.cli import main as cli_main
 from rlhf.labeling.agreement import suggestion_agreement
-from rlhf.labeling.rescore import item_score, judge_score
+from rlhf.labeling.rescore import information, item_score, judge_score
 from rlhf.labeling.store import Answer, ItemSpec, Store
 from test_labeling_rm import labelled_project
 
@@ -44,26 +45,47 @@ def test_item_score_pairwise_two_members_by_hand():
     out = item_score("pairwise", [[1.0, 0.2], [0.4, 0.6]])
     assert out["margin"] == pytest.approx(0.3, abs=1e-12)
     assert out["spread"] == pytest.approx(0.5, abs=1e-12)
+    assert out["information"] == pytest.approx(information([0.8, -0.2]), abs=1e-15)
     assert out["suggestion"] == "a"
-    assert item_score("pairwise", [[0.1, 0.7]]) == {"margin": pytest.approx(-0.6), "spread": None, "suggestion": "b"}
+    assert item_score("pairwise", [[0.1, 0.7]]) == {"margin": pytest.approx(-0.6), "spread": None, "information": None,
+                                                     "suggestion": "b"}
+
+
+def test_information_by_hand():
+    # margins 0 and ln 3: P(a) = 0.5 and 0.75, mean 0.625.
+    # H(0.625) = 0.625 ln(1/0.625) + 0.375 ln(1/0.375) = 0.661563; H(0.5) = ln 2 = 0.693147; H(0.75) = 0.562335;
+    # information = 0.661563 - (0.693147 + 0.562335) / 2 = 0.033822
+    assert information([0.0, math.log(3)]) == pytest.approx(0.033822, abs=1e-6)
+    # each member sure, half say each answer: all of ln 2
+    assert information([30.0, -30.0]) == pytest.approx(math.log(2), abs=1e-9)
+    # members agree: nothing to learn about which is right, however unsure each is (a coin-flip pair) or sure
+    assert information([0.0, 0.0]) == 0.0 and information([5.0, 5.0, 5.0]) == pytest.approx(0.0, abs=1e-12)
+    assert information([1e6, -1e6]) == pytest.approx(math.log(2)) and information([2.0]) is None  # no overflow
+    # a near-tie both call a coin flip (spread 0.1) tells less than a pair they each call firmly apart
+    # (spread 3), although its margin is the closer to zero
+    assert information([0.1, -0.1]) < 0.01 < 0.3 < information([3.0, -3.0])
 
 
 def test_item_score_ranking_and_thumbs_by_hand():
     # mean rewards [3, 1, 2]: best first 0, 2, 1; the smallest gap is 1 (between 1 and 2, and 2 and 3)
     out = item_score("ranking", [[3.0, 1.0, 2.0]])
-    assert out == {"margin": 1.0, "spread": None, "suggestion": [0, 2, 1]}
+    assert out == {"margin": 1.0, "spread": None, "information": None, "suggestion": [0, 2, 1]}
     # two members: pair differences (0,1): 2, 2 -> std 0; (0,2): 1, -1 -> std 1; (1,2): -1, -3 -> std 1
     out = item_score("ranking", [[3.0, 1.0, 2.0], [2.0, 0.0, 3.0]])
     assert out["spread"] == pytest.approx(1.0) and out["suggestion"] == [[0, 2], 1]  # means 2.5, 0.5, 2.5: tied
     assert out["margin"] == 0.0
+    # information: the largest over the pairs, here (0, 2) whose members say +1 and -1
+    assert out["information"] == pytest.approx(information([1.0, -1.0]))
+    assert information([1.0, -1.0]) > information([-1.0, -3.0]) > information([2.0, 2.0])
     out = item_score("thumbs", [[-0.5], [-0.1]])
     assert out["margin"] == pytest.approx(-0.3) and out["spread"] == pytest.approx(0.2) and out["suggestion"] == "down"
+    assert out["information"] == pytest.approx(information([-0.5, -0.1]))
 
 
 def test_judge_score_is_the_logit_of_p_first():
     assert judge_score(0.8)["margin"] == pytest.approx(1.3862943611198906)  # log(0.8 / 0.2) = log 4
     assert judge_score(0.8)["suggestion"] == "a" and judge_score(0.3)["suggestion"] == "b"
-    assert judge_score(0.5) == {"margin": 0.0, "spread": None, "suggestion": None}
+    assert judge_score(0.5) == {"margin": 0.0, "spread": None, "information": None, "suggestion": None}
 
 
 # -- the orders the web process serves ---------------------------------------------------------------
@@ -88,6 +110,27 @@ def test_uncertainty_and_disagreement_orders_follow_the_stored_scores(tmp_path):
                          {"item_id": ids["i2"], "margin": 0.5, "spread": 0.7}], source="test")
     p = store.configure(p, order="disagreement")
     assert hand_out(store, p) == ["i2", "i1", "i0", "i3"]  # spread 0.7, 0.3, 0.1, then unscored
+
+
+def test_information_order_follows_the_stored_information(tmp_path):
+    store = pairwise_store(tmp_path / "a.db", n=5, order="information")
+    p = store.project()
+    ids = {it.uid: it.id for it in store.project_items(p).values()}
+    store.set_scores(p, [{"item_id": ids["i0"], "margin": 0.0, "spread": 0.1, "information": 0.001},
+                         {"item_id": ids["i1"], "margin": 0.5, "spread": 2.0, "information": 0.4},
+                         {"item_id": ids["i2"], "margin": 2.0, "spread": 3.0, "information": 0.2},
+                         {"item_id": ids["i3"], "margin": 0.2}], source="test")  # one model: no information
+    assert store.scores(p)[ids["i1"]]["information"] == 0.4 and store.scores(p)[ids["i3"]]["information"] is None
+    # information 0.4, 0.2, 0.001; then those without it (scored by one model, or not at all), by position
+    assert hand_out(store, p) == ["i1", "i2", "i0", "i3", "i4"]
+
+
+def test_the_command_line_orders_are_the_stores():
+    from typing import get_args
+
+    from rlhf.labeling.cli import Order
+    from rlhf.labeling.store import ORDERS
+    assert get_args(Order) == ORDERS
 
 
 def test_the_order_changed_while_serving_applies_to_the_next_lease(tmp_path):
@@ -119,20 +162,42 @@ def test_scores_for_another_projects_item_are_refused(tmp_path):
     assert store.scores(store.project("p")) == {} and store.scores(other) == {}
 
 
+def as_older_version(db, version: int, *statements: str) -> None:
+    """Make `db` look as an older version left it: its later columns or tables dropped, its schema number set."""
+    con = sqlite3.connect(db)
+    for sql in statements:
+        con.execute(sql)
+    con.execute(f"UPDATE meta SET value = '{version}' WHERE key = 'schema'")
+    con.commit()
+    con.close()
+
+
 def test_a_version_3_database_is_upgraded_to_sequential_and_no_suggestions(tmp_path):
     db = tmp_path / "old.db"
     pairwise_store(db, n=2).close()
-    con = sqlite3.connect(db)
-    con.execute("ALTER TABLE projects DROP COLUMN serve_order")
-    con.execute("ALTER TABLE projects DROP COLUMN suggestions")
-    con.execute("DROP TABLE item_scores")
-    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
-    con.commit()
-    con.close()
+    as_older_version(db, 3, "ALTER TABLE projects DROP COLUMN serve_order",
+                     "ALTER TABLE projects DROP COLUMN suggestions", "DROP TABLE item_scores")
     store = Store(str(db))
     p = store.project()
     assert (p.order, p.suggestions) == ("sequential", False)
     assert hand_out(store, p) == ["i0", "i1"] and store.scores(p) == {}
+
+
+def test_a_version_4_database_gains_the_information_column_and_keeps_its_scores(tmp_path):
+    db = tmp_path / "old.db"
+    store = pairwise_store(db, n=2)
+    p = store.project()
+    ids = {it.uid: it.id for it in store.project_items(p).values()}
+    store.set_scores(p, [{"item_id": ids["i1"], "margin": 0.1, "spread": 0.2}], source="v4")
+    store.close()
+    as_older_version(db, 4, "ALTER TABLE item_scores DROP COLUMN information")
+    store = Store(str(db))
+    p = store.project()
+    old = store.scores(p)[ids["i1"]]
+    assert (old["margin"], old["spread"], old["information"], old["source"]) == (0.1, 0.2, None, "v4")
+    store.set_scores(p, [{"item_id": ids["i0"], "margin": 0.0, "spread": 1.0, "information": 0.3}], source="v5")
+    p = store.configure(p, order="information")
+    assert hand_out(store, p) == ["i0", "i1"]
 
 
 # -- settings and stats from the command line --------------------------------------------------------

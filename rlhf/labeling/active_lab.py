@@ -2,24 +2,28 @@
 
 The humans are the lab's simulated annotators, the truth is its gold judge:
 
-1. a pool of comparison pairs: two responses per train-split prompt, sampled
-   from a lab model, each pair labelled once per seed by a simulated annotator
-   (about 70 % agreement with gold, like people); a held-out test set of pairs
-   on eval-split prompts that gold decides (gold ties left out). Sampled once
-   and cached;
+1. a pool of comparison pairs: `responses` sampled responses per train-split
+   prompt from a lab model, and every pair of its distinct ones, each pair
+   labelled once per seed by a simulated annotator (two such annotators agree
+   on about 70 % of pairs, like people); a held-out test set of pairs (two
+   responses per eval-split prompt) that gold decides (gold ties left out).
+   Sampled once and cached;
 2. for each seed and each order, labels are taken from the pool in rounds of
    `round_size`: `random` draws them at random; `uncertainty` takes the pairs
    whose reward-model margin |r(a) - r(b)| is closest to zero; `disagreement`
-   those where an ensemble's margins spread most (what `rlhf label rescore`
-   stores and `--order uncertainty|disagreement` serves). Every order starts
-   from the same random first round of its seed;
+   those where an ensemble's margins spread most; `information` those where
+   a label would tell the ensemble most (BALD, `rescore.information`): what
+   `rlhf label rescore` stores and `--order uncertainty|disagreement|information`
+   serves. Every order starts from the same random first round of its seed;
 3. after each round the reward model is retrained from scratch on every
    label so far, and its agreement with gold on the test pairs recorded.
 
 The reward model (`--reward-model`):
-- `probe` (default): the lab model's hidden state at the last token, where
-  `rlhf rm` reads its score, frozen, under a Bradley-Terry linear head (L2
-  `l2`) refit each round; the disagreement ensemble is `members` heads on
+- `probe` (default): the lab model's final hidden states (the score head's
+  input), averaged over the response's tokens (`--features mean`) or read
+  at the last token, where `rlhf rm` reads its score (`--features last`),
+  frozen, under a Bradley-Terry linear head (L2 `l2`) refit each round; the
+  ensemble of the disagreement and information orders is `members` heads on
   bootstrap resamples. Features are computed once, so a round takes
   milliseconds and three seeds of every order take minutes on a laptop;
 - `full`: `rlhf rm`'s own training of the whole model each round (minutes per
@@ -44,7 +48,7 @@ from typing import Literal, Optional
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
 
-ORDERS = ("random", "uncertainty", "disagreement")
+ORDERS = ("random", "uncertainty", "disagreement", "information")
 
 
 @dataclass
@@ -53,17 +57,20 @@ class ActiveLabConfig:
 
     command = "label active-lab"
     model: str = opt("lab", "lab model that samples the pool's responses and is the reward model's backbone")
-    pool: int = opt(1200, "train-split prompts in the pool (two sampled responses each)")
+    pool: int = opt(1200, "train-split prompts in the pool")
+    responses: int = opt(4, "sampled responses per pool prompt: each pair of its distinct responses is a pool pair")
     test: int = opt(400, "eval-split prompts for the held-out test pairs (those gold decides are kept)")
     round_size: int = opt(50, "labels per round: the reward model is retrained after each round")
     rounds: int = opt(12, "rounds per run (so round_size * rounds labels at the end)")
     seeds: list[int] = opt([0, 1, 2], "seeds: annotator noise, random draws, reward-model initialisation")
-    orders: list[str] = opt(list(ORDERS), "orders to compare: random, uncertainty, disagreement")
+    orders: list[str] = opt(list(ORDERS), "orders to compare: " + ", ".join(ORDERS))
     reward_model: Literal["probe", "full"] = opt(
         "probe", "probe: frozen last-token features of --model under a Bradley-Terry linear head refit each round; "
                  "full: rlhf rm fine-tunes the whole model each round (slow)")
-    l2: float = opt(0.1, "probe: L2 penalty on the head's weights (features are standardised)")
-    members: int = opt(5, "probe: bootstrap heads whose margins' spread is the disagreement order's score")
+    features: Literal["mean", "last"] = opt(
+        "mean", "probe: the final hidden states averaged over the response's tokens, or at its last token")
+    l2: float = opt(0.3, "probe: L2 penalty on the head's weights (features are standardised)")
+    members: int = opt(10, "probe: bootstrap heads, the ensemble of the disagreement and information orders")
     epochs: int = opt(2, "full: reward-model epochs per retraining")
     lr: float = opt(5e-5, "full: reward-model learning rate")
     batch_size: int = opt(16, "full: reward-model batch size (prompts)")
@@ -75,13 +82,16 @@ class ActiveLabConfig:
         for name in ("pool", "test", "round_size", "rounds", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.responses < 2:
+            raise UserError(f"responses must be at least 2, got {self.responses}")
         bad = [o for o in self.orders if o not in ORDERS]
         if bad or not self.orders:
             raise UserError(f"orders: each is one of {', '.join(ORDERS)}; got {', '.join(self.orders) or 'none'}")
         if not self.seeds:
             raise UserError("seeds: give at least one")
-        if self.reward_model == "full" and "disagreement" in self.orders:
-            raise UserError("orders: disagreement needs an ensemble each round; use --reward-model probe")
+        if self.reward_model == "full" and {"disagreement", "information"} & set(self.orders):
+            raise UserError("orders: disagreement and information need an ensemble each round; "
+                            "use --reward-model probe")
         if self.l2 < 0 or self.members < 2:
             raise UserError("l2 must be >= 0 and members at least 2")
 
@@ -96,18 +106,24 @@ class Pair:
     gold: int  # 1: gold prefers a, -1: b, 0: a gold tie
 
 
-def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int) -> list[Pair]:
-    """Two sampled responses per prompt; prompts whose two are the same (or empty) give no pair."""
+def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int, n: int = 2) -> list[Pair]:
+    """`n` sampled responses per prompt, and every pair of its distinct non-empty ones (none when fewer than two)."""
     from rlhf.lab import gold
     from rlhf.lab.generate import sample
 
     out = []
-    samples = sample(model, tokenizer, prompts, n=2, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed,
+    samples = sample(model, tokenizer, prompts, n=n, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed,
                      batch_size=256)
-    for p, ((a, sa), (b, sb)) in zip(prompts, samples):
-        a, b = a.strip(), b.strip()
-        if a and b and a != b:
-            out.append(Pair(p, a, b, sa, sb, gold.compare(p, a, b, stopped_a=sa, stopped_b=sb)))
+    for p, replies in zip(prompts, samples):
+        seen: dict[str, bool] = {}
+        for text, stopped in replies:
+            if text.strip() and text.strip() not in seen:
+                seen[text.strip()] = stopped
+        texts = list(seen)
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                a, b = texts[i], texts[j]
+                out.append(Pair(p, a, b, seen[a], seen[b], gold.compare(p, a, b, stopped_a=seen[a], stopped_b=seen[b])))
     return out
 
 
@@ -122,17 +138,20 @@ def build_pool(cfg: ActiveLabConfig, log=None) -> tuple[list[Pair], list[Pair]]:
     from rlhf.models import cache_dir, load_causal_lm, load_tokenizer, resolve
 
     path = resolve(cfg.model)
-    key = hashlib.sha256(json.dumps([path, cfg.pool, cfg.test, cfg.max_new_tokens, _code_version()]).encode())
+    key = hashlib.sha256(json.dumps([path, cfg.pool, cfg.test, cfg.max_new_tokens, _code_version()]
+                                    + ([cfg.responses] if cfg.responses != 2 else [])).encode())
     cached = cache_dir() / "active-lab" / f"pool-{key.hexdigest()[:16]}.json"
     if cached.exists():
         rows = json.loads(cached.read_text(encoding="utf-8"))
         return [Pair(**r) for r in rows["pool"]], [Pair(**r) for r in rows["test"]]
     if log:
-        log(f"active lab: sampling the pool ({cfg.pool} + {cfg.test} prompts, two responses each) from {cfg.model}")
+        log(f"active lab: sampling the pool ({cfg.pool} prompts, {cfg.responses} responses each; {cfg.test} test "
+            f"prompts, two each) from {cfg.model}")
     tok = load_tokenizer(cfg.model, padding_side="left")
     lm = load_causal_lm(cfg.model).eval()
     torch.manual_seed(0)
-    pool = sample_pairs(lm, tok, comparison_prompts(cfg.pool, seed=0), seed=0, max_new_tokens=cfg.max_new_tokens)
+    pool = sample_pairs(lm, tok, comparison_prompts(cfg.pool, seed=0), seed=0, max_new_tokens=cfg.max_new_tokens,
+                        n=cfg.responses)
     test = [t for t in sample_pairs(lm, tok, eval_prompts(cfg.test, seed=0), seed=1,
                                     max_new_tokens=cfg.max_new_tokens) if t.gold != 0]
     write_json(cached, {"pool": [asdict(p) for p in pool], "test": [asdict(t) for t in test]})
@@ -195,7 +214,7 @@ class FullRM:
 
 
 class ProbeRM:
-    """The lab model's last-token hidden state (frozen) under a Bradley-Terry linear head.
+    """The lab model's final hidden states (frozen; response mean or last token) under a Bradley-Terry linear head.
 
     A pair's feature is h(a) - h(b), standardised over the pool; the head w
     minimises the Bradley-Terry loss, mean -log sigmoid(y w.x), + l2 |w|^2
@@ -205,7 +224,7 @@ class ProbeRM:
 
     def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
         self.cfg = cfg
-        x_pool, x_test = pair_features(cfg.model, pool), pair_features(cfg.model, test)
+        x_pool, x_test = pair_features(cfg.model, pool, cfg.features), pair_features(cfg.model, test, cfg.features)
         sd = x_pool.std(0) + 1e-6
         self.x_pool, self.x_test = x_pool / sd, x_test / sd
 
@@ -237,8 +256,8 @@ class ProbeRM:
     def test_margins(self, w) -> list[float]:
         return (self.x_test @ w).tolist()
 
-    def pool_spread(self, chosen: list[int], labels: list[bool], seed: int, idx: list[int]) -> list[float]:
-        """Std over `members` heads fit on bootstrap resamples of the labels: the ensemble's disagreement."""
+    def pool_members(self, chosen: list[int], labels: list[bool], seed: int, idx: list[int]):
+        """(members, len(idx)) margins of `members` heads, each fit on a bootstrap resample of the labels."""
         import torch
 
         rng = random.Random(seed * 7919 + len(chosen))
@@ -249,22 +268,41 @@ class ProbeRM:
                 counts[rng.randrange(len(chosen))] += 1
             w = self.fit(chosen, labels, seed, weights=counts)
             margins.append(self.x_pool[idx] @ w)
-        return torch.stack(margins).std(0, unbiased=False).tolist()
+        return torch.stack(margins)
+
+    def pool_spread(self, chosen: list[int], labels: list[bool], seed: int, idx: list[int]) -> list[float]:
+        """Population std of the members' margins: the ensemble's disagreement (`rlhf label rescore`'s spread)."""
+        return self.pool_members(chosen, labels, seed, idx).std(0, unbiased=False).tolist()
+
+    def pool_information(self, chosen: list[int], labels: list[bool], seed: int, idx: list[int]) -> list[float]:
+        """BALD of each pair from the members' margins (`rlhf label rescore`'s information)."""
+        from rlhf.labeling.rescore import information
+
+        return [information(m) for m in self.pool_members(chosen, labels, seed, idx).T.tolist()]
 
 
-def pair_features(model_name: str, pairs: list[Pair]):
-    """(N, H) h(a) - h(b): the reward-model backbone's last-token hidden states, read where `rlhf rm` reads scores."""
+def pair_features(model_name: str, pairs: list[Pair], features: str = "mean"):
+    """(N, H) h(a) - h(b): the reward-model backbone's final hidden states, the score head's input.
+
+    `mean`: averaged over the response's tokens (its end-of-turn tokens too);
+    `last`: at the last token, where `rlhf rm` reads its score. Each distinct
+    (prompt, response) is forwarded once (a pool prompt's K responses make
+    C(K, 2) pairs).
+    """
     import torch
 
     from rlhf.chat import as_messages
-    from rlhf.data import encode_all, pad_id, pad_sequences
+    from rlhf.data import IGNORE, encode_all, pad_id, pad_sequences
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.trainers.rm import score_head
 
     tok = load_tokenizer(model_name)
     model = load_reward_model(model_name, pad_token_id=tok.pad_token_id).eval()
-    prompts = [as_messages(p.prompt) for p in pairs] * 2
-    seqs = encode_all(tok, list(zip(prompts, [p.a for p in pairs] + [p.b for p in pairs])), 256, encoder=False)
+    row: dict[tuple[str, str], int] = {}
+    for p in pairs:
+        row.setdefault((p.prompt, p.a), len(row))
+        row.setdefault((p.prompt, p.b), len(row))
+    seqs = encode_all(tok, [(as_messages(prompt), text) for prompt, text in row], 256, encoder=False)
     caught, out = [], []
     hook = score_head(model).register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
     try:
@@ -272,12 +310,16 @@ def pair_features(model_name: str, pairs: list[Pair]):
             for i in range(0, len(seqs), 128):
                 batch = pad_sequences(seqs[i:i + 128], pad_id(tok))  # right-padded
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                hidden, last = caught.pop(), batch["attention_mask"].sum(1) - 1  # (B, T, H), (B,)
-                out.append(hidden[torch.arange(hidden.shape[0]), last])
+                hidden, mask = caught.pop(), batch["attention_mask"]  # (B, T, H), (B, T)
+                if features == "last":
+                    out.append(hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1])
+                else:
+                    response = batch["labels"] != IGNORE  # the response's tokens
+                    out.append((hidden * response[..., None]).sum(1) / response.sum(1, keepdim=True))
     finally:
         hook.remove()
     h = torch.cat(out).float()
-    return h[:len(pairs)] - h[len(pairs):]
+    return h[[row[p.prompt, p.a] for p in pairs]] - h[[row[p.prompt, p.b] for p in pairs]]
 
 
 def agreement_with_gold(margins: list[float], test: list[Pair]) -> float:
@@ -308,9 +350,12 @@ def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labe
             elif order == "uncertainty":  # the margins closest to zero
                 m = rm.pool_margins(model, left)
                 chosen += [i for _, i in sorted(zip((abs(x) for x in m), left))[:cfg.round_size]]
-            else:  # disagreement: the largest spread across the ensemble's margins
+            elif order == "disagreement":  # the largest spread across the ensemble's margins
                 spread = rm.pool_spread(chosen, labels, seed, left)
                 chosen += [i for _, i in sorted(zip((-x for x in spread), left))[:cfg.round_size]]
+            else:  # information: what a label would tell the ensemble most
+                info = rm.pool_information(chosen, labels, seed, left)
+                chosen += [i for _, i in sorted(zip((-x for x in info), left))[:cfg.round_size]]
         curve.append({"labels": len(taken), "agreement": agree, "seconds": time.time() - t0,
                       **label_quality([pool[i] for i in taken], [labels[i] for i in taken])})
     return curve
@@ -359,6 +404,7 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
            "annotator_gold_agreement": _annotator_agreement(pool, cfg.seeds),
            "curves": curves, "mean": means, "seconds": time.time() - t0}
     if "random" in means:
+        out["paired"] = {o: paired_gain(curves[o], curves["random"]) for o in cfg.orders if o != "random"}
         target, full = means["random"][-1]["agreement"], means["random"][-1]["labels"]
         out["bar"] = {"random_final": target, "random_labels": full, "orders": {}}
         for order in means:
@@ -367,6 +413,18 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
                 out["bar"]["orders"][order] = {"labels_to_reach": need,
                                                "saving": None if need is None else 1 - need / full,
                                                "met": need is not None and need <= 0.7 * full}
+    return out
+
+
+def paired_gain(curves: list[list[dict]], random_curves: list[list[dict]]) -> list[dict]:
+    """Per point: an order's agreement minus random order's on the same seed, mean and its standard error over seeds."""
+    out = []
+    for pts in zip(*curves, *random_curves):
+        n = len(curves)
+        d = [a["agreement"] - b["agreement"] for a, b in zip(pts[:n], pts[n:])]
+        mean = sum(d) / n
+        se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5 if n > 1 else None
+        out.append({"labels": pts[0]["labels"], "mean": mean, "se": se})
     return out
 
 
@@ -386,6 +444,12 @@ def report(result: dict) -> str:
     lines = [f"{'labels':>7}" + "".join(f"{o:>13}" for o in orders)]
     for pts in zip(*(result["mean"][o] for o in orders)):
         lines.append(f"{pts[0]['labels']:>7}" + "".join(f"{p['agreement']:>13.3f}" for p in pts))
+    paired = result.get("paired")
+    if paired and len(result["config"]["seeds"]) > 1:
+        lines.append("active minus random, same seed, points (mean ± standard error over seeds):")
+        for pts in zip(*paired.values()):
+            lines.append(f"{pts[0]['labels']:>7}" + " " * 13
+                         + "".join(f"{100 * p['mean']:+.1f} ± {100 * p['se']:.1f}".rjust(13) for p in pts))
     bar = result.get("bar")
     if bar:
         lines.append(f"random order's final mean agreement {bar['random_final']:.3f} at {bar['random_labels']} labels")

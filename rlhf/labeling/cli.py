@@ -23,8 +23,10 @@ from rlhf.device import ScoringOptions
 from rlhf.errors import UserError
 
 ORDER_HELP = ("which item is handed out next: sequential (by position), random, uncertainty (the reward model's "
-              "margin closest to zero) or disagreement (the reward-model ensemble disagrees most); the last two "
-              "read the scores `rlhf label rescore` stores")
+              "margin closest to zero), disagreement (the reward-model ensemble's margins spread most) or "
+              "information (a label would tell the ensemble most: BALD); the last three read the scores "
+              "`rlhf label rescore` stores")
+Order = Literal["sequential", "random", "uncertainty", "disagreement", "information"]  # store.ORDERS
 SUGGESTIONS_HELP = "show annotators the stored AI suggestion (folded, text only); off by default"
 
 
@@ -49,7 +51,7 @@ class CreateConfig:
     strength: bool = opt(True, "ask how strong a pairwise preference is (exported as margin)")
     render: Literal["markdown", "text"] = opt("markdown", "show responses as markdown (raw HTML off) or plain text")
     append: bool = opt(False, "add the items to an existing project of that name")
-    order: Literal["sequential", "random", "uncertainty", "disagreement"] = opt("sequential", ORDER_HELP)
+    order: Order = opt("sequential", ORDER_HELP)
     suggestions: bool = opt(False, SUGGESTIONS_HELP)
     max_new_tokens: int = opt(128, "sampling: longest response in tokens")
     temperature: float = opt(1.0, "sampling temperature")
@@ -127,7 +129,7 @@ class SettingsConfig:
     command = "label settings"
     db: str = opt("project.db", "database file or URL", positional=True)
     project: Optional[str] = opt(None, "project (default: the only one)")
-    order: Optional[Literal["sequential", "random", "uncertainty", "disagreement"]] = opt(None, ORDER_HELP)
+    order: Optional[Order] = opt(None, ORDER_HELP)
     suggestions: Optional[bool] = opt(None, SUGGESTIONS_HELP + " (--no-suggestions hides it)")
 
 
@@ -139,7 +141,7 @@ class RescoreConfig(ScoringOptions):
     db: str = opt("project.db", "database file or URL", positional=True)
     project: Optional[str] = opt(None, "project (default: the only one)")
     reward_model: list[str] = opt([], "reward-model folder(s); several, or an ensemble folder (rlhf rm --ensemble), "
-                                      "give the disagreement order its spread")
+                                      "give the disagreement and information orders their scores")
     judge: Optional[str] = opt(None, "a pairwise judge instead: llm:FOLDER, openai:URL#MODEL or rm:FOLDER")
     every: bool = opt(False, "score every item, labelled ones too (default: those still handed out, and gold)")
     quiet: bool = opt(False, "no progress on stderr")
@@ -360,7 +362,7 @@ def settings_main(argv: list[str]) -> int:
     scored = len(store.scores(project))
     print(f"rlhf: project '{project.name}': order {project.order}, AI suggestions "
           f"{'shown' if project.suggestions else 'hidden'} ({scored} items scored)")
-    if project.order in ("uncertainty", "disagreement") and not scored:
+    if project.order not in ("sequential", "random") and not scored:
         print(f"rlhf: no scores yet: items go out by position until `rlhf label rescore {cfg.db} --reward-model ...`")
     return 0
 
@@ -399,12 +401,15 @@ def rescore_main(argv: list[str]) -> int:
                                                                          else "1 reward model")
     items = f"{out['items']} item{'s' if out['items'] != 1 else ''}"
     line = f"rlhf: scored {items} of '{project.name}' with {what}: median |margin| {margins[len(margins) // 2]:.3f}"
+    infos = sorted(r["information"] for r in out["rows"] if r["information"] is not None)
     if spreads:
         line += f", median spread {spreads[len(spreads) // 2]:.3f}"
+    if infos:
+        line += f", median information {infos[len(infos) // 2]:.4f} nats"
     print(line + f"; order {project.order}")
     if project.order in ("sequential", "random"):
         print(f"rlhf: to serve the least certain first: rlhf label settings {cfg.db} --order "
-              f"{'disagreement' if spreads else 'uncertainty'}")
+              f"{'information' if spreads else 'uncertainty'}")
     return 0
 
 

@@ -10,12 +10,18 @@ per item, in the item's own terms:
 - `spread`: how much the members disagree about it: the population std over
   members of the pairwise margin (ranking: the largest over its pairs;
   thumbs: of the reward); None with one model;
+- `information`: what the label would tell about which member is right
+  (BALD, Houlsby et al. 2011): H(mean p) - mean H(p) in nats, p = sigmoid of
+  a member's margin, its Bradley-Terry P(response 0 preferred) (ranking: the
+  largest over its pairs; thumbs: p = sigmoid of the reward); None with one
+  model. It is high where members are each sure and disagree, low where each
+  calls the pair a coin flip (a near-tie a label cannot settle);
 - `suggestion`: the answer the models' mean reward gives (`a`/`b`, a ranking,
   `up`/`down`), shown to annotators only where the project turns suggestions on.
 
 `--order uncertainty` hands out the smallest |margin| first (the model is
 least sure), `--order disagreement` the largest spread first (the ensemble
-disagrees most). An LLM judge (`--judge`, a spec as `rlhf eval` takes: `llm:`,
+disagrees most), `--order information` the largest information first. An LLM judge (`--judge`, a spec as `rlhf eval` takes: `llm:`,
 `openai:`, `rm:`) gives a pairwise margin of logit P(A better) and a
 suggestion, no spread.
 
@@ -33,8 +39,31 @@ from typing import Optional, Sequence
 from rlhf.errors import UserError
 
 
+def information(margins: Sequence[float]) -> Optional[float]:
+    """BALD of one comparison from its members' margins: H(mean p) - mean H(p), nats; None with one member.
+
+    p = sigmoid(margin) is a member's Bradley-Terry probability that response 0
+    is preferred; H the entropy of that coin. The mutual information between
+    the label and which member is right: 0 when the members agree (however
+    unsure), up to log 2 when each is certain and half say each answer.
+    """
+    if len(margins) < 2:
+        return None
+
+    def log_sigmoid(x: float) -> float:  # log(1 / (1 + e^-x)), without overflow
+        return -(math.log1p(math.exp(-abs(x))) + max(-x, 0.0))
+
+    def entropy(log_p: float, log_q: float) -> float:
+        return -(math.exp(log_p) * log_p + math.exp(log_q) * log_q)
+
+    mean_p = sum(math.exp(log_sigmoid(m)) for m in margins) / len(margins)
+    mean_p = min(max(mean_p, 1e-300), 1 - 1e-16)
+    each = sum(entropy(log_sigmoid(m), log_sigmoid(-m)) for m in margins) / len(margins)
+    return max(0.0, entropy(math.log(mean_p), math.log1p(-mean_p)) - each)
+
+
 def item_score(mode: str, member_scores: Sequence[Sequence[float]]) -> dict:
-    """(M members, K responses) rewards of one item -> {margin, spread, suggestion} in item terms."""
+    """(M members, K responses) rewards of one item -> {margin, spread, information, suggestion} in item terms."""
     m = len(member_scores)
     k = len(member_scores[0])
     mean = [sum(s[i] for s in member_scores) / m for i in range(k)]
@@ -43,15 +72,17 @@ def item_score(mode: str, member_scores: Sequence[Sequence[float]]) -> dict:
         return statistics.pstdev(values) if m > 1 else None
 
     if mode == "thumbs":
-        return {"margin": mean[0], "spread": spread_of([s[0] for s in member_scores]),
+        rewards = [s[0] for s in member_scores]
+        return {"margin": mean[0], "spread": spread_of(rewards), "information": information(rewards),
                 "suggestion": "up" if mean[0] > 0 else "down" if mean[0] < 0 else None}
     if mode == "pairwise":
-        margin = mean[0] - mean[1]
-        return {"margin": margin, "spread": spread_of([s[0] - s[1] for s in member_scores]),
+        margin, margins = mean[0] - mean[1], [s[0] - s[1] for s in member_scores]
+        return {"margin": margin, "spread": spread_of(margins), "information": information(margins),
                 "suggestion": "a" if margin > 0 else "b" if margin < 0 else None}
     if mode == "ranking":
         pairs = list(combinations(range(k), 2))
         spreads = [spread_of([s[i] - s[j] for s in member_scores]) for i, j in pairs]
+        infos = [information([s[i] - s[j] for s in member_scores]) for i, j in pairs]
         order = sorted(range(k), key=lambda i: -mean[i])
         places: list = []
         for i in order:  # exactly equal rewards share a place
@@ -60,15 +91,15 @@ def item_score(mode: str, member_scores: Sequence[Sequence[float]]) -> dict:
             else:
                 places.append([i])
         return {"margin": min(abs(mean[i] - mean[j]) for i, j in pairs),
-                "spread": None if m == 1 else max(spreads),
+                "spread": None if m == 1 else max(spreads), "information": None if m == 1 else max(infos),
                 "suggestion": [p[0] if len(p) == 1 else p for p in places]}
     raise UserError(f"rescore: a {mode} project has nothing to compare (only pairwise, ranking and thumbs)")
 
 
 def judge_score(p_first: float) -> dict:
-    """A pairwise judge's P(response 0 better) -> {margin (its logit), spread None, suggestion}."""
+    """A pairwise judge's P(response 0 better) -> {margin (its logit), spread and information None, suggestion}."""
     p = min(max(p_first, 1e-6), 1 - 1e-6)
-    return {"margin": math.log(p / (1 - p)), "spread": None,
+    return {"margin": math.log(p / (1 - p)), "spread": None, "information": None,
             "suggestion": "a" if p_first > 0.5 else "b" if p_first < 0.5 else None}
 
 

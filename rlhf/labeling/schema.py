@@ -27,7 +27,7 @@ from __future__ import annotations
 from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint, false)
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 metadata = MetaData()
 
@@ -72,7 +72,7 @@ projects = Table(
     Column("render", String(16), nullable=False),  # markdown | text
     Column("guidelines", Text, nullable=False, default=""),
     Column("created_at", Float, nullable=False),
-    # which item is handed out next: sequential | random | uncertainty | disagreement (store.ORDERS)
+    # which item is handed out next: sequential | random | uncertainty | disagreement | information (store.ORDERS)
     Column("serve_order", String(16), nullable=False, server_default="sequential"),
     Column("suggestions", Boolean, nullable=False, server_default=false()),  # show annotators the AI's suggestion
 )
@@ -146,6 +146,7 @@ item_scores = Table(
     # pairwise: r(response 0) - r(response 1); ranking: the smallest gap between two responses; thumbs: r
     Column("margin", Float, nullable=False),
     Column("spread", Float, nullable=True),  # how much ensemble members disagree on that margin (std); one model: None
+    Column("information", Float, nullable=True),  # what a label would tell about which member is right (BALD, nats)
     Column("suggestion", Text, nullable=True),  # JSON answer in item terms, as `items.gold`
     Column("source", String(512), nullable=False),  # the reward-model folders or the judge spec
     Column("scored_at", Float, nullable=False),

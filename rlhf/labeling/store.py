@@ -42,8 +42,9 @@ THUMB_CHOICES = ("up", "down", "skip")  # thumbs: the item's one response is goo
 DEMO_CHOICES = ("write", "skip")  # demonstration: the annotator writes (or edits a draft of) the response
 SKIP_REASONS = ("unsure", "expertise", "harmful", "broken", "other")
 # Which item is handed out next: by position; at random; the reward model's margin closest to zero;
-# the reward-model ensemble's largest disagreement (the last two from `rlhf label rescore`'s scores).
-ORDERS = ("sequential", "random", "uncertainty", "disagreement")
+# the reward-model ensemble's largest disagreement; the most a label would tell the ensemble (the last three
+# from `rlhf label rescore`'s scores).
+ORDERS = ("sequential", "random", "uncertainty", "disagreement", "information")
 MAX_COMMENT = 2000
 MAX_TEXT = 20000  # a written demonstration, in characters
 
@@ -79,6 +80,7 @@ Q_NEXT = {
     "random": _eligible.order_by(func.random()).limit(1),
     "uncertainty": _scored.order_by(_s.c.margin.is_(None), func.abs(_s.c.margin), _i.c.position).limit(1),
     "disagreement": _scored.order_by(_s.c.spread.is_(None), _s.c.spread.desc(), _i.c.position).limit(1),
+    "information": _scored.order_by(_s.c.information.is_(None), _s.c.information.desc(), _i.c.position).limit(1),
 }
 Q_ORDER = select(S.projects.c.serve_order).where(S.projects.c.id == P("project_id"))
 I_LEASE = insert(_a)
@@ -231,6 +233,7 @@ class Store:
         S.metadata.create_all(self.engine)  # tables that are missing, e.g. sessions
         have = {col["name"] for col in inspect(self.engine).get_columns("labels")}
         have_p = {col["name"] for col in inspect(self.engine).get_columns("projects")}
+        have_s = {col["name"] for col in inspect(self.engine).get_columns("item_scores")}
         with self.write() as c:
             if "serve_order" not in have_p:
                 c.exec_driver_sql("ALTER TABLE projects ADD COLUMN serve_order VARCHAR(16) NOT NULL "
@@ -245,6 +248,8 @@ class Store:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN reason VARCHAR(16)")
             if "text" not in have:
                 c.exec_driver_sql("ALTER TABLE labels ADD COLUMN text TEXT")
+            if "information" not in have_s:
+                c.exec_driver_sql("ALTER TABLE item_scores ADD COLUMN information FLOAT")
             c.execute(update(S.meta).where(S.meta.c.key == "schema").values(value=S.SCHEMA_VERSION))
 
     def close(self) -> None:
@@ -462,7 +467,7 @@ class Store:
 
     def set_scores(self, project: Project, rows: list[dict], *, source: str, actor: str = "cli",
                    now: float | None = None) -> int:
-        """Store each row's `margin`, `spread` and `suggestion` for its `item_id` (replacing older scores)."""
+        """Store each row's `margin`, `spread`, `information` and `suggestion` for its `item_id` (replacing older ones)."""
         now = time.time() if now is None else now
         s = S.item_scores
         with self.write() as c:
@@ -475,6 +480,8 @@ class Store:
                 c.execute(delete(s).where(s.c.item_id.in_(ids)))
                 c.execute(insert(s), [{"item_id": r["item_id"], "margin": float(r["margin"]),
                                        "spread": None if r.get("spread") is None else float(r["spread"]),
+                                       "information": None if r.get("information") is None
+                                       else float(r["information"]),
                                        "suggestion": None if r.get("suggestion") is None else _dumps(r["suggestion"]),
                                        "source": source[:512], "scored_at": now} for r in rows])
             self._audit(c, actor, "project.rescore", {"name": project.name, "items": len(rows), "source": source},
@@ -482,7 +489,7 @@ class Store:
         return len(rows)
 
     def scores(self, project: Project) -> dict[int, dict]:
-        """Every stored score of the project by item id: margin, spread, suggestion, source, scored_at."""
+        """Every stored score of the project by item id: margin, spread, information, suggestion, source, scored_at."""
         s = S.item_scores
         with self.read() as c:
             rows = c.execute(select(s).join(_i, _i.c.id == s.c.item_id).where(_i.c.project_id == project.id)).all()
@@ -799,7 +806,7 @@ class Store:
 
 
 def _score_dict(r) -> dict:
-    return {"item_id": r.item_id, "margin": r.margin, "spread": r.spread,
+    return {"item_id": r.item_id, "margin": r.margin, "spread": r.spread, "information": r.information,
             "suggestion": json.loads(r.suggestion) if r.suggestion else None, "source": r.source,
             "scored_at": r.scored_at}
 
