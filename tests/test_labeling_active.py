@@ -369,3 +369,110 @@ def test_suggestions_are_hidden_until_the_project_shows_them(tmp_path):
     assert c.post("/admin/settings", data={"order": "uncertainty", "csrf_token": csrf}).status_code == 302
     p = store.project()
     assert (p.order, p.suggestions) == ("uncertainty", False)  # an unticked box turns suggestions off
+
+
+# -- the probe: what active-lab measured, scoring the app's queue ------------------------------------
+
+
+def label_in_order(store, project, choices: list[str], name="ann") -> list[int]:
+    """`name` takes the next items (sequential order) and answers them with `choices`, in turn."""
+    user = next(u for u in store.users() if u["name"] == name)
+    done = []
+    for choice in choices:
+        item_id = store.lease_next(project, user["id"])
+        store.submit(project, user, item_id, Answer(choice), shown=[0, 1])
+        done.append(item_id)
+    return done
+
+
+def _fake_features(monkeypatch, dim=5):
+    """Each response's features: a fixed random vector per text (no model loads)."""
+    import torch
+
+    from rlhf.labeling import probe
+
+    table: dict[str, torch.Tensor] = {}
+
+    def features(model, items, features="mean", **kw):
+        for _, text in items:
+            table.setdefault(text, torch.randn(dim, generator=torch.Generator().manual_seed(len(table))))
+        return torch.stack([table[text] for _, text in items])
+
+    monkeypatch.setattr(probe, "response_features", features)
+    return table
+
+
+def test_probe_in_the_app_fits_the_head_the_lab_fits(tmp_path, monkeypatch):
+    """rescore --probe on a project of pool pairs gives the queue the margins ProbeRM gives the same pairs."""
+    import torch
+
+    from rlhf.labeling.active_lab import ActiveLabConfig, ProbeRM
+    from rlhf.labeling.rescore import rescore
+
+    table = _fake_features(monkeypatch)
+    store = pairwise_store(tmp_path / "a.db", n=12)
+    p = store.project()
+    items = list(store.project_items(p).values())
+    h = torch.stack([table.setdefault(t, torch.randn(5, generator=torch.Generator().manual_seed(100 + k)))
+                     for k, t in enumerate(r for it in items for r in it.responses)])
+    a, b = h[0::2], h[1::2]
+    labels = [bool(x) for x in ((a - b)[:, 0] + 0.3 * (a - b)[:, 1] > 0).tolist()]  # the annotator's rule
+    assert label_in_order(store, p, ["a" if lab else "b" for lab in labels[:8]]) == [it.id for it in items[:8]]
+    out = rescore(store, p, probe="fake", members=1, log=None)
+    assert out["items"] == 4 and out["source"] == "probe:fake"
+
+    lab = ProbeRM.__new__(ProbeRM)
+    lab.cfg = ActiveLabConfig()  # L2 0.3, as the app's probe
+    sd = (a - b).std(0) + 1e-6
+    lab.x_pool = (a - b) / sd
+    w = lab.fit(list(range(8)), labels[:8], seed=0)
+    expected = lab.pool_margins(w, [8, 9, 10, 11])
+    scores = store.scores(p)
+    assert [scores[it.id]["margin"] for it in items[8:]] == pytest.approx(expected, abs=1e-4)
+    assert all(scores[it.id]["information"] is None for it in items[8:])  # one head: no ensemble
+    # ten heads: an ensemble, so a spread and an information per item
+    rescore(store, p, probe="fake", members=10, log=None)
+    scores = store.scores(p)
+    assert all(scores[it.id]["information"] is not None and scores[it.id]["spread"] > 0 for it in items[8:])
+
+
+def test_probe_refusals(tmp_path, monkeypatch, capsys):
+    from rlhf.errors import UserError
+    from rlhf.labeling.rescore import rescore
+
+    _fake_features(monkeypatch)
+    store = pairwise_store(tmp_path / "a.db", n=3)
+    with pytest.raises(UserError, match="no comparison labelled yet"):
+        rescore(store, store.project(), probe="fake", log=None)
+    label_in_order(store, store.project(), ["tie"])
+    with pytest.raises(UserError, match="no comparison labelled yet"):  # a tie is no comparison for Bradley-Terry
+        rescore(store, store.project(), probe="fake", log=None)
+    store.create_project("t", mode="thumbs", overlap=1, lease_seconds=600, strength=False, render="text",
+                         guidelines="", items=[ItemSpec("x", "x", "Q?", ["a"])])
+    with pytest.raises(UserError, match="learns from comparisons: project 't' is thumbs"):
+        rescore(store, store.project("t"), probe="fake", log=None)
+    db = str(tmp_path / "a.db")
+    assert cli_main(["label", "rescore", db, "--project", "p", "--probe", "lab-small", "--judge", "gold"]) == 2
+    assert "one of the three" in capsys.readouterr().err
+    assert cli_main(["label", "rescore", db, "--project", "p", "--probe", str(tmp_path / "nope")]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+    assert store.scores(store.project("p")) == {}
+
+
+def test_rescore_with_a_probe_on_the_lab_model(tmp_path, capsys):
+    """End to end: labels in, the lab-small probe's ensemble scores the queue, the information order serves it."""
+    db = tmp_path / "a.db"
+    store = pairwise_store(db, n=6, order="information")
+    p = store.project()
+    user = next(u for u in store.users() if u["name"] == "ann")
+    items = list(store.project_items(p).values())
+    label_in_order(store, p, ["a", "b", "a"])  # no scores yet: by position
+    assert cli_main(["label", "rescore", str(db), "--probe", "lab-small", "--members", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "scored 3 items of 'p' with a probe on lab-small (4 heads)" in out and "median information" in out
+    scores = Store(str(db)).scores(p)
+    assert sorted(scores) == [it.id for it in items[3:]]
+    assert all(s["source"] == "probe:lab-small" and s["information"] >= 0 and s["spread"] > 0
+               for s in scores.values())
+    first = max(scores, key=lambda i: scores[i]["information"])
+    assert store.lease_next(p, user["id"]) == first

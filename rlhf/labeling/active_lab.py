@@ -19,13 +19,14 @@ The humans are the lab's simulated annotators, the truth is its gold judge:
    label so far, and its agreement with gold on the test pairs recorded.
 
 The reward model (`--reward-model`):
-- `probe` (default): the lab model's final hidden states (the score head's
-  input), averaged over the response's tokens (`--features mean`) or read
-  at the last token, where `rlhf rm` reads its score (`--features last`),
-  frozen, under a Bradley-Terry linear head (L2 `l2`) refit each round; the
-  ensemble of the disagreement and information orders is `members` heads on
-  bootstrap resamples. Features are computed once, so a round takes
-  milliseconds and three seeds of every order take minutes on a laptop;
+- `probe` (default, `rlhf.labeling.probe`, which `rlhf label rescore
+  --probe` scores with too): the lab model's final hidden states (the score
+  head's input), averaged over the response's tokens (`--features mean`) or
+  read at the last token, where `rlhf rm` reads its score (`--features
+  last`), frozen, under a Bradley-Terry linear head (L2 `l2`) refit each
+  round; the ensemble of the disagreement and information orders is
+  `members` heads on bootstrap resamples. Features are computed once, so a
+  round takes milliseconds and three seeds of every order take a minute;
 - `full`: `rlhf rm`'s own training of the whole model each round (minutes per
   round on a CPU; `uncertainty` and `random` only).
 
@@ -47,13 +48,14 @@ from typing import Literal, Optional
 
 from rlhf.config import opt, parse
 from rlhf.errors import UserError
+from rlhf.labeling.probe import L2
 
 ORDERS = ("random", "uncertainty", "disagreement", "information")
 
 
 @dataclass
 class ActiveLabConfig:
-    """Reward-model agreement with gold against labels: random order vs uncertainty order, in the lab."""
+    """Reward-model agreement with gold against labels: random order against acquisition orders, in the lab."""
 
     command = "label active-lab"
     model: str = opt("lab", "lab model that samples the pool's responses and is the reward model's backbone")
@@ -65,11 +67,11 @@ class ActiveLabConfig:
     seeds: list[int] = opt([0, 1, 2], "seeds: annotator noise, random draws, reward-model initialisation")
     orders: list[str] = opt(list(ORDERS), "orders to compare: " + ", ".join(ORDERS))
     reward_model: Literal["probe", "full"] = opt(
-        "probe", "probe: frozen last-token features of --model under a Bradley-Terry linear head refit each round; "
+        "probe", "probe: frozen features of --model (--features) under Bradley-Terry linear heads refit each round; "
                  "full: rlhf rm fine-tunes the whole model each round (slow)")
     features: Literal["mean", "last"] = opt(
         "mean", "probe: the final hidden states averaged over the response's tokens, or at its last token")
-    l2: float = opt(0.3, "probe: L2 penalty on the head's weights (features are standardised)")
+    l2: float = opt(L2, "probe: L2 penalty on the head's weights (features are standardised)")
     members: int = opt(10, "probe: bootstrap heads, the ensemble of the disagreement and information orders")
     epochs: int = opt(2, "full: reward-model epochs per retraining")
     lr: float = opt(5e-5, "full: reward-model learning rate")
@@ -214,12 +216,10 @@ class FullRM:
 
 
 class ProbeRM:
-    """The lab model's final hidden states (frozen; response mean or last token) under a Bradley-Terry linear head.
+    """The lab model's final hidden states (frozen) under Bradley-Terry linear heads: `rlhf.labeling.probe`.
 
-    A pair's feature is h(a) - h(b), standardised over the pool; the head w
-    minimises the Bradley-Terry loss, mean -log sigmoid(y w.x), + l2 |w|^2
-    (`losses.bradley_terry_loss`; L-BFGS, full batch), y = +1 when the
-    annotator preferred a. Features are computed once.
+    A pair's feature is h(a) - h(b), standardised over the pool; a head is fit
+    to the labels so far, y = +1 when the annotator preferred a.
     """
 
     def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
@@ -228,27 +228,16 @@ class ProbeRM:
         sd = x_pool.std(0) + 1e-6
         self.x_pool, self.x_test = x_pool / sd, x_test / sd
 
-    def fit(self, chosen: list[int], labels: list[bool], seed: int, *, weights=None):
+    def _labelled(self, chosen: list[int], labels: list[bool]):
+        """Each labelled pair as winner minus loser."""
         import torch
 
-        from rlhf.losses import bradley_terry_loss
+        return self.x_pool[chosen] * torch.tensor([1.0 if labels[i] else -1.0 for i in chosen])[:, None]
 
-        x = self.x_pool[chosen]
-        y = torch.tensor([1.0 if labels[i] else -1.0 for i in chosen])
-        wts = torch.ones(len(chosen)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-        w = torch.zeros(x.shape[1], requires_grad=True)
-        opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+    def fit(self, chosen: list[int], labels: list[bool], seed: int):
+        from rlhf.labeling.probe import fit_head
 
-        def closure():
-            opt.zero_grad()
-            # Bradley-Terry on the pair's margin against a tie: -log sigmoid(y w.x), weighted
-            loss, _ = bradley_terry_loss(y * (x @ w), torch.zeros_like(y), weights=wts)
-            loss = loss + self.cfg.l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        return w.detach()
+        return fit_head(self._labelled(chosen, labels), self.cfg.l2)
 
     def pool_margins(self, w, idx: list[int]) -> list[float]:
         return (self.x_pool[idx] @ w).tolist()
@@ -260,15 +249,11 @@ class ProbeRM:
         """(members, len(idx)) margins of `members` heads, each fit on a bootstrap resample of the labels."""
         import torch
 
-        rng = random.Random(seed * 7919 + len(chosen))
-        margins = []
-        for _ in range(self.cfg.members):
-            counts = [0] * len(chosen)
-            for _ in chosen:
-                counts[rng.randrange(len(chosen))] += 1
-            w = self.fit(chosen, labels, seed, weights=counts)
-            margins.append(self.x_pool[idx] @ w)
-        return torch.stack(margins)
+        from rlhf.labeling.probe import bootstrap_heads
+
+        heads = bootstrap_heads(self._labelled(chosen, labels), self.cfg.members, seed=seed, l2=self.cfg.l2,
+                                rng=random.Random(seed * 7919 + len(chosen)))
+        return torch.stack([self.x_pool[idx] @ w for w in heads])
 
     def pool_spread(self, chosen: list[int], labels: list[bool], seed: int, idx: list[int]) -> list[float]:
         """Population std of the members' margins: the ensemble's disagreement (`rlhf label rescore`'s spread)."""
@@ -282,43 +267,14 @@ class ProbeRM:
 
 
 def pair_features(model_name: str, pairs: list[Pair], features: str = "mean"):
-    """(N, H) h(a) - h(b): the reward-model backbone's final hidden states, the score head's input.
+    """(N, H) h(a) - h(b) (`probe.response_features`); each distinct (prompt, response) is forwarded once."""
+    from rlhf.labeling.probe import response_features
 
-    `mean`: averaged over the response's tokens (its end-of-turn tokens too);
-    `last`: at the last token, where `rlhf rm` reads its score. Each distinct
-    (prompt, response) is forwarded once (a pool prompt's K responses make
-    C(K, 2) pairs).
-    """
-    import torch
-
-    from rlhf.chat import as_messages
-    from rlhf.data import IGNORE, encode_all, pad_id, pad_sequences
-    from rlhf.models import load_reward_model, load_tokenizer
-    from rlhf.trainers.rm import score_head
-
-    tok = load_tokenizer(model_name)
-    model = load_reward_model(model_name, pad_token_id=tok.pad_token_id).eval()
     row: dict[tuple[str, str], int] = {}
     for p in pairs:
         row.setdefault((p.prompt, p.a), len(row))
         row.setdefault((p.prompt, p.b), len(row))
-    seqs = encode_all(tok, [(as_messages(prompt), text) for prompt, text in row], 256, encoder=False)
-    caught, out = [], []
-    hook = score_head(model).register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(seqs), 128):
-                batch = pad_sequences(seqs[i:i + 128], pad_id(tok))  # right-padded
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                hidden, mask = caught.pop(), batch["attention_mask"]  # (B, T, H), (B, T)
-                if features == "last":
-                    out.append(hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1])
-                else:
-                    response = batch["labels"] != IGNORE  # the response's tokens
-                    out.append((hidden * response[..., None]).sum(1) / response.sum(1, keepdim=True))
-    finally:
-        hook.remove()
-    h = torch.cat(out).float()
+    h = response_features(model_name, list(row), features)
     return h[[row[p.prompt, p.a] for p in pairs]] - h[[row[p.prompt, p.b] for p in pairs]]
 
 

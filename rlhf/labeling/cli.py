@@ -143,12 +143,17 @@ class RescoreConfig(ScoringOptions):
     reward_model: list[str] = opt([], "reward-model folder(s); several, or an ensemble folder (rlhf rm --ensemble), "
                                       "give the disagreement and information orders their scores")
     judge: Optional[str] = opt(None, "a pairwise judge instead: llm:FOLDER, openai:URL#MODEL or rm:FOLDER")
+    probe: Optional[str] = opt(None, "or a probe: Bradley-Terry heads on this model's frozen features, fit to the "
+                                     "project's labels so far (what `rlhf label active-lab` measured; seconds)")
+    members: int = opt(10, "probe: heads, each on a bootstrap resample of the labels (the ensemble)")
     every: bool = opt(False, "score every item, labelled ones too (default: those still handed out, and gold)")
     quiet: bool = opt(False, "no progress on stderr")
 
     def __post_init__(self):
-        if bool(self.reward_model) == bool(self.judge):
-            raise UserError("give --reward-model FOLDER[,FOLDER...] or --judge SPEC (one of the two)")
+        if (bool(self.reward_model) + bool(self.judge) + bool(self.probe)) != 1:
+            raise UserError("give --reward-model FOLDER[,FOLDER...], --judge SPEC or --probe MODEL (one of the three)")
+        if self.members < 1:
+            raise UserError(f"members must be at least 1, got {self.members}")
         super().__post_init__()
 
 
@@ -383,6 +388,10 @@ def rescore_main(argv: list[str]) -> int:
         for path in members:  # every folder checked before any model loads
             if not (Path(path) / "config.json").exists():
                 raise UserError(f"--reward-model {path}: not a model folder (no config.json)")
+    if cfg.probe:
+        from rlhf.models import resolve
+
+        resolve(cfg.probe)  # a folder that is not there is refused before anything loads
     from rlhf.device import use_device
     from rlhf.labeling.rescore import rescore
     from rlhf.trainers.sft import quiet_transformers
@@ -390,15 +399,16 @@ def rescore_main(argv: list[str]) -> int:
     device = use_device(cfg)
     quiet_transformers(cfg.quiet)
     log = None if cfg.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    out = rescore(store, project, reward_models=members, judge=cfg.judge, every=cfg.every,
-                  batch_size=cfg.batch_size, max_len=cfg.max_len, device=device, log=log)
+    out = rescore(store, project, reward_models=members, judge=cfg.judge, probe=cfg.probe, members=cfg.members,
+                  every=cfg.every, batch_size=cfg.batch_size, max_len=cfg.max_len, device=device, log=log)
     if not out["items"]:
         print(f"rlhf: project '{project.name}': nothing left to score")
         return 0
     margins = sorted(abs(r["margin"]) for r in out["rows"])
     spreads = sorted(r["spread"] for r in out["rows"] if r["spread"] is not None)
-    what = f"{out['members']} reward models" if out["members"] > 1 else ("judge " + cfg.judge if cfg.judge
-                                                                         else "1 reward model")
+    what = (f"a probe on {cfg.probe} ({out['members']} heads)" if cfg.probe
+            else f"{out['members']} reward models" if out["members"] > 1
+            else "judge " + cfg.judge if cfg.judge else "1 reward model")
     items = f"{out['items']} item{'s' if out['items'] != 1 else ''}"
     line = f"rlhf: scored {items} of '{project.name}' with {what}: median |margin| {margins[len(margins) // 2]:.3f}"
     infos = sorted(r["information"] for r in out["rows"] if r["information"] is not None)

@@ -1,8 +1,9 @@
-"""`rlhf label rescore`: score a project's queue with reward models (or a judge), for active learning.
+"""`rlhf label rescore`: score a project's queue with reward models (or a judge, or a probe), for active learning.
 
 Each item's responses are scored by every reward model given (one folder,
-several, or an ensemble folder: `rlhf rm --ensemble K`), and the store gets,
-per item, in the item's own terms:
+several, or an ensemble folder: `rlhf rm --ensemble K`; or the heads of a
+probe fit to the labels so far, `--probe`), and the store gets, per item,
+in the item's own terms:
 
 - `margin`: pairwise, mean r(response 0) - r(response 1); ranking, the
   smallest gap between two responses' mean rewards; thumbs, the mean reward
@@ -23,7 +24,11 @@ per item, in the item's own terms:
 least sure), `--order disagreement` the largest spread first (the ensemble
 disagrees most), `--order information` the largest information first. An LLM judge (`--judge`, a spec as `rlhf eval` takes: `llm:`,
 `openai:`, `rm:`) gives a pairwise margin of logit P(A better) and a
-suggestion, no spread.
+suggestion, no spread. A probe (`--probe MODEL`, `rlhf.labeling.probe`)
+fits `members` Bradley-Terry heads on MODEL's frozen features to the
+project's labels so far and scores with them, as `rlhf label active-lab`
+measured the orders: seconds, where an ensemble of `rlhf rm` models takes
+a retraining of each.
 
 This module imports torch only inside `rescore`; the web process imports
 none of it, it only sorts by the stored numbers.
@@ -103,8 +108,55 @@ def judge_score(p_first: float) -> dict:
             "suggestion": "a" if p_first > 0.5 else "b" if p_first < 0.5 else None}
 
 
-def rescore(store, project, *, reward_models: Sequence[str] = (), judge: Optional[str] = None, every: bool = False,
-            batch_size: int = 16, max_len: int = 512, device="cpu", log=print) -> dict:
+def probe_rewards(store, project, items, model: str, *, members: int, seed: int = 0, batch_size: int = 16,
+                  max_len: int = 512, device="cpu") -> list[list[float]]:
+    """Per member, the reward of every response of `items`: probe heads fit to the project's comparisons.
+
+    `rlhf.labeling.probe`, as `rlhf label active-lab` measured it: `model`'s
+    response-mean features of every response in the project, standardised
+    over the differences of each item's pairs of responses; each labelled
+    comparison (ties, skips and "bad" left out; an adjudicated item's
+    decision in place of its votes, as export gives them) is a pair winner
+    minus loser; `members` heads on bootstrap resamples (one: a head on all).
+    """
+    import json
+
+    from rlhf.labeling.export import adjudicated, comparisons
+    from rlhf.labeling.probe import L2, bootstrap_heads, fit_head, response_features
+
+    if project.mode not in ("pairwise", "ranking"):
+        raise UserError(f"--probe learns from comparisons: project '{project.name}' is {project.mode} "
+                        "(give --reward-model instead)")
+    everything = store.project_items(project)
+    labels = adjudicated(store.project_labels(project), store.decisions(project))
+    won = [(lab["item_id"], i, j) if outcome == "a" else (lab["item_id"], j, i)
+           for lab in labels for i, j, outcome in comparisons(lab, project.mode) if outcome != "tie"]
+    if not won:
+        raise UserError(f"--probe learns from labels: project '{project.name}' has no comparison labelled yet "
+                        "(label some first, or give --reward-model)")
+    row: dict[tuple[str, str], int] = {}
+    for it in everything.values():
+        for text in it.responses:
+            row.setdefault((json.dumps(it.prompt), text), len(row))
+    keys = list(row)
+    h = response_features(model, [(json.loads(p), t) for p, t in keys], max_len=max_len, batch_size=batch_size,
+                          device=device)
+
+    def at(it, k: int) -> int:
+        return row[json.dumps(it.prompt), it.responses[k]]
+
+    first, second = zip(*[(at(it, i), at(it, j)) for it in everything.values()
+                          for i, j in combinations(range(len(it.responses)), 2)])
+    sd = (h[list(first)] - h[list(second)]).std(0) + 1e-6  # over every pair the project compares
+    x = (h[[at(everything[i], w) for i, w, _ in won]] - h[[at(everything[i], lo) for i, _, lo in won]]) / sd
+    heads = [fit_head(x, L2)] if members == 1 else bootstrap_heads(x, members, seed=seed, l2=L2)
+    queue = h[[at(it, k) for it in items for k in range(len(it.responses))]] / sd
+    return [(queue @ w).tolist() for w in heads]
+
+
+def rescore(store, project, *, reward_models: Sequence[str] = (), judge: Optional[str] = None,
+            probe: Optional[str] = None, members: int = 10, every: bool = False, batch_size: int = 16,
+            max_len: int = 512, device="cpu", log=print) -> dict:
     """Score the project's queue (or `every` item) and store the scores; -> a summary."""
     if project.mode == "demonstration":
         raise UserError(f"rescore: project '{project.name}' collects demonstrations: nothing to compare")
@@ -125,20 +177,28 @@ def rescore(store, project, *, reward_models: Sequence[str] = (), judge: Optiona
         rows = [{"item_id": it.id, **judge_score(x)} for it, x in zip(items, p)]
         source, members = judge, 1
     else:
-        from rlhf.judges import RewardModelJudge
-
-        per_member = []
-        for n, path in enumerate(reward_models):
+        if probe:
             if log:
-                log(f"rlhf label rescore: reward model {n + 1}/{len(reward_models)}: {path}")
-            rm = RewardModelJudge.load(path, batch_size=batch_size, max_len=max_len, device=device)
-            per_member.append(rm.score(prompts, responses))
-            del rm
+                log(f"rlhf label rescore: probe on {probe}: {members} heads fit to the labels so far")
+            per_member = probe_rewards(store, project, items, probe, members=members, batch_size=batch_size,
+                                       max_len=max_len, device=device)
+            source = f"probe:{probe}"
+        else:
+            from rlhf.judges import RewardModelJudge
+
+            per_member = []
+            for n, path in enumerate(reward_models):
+                if log:
+                    log(f"rlhf label rescore: reward model {n + 1}/{len(reward_models)}: {path}")
+                rm = RewardModelJudge.load(path, batch_size=batch_size, max_len=max_len, device=device)
+                per_member.append(rm.score(prompts, responses))
+                del rm
+            source = ",".join(reward_models)
         rows, start = [], 0
         for it in items:
             k = len(it.responses)
             rows.append({"item_id": it.id, **item_score(project.mode, [s[start:start + k] for s in per_member])})
             start += k
-        source, members = ",".join(reward_models), len(reward_models)
+        members = len(per_member)
     store.set_scores(project, rows, source=source)
     return {"items": len(rows), "members": members, "source": source, "rows": rows}
