@@ -6,7 +6,7 @@ The full numbers, with their command, are in rlhf/labeling/README.md ("Does the 
 import pytest
 
 from rlhf.labeling.active_lab import (ActiveLabConfig, Pair, ProbeRM, experiment, label_quality, labels_to_reach,
-                                      mean_curve)
+                                      mean_curve, report)
 
 
 def test_labels_to_reach_and_mean_curve_by_hand():
@@ -50,7 +50,7 @@ def test_probe_head_learns_the_direction_the_labels_follow():
 @pytest.mark.slow
 def test_reduced_experiment_learns_and_every_order_starts_alike():
     """One seed, six rounds of 50 labels, on the lab pool (sampled once and cached; the `lab` model too)."""
-    cfg = ActiveLabConfig(round_size=50, rounds=6, seeds=[0])
+    cfg = ActiveLabConfig(round_size=50, rounds=6, seeds=[0], transfer="last")
     out = experiment(cfg, log=None)
     assert out["pool"] >= 6000 and out["test"] >= 250  # 1,200 prompts, C(4, 2) pairs of each one's distinct responses
     curves = {o: c[0] for o, c in out["curves"].items()}
@@ -64,6 +64,10 @@ def test_reduced_experiment_learns_and_every_order_starts_alike():
     # the annotator is right about most pairs gold decides, as simulated
     assert 0.85 < out["annotator_gold_agreement"] < 0.97
     assert set(out["bar"]["orders"]) == {"uncertainty", "disagreement", "information"}
+    # --transfer: a last-token probe fit to each order's labels; on the first round, the same labels everywhere
+    assert {c[0]["transfer"] for c in curves.values()} == {curves["random"][0]["transfer"]}
+    assert all(0.5 < p["transfer"] < 1 for c in curves.values() for p in c)
+    assert "a probe on last features" in report(out)
 
 
 def test_a_prompts_k_responses_give_every_pair_of_its_distinct_ones(monkeypatch):
@@ -145,3 +149,20 @@ def test_paired_gain_by_hand():
     assert [p["labels"] for p in out] == [50, 100]
     assert out[0]["mean"] == 0.0 and out[0]["se"] == 0.0
     assert out[1]["mean"] == pytest.approx(0.03) and out[1]["se"] == pytest.approx(0.01)
+    # the same for a second probe's agreement (--transfer), read from its own key
+    mine, theirs = curve(0.5, 0.64), curve(0.5, 0.60)
+    mine[1]["transfer"], theirs[1]["transfer"], mine[0]["transfer"], theirs[0]["transfer"] = 0.7, 0.65, 0.4, 0.4
+    out = paired_gain([mine], [theirs], key="transfer")
+    assert out[1]["mean"] == pytest.approx(0.05) and out[1]["se"] is None  # one seed: no standard error
+    assert mean_curve([mine])[1]["transfer"] == 0.7 and "transfer" not in mean_curve([curve(0.5, 0.6)])[1]
+
+
+def test_config_refusals():
+    from rlhf.errors import UserError
+
+    with pytest.raises(UserError, match="transfer"):
+        ActiveLabConfig(reward_model="full", orders=["random"], transfer="last")
+    with pytest.raises(UserError, match="disagreement and information need an ensemble"):
+        ActiveLabConfig(reward_model="full", orders=["random", "information"])
+    with pytest.raises(UserError, match="responses must be at least 2"):
+        ActiveLabConfig(responses=1)

@@ -42,7 +42,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -73,6 +73,9 @@ class ActiveLabConfig:
         "mean", "probe: the final hidden states averaged over the response's tokens, or at its last token")
     l2: float = opt(L2, "probe: L2 penalty on the head's weights (features are standardised)")
     members: int = opt(10, "probe: bootstrap heads, the ensemble of the disagreement and information orders")
+    transfer: Optional[Literal["mean", "last"]] = opt(
+        None, "probe: also fit a probe with these features to each order's labels and report its agreement "
+              "(do the pairs one reward model picked teach another?)")
     epochs: int = opt(2, "full: reward-model epochs per retraining")
     lr: float = opt(5e-5, "full: reward-model learning rate")
     batch_size: int = opt(16, "full: reward-model batch size (prompts)")
@@ -94,6 +97,8 @@ class ActiveLabConfig:
         if self.reward_model == "full" and {"disagreement", "information"} & set(self.orders):
             raise UserError("orders: disagreement and information need an ensemble each round; "
                             "use --reward-model probe")
+        if self.transfer and self.reward_model != "probe":
+            raise UserError("transfer: a second probe beside --reward-model probe; use --reward-model probe")
         if self.l2 < 0 or self.members < 2:
             raise UserError("l2 must be >= 0 and members at least 2")
 
@@ -284,8 +289,8 @@ def agreement_with_gold(margins: list[float], test: list[Pair]) -> float:
 
 
 def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labels: list[bool], seed: int,
-              order: str, log=print) -> list[dict]:
-    """One curve: [{labels, agreement, seconds}] after each round."""
+              order: str, log=print, other=None) -> list[dict]:
+    """One curve: [{labels, agreement, seconds, ...}] after each round; `transfer`: `other`'s agreement on its labels."""
     rng = random.Random(seed)
     first = rng.sample(range(len(pool)), cfg.round_size)  # the same first round for every order of a seed
     chosen, curve = list(first), []
@@ -293,6 +298,8 @@ def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labe
         t0 = time.time()
         model = rm.fit(chosen, labels, seed)
         agree = agreement_with_gold(rm.test_margins(model), test)
+        extra = {} if other is None else {
+            "transfer": agreement_with_gold(other.test_margins(other.fit(chosen, labels, seed)), test)}
         if log:
             log(f"active lab: seed {seed} {order:<12} {len(chosen):>5} labels  agreement {agree:.3f}  "
                 f"({time.time() - t0:.1f}s)")
@@ -313,7 +320,7 @@ def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labe
                 info = rm.pool_information(chosen, labels, seed, left)
                 chosen += [i for _, i in sorted(zip((-x for x in info), left))[:cfg.round_size]]
         curve.append({"labels": len(taken), "agreement": agree, "seconds": time.time() - t0,
-                      **label_quality([pool[i] for i in taken], [labels[i] for i in taken])})
+                      **label_quality([pool[i] for i in taken], [labels[i] for i in taken]), **extra})
     return curve
 
 
@@ -331,8 +338,8 @@ def labels_to_reach(curve: list[dict], target: float) -> Optional[int]:
 
 def mean_curve(curves: list[list[dict]]) -> list[dict]:
     """Agreement (and the labels' quality) averaged over seeds, point by point."""
-    keys = ("agreement", "gold_ties", "annotator_gold")
-    return [{"labels": pts[0]["labels"], **{k: sum(p[k] for p in pts) / len(pts) for k in keys}}
+    keys = ("agreement", "gold_ties", "annotator_gold", "transfer")
+    return [{"labels": pts[0]["labels"], **{k: sum(p[k] for p in pts) / len(pts) for k in keys if k in pts[0]}}
             for pts in zip(*curves)]
 
 
@@ -349,18 +356,22 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlhf-active-") as tmp:
         t1 = time.time()
         rm = (ProbeRM if cfg.reward_model == "probe" else FullRM)(cfg, pool, test, Path(tmp))
+        other = ProbeRM(replace(cfg, features=cfg.transfer), pool, test, Path(tmp)) if cfg.transfer else None
         if log and cfg.reward_model == "probe":
-            log(f"active lab: features of {2 * (len(pool) + len(test))} responses in {time.time() - t1:.0f}s")
+            log(f"active lab: features of the pool and test responses in {time.time() - t1:.0f}s")
         for seed in cfg.seeds:
             labels = annotate(pool, seed)
             for order in cfg.orders:
-                curves[order].append(run_order(cfg, rm, pool, test, labels, seed, order, log=log))
+                curves[order].append(run_order(cfg, rm, pool, test, labels, seed, order, log=log, other=other))
     means = {o: mean_curve(c) for o, c in curves.items()}
     out = {"config": asdict(cfg), "pool": len(pool), "test": len(test),
            "annotator_gold_agreement": _annotator_agreement(pool, cfg.seeds),
            "curves": curves, "mean": means, "seconds": time.time() - t0}
     if "random" in means:
         out["paired"] = {o: paired_gain(curves[o], curves["random"]) for o in cfg.orders if o != "random"}
+        if cfg.transfer:
+            out["transfer_paired"] = {o: paired_gain(curves[o], curves["random"], key="transfer")
+                                      for o in cfg.orders if o != "random"}
         target, full = means["random"][-1]["agreement"], means["random"][-1]["labels"]
         out["bar"] = {"random_final": target, "random_labels": full, "orders": {}}
         for order in means:
@@ -372,12 +383,12 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
     return out
 
 
-def paired_gain(curves: list[list[dict]], random_curves: list[list[dict]]) -> list[dict]:
-    """Per point: an order's agreement minus random order's on the same seed, mean and its standard error over seeds."""
+def paired_gain(curves: list[list[dict]], random_curves: list[list[dict]], key: str = "agreement") -> list[dict]:
+    """Per point: an order's `key` minus random order's on the same seed, mean and its standard error over seeds."""
     out = []
     for pts in zip(*curves, *random_curves):
         n = len(curves)
-        d = [a["agreement"] - b["agreement"] for a, b in zip(pts[:n], pts[n:])]
+        d = [a[key] - b[key] for a, b in zip(pts[:n], pts[n:])]
         mean = sum(d) / n
         se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5 if n > 1 else None
         out.append({"labels": pts[0]["labels"], "mean": mean, "se": se})
@@ -395,17 +406,22 @@ def _annotator_agreement(pool: list[Pair], seeds) -> float:
     return hits / max(1, n)
 
 
-def report(result: dict) -> str:
+def _curves_table(result: dict, key: str, paired: Optional[dict]) -> list[str]:
+    """Mean `key` per order and point; then, over two or more seeds, each order's paired gain over random."""
     orders = list(result["mean"])
     lines = [f"{'labels':>7}" + "".join(f"{o:>13}" for o in orders)]
     for pts in zip(*(result["mean"][o] for o in orders)):
-        lines.append(f"{pts[0]['labels']:>7}" + "".join(f"{p['agreement']:>13.3f}" for p in pts))
-    paired = result.get("paired")
+        lines.append(f"{pts[0]['labels']:>7}" + "".join(f"{p[key]:>13.3f}" for p in pts))
     if paired and len(result["config"]["seeds"]) > 1:
         lines.append("active minus random, same seed, points (mean ± standard error over seeds):")
         for pts in zip(*paired.values()):
             lines.append(f"{pts[0]['labels']:>7}" + " " * 13
                          + "".join(f"{100 * p['mean']:+.1f} ± {100 * p['se']:.1f}".rjust(13) for p in pts))
+    return lines
+
+
+def report(result: dict) -> str:
+    lines = _curves_table(result, "agreement", result.get("paired"))
     bar = result.get("bar")
     if bar:
         lines.append(f"random order's final mean agreement {bar['random_final']:.3f} at {bar['random_labels']} labels")
@@ -417,6 +433,10 @@ def report(result: dict) -> str:
     lines.append("labels at the end: " + "; ".join(
         f"{o}: {m[-1]['gold_ties']:.0%} gold ties, annotator agrees with gold on {m[-1]['annotator_gold']:.1%} "
         "of the rest" for o, m in result["mean"].items()))
+    if result["config"].get("transfer"):
+        lines.append(f"a probe on {result['config']['transfer']} features, fit to each order's labels, agreement "
+                     "with gold:")
+        lines += _curves_table(result, "transfer", result.get("transfer_paired"))
     lines.append(f"pool {result['pool']} pairs, test {result['test']} pairs, annotator-gold agreement "
                  f"{result['annotator_gold_agreement']:.3f}, {result['seconds']:.0f}s")
     return "\n".join(lines)
