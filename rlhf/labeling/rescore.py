@@ -22,9 +22,10 @@ in the item's own terms:
 
 `--order uncertainty` hands out the smallest |margin| first (the model is
 least sure), `--order disagreement` the largest spread first (the ensemble
-disagrees most), `--order information` the largest information first. An LLM judge (`--judge`, a spec as `rlhf eval` takes: `llm:`,
-`openai:`, `rm:`) gives a pairwise margin of logit P(A better) and a
-suggestion, no spread. A probe (`--probe MODEL`, `rlhf.labeling.probe`)
+disagrees most), `--order information` the largest information first. An
+LLM judge (`--judge`, a spec as `rlhf eval` takes: `llm:`, `openai:`,
+`rm:`) gives a pairwise margin of logit P(A better) and a suggestion, no
+spread. A probe (`--probe MODEL`, `rlhf.labeling.probe`)
 fits `members` Bradley-Terry heads on MODEL's frozen features to the
 project's labels so far and scores with them, as `rlhf label active-lab`
 measured the orders: seconds, where an ensemble of `rlhf rm` models takes
