@@ -155,6 +155,9 @@ def test_paired_gain_by_hand():
     out = paired_gain([mine], [theirs], key="transfer")
     assert out[1]["mean"] == pytest.approx(0.05) and out[1]["se"] is None  # one seed: no standard error
     assert mean_curve([mine])[1]["transfer"] == 0.7 and "transfer" not in mean_curve([curve(0.5, 0.6)])[1]
+    # a measure taken at the last point only (--transfer full): the other points are left out
+    del mine[0]["transfer"], theirs[0]["transfer"]
+    assert [p["labels"] for p in paired_gain([mine], [theirs], key="transfer")] == [100]
 
 
 def test_config_refusals():
@@ -166,3 +169,14 @@ def test_config_refusals():
         ActiveLabConfig(reward_model="full", orders=["random", "information"])
     with pytest.raises(UserError, match="responses must be at least 2"):
         ActiveLabConfig(responses=1)
+
+
+@pytest.mark.slow
+def test_whole_model_transfer_is_measured_after_the_last_round():
+    """--transfer full: rlhf rm fit to each order's labels once, after the last round (two rounds of 50, one seed)."""
+    out = experiment(ActiveLabConfig(rounds=2, seeds=[0], orders=["random", "information"], transfer="full"),
+                     log=None)
+    for order, (curve,) in out["curves"].items():
+        assert "transfer" not in curve[0] and 0.3 < curve[1]["transfer"] < 0.9, order
+    assert [p["labels"] for p in out["transfer_paired"]["information"]] == [100]
+    assert "rlhf rm on the whole model" in report(out)

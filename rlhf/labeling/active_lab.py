@@ -73,9 +73,10 @@ class ActiveLabConfig:
         "mean", "probe: the final hidden states averaged over the response's tokens, or at its last token")
     l2: float = opt(L2, "probe: L2 penalty on the head's weights (features are standardised)")
     members: int = opt(10, "probe: bootstrap heads, the ensemble of the disagreement and information orders")
-    transfer: Optional[Literal["mean", "last"]] = opt(
-        None, "probe: also fit a probe with these features to each order's labels and report its agreement "
-              "(do the pairs one reward model picked teach another?)")
+    transfer: Optional[Literal["mean", "last", "full"]] = opt(
+        None, "probe: also fit another reward model to each order's labels and report its agreement (do the pairs "
+              "one reward model picked teach another?): a probe with mean or last features after every round, or "
+              "full, rlhf rm on the whole model, after the last round")
     epochs: int = opt(2, "full: reward-model epochs per retraining")
     lr: float = opt(5e-5, "full: reward-model learning rate")
     batch_size: int = opt(16, "full: reward-model batch size (prompts)")
@@ -290,7 +291,8 @@ def agreement_with_gold(margins: list[float], test: list[Pair]) -> float:
 
 def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labels: list[bool], seed: int,
               order: str, log=print, other=None) -> list[dict]:
-    """One curve: [{labels, agreement, seconds, ...}] after each round; `transfer`: `other`'s agreement on its labels."""
+    """One curve: [{labels, agreement, seconds, ...}] after each round; `transfer`: `other`'s agreement on its labels
+    (a `FullRM` after the last round only)."""
     rng = random.Random(seed)
     first = rng.sample(range(len(pool)), cfg.round_size)  # the same first round for every order of a seed
     chosen, curve = list(first), []
@@ -298,7 +300,7 @@ def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labe
         t0 = time.time()
         model = rm.fit(chosen, labels, seed)
         agree = agreement_with_gold(rm.test_margins(model), test)
-        extra = {} if other is None else {
+        extra = {} if other is None or (isinstance(other, FullRM) and r + 1 < cfg.rounds) else {
             "transfer": agreement_with_gold(other.test_margins(other.fit(chosen, labels, seed)), test)}
         if log:
             log(f"active lab: seed {seed} {order:<12} {len(chosen):>5} labels  agreement {agree:.3f}  "
@@ -356,7 +358,8 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlhf-active-") as tmp:
         t1 = time.time()
         rm = (ProbeRM if cfg.reward_model == "probe" else FullRM)(cfg, pool, test, Path(tmp))
-        other = ProbeRM(replace(cfg, features=cfg.transfer), pool, test, Path(tmp)) if cfg.transfer else None
+        other = (None if not cfg.transfer else FullRM(cfg, pool, test, Path(tmp)) if cfg.transfer == "full"
+                 else ProbeRM(replace(cfg, features=cfg.transfer), pool, test, Path(tmp)))
         if log and cfg.reward_model == "probe":
             log(f"active lab: features of the pool and test responses in {time.time() - t1:.0f}s")
         for seed in cfg.seeds:
@@ -388,6 +391,8 @@ def paired_gain(curves: list[list[dict]], random_curves: list[list[dict]], key: 
     out = []
     for pts in zip(*curves, *random_curves):
         n = len(curves)
+        if key not in pts[0]:
+            continue  # a point this measure was not taken at
         d = [a[key] - b[key] for a, b in zip(pts[:n], pts[n:])]
         mean = sum(d) / n
         se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5 if n > 1 else None
@@ -411,7 +416,8 @@ def _curves_table(result: dict, key: str, paired: Optional[dict]) -> list[str]:
     orders = list(result["mean"])
     lines = [f"{'labels':>7}" + "".join(f"{o:>13}" for o in orders)]
     for pts in zip(*(result["mean"][o] for o in orders)):
-        lines.append(f"{pts[0]['labels']:>7}" + "".join(f"{p[key]:>13.3f}" for p in pts))
+        if key in pts[0]:
+            lines.append(f"{pts[0]['labels']:>7}" + "".join(f"{p[key]:>13.3f}" for p in pts))
     if paired and len(result["config"]["seeds"]) > 1:
         lines.append("active minus random, same seed, points (mean ± standard error over seeds):")
         for pts in zip(*paired.values()):
@@ -434,8 +440,9 @@ def report(result: dict) -> str:
         f"{o}: {m[-1]['gold_ties']:.0%} gold ties, annotator agrees with gold on {m[-1]['annotator_gold']:.1%} "
         "of the rest" for o, m in result["mean"].items()))
     if result["config"].get("transfer"):
-        lines.append(f"a probe on {result['config']['transfer']} features, fit to each order's labels, agreement "
-                     "with gold:")
+        other = result["config"]["transfer"]
+        lines.append((f"a probe on {other} features" if other != "full" else "rlhf rm on the whole model")
+                     + ", fit to each order's labels, agreement with gold:")
         lines += _curves_table(result, "transfer", result.get("transfer_paired"))
     lines.append(f"pool {result['pool']} pairs, test {result['test']} pairs, annotator-gold agreement "
                  f"{result['annotator_gold_agreement']:.3f}, {result['seconds']:.0f}s")
