@@ -136,13 +136,19 @@ def sample(model, tokenizer, prompts: Sequence, *, n: int = 1, temperature: floa
     return [[(ro.texts[i * n + j], bool(finished[i * n + j])) for j in range(n)] for i in range(len(prompts))]
 
 
-def rank_samples(prompt, samples: Sequence[tuple[str, bool]], annotator: Annotator) -> dict | None:
-    """A rankings row for one prompt's samples: distinct, non-empty replies, best first."""
+def distinct_replies(samples: Sequence[tuple[str, bool]]) -> dict[str, bool]:
+    """One prompt's samples as {reply: stopped}: stripped, non-empty, each text once, in sampled order."""
     seen: dict[str, bool] = {}
     for text, stopped in samples:
         text = text.strip()
         if text and text not in seen:
             seen[text] = stopped
+    return seen
+
+
+def rank_samples(prompt, samples: Sequence[tuple[str, bool]], annotator: Annotator) -> dict | None:
+    """A rankings row for one prompt's samples: distinct, non-empty replies, best first."""
+    seen = distinct_replies(samples)
     if len(seen) < 2:
         return None  # nothing to compare
     responses = list(seen)

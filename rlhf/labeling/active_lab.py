@@ -99,7 +99,7 @@ class ActiveLabConfig:
             raise UserError("orders: disagreement and information need an ensemble each round; "
                             "use --reward-model probe")
         if self.transfer and self.reward_model != "probe":
-            raise UserError("transfer: a second probe beside --reward-model probe; use --reward-model probe")
+            raise UserError("transfer: a second reward model beside --reward-model probe; use --reward-model probe")
         if self.l2 < 0 or self.members < 2:
             raise UserError("l2 must be >= 0 and members at least 2")
 
@@ -116,22 +116,18 @@ class Pair:
 
 def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int, n: int = 2) -> list[Pair]:
     """`n` sampled responses per prompt, and every pair of its distinct non-empty ones (none when fewer than two)."""
-    from rlhf.lab import gold
-    from rlhf.lab.generate import sample
+    from itertools import combinations
 
-    out = []
+    from rlhf.lab import gold
+    from rlhf.lab.generate import distinct_replies, sample
+
     samples = sample(model, tokenizer, prompts, n=n, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed,
                      batch_size=256)
+    out = []
     for p, replies in zip(prompts, samples):
-        seen: dict[str, bool] = {}
-        for text, stopped in replies:
-            if text.strip() and text.strip() not in seen:
-                seen[text.strip()] = stopped
-        texts = list(seen)
-        for i in range(len(texts)):
-            for j in range(i + 1, len(texts)):
-                a, b = texts[i], texts[j]
-                out.append(Pair(p, a, b, seen[a], seen[b], gold.compare(p, a, b, stopped_a=seen[a], stopped_b=seen[b])))
+        seen = distinct_replies(replies)
+        out += [Pair(p, a, b, seen[a], seen[b], gold.compare(p, a, b, stopped_a=seen[a], stopped_b=seen[b]))
+                for a, b in combinations(seen, 2)]
     return out
 
 
@@ -230,8 +226,10 @@ class ProbeRM:
 
     def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
         self.cfg = cfg
+        from rlhf.labeling.probe import scale_of
+
         x_pool, x_test = pair_features(cfg.model, pool, cfg.features), pair_features(cfg.model, test, cfg.features)
-        sd = x_pool.std(0) + 1e-6
+        sd = scale_of(x_pool)
         self.x_pool, self.x_test = x_pool / sd, x_test / sd
 
     def _labelled(self, chosen: list[int], labels: list[bool]):
@@ -274,14 +272,10 @@ class ProbeRM:
 
 def pair_features(model_name: str, pairs: list[Pair], features: str = "mean"):
     """(N, H) h(a) - h(b) (`probe.response_features`); each distinct (prompt, response) is forwarded once."""
-    from rlhf.labeling.probe import response_features
+    from rlhf.labeling.probe import distinct_features
 
-    row: dict[tuple[str, str], int] = {}
-    for p in pairs:
-        row.setdefault((p.prompt, p.a), len(row))
-        row.setdefault((p.prompt, p.b), len(row))
-    h = response_features(model_name, list(row), features)
-    return h[[row[p.prompt, p.a] for p in pairs]] - h[[row[p.prompt, p.b] for p in pairs]]
+    h, row = distinct_features(model_name, [r for p in pairs for r in ((p.prompt, p.a), (p.prompt, p.b))], features)
+    return h[[row(p.prompt, p.a) for p in pairs]] - h[[row(p.prompt, p.b) for p in pairs]]
 
 
 def agreement_with_gold(margins: list[float], test: list[Pair]) -> float:

@@ -70,6 +70,24 @@ def response_features(model_name: str, items: Sequence[tuple[object, str]], feat
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def distinct_features(model_name: str, items: Sequence[tuple[object, str]], features: str = "mean", **kw):
+    """`response_features` of each distinct (prompt, response) of `items`, forwarded once (a prompt's K responses
+    appear in up to K - 1 comparisons) -> (h (N, H), row(prompt, response) -> its row of h)."""
+    import json
+
+    rows: dict[tuple[str, str], int] = {}
+    for prompt, text in items:
+        rows.setdefault((json.dumps(prompt), text), len(rows))
+    h = response_features(model_name, [(json.loads(p), t) for p, t in rows], features, **kw)
+    return h, lambda prompt, text: rows[json.dumps(prompt), text]
+
+
+def scale_of(diffs):
+    """Per feature, the standard deviation of comparisons' feature differences (N, H): what features are divided by
+    before a head is fit (so one L2 serves every model)."""
+    return diffs.std(0) + 1e-6
+
+
 def fit_head(x, l2: float = L2, weights=None):
     """The Bradley-Terry head for labelled pairs `x` (N, H), each row winner minus loser; `weights` per row."""
     import torch

@@ -56,16 +56,11 @@ def information(margins: Sequence[float]) -> Optional[float]:
     if len(margins) < 2:
         return None
 
-    def log_sigmoid(x: float) -> float:  # log(1 / (1 + e^-x)), without overflow
-        return -(math.log1p(math.exp(-abs(x))) + max(-x, 0.0))
+    def entropy(p: float) -> float:
+        return 0.0 if p <= 0.0 or p >= 1.0 else -(p * math.log(p) + (1 - p) * math.log1p(-p))
 
-    def entropy(log_p: float, log_q: float) -> float:
-        return -(math.exp(log_p) * log_p + math.exp(log_q) * log_q)
-
-    mean_p = sum(math.exp(log_sigmoid(m)) for m in margins) / len(margins)
-    mean_p = min(max(mean_p, 1e-300), 1 - 1e-16)
-    each = sum(entropy(log_sigmoid(m), log_sigmoid(-m)) for m in margins) / len(margins)
-    return max(0.0, entropy(math.log(mean_p), math.log1p(-mean_p)) - each)
+    ps = [0.5 * (1.0 + math.tanh(0.5 * m)) for m in margins]  # sigmoid(m), without overflow
+    return max(0.0, entropy(sum(ps) / len(ps)) - sum(entropy(p) for p in ps) / len(ps))
 
 
 def item_score(mode: str, member_scores: Sequence[Sequence[float]]) -> dict:
@@ -120,10 +115,8 @@ def probe_rewards(store, project, items, model: str, *, members: int, seed: int 
     decision in place of its votes, as export gives them) is a pair winner
     minus loser; `members` heads on bootstrap resamples (one: a head on all).
     """
-    import json
-
     from rlhf.labeling.export import adjudicated, comparisons
-    from rlhf.labeling.probe import L2, bootstrap_heads, fit_head, response_features
+    from rlhf.labeling.probe import L2, bootstrap_heads, distinct_features, fit_head, scale_of
 
     if project.mode not in ("pairwise", "ranking"):
         raise UserError(f"--probe learns from comparisons: project '{project.name}' is {project.mode} "
@@ -135,20 +128,15 @@ def probe_rewards(store, project, items, model: str, *, members: int, seed: int 
     if not won:
         raise UserError(f"--probe learns from labels: project '{project.name}' has no comparison labelled yet "
                         "(label some first, or give --reward-model)")
-    row: dict[tuple[str, str], int] = {}
-    for it in everything.values():
-        for text in it.responses:
-            row.setdefault((json.dumps(it.prompt), text), len(row))
-    keys = list(row)
-    h = response_features(model, [(json.loads(p), t) for p, t in keys], max_len=max_len, batch_size=batch_size,
-                          device=device)
+    h, row = distinct_features(model, [(it.prompt, text) for it in everything.values() for text in it.responses],
+                               max_len=max_len, batch_size=batch_size, device=device)
 
     def at(it, k: int) -> int:
-        return row[json.dumps(it.prompt), it.responses[k]]
+        return row(it.prompt, it.responses[k])
 
     first, second = zip(*[(at(it, i), at(it, j)) for it in everything.values()
                           for i, j in combinations(range(len(it.responses)), 2)])
-    sd = (h[list(first)] - h[list(second)]).std(0) + 1e-6  # over every pair the project compares
+    sd = scale_of(h[list(first)] - h[list(second)])  # over every pair the project compares
     x = (h[[at(everything[i], w) for i, w, _ in won]] - h[[at(everything[i], lo) for i, _, lo in won]]) / sd
     heads = [fit_head(x, L2)] if members == 1 else bootstrap_heads(x, members, seed=seed, l2=L2)
     queue = h[[at(it, k) for it in items for k in range(len(it.responses))]] / sd
