@@ -180,3 +180,12 @@ def test_whole_model_transfer_is_measured_after_the_last_round():
         assert "transfer" not in curve[0] and 0.3 < curve[1]["transfer"] < 0.9, order
     assert [p["labels"] for p in out["transfer_paired"]["information"]] == [100]
     assert "rlhf rm on the whole model" in report(out)
+
+
+def test_an_existing_out_file_is_refused_before_anything_runs(tmp_path, capsys):
+    from rlhf.cli import main as cli_main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert cli_main(["label", "active-lab", "--out", str(notes), "--model", str(tmp_path / "no-model")]) == 2
+    assert "exists" in capsys.readouterr().err and notes.read_text() == "mine"

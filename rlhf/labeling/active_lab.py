@@ -82,6 +82,7 @@ class ActiveLabConfig:
     batch_size: int = opt(16, "full: reward-model batch size (prompts)")
     max_new_tokens: int = opt(40, "longest sampled response")
     out: Optional[str] = opt(None, "write the curves as JSON here")
+    overwrite: bool = opt(False, "replace an existing --out file (otherwise refused)")
     quiet: bool = opt(False, "no progress on stderr")
 
     def __post_init__(self):
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.out:
         from rlhf.files import check_output_file
 
-        check_output_file(cfg.out, overwrite=True)
+        check_output_file(cfg.out, overwrite=cfg.overwrite)  # before anything is loaded
     from rlhf.trainers.sft import quiet_transformers
 
     quiet_transformers(True)
