@@ -105,7 +105,7 @@ def judge_score(p_first: float) -> dict:
 
 
 def probe_rewards(store, project, items, model: str, *, members: int, seed: int = 0, batch_size: int = 16,
-                  max_len: int = 512, device="cpu") -> list[list[float]]:
+                  max_len: int = 512, device="cpu", log=None) -> list[list[float]]:
     """Per member, the reward of every response of `items`: probe heads fit to the project's comparisons.
 
     `rlhf.labeling.probe`, as `rlhf label active-lab` measured it: `model`'s
@@ -128,6 +128,8 @@ def probe_rewards(store, project, items, model: str, *, members: int, seed: int 
     if not won:
         raise UserError(f"--probe learns from labels: project '{project.name}' has no comparison labelled yet "
                         "(label some first, or give --reward-model)")
+    if log:
+        log(f"rlhf label rescore: probe on {model}: {members} heads fit to {len(won)} labelled comparisons")
     h, row = distinct_features(model, [(it.prompt, text) for it in everything.values() for text in it.responses],
                                max_len=max_len, batch_size=batch_size, device=device)
 
@@ -167,10 +169,8 @@ def rescore(store, project, *, reward_models: Sequence[str] = (), judge: Optiona
         source, members = judge, 1
     else:
         if probe:
-            if log:
-                log(f"rlhf label rescore: probe on {probe}: {members} heads fit to the labels so far")
             per_member = probe_rewards(store, project, items, probe, members=members, batch_size=batch_size,
-                                       max_len=max_len, device=device)
+                                       max_len=max_len, device=device, log=log)
             source = f"probe:{probe}"
         else:
             from rlhf.judges import RewardModelJudge
