@@ -31,6 +31,11 @@ PRESETS: dict[str, str] = {
 }
 
 REWARD_OFFSET_KEY = "rlhf_reward_offset"
+# Where a reward model reads its score (stored in its config by `rlhf rm --pooling`): "last", the last
+# token's (what `AutoModelForSequenceClassification` does), or "mean", the mean of the score head's
+# per-token outputs over the response's tokens (the head applied to the mean hidden state).
+POOLING_KEY = "rlhf_pooling"
+POOLINGS = ("last", "mean")
 
 
 def cache_dir() -> Path:
@@ -237,6 +242,15 @@ def reward_offset(model) -> float:
     """Subtracted from raw scores so reference responses average 0 (stored in the config)."""
     cfg = getattr(unwrap_config(model), REWARD_OFFSET_KEY, None)
     return float(cfg or 0.0)
+
+
+def reward_pooling(model) -> str:
+    """"last" or "mean" (`POOLING_KEY`); a model without the key reads its score at the last token."""
+    pooling = getattr(unwrap_config(model), POOLING_KEY, None) or "last"
+    if pooling not in POOLINGS:
+        raise UserError(f"{POOLING_KEY}={pooling!r} in the reward model's config; "
+                        f"expected one of {', '.join(POOLINGS)}")
+    return pooling
 
 
 def unwrap_config(model):

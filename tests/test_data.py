@@ -501,15 +501,19 @@ def test_reward_batches_hold_whole_groups(tiny_tokenizer):
     for b in batcher.batches(0):
         n_rows = b["input_ids"].shape[0]
         assert n_rows == sum(len(groups[g].responses) for g in b["index"].tolist())  # whole groups only
-        assert b["group"].shape == (n_rows,) and "labels" not in b
+        assert b["group"].shape == (n_rows,)
         for (better, worse), margin in zip(b["pairs"].tolist(), b["margins"].tolist()):
             assert b["group"][better] == b["group"][worse]  # a pair never spans groups
         starts = torch.cat([torch.tensor([0]), torch.bincount(b["group"]).cumsum(0)[:-1]])
         for pos, g in enumerate(b["index"].tolist()):
             group = groups[g]
             for k, resp in enumerate(group.responses):  # each response forwarded once
-                want = encode(tok, group.prompt, resp, 64).input_ids
+                seq = encode(tok, group.prompt, resp, 64)
+                want = seq.input_ids
                 assert b["input_ids"][starts[pos] + k, :len(want)].tolist() == want
+                # labels mark the response's tokens (what `rlhf rm --pooling mean` averages over), nothing else
+                assert (b["labels"][starts[pos] + k] != -100).nonzero().squeeze(1).tolist() == \
+                    list(range(seq.n_prompt, len(want)))
             mine = [(bt - starts[pos].item(), wr - starts[pos].item())
                     for (bt, wr), grp in zip(b["pairs"].tolist(), b["group"][b["pairs"][:, 0]].tolist())
                     if grp == pos]

@@ -70,6 +70,19 @@ def test_reduced_experiment_learns_and_every_order_starts_alike():
     assert "a probe on last features" in report(out)
 
 
+@pytest.mark.slow
+def test_the_probe_measured_is_the_reward_model_rlhf_rm_head_only_trains():
+    """--transfer head: the command `rlhf rm --head-only --pooling mean`, run on each order's labels after the last
+    round, agrees with gold as the experiment's probe does: the order's labels reach a pipeline reward model."""
+    cfg = ActiveLabConfig(round_size=50, rounds=3, seeds=[0], orders=["random", "information"], transfer="head")
+    out = experiment(cfg, log=None)
+    for order, (curve,) in out["curves"].items():
+        assert "transfer" not in curve[0] and "transfer" in curve[-1]
+        # test pairs on which the probe's and the folder's margins differ in sign: rounding, at most one or two
+        assert abs(curve[-1]["transfer"] - curve[-1]["agreement"]) <= 2 / out["test"], (order, curve[-1])
+    assert "rlhf rm --head-only --pooling mean" in report(out)
+
+
 def test_a_prompts_k_responses_give_every_pair_of_its_distinct_ones(monkeypatch):
     from rlhf.lab import generate, gold
     from rlhf.labeling.active_lab import sample_pairs

@@ -267,6 +267,9 @@ def test_shared_prompt_rows_layout(tiny_tokenizer):
     assert b["input_ids"][0].tolist() == seqs[0].input_ids + [t for s in seqs[1:] for t in s.input_ids[n:]]
     ends = [n + sum(lens[:k + 1]) - 1 for k in range(3)]
     assert b["score_index"].tolist() == ends  # one row: flat index = column
+    # every response token, by hand: response k's block is the lens[k] columns that end at ends[k]
+    assert b["response_tokens"].tolist() == list(range(n, n + sum(lens)))
+    assert b["response_of"].tolist() == [k for k in range(3) for _ in range(lens[k])]
     pos = b["position_ids"][0].tolist()
     assert pos[:n] == list(range(n)) and pos[ends[1] - lens[1] + 1:ends[1] + 1] == list(range(n, n + lens[1]))
     sees = (b["attention_mask"][0, 0] == 0)

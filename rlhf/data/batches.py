@@ -18,7 +18,7 @@ Batch dict keys (tensors; B items, T the longest row of the batch):
 |                  | `attention_mask` (R, 1, T, T) float, 0 where a token may attend and the dtype's    |
 |                  | minimum elsewhere: block-diagonal causal, so examples packed in one row never see  |
 |                  | each other; `n_examples` (R,)                                                      |
-| `RewardBatcher`  | `input_ids`, `attention_mask` (N, T): every response of G whole groups;            |
+| `RewardBatcher`  | `input_ids`, `attention_mask`, `labels` (N, T): every response of G whole groups;  |
 |                  | `pairs` (P, 2) (better row, worse row) into those N rows; `margins` (P,) float     |
 |                  | (0 where none was given); `has_margin` (P,) bool; `group` (N,) the response's      |
 |                  | group position in the batch; `index` (G,) group indices                            |
@@ -26,8 +26,9 @@ Batch dict keys (tensors; B items, T the longest row of the batch):
 |                  | the prompt and itself only (`attention_mask` (G, 1, T, T) float as in packing;     |
 |                  | `position_ids` (G, T): every response continues from the prompt's end);            |
 |                  | `score_index` (N,) flat index into (G*T) where each response's score is read (as   |
-|                  | its own row would be: its last token that is not the pad id); `pairs` etc. as      |
-|                  | above, into those N responses                                                      |
+|                  | its own row would be: its last token that is not the pad id); `response_tokens`,   |
+|                  | `response_of` (M,) per response token its flat index and its response (of N);      |
+|                  | `pairs` etc. as above, into those N responses                                      |
 | `PairBatcher`    | `input_ids`, `attention_mask`, `labels` (2B, T): rows [0, B) chosen, [B, 2B)       |
 |                  | rejected of the same pairs; `index` (B,); `margins` (B,); `has_margin` (B,)        |
 | ... `share_prompt`| one row per pair (B, T): prompt, chosen, rejected, each response seeing the prompt |
@@ -299,8 +300,7 @@ class RewardBatcher:
         if self.share_prompt:
             batch = collate_shared([self.seqs[g] for g in idx], self.pad)
         else:
-            batch = pad_sequences(seqs, self.pad)
-            del batch["labels"]  # a reward model has no token targets
+            batch = pad_sequences(seqs, self.pad)  # `labels` mark the response's tokens (`rlhf rm --pooling mean`)
         batch.update(pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
                      margins=torch.tensor(margins, dtype=torch.float32),
                      has_margin=torch.tensor(has_margin, dtype=torch.bool),
@@ -389,9 +389,13 @@ def collate_shared(groups: Sequence[Sequence[Encoded]], pad: int) -> dict:
     import torch
 
     batch, where = place_shared(groups, pad)
-    batch["score_index"] = torch.tensor([column_of(place, _score_position(s.input_ids, pad))
-                                         for seqs, places in zip(groups, where) for s, place in zip(seqs, places)],
+    placed = [(s, place) for seqs, places in zip(groups, where) for s, place in zip(seqs, places)]
+    batch["score_index"] = torch.tensor([column_of(place, _score_position(s.input_ids, pad)) for s, place in placed],
                                         dtype=torch.long)
+    tokens = [(column_of(place, j), n) for n, (s, place) in enumerate(placed)
+              for j in range(s.n_prompt, len(s.input_ids))]
+    batch["response_tokens"] = torch.tensor([t for t, _ in tokens], dtype=torch.long).view(-1)
+    batch["response_of"] = torch.tensor([n for _, n in tokens], dtype=torch.long).view(-1)
     return batch
 
 

@@ -73,10 +73,11 @@ class ActiveLabConfig:
         "mean", "probe: the final hidden states averaged over the response's tokens, or at its last token")
     l2: float = opt(L2, "probe: L2 penalty on the head's weights (features are standardised)")
     members: int = opt(10, "probe: bootstrap heads, the ensemble of the disagreement and information orders")
-    transfer: Optional[Literal["mean", "last", "full"]] = opt(
+    transfer: Optional[Literal["mean", "last", "full", "head"]] = opt(
         None, "probe: also fit another reward model to each order's labels and report its agreement (do the pairs "
-              "one reward model picked teach another?): a probe with mean or last features after every round, or "
-              "full, rlhf rm on the whole model, after the last round")
+              "one reward model picked teach another?): a probe with mean or last features after every round; "
+              "after the last round, full: rlhf rm on the whole model, or head: the command rlhf rm --head-only "
+              "--pooling FEATURES, the probe itself as the pipeline trains it")
     epochs: int = opt(2, "full: reward-model epochs per retraining")
     lr: float = opt(5e-5, "full: reward-model learning rate")
     batch_size: int = opt(16, "full: reward-model batch size (prompts)")
@@ -182,12 +183,13 @@ def annotate(pool: list[Pair], seed: int) -> list[bool]:
 
 
 class FullRM:
-    """`rlhf rm` fine-tuning the whole lab model on the labels so far, each round."""
+    """`rlhf rm` fine-tuning the whole lab model on the labels so far, each round (`head_only`: the command's
+    `--head-only --pooling FEATURES`, which fits the probe's head)."""
 
-    def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
+    def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path, head_only: bool = False):
         from rlhf.models import load_tokenizer
 
-        self.cfg, self.pool, self.test, self.work = cfg, pool, test, work
+        self.cfg, self.pool, self.test, self.work, self.head_only = cfg, pool, test, work, head_only
         self.tokenizer = load_tokenizer(cfg.model)
 
     def fit(self, chosen: list[int], labels: list[bool], seed: int):
@@ -200,7 +202,9 @@ class FullRM:
         rm_cfg = parse(RMConfig, ["--model", cfg.model, "--data", str(data), "--out", str(self.work / "rm"),
                                   "--val-fraction", "0", "--epochs", str(cfg.epochs), "--lr", str(cfg.lr),
                                   "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--save-every", "0",
-                                  "--max-len", "256", "--quiet", "--overwrite"])
+                                  "--max-len", "256", "--quiet", "--overwrite",
+                                  *(["--head-only", "--pooling", cfg.features, "--l2", str(cfg.l2)]
+                                    if self.head_only else [])])
         return run(rm_cfg).model
 
     def _margins(self, model, pairs: list[Pair]) -> list[float]:
@@ -221,17 +225,14 @@ class FullRM:
 class ProbeRM:
     """The lab model's final hidden states (frozen) under Bradley-Terry linear heads: `rlhf.labeling.probe`.
 
-    A pair's feature is h(a) - h(b), standardised over the pool; a head is fit
-    to the labels so far, y = +1 when the annotator preferred a.
+    A pair's feature is h(a) - h(b); a head is fit to the labels so far, as
+    winner minus loser (`rlhf rm --head-only`'s fit, `rm_head.fit_head`).
     """
 
     def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
         self.cfg = cfg
-        from rlhf.labeling.probe import scale_of
-
-        x_pool, x_test = pair_features(cfg.model, pool, cfg.features), pair_features(cfg.model, test, cfg.features)
-        sd = scale_of(x_pool)
-        self.x_pool, self.x_test = x_pool / sd, x_test / sd
+        self.x_pool, self.x_test = pair_features(cfg.model, pool, cfg.features), pair_features(cfg.model, test,
+                                                                                                cfg.features)
 
     def _labelled(self, chosen: list[int], labels: list[bool]):
         """Each labelled pair as winner minus loser."""
@@ -298,7 +299,8 @@ def run_order(cfg: ActiveLabConfig, rm, pool: list[Pair], test: list[Pair], labe
         extra = {} if other is None or (isinstance(other, FullRM) and r + 1 < cfg.rounds) else {
             "transfer": agreement_with_gold(other.test_margins(other.fit(chosen, labels, seed)), test)}
         if log:
-            log(f"active lab: seed {seed} {order:<12} {len(chosen):>5} labels  agreement {agree:.3f}  "
+            shown = f", transfer {extra['transfer']:.3f}" if extra else ""
+            log(f"active lab: seed {seed} {order:<12} {len(chosen):>5} labels  agreement {agree:.3f}{shown}  "
                 f"({time.time() - t0:.1f}s)")
         taken = set(chosen)
         left = [i for i in range(len(pool)) if i not in taken]
@@ -353,8 +355,10 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlhf-active-") as tmp:
         t1 = time.time()
         rm = (ProbeRM if cfg.reward_model == "probe" else FullRM)(cfg, pool, test, Path(tmp))
-        other = (None if not cfg.transfer else FullRM(cfg, pool, test, Path(tmp)) if cfg.transfer == "full"
-                 else ProbeRM(replace(cfg, features=cfg.transfer), pool, test, Path(tmp)))
+        other = (None if not cfg.transfer
+                 else FullRM(cfg, pool, test, Path(tmp), head_only=cfg.transfer == "head")
+                 if cfg.transfer in ("full", "head") else ProbeRM(replace(cfg, features=cfg.transfer), pool, test,
+                                                                   Path(tmp)))
         if log and cfg.reward_model == "probe":
             log(f"active lab: features of the pool and test responses in {time.time() - t1:.0f}s")
         for seed in cfg.seeds:
@@ -436,7 +440,9 @@ def report(result: dict) -> str:
         "of the rest" for o, m in result["mean"].items()))
     if result["config"].get("transfer"):
         other = result["config"]["transfer"]
-        lines.append((f"a probe on {other} features" if other != "full" else "rlhf rm on the whole model")
+        lines.append({"full": "rlhf rm on the whole model",
+                      "head": f"rlhf rm --head-only --pooling {result['config']['features']}"}.get(
+                          other, f"a probe on {other} features")
                      + ", fit to each order's labels, agreement with gold:")
         lines += _curves_table(result, "transfer", result.get("transfer_paired"))
     lines.append(f"pool {result['pool']} pairs, test {result['test']} pairs, annotator-gold agreement "

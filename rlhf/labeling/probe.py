@@ -7,12 +7,12 @@ app serves the order the lab measured:
 - a response's feature is the model's final hidden state (the score head's
   input in `rlhf rm`) averaged over the response's tokens (`mean`), or at
   its last token, where `rlhf rm` reads its score (`last`);
-- a head w gives each response the reward r = w . h / sd, with sd the
-  standard deviation of the features of a comparison's two responses'
-  difference over the comparisons at hand, so a pair's margin is
-  w . (h(a) - h(b)) / sd; w minimises the Bradley-Terry loss
-  mean -log sigmoid(w . x) + l2 |w|^2 over the labelled pairs x = winner
-  minus loser (`losses.bradley_terry_loss`; L-BFGS, full batch);
+- a head w gives each response the reward r = w . h, so a pair's margin is
+  w . (h(a) - h(b)); w minimises the Bradley-Terry loss
+  mean -log sigmoid(w . x) + l2 |w s|^2 over the labelled pairs x = winner
+  minus loser, s each feature's spread over them (`rm_head.fit_head`,
+  L-BFGS, full batch): exactly what `rlhf rm --head-only --pooling mean`
+  fits and saves as a reward-model folder;
 - an ensemble is `members` heads, each fit on a bootstrap resample of the
   labels, whose margins give the spread and the information
   (`rescore.information`).
@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from typing import Optional, Sequence
 
-L2 = 0.3  # the L2 penalty the lab measurement used (features standardised)
+from rlhf.trainers.rm_head import L2, fit_head  # noqa: F401 (the probe's head is `rlhf rm --head-only`'s)
 
 
 def response_features(model_name: str, items: Sequence[tuple[object, str]], features: str = "mean", *,
@@ -35,9 +35,9 @@ def response_features(model_name: str, items: Sequence[tuple[object, str]], feat
     import torch
 
     from rlhf.chat import as_messages
-    from rlhf.data import IGNORE, encode_all, pad_id, pad_sequences
-    from rlhf.models import load_reward_model, load_tokenizer
-    from rlhf.trainers.rm import score_head
+    from rlhf.data import encode_all, pad_id, pad_sequences
+    from rlhf.models import POOLING_KEY, load_reward_model, load_tokenizer
+    from rlhf.trainers.rm import features_of
 
     from transformers.utils import logging as hf_logging
 
@@ -50,23 +50,13 @@ def response_features(model_name: str, items: Sequence[tuple[object, str]], feat
         model = load_reward_model(model_name, pad_token_id=tok.pad_token_id).eval().to(device)
     finally:
         hf_logging.set_verbosity(level)
+    setattr(model.config, POOLING_KEY, features)  # pooled as `rlhf rm --pooling` reads its score
     seqs = encode_all(tok, [(as_messages(prompt), text) for prompt, text in items], max_len, encoder=False)
-    caught, out = [], []
-    hook = score_head(model).register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(seqs), batch_size):
-                batch = pad_sequences(seqs[i:i + batch_size], pad_id(tok))  # right-padded
-                mask = batch["attention_mask"].to(device)
-                model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
-                hidden = caught.pop().float()  # (B, T, H)
-                if features == "last":
-                    out.append(hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1].cpu())
-                else:
-                    response = (batch["labels"] != IGNORE).to(device)  # the response's tokens
-                    out.append(((hidden * response[..., None]).sum(1) / response.sum(1, keepdim=True)).cpu())
-    finally:
-        hook.remove()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            batch = pad_sequences(seqs[i:i + batch_size], pad_id(tok))  # right-padded; labels mark the response
+            out.append(features_of(model, {k: v.to(device) for k, v in batch.items()}).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -80,34 +70,6 @@ def distinct_features(model_name: str, items: Sequence[tuple[object, str]], feat
         rows.setdefault((json.dumps(prompt), text), len(rows))
     h = response_features(model_name, [(json.loads(p), t) for p, t in rows], features, **kw)
     return h, lambda prompt, text: rows[json.dumps(prompt), text]
-
-
-def scale_of(diffs):
-    """Per feature, the standard deviation of comparisons' feature differences (N, H): what features are divided by
-    before a head is fit (so one L2 serves every model)."""
-    return diffs.std(0) + 1e-6
-
-
-def fit_head(x, l2: float = L2, weights=None):
-    """The Bradley-Terry head for labelled pairs `x` (N, H), each row winner minus loser; `weights` per row."""
-    import torch
-
-    from rlhf.losses import bradley_terry_loss
-
-    wts = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        # Bradley-Terry on the pair's margin against a tie: -log sigmoid(w.x), weighted
-        loss, _ = bradley_terry_loss(x @ w, torch.zeros(len(x)), weights=wts)
-        loss = loss + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach()
 
 
 def bootstrap_heads(x, members: int, *, seed: int, l2: float = L2, rng: Optional[random.Random] = None) -> list:

@@ -108,15 +108,14 @@ def probe_rewards(store, project, items, model: str, *, members: int, seed: int 
                   max_len: int = 512, device="cpu", log=None) -> list[list[float]]:
     """Per member, the reward of every response of `items`: probe heads fit to the project's comparisons.
 
-    `rlhf.labeling.probe`, as `rlhf label active-lab` measured it: `model`'s
-    response-mean features of every response in the project, standardised
-    over the differences of each item's pairs of responses; each labelled
-    comparison (ties, skips and "bad" left out; an adjudicated item's
+    `rlhf.labeling.probe`, as `rlhf label active-lab` measured it and `rlhf rm
+    --head-only --pooling mean` trains it: `model`'s response-mean features
+    of every response in the project; each labelled comparison (ties, skips and "bad" left out; an adjudicated item's
     decision in place of its votes, as export gives them) is a pair winner
     minus loser; `members` heads on bootstrap resamples (one: a head on all).
     """
     from rlhf.labeling.export import adjudicated, comparisons
-    from rlhf.labeling.probe import L2, bootstrap_heads, distinct_features, fit_head, scale_of
+    from rlhf.labeling.probe import L2, bootstrap_heads, distinct_features, fit_head
 
     if project.mode not in ("pairwise", "ranking"):
         raise UserError(f"--probe learns from comparisons: project '{project.name}' is {project.mode} "
@@ -136,12 +135,9 @@ def probe_rewards(store, project, items, model: str, *, members: int, seed: int 
     def at(it, k: int) -> int:
         return row(it.prompt, it.responses[k])
 
-    first, second = zip(*[(at(it, i), at(it, j)) for it in everything.values()
-                          for i, j in combinations(range(len(it.responses)), 2)])
-    sd = scale_of(h[list(first)] - h[list(second)])  # over every pair the project compares
-    x = (h[[at(everything[i], w) for i, w, _ in won]] - h[[at(everything[i], lo) for i, _, lo in won]]) / sd
+    x = h[[at(everything[i], w) for i, w, _ in won]] - h[[at(everything[i], lo) for i, _, lo in won]]
     heads = [fit_head(x, L2)] if members == 1 else bootstrap_heads(x, members, seed=seed, l2=L2)
-    queue = h[[at(it, k) for it in items for k in range(len(it.responses))]] / sd
+    queue = h[[at(it, k) for it in items for k in range(len(it.responses))]]
     return [(queue @ w).tolist() for w in heads]
 
 

@@ -25,6 +25,16 @@ the scores separate rows give (checked on two groups before training; a
 model that disagrees falls back to separate rows) with far fewer tokens when
 prompts are long or K is large.
 
+Pooling. `--pooling mean` reads the score as the mean of the score head's
+outputs over the response's tokens (the head applied to the mean final
+hidden state) instead of at the last token; it is stored in the saved
+config (`rlhf.models.POOLING_KEY`), and `rewards_of` below, through which
+training, evaluation, `score` and so every stage scores, reads it.
+`AutoModelForSequenceClassification` alone would read the last token. With
+`--head-only` the backbone stays frozen and only the score head is fit, in
+seconds (`rlhf.trainers.rm_head`): the reward model `rlhf label active-lab`
+measures acquisition orders with.
+
 Normalisation. Bradley-Terry only fixes reward differences, so after
 training the mean raw score of the reference responses (every distinct
 response of the training data, or `--reference FILE` of prompt/response
@@ -70,6 +80,12 @@ class _RMData:
                 "1/C(K,2) each (prompt: InstructGPT's loss, so prompts with more responses do not count more)")
     reference: Optional[str] = opt(None, "prompt/response rows whose mean reward is set to 0; default: the training responses")
     normalize: bool = opt(True, "store the offset that makes the reference responses' mean reward 0")
+    pooling: Literal["last", "mean"] = opt(
+        "last", "where the score is read: at the last token (last), or the mean over the response's tokens "
+                "(mean); stored in the model's config, so every stage that scores with it reads it the same way")
+    head_only: bool = opt(False, "fit only the score head, on the frozen backbone's features (full-batch "
+                                 "L-BFGS with --l2; seconds on a CPU); the optimiser options do not apply")
+    l2: float = opt(0.3, "with --head-only: the head's L2 penalty (features scaled to unit spread)")
 
 
 @dataclass
@@ -94,6 +110,10 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
         check_data_options(self.max_len, self.val_fraction)
         if self.center_coef < 0:
             raise UserError("center_coef must be >= 0")
+        if self.l2 < 0:
+            raise UserError(f"l2 must be >= 0, got {self.l2}")
+        if self.head_only and (self.lora_r > 0 or self.center_coef > 0):
+            raise UserError("--head-only fits the score head alone: it takes no --lora-r and no --center-coef")
         super().__post_init__()
 
 
@@ -127,12 +147,16 @@ def run(cfg: RMConfig) -> TrainResult:
 
     from rlhf.chat import is_encoder
     from rlhf.data import RewardBatcher
-    from rlhf.models import REWARD_OFFSET_KEY, disable_dropout, load_reward_model, load_tokenizer, resolve
+    from rlhf.models import (POOLING_KEY, REWARD_OFFSET_KEY, disable_dropout, load_reward_model, load_tokenizer,
+                             resolve, unwrap_config)
 
     main_process = process_state().is_main_process
     quiet_transformers(cfg.quiet)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     encoder = is_encoder(_config(resolve(cfg.model), cfg.trust_remote_code))
+    if encoder and cfg.pooling == "mean":
+        raise UserError(f"{cfg.model}: an encoder reads its score from its [CLS] vector; --pooling mean needs a "
+                        "causal backbone")
     share = cfg.share_prompt and not encoder
     batcher = RewardBatcher(tokenizer, train_g, max_len=cfg.max_len, batch_size=cfg.batch_size, seed=cfg.seed,
                             encoder=encoder, group_by_length=cfg.group_by_length, share_prompt=share)
@@ -148,7 +172,8 @@ def run(cfg: RMConfig) -> TrainResult:
     set_seed(cfg.seed)  # the new score head and LoRA start the same in every process and run
     model = load_reward_model(cfg.model, dtype=cfg.dtype, lora=cfg.lora(), trust_remote_code=cfg.trust_remote_code,
                               pad_token_id=tokenizer.pad_token_id)
-    if not cfg.dropout:
+    setattr(unwrap_config(model), POOLING_KEY, cfg.pooling)  # read by every scoring (`rewards_of`), saved with it
+    if not cfg.dropout or cfg.head_only:
         disable_dropout(model)
     if share and not share_prompt_or_fall_back(model, [batcher, val], rewards_of) and main_process:
         print(f"rlhf rm: {cfg.model} scores a shared-prompt row differently from separate rows (its "
@@ -172,9 +197,14 @@ def run(cfg: RMConfig) -> TrainResult:
             extra[REWARD_OFFSET_KEY] = sum(raw) / len(raw)
         save_reward_model(plain, tokenizer, cfg.out, extra)
 
-    result = train(model, batcher, step, train_options(cfg), out_dir=cfg.out,
-                   eval_fn=(lambda m: evaluate(m, val)) if val else None, save_fn=save,
-                   best_metric=[("accuracy", True), ("loss", False)], count_key="pairs")
+    if cfg.head_only:
+        from rlhf.trainers import rm_head
+
+        result = rm_head.fit(model, batcher, val, cfg, save)
+    else:
+        result = train(model, batcher, step, train_options(cfg), out_dir=cfg.out,
+                       eval_fn=(lambda m: evaluate(m, val)) if val else None, save_fn=save,
+                       best_metric=[("accuracy", True), ("loss", False)], count_key="pairs")
     if main_process:
         folder.update(status="finished", steps=result.steps)
     if main_process and not cfg.quiet:
@@ -189,24 +219,80 @@ def _config(path: str, trust_remote_code: bool):
 
 
 def rewards_of(model, batch: dict):
-    """Scalar score of every response of a reward batch, (N,) float32.
+    """Scalar score of every response of a reward batch, (N,) float32, read as the model's config says
+    (`rlhf.models.reward_pooling`): at the last token, or the mean over the response's tokens.
 
-    A shared-prompt batch (`score_index`) reads each response's score where
-    its own row's would be read: the score head's output at every position
-    is caught on its way out (a forward hook, so a DDP- or PEFT-wrapped model
-    runs its ordinary forward), since the model itself returns one per row.
+    A plain batch read at the last token is the model's own output. Otherwise
+    the score head's output at every position is caught on its way out (a
+    forward hook, so a DDP- or PEFT-wrapped model runs its ordinary forward)
+    and read per response (`pool`): where its own row's would be read in a
+    shared-prompt batch (`score_index`), or averaged over its tokens.
     """
-    if "score_index" not in batch:
+    from rlhf.models import reward_pooling
+
+    if "score_index" not in batch and reward_pooling(model) == "last":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.logits.squeeze(-1).float()
+    return pool(model, batch, head_io(model, batch, inputs=False).float()).squeeze(-1)
+
+
+def features_of(model, batch: dict):
+    """(N, H) float32: what the score head reads for each response of a reward batch, pooled as its scores are
+    (`rewards_of`): the final hidden states at the last token, or their mean over the response."""
+    return pool(model, batch, head_io(model, batch, inputs=True).float())
+
+
+def head_io(model, batch: dict, *, inputs: bool):
+    """The score head's input (`inputs`) or output at every position of the batch's rows, (R, T, D)."""
     caught = []
-    handle = score_head(model).register_forward_hook(lambda _m, _args, output: caught.append(output))
+    head = score_head(model)
+    handle = head.register_forward_pre_hook(lambda _m, args: caught.append(args[0])) if inputs else \
+        head.register_forward_hook(lambda _m, _args, output: caught.append(output))
+    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-              position_ids=batch["position_ids"])
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
     finally:
         handle.remove()
-    return caught[-1].reshape(-1).float()[batch["score_index"]]
+    return caught[-1]
+
+
+def pool(model, batch: dict, per_token):
+    """Per-position vectors (R, T, D) of a reward batch -> one per response (N, D), as `reward_pooling` says.
+
+    "mean": the mean over the response's tokens (`response_tokens` of a
+    shared-prompt batch, else the rows' `labels`). "last": where
+    `AutoModelForSequenceClassification` reads (`score_index`, else each
+    row's last token that is not the pad id). An encoder's head reads one
+    vector per row (R, D): returned as it is.
+    """
+    import torch
+
+    from rlhf.data.batches import IGNORE
+    from rlhf.models import reward_pooling, unwrap_config
+
+    if per_token.dim() == 2:
+        return per_token
+    rows, width, dim = per_token.shape
+    flat = per_token.reshape(rows * width, dim)
+    shared = "score_index" in batch
+    if reward_pooling(model) == "mean":
+        if shared:
+            where, of, n = batch["response_tokens"], batch["response_of"], len(batch["score_index"])
+        else:
+            if "labels" not in batch:
+                raise ValueError("a mean-pooled reward model needs the batch's labels (the response's tokens)")
+            where = (batch["labels"].reshape(-1) != IGNORE).nonzero().squeeze(1)
+            of, n = torch.div(where, width, rounding_mode="floor"), rows
+        sums = flat.new_zeros(n, dim).index_add_(0, of, flat[where])
+        counts = torch.bincount(of, minlength=n).clamp(min=1).to(flat.dtype)
+        return sums / counts[:, None]
+    if shared:
+        return flat[batch["score_index"]]
+    pad = getattr(unwrap_config(model), "pad_token_id", None)
+    positions = torch.arange(width, device=per_token.device)
+    last = (positions * (batch["input_ids"] != pad)).argmax(-1) if pad is not None else \
+        torch.full((rows,), width - 1, device=per_token.device)
+    return per_token[torch.arange(rows, device=per_token.device), last]
 
 
 def shared_prompt_agrees(model, batcher) -> bool:
