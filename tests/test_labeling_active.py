@@ -475,3 +475,23 @@ def test_rescore_with_a_probe_on_the_lab_model(tmp_path, capsys):
                for s in scores.values())
     first = max(scores, key=lambda i: scores[i]["information"])
     assert store.lease_next(p, user["id"]) == first
+
+
+def test_rm_head_only_from_the_database_is_the_apps_one_head_probe(tmp_path, capsys):
+    """`rlhf rm --data sqlite:///... --head-only --pooling mean` saves the head `rescore --probe --members 1` fits:
+    rescoring with the folder gives every queued item the probe's margin."""
+    db = tmp_path / "a.db"
+    store = pairwise_store(db, n=6)
+    p = store.project()
+    label_in_order(store, p, ["a", "b", "a"])
+    assert cli_main(["label", "rescore", str(db), "--probe", "lab-small", "--members", "1", "--quiet"]) == 0
+    probe = {i: s["margin"] for i, s in Store(str(db)).scores(p).items()}
+    rm = tmp_path / "rm-head"
+    assert cli_main(["rm", "--data", f"sqlite:///{db}", "--model", "lab-small", "--head-only", "--pooling", "mean",
+                     "--val-fraction", "0", "--out", str(rm), "--quiet"]) == 0
+    assert cli_main(["label", "rescore", str(db), "--reward-model", str(rm), "--quiet"]) == 0
+    capsys.readouterr()
+    folder = {i: s["margin"] for i, s in Store(str(db)).scores(p).items()}
+    assert sorted(folder) == sorted(probe) and len(probe) == 3
+    assert [folder[i] for i in sorted(folder)] == pytest.approx([probe[i] for i in sorted(probe)], abs=1e-3)
+    assert max(abs(m) for m in probe.values()) > 0.05  # margins that say something, not zeros that agree

@@ -225,3 +225,19 @@ def test_ppo_trains_against_a_mean_pooled_reward_model(mean_model, tiny_tokenize
     first = [s for s in samples if s["step"] == 0]
     want = [mean_pooled(mean_model, tiny_tokenizer, s["prompt"], s["response"]) for s in first]
     assert [s["proxy"] for s in first] == pytest.approx(want, abs=1e-4), first
+
+
+def test_rm_gold_benchmark_reads_each_folders_own_pooling(mean_model, tiny_tokenizer, tmp_path):
+    """`benchmarks.rm_gold`: agreement with gold from the folder's (mean-pooled) scores; by hand, three of four."""
+    from benchmarks.rm_gold import gold_agreement
+    from rlhf.labeling.active_lab import Pair
+    from rlhf.trainers.rm import save_reward_model
+
+    save_reward_model(mean_model, tiny_tokenizer, str(tmp_path / "rm"), {"rlhf_stage": "rm"})
+    pairs = [(PROMPTS[0], RESPONSES[0], RESPONSES[1]), (PROMPTS[0], RESPONSES[2], RESPONSES[0]),
+             (PROMPTS[3], RESPONSES[3], RESPONSES[4]), (PROMPTS[5], RESPONSES[5], "5.")]
+    signs = [1 if mean_pooled(mean_model, tiny_tokenizer, p, a) > mean_pooled(mean_model, tiny_tokenizer, p, b) else -1
+             for p, a, b in pairs]
+    gold = signs[:3] + [-signs[3]]  # gold disagrees with the model on the last pair
+    test = [Pair(p, a, b, True, True, g) for (p, a, b), g in zip(pairs, gold)]
+    assert gold_agreement(str(tmp_path / "rm"), test) == 0.75

@@ -406,7 +406,7 @@ def rescore_main(argv: list[str]) -> int:
         return 0
     margins = sorted(abs(r["margin"]) for r in out["rows"])
     spreads = sorted(r["spread"] for r in out["rows"] if r["spread"] is not None)
-    what = (f"a probe on {cfg.probe} ({out['members']} heads)" if cfg.probe
+    what = (f"a probe on {cfg.probe} ({out['members']} head{'s' if out['members'] != 1 else ''})" if cfg.probe
             else f"{out['members']} reward models" if out["members"] > 1
             else "judge " + cfg.judge if cfg.judge else "1 reward model")
     items = f"{out['items']} item{'s' if out['items'] != 1 else ''}"
