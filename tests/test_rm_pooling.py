@@ -173,10 +173,36 @@ def test_the_whole_model_trains_mean_pooled(tmp_path, tiny_model_dir):
     assert got == pytest.approx([mean_pooled(model, tok, p, r) for p, r in zip(PROMPTS, RESPONSES)], abs=1e-5)
 
 
+def test_a_head_only_ensemble_is_fit_to_bootstrap_resamples(tmp_path, tiny_model_dir):
+    """--head-only --ensemble 3 --val-fraction 0: every member sees the same comparisons, so without resampling the
+    three heads would be one; each is fit to its own bootstrap resample, and --bootstrap alone does the same."""
+    from rlhf.metrics import read_metrics
+    from rlhf.models import load_reward_model
+
+    data = write_prefs(tmp_path / "prefs.jsonl", n=40)
+    out = tmp_path / "rm"
+    assert cli_main(["rm", "--model", tiny_model_dir, "--data", str(data), "--out", str(out), "--head-only",
+                     "--pooling", "mean", "--val-fraction", "0", "--ensemble", "3", "--quiet"]) == 0
+    heads = [load_reward_model(str(out / f"member-{k}")).score.weight[0].detach() for k in range(3)]
+    assert all(not torch.allclose(heads[i], heads[j], atol=1e-3) for i, j in ((0, 1), (0, 2), (1, 2)))
+    # member 1 is `--bootstrap --seed 1`, run alone
+    alone = tmp_path / "alone"
+    assert cli_main(["rm", "--model", tiny_model_dir, "--data", str(data), "--out", str(alone), "--head-only",
+                     "--pooling", "mean", "--val-fraction", "0", "--bootstrap", "--seed", "1", "--quiet"]) == 0
+    assert torch.allclose(load_reward_model(str(alone)).score.weight[0], heads[1], atol=1e-6)
+    # and without --bootstrap the same seed gives another head (all comparisons, once each)
+    plain = tmp_path / "plain"
+    assert cli_main(["rm", "--model", tiny_model_dir, "--data", str(data), "--out", str(plain), "--head-only",
+                     "--pooling", "mean", "--val-fraction", "0", "--seed", "1", "--quiet"]) == 0
+    assert not torch.allclose(load_reward_model(str(plain)).score.weight[0], heads[1], atol=1e-3)
+    assert read_metrics(plain / "metrics.jsonl")[0]["pairs"] == read_metrics(alone / "metrics.jsonl")[0]["pairs"]
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--head-only", "--lora-r", "4"], "--head-only fits the score head alone"),
     (["--l2", "-1"], "l2 must be >= 0"),
     (["--pooling", "middle"], "pooling"),
+    (["--bootstrap"], "add --head-only"),
 ])
 def test_refusals_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, capsys, extra, says):
     data = write_prefs(tmp_path / "prefs.jsonl", n=8)

@@ -86,6 +86,8 @@ class _RMData:
     head_only: bool = opt(False, "fit only the score head, on the frozen backbone's features (full-batch "
                                  "L-BFGS with --l2; seconds on a CPU); the optimiser options do not apply")
     l2: float = opt(0.3, "with --head-only: the head's L2 penalty (features scaled to unit spread)")
+    bootstrap: bool = opt(False, "with --head-only: fit on a bootstrap resample of the comparisons (drawn with "
+                                 "--seed); the members of --head-only --ensemble K always are")
 
 
 @dataclass
@@ -114,6 +116,8 @@ class RMConfig(TrainOptions, ModelOptions, _RMData):
             raise UserError(f"l2 must be >= 0, got {self.l2}")
         if self.head_only and (self.lora_r > 0 or self.center_coef > 0):
             raise UserError("--head-only fits the score head alone: it takes no --lora-r and no --center-coef")
+        if self.bootstrap and not self.head_only:
+            raise UserError("--bootstrap resamples the comparisons of a --head-only fit; add --head-only")
         super().__post_init__()
 
 

@@ -5,7 +5,9 @@ Member k is an ordinary `rlhf rm` run into `out/member-k` with seed
 in another order, and its validation split holds out other prompts, so each
 member also trains on a slightly different subset (Coste et al. 2023 vary the
 seed only; the extra data diversity makes members disagree more off-data,
-which is what the ensemble's spread should measure). `out/ensemble.json`
+which is what the ensemble's spread should measure). With `--head-only`
+each member is also fit to a bootstrap resample of the comparisons (its
+fit is otherwise the same for every seed). `out/ensemble.json`
 lists the members; `members(path)` expands it, so anything that takes a list
 of reward-model folders (`rlhf ppo --reward-model`, `rlhf observe overopt`)
 can be given the ensemble folder or the comma list of its members.
@@ -48,7 +50,9 @@ def train_ensemble(cfg) -> list:
         out = member_dir(cfg.out, k)
         if not cfg.quiet:
             print(f"rlhf rm: ensemble member {k + 1}/{k_total} (seed {cfg.seed + k}) -> {out}", file=sys.stderr)
-        result = run(replace(cfg, ensemble=1, seed=cfg.seed + k, out=str(out)))
+        # a head fit alone is deterministic: its members differ by a bootstrap resample of the comparisons
+        result = run(replace(cfg, ensemble=1, seed=cfg.seed + k, out=str(out),
+                             bootstrap=cfg.bootstrap or cfg.head_only))
         results.append(result)
         rows.append({"path": out.name, "seed": cfg.seed + k, **_best_eval(result)})
     # written last: its presence marks a complete ensemble

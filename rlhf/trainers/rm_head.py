@@ -14,7 +14,10 @@ reward model.
 This is the reward model `rlhf label active-lab` measures its acquisition
 orders with (`rlhf.labeling.probe`): at a few hundred labels it agrees with
 the lab's gold judge more than the whole model fine-tuned on the same
-labels, and refitting takes seconds on a CPU.
+labels, and refitting takes seconds on a CPU. With `--bootstrap` the head
+is fit to a bootstrap resample of the comparisons; the members of `rlhf rm
+--head-only --ensemble K` are (seeds seed..seed+K-1), as the probe's
+ensemble is, since the fit itself is deterministic.
 """
 
 from __future__ import annotations
@@ -106,6 +109,10 @@ def fit(model, batcher, val, cfg, save, *, log=True):
     model = model.to(state.device).eval().requires_grad_(False)
     x, margins, weights = comparisons(model, batcher, use_margins=cfg.use_margins,
                                       per_prompt=cfg.pair_weighting == "prompt")
+    if cfg.bootstrap:  # each comparison weighs as often as a resample of as many draws took it
+        draws = torch.randint(len(x), (len(x),), generator=torch.Generator().manual_seed(cfg.seed))
+        counts = torch.bincount(draws, minlength=len(x)).float()
+        weights = counts if weights is None else weights * counts
     w = fit_head(x, cfg.l2, weights, margins)
     head = score_head(model)
     with torch.no_grad():
