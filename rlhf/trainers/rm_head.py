@@ -90,15 +90,16 @@ def comparisons(model, batcher, *, use_margins: bool = True, per_prompt: bool = 
             torch.cat(weights) if per_prompt else None)
 
 
-def fit(model, batcher, val, cfg, save, *, log=True):
+def fit(model, batcher, val, cfg, save):
     """Fit `model`'s score head (`cfg.l2`, `cfg.use_margins`, `cfg.pair_weighting`), evaluate on `val`, write one
-    metrics row, `save(model)`; -> a `TrainResult` (one step)."""
+    metrics row, `save(model)`; -> a `TrainResult` (one step). Every process computes the same fit (the features
+    are not split among processes); the main one writes."""
     import time
 
     import torch
 
-    from rlhf.losses import bradley_terry_loss
     from rlhf.files import write_jsonl
+    from rlhf.losses import bradley_terry_loss
     from rlhf.metrics import METRICS_FILE
     from rlhf.models import score_head
     from rlhf.trainers.loop import TrainResult, process_state
@@ -127,7 +128,7 @@ def fit(model, batcher, val, cfg, save, *, log=True):
     if state.is_main_process:
         write_jsonl(Path(cfg.out) / METRICS_FILE, [row])  # the run's one row (a rerun replaces it)
         save(model)
-        if log and not cfg.quiet:
+        if not cfg.quiet:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "epoch", "time"))
             print(f"rlhf rm: head fit on {len(x)} comparisons ({x.shape[1]} features, l2 {cfg.l2}): {shown}",
                   file=sys.stderr)
