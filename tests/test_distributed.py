@@ -86,6 +86,25 @@ def test_rm_two_processes_equal_one(tmp_path, tiny_model_dir):
     assert offsets[0] == pytest.approx(offsets[1], abs=1e-5)
 
 
+@pytest.mark.parametrize("extra", [["--pooling", "mean"], ["--head-only", "--pooling", "mean"]],
+                         ids=["mean-pooled", "head-only"])
+def test_mean_pooled_and_head_only_rm_two_processes_equal_one(tmp_path, tiny_model_dir, extra):
+    """Mean pooling reads the score head through a hook, under DDP too; a head fit alone is the same fit in each
+    process, and the main one saves it (the other waits, nothing hangs)."""
+    from test_rm import write_prefs
+
+    data = write_prefs(tmp_path / "prefs.jsonl")
+    args = ["rm", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "4", "--max-steps", "2",
+            "--lr", "3e-3", "--warmup-ratio", "0", "--val-fraction", "0.2", "--save-every", "0", "--threads", "1",
+            "--quiet", *extra]
+    torchrun(args, tmp_path / "two")
+    assert cli_main([*args, "--grad-accum", "2", "--out", str(tmp_path / "one")]) == 0
+    head_only = "--head-only" in extra
+    assert_same_weights(tmp_path / "one", tmp_path / "two", tiny_model_dir, min_moved=-1 if head_only else 1e-4,
+                        atol=1e-5 if head_only else 1e-6)
+    assert_same_losses(tmp_path / "one", tmp_path / "two")
+
+
 @pytest.fixture(scope="module")
 def ppo_inputs(tmp_path_factory, tiny_tokenizer):
     import json
