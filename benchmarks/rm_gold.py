@@ -5,7 +5,7 @@
 The test pairs: two responses of the `lab` model to each of 400 eval-split
 prompts, the pairs gold decides (ties left out); sampled once and cached by
 `active_lab.build_pool`, as the experiment samples them. Each folder scores
-both responses (`rlhf.trainers.rm.score`, its own pooling and offset) and
+both responses (`active_lab.pair_margins`: `rm.score`, its own pooling) and
 agrees with gold where its margin has gold's sign (a reward tie is wrong).
 """
 
@@ -16,16 +16,12 @@ import json
 
 
 def gold_agreement(folder: str, test) -> float:
-    from rlhf.labeling.active_lab import agreement_with_gold
+    from rlhf.labeling.active_lab import agreement_with_gold, pair_margins
     from rlhf.models import load_reward_model, load_tokenizer
-    from rlhf.trainers.rm import score
 
     tok = load_tokenizer(folder)
     model = load_reward_model(folder, pad_token_id=tok.pad_token_id).eval()
-    n = len(test)
-    s = score(model, tok, [p.prompt for p in test] * 2, [p.a for p in test] + [p.b for p in test], batch_size=64,
-              max_len=256)
-    return agreement_with_gold([x - y for x, y in zip(s[:n], s[n:])], test)
+    return agreement_with_gold(pair_margins(model, tok, test), test)
 
 
 def main(argv=None) -> int:

@@ -207,19 +207,21 @@ class FullRM:
                                     if self.head_only else [])])
         return run(rm_cfg).model
 
-    def _margins(self, model, pairs: list[Pair]) -> list[float]:
-        from rlhf.trainers.rm import score
-
-        n = len(pairs)
-        s = score(model, self.tokenizer, [p.prompt for p in pairs] * 2, [p.a for p in pairs] + [p.b for p in pairs],
-                  batch_size=64, max_len=256)
-        return [x - y for x, y in zip(s[:n], s[n:])]
-
     def pool_margins(self, model, idx: list[int]) -> list[float]:
-        return self._margins(model, [self.pool[i] for i in idx])
+        return pair_margins(model, self.tokenizer, [self.pool[i] for i in idx])
 
     def test_margins(self, model) -> list[float]:
-        return self._margins(model, self.test)
+        return pair_margins(model, self.tokenizer, self.test)
+
+
+def pair_margins(model, tokenizer, pairs: list[Pair]) -> list[float]:
+    """r(a) - r(b) of each pair from a reward model, read as every stage reads it (`rm.score`: its pooling)."""
+    from rlhf.trainers.rm import score
+
+    n = len(pairs)
+    s = score(model, tokenizer, [p.prompt for p in pairs] * 2, [p.a for p in pairs] + [p.b for p in pairs],
+              batch_size=64, max_len=256)
+    return [x - y for x, y in zip(s[:n], s[n:])]
 
 
 class ProbeRM:
@@ -231,8 +233,8 @@ class ProbeRM:
 
     def __init__(self, cfg: ActiveLabConfig, pool: list[Pair], test: list[Pair], work: Path):
         self.cfg = cfg
-        self.x_pool, self.x_test = pair_features(cfg.model, pool, cfg.features), pair_features(cfg.model, test,
-                                                                                                cfg.features)
+        self.x_pool = pair_features(cfg.model, pool, cfg.features)
+        self.x_test = pair_features(cfg.model, test, cfg.features)
 
     def _labelled(self, chosen: list[int], labels: list[bool]):
         """Each labelled pair as winner minus loser."""
@@ -355,10 +357,11 @@ def experiment(cfg: ActiveLabConfig, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlhf-active-") as tmp:
         t1 = time.time()
         rm = (ProbeRM if cfg.reward_model == "probe" else FullRM)(cfg, pool, test, Path(tmp))
-        other = (None if not cfg.transfer
-                 else FullRM(cfg, pool, test, Path(tmp), head_only=cfg.transfer == "head")
-                 if cfg.transfer in ("full", "head") else ProbeRM(replace(cfg, features=cfg.transfer), pool, test,
-                                                                   Path(tmp)))
+        other = None
+        if cfg.transfer in ("full", "head"):  # the command, after the last round
+            other = FullRM(cfg, pool, test, Path(tmp), head_only=cfg.transfer == "head")
+        elif cfg.transfer:  # a head on other features, every round
+            other = ProbeRM(replace(cfg, features=cfg.transfer), pool, test, Path(tmp))
         if log and cfg.reward_model == "probe":
             log(f"active lab: features of the pool and test responses in {time.time() - t1:.0f}s")
         for seed in cfg.seeds:

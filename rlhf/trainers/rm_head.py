@@ -84,7 +84,8 @@ def comparisons(model, batcher, *, use_margins: bool = True, per_prompt: bool = 
             xs.append(h[pairs[:, 0]] - h[pairs[:, 1]])
             margins.append(batch["margins"].cpu())
             any_margin = any_margin or bool(batch["has_margin"].any())
-            weights.append(pair_weights(batch["group"].cpu()[pairs[:, 0]]))
+            if per_prompt:
+                weights.append(pair_weights(batch["group"].cpu()[pairs[:, 0]]))
     x = torch.cat(xs)
     return (x, torch.cat(margins) if use_margins and any_margin else None,
             torch.cat(weights) if per_prompt else None)
