@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlhf.cli import main as cli_main
-from tests.test_rm import WORDS, build_tiny_bert, write_prefs
+from tests.test_rm import build_tiny_bert, write_prefs
 
 PROMPTS = ["Tell me thing 1.", "Tell me thing 1.", "Tell me thing 1.", "Say something.", "Say something.",
            "What is 2 + 3?"]
@@ -226,7 +226,6 @@ def test_an_encoder_cannot_be_mean_pooled_but_its_head_can_be_fit_alone(tmp_path
     assert cli_main(["rm", "--model", str(bert), "--data", str(data), "--out", str(out), "--head-only", "--quiet"]) == 0
     (row,) = read_metrics(out / "metrics.jsonl")
     assert row["accuracy"] > 0.6, row
-    assert WORDS  # the task's filler words (imported with the data writer)
 
 
 def test_ppo_trains_against_a_mean_pooled_reward_model(mean_model, tiny_tokenizer, tiny_model_dir, tmp_path):
