@@ -86,7 +86,8 @@ def quiet_transformers(quiet: bool = False) -> None:
 def load_tokenizer(name: str, *, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    path = resolve(name)
+    tok = _wrap_errors(lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), name)
     if tok.pad_token is None:
         # Reusing EOS as padding is safe: padded positions are masked everywhere.
         if tok.eos_token is not None:

@@ -432,3 +432,15 @@ def test_pair_weighting_per_prompt_weighs_each_rankings_pairs_by_its_size(tmp_pa
     assert cli(["rm", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "2", "--max-steps", "1",
                 "--val-fraction", "0", "--save-every", "0", "--threads", "1", "--quiet", "--pair-weighting", "prompt",
                 "--out", str(tmp_path / "rm")]) == 0
+
+
+@pytest.mark.parametrize("command", [["rm", "--data", "prefs.jsonl", "--out", "never"],
+                                     ["rm", "score", "--prompt", "a", "--response", "b"]], ids=["rm", "rm score"])
+def test_a_model_that_is_neither_a_folder_nor_reachable_is_one_line(tmp_path, monkeypatch, capsys, command):
+    """A hub name with no hub (HF_HUB_OFFLINE): the tokenizer's and the config's load fail as one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    write_prefs(tmp_path / "prefs.jsonl", n=8)
+    assert cli_main([*command, "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf: cannot load model 'no-such-model'") and err.count("\n") == 1, err
+    assert not (tmp_path / "never").exists()

@@ -219,7 +219,9 @@ def run(cfg: RMConfig) -> TrainResult:
 def _config(path: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from rlhf.models import _wrap_errors
+
+    return _wrap_errors(lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), path)
 
 
 def rewards_of(model, batch: dict):
