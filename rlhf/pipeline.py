@@ -238,8 +238,16 @@ def claim(cfg: PipelineConfig, command: str = "pipeline"):
     anything runs.
     """
     from rlhf.config import to_dict
+    from rlhf.models import resolve
     from rlhf.runfolder import RunFolder
 
+    # what the config names must be there before anything is written (a stage would find out only when it starts)
+    for key, value in sorted(cfg.data.items()):
+        if value and "://" not in str(value) and not Path(value).exists():
+            raise UserError(f"pipeline: data.{key}: {value}: no such file")
+    for given in (cfg.sft_model, cfg.reward_model):
+        if given:
+            resolve(given)
     options = to_dict(cfg)
     run = RunFolder.claim(cfg.out, command=command, options=options, inputs=[cfg.base], resume=True,
                           may_change=options, kin={"pipeline", "demo"} - {command})

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import yaml
 
 from rlhf.cli import main as cli
@@ -144,3 +145,17 @@ def test_bad_pipeline_config_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == ("rlhf: pipeline: unknown method 'sarsa'; choose from ppo, grpo, rloo, reinforce, online-dpo, "
                            "dpo, ipo, cdpo, simpo, kto, orpo, bon")
+
+
+@pytest.mark.parametrize("config, says", [
+    ("data: {prefs: missing/rankings.jsonl}\n", "rlhf: pipeline: data.prefs: missing/rankings.jsonl: no such file"),
+    ("sft_model: runs/demo/sft\n", "rlhf: runs/demo/sft: no such model folder"),
+], ids=["data", "sft_model"])
+def test_what_the_config_names_is_checked_before_anything_is_written(tmp_path, monkeypatch, capsys, config, says):
+    """examples/lab-head-rm.yaml before `make demo`: one line, and no output folder (it used to be made, then the
+    rm stage failed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("out: runs/p\n" + config)
+    assert cli(["pipeline", "p.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == says
+    assert not (tmp_path / "runs" / "p").exists()
